@@ -1,0 +1,53 @@
+"""Errors raised by lineage-guard, and the CLI exit codes they map to.
+
+Bad *records* are never exceptions: they travel as `Violation`s to quarantine. Exceptions are
+for unusable input, bad configuration and unreachable services::
+
+    LineageGuardError
+    ├── UnusableInputError        exit 2: a file that cannot be read or decoded, a bad argument
+    │   └── SchemaError           a schema that cannot be found or parsed
+    ├── ConfigError               exit 3: a configuration that cannot work
+    └── ServiceUnavailableError   exit 4: Kafka or the lineage database cannot be reached
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    VIOLATIONS = 1
+    UNUSABLE_INPUT = 2
+    CONFIG = 3
+    SERVICE_UNAVAILABLE = 4
+
+
+class LineageGuardError(Exception):
+    """Root of lineage-guard's errors; the message is one line for the user."""
+
+    exit_code: ExitCode = ExitCode.UNUSABLE_INPUT
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        # Errors cross Beam workers, so they must pickle with their message.
+        return (type(self), (self.message,))
+
+
+class UnusableInputError(LineageGuardError):
+    exit_code = ExitCode.UNUSABLE_INPUT
+
+
+class SchemaError(UnusableInputError):
+    pass
+
+
+class ConfigError(LineageGuardError):
+    exit_code = ExitCode.CONFIG
+
+
+class ServiceUnavailableError(LineageGuardError):
+    exit_code = ExitCode.SERVICE_UNAVAILABLE

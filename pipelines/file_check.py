@@ -1,0 +1,155 @@
+"""`lineage-guard validate`: checks files of records against the suites, for CI jobs.
+
+Streams every file in micro-batches through the same `SuiteValidator` the pipeline uses and
+keeps only the rejected records (never the passing ones), then renders the result as text,
+JSON (the CLI contract's keys) or JUnit XML.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.files import FileRecord, read_records
+from pipelines.records import describe
+from pipelines.validate import SuiteValidator
+from pipelines.verdicts import Violation
+
+DEFAULT_BATCH_SIZE = 5000
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rejection:
+    file: str
+    index: int
+    record_id: str | None
+    violations: tuple[Violation, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "record_id": self.record_id,
+            "index": self.index,
+            "file": self.file,
+            "violations": [v.to_dict() for v in self.violations],
+        }
+
+
+@dataclass(kw_only=True)
+class CheckResult:
+    total: int = 0
+    files: dict[str, int] = field(default_factory=dict)  # records per file, in order
+    rejected: list[Rejection] = field(default_factory=list)
+
+    @property
+    def passed(self) -> int:
+        return self.total - len(self.rejected)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "passed": self.passed,
+            "rejected": [r.to_dict() for r in self.rejected],
+        }
+
+
+def check_files(
+    paths: Sequence[Path],
+    validator: SuiteValidator,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_progress: Callable[[int], None] | None = None,
+) -> CheckResult:
+    """Validates every record of every file; `on_progress` gets bytes read since last call."""
+    result = CheckResult()
+    for path in paths:
+        result.files[str(path)] = 0
+        position = [0]
+        reported = 0
+        batch: list[FileRecord] = []
+        for record in read_records(path, position=position):
+            batch.append(record)
+            if len(batch) >= batch_size:
+                _check_batch(batch, validator, result)
+                batch = []
+                if on_progress is not None:
+                    on_progress(position[0] - reported)
+                    reported = position[0]
+        _check_batch(batch, validator, result)
+        if on_progress is not None:
+            on_progress(path.stat().st_size - reported)
+    return result
+
+
+def _check_batch(batch: list[FileRecord], validator: SuiteValidator, result: CheckResult) -> None:
+    if not batch:
+        return
+    decoded = [r for r in batch if r.error is None]
+    verdicts = iter(validator.validate([r.value for r in decoded]))
+    for record in batch:
+        result.total += 1
+        result.files[record.file] += 1
+        if record.error is not None:
+            violation = Violation(
+                rule="malformed_record", column=None,
+                message=f"Record at index {record.index} of `{record.file}`: {record.error}.",
+            )
+            result.rejected.append(Rejection(file=record.file, index=record.index,
+                                             record_id=None, violations=(violation,)))
+            continue
+        verdict = next(verdicts)
+        if not verdict.passed:
+            result.rejected.append(Rejection(file=record.file, index=record.index,
+                                             record_id=verdict.record_id,
+                                             violations=verdict.violations))
+
+
+def render_text(result: CheckResult) -> str:
+    lines = []
+    for r in result.rejected:
+        lines.append(f"{r.file}[{r.index}] {describe(r.record_id)} REJECTED")
+        lines.extend(f"    {v.rule}: {v.message}" for v in r.violations)
+    files = len(result.files)
+    lines.append(
+        f"{result.total} records in {files} file{'s' * (files != 1)}: "
+        f"{result.passed} passed, {len(result.rejected)} rejected."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def render_json(result: CheckResult) -> str:
+    return json.dumps(result.to_dict(), ensure_ascii=False) + "\n"
+
+
+def render_junit(result: CheckResult) -> str:
+    """JUnit XML: a test suite per file, a failing test case per rejected record, and one
+    passing test case for a file whose records all passed."""
+    root = ET.Element("testsuites", name="lineage-guard validate",
+                      tests=str(result.total), failures=str(len(result.rejected)))
+    by_file: dict[str, list[Rejection]] = {name: [] for name in result.files}
+    for r in result.rejected:
+        by_file[r.file].append(r)
+    for name, rejections in by_file.items():
+        count = result.files[name]
+        suite = ET.SubElement(root, "testsuite", name=name,
+                              tests=str(max(len(rejections), 1)), failures=str(len(rejections)))
+        if not rejections:
+            ET.SubElement(suite, "testcase", classname=name,
+                          name=f"all {count} records carry intact provenance")
+        for r in rejections:
+            case = ET.SubElement(suite, "testcase", classname=name,
+                                 name=f"[{r.index}] {r.record_id or 'record without record_id'}")
+            failure = ET.SubElement(case, "failure",
+                                    message="; ".join(v.rule for v in r.violations),
+                                    type="ProvenanceViolation")
+            failure.text = "\n".join(f"{v.rule}: {v.message}" for v in r.violations)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+RENDERERS: dict[str, Callable[[CheckResult], str]] = {
+    "text": render_text, "json": render_json, "junit": render_junit,
+}
