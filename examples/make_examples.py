@@ -32,15 +32,20 @@ def faulty_sync_schema(entity: str) -> dict:
 
 
 def main() -> None:
-    for entity, name, seed in [(CONTACT, "contacts", 1), (EMAIL_ACTIVITY, "email_activities", 2),
-                               (MEDIA_ASSET, "media_assets", 3)]:
+    for entity, name, seed in [
+        (CONTACT, "contacts", 1),
+        (EMAIL_ACTIVITY, "email_activities", 2),
+        (MEDIA_ASSET, "media_assets", 3),
+    ]:
         records = (g.record for g in generate(200, seed=seed, entities=(entity,)))
         count = write_avro(HERE / f"{name}_ok.avro", load_schema(entity), records)
         print(f"{name}_ok.avro: {count} records")
-    stripped = [g for g in generate(200, seed=4, entities=(CONTACT,),
-                                    faults=Faults(stripped=0.1))]
-    write_avro(HERE / "contacts_synced_stripped.avro", faulty_sync_schema(CONTACT),
-               (g.record for g in stripped))
+    stripped = [g for g in generate(200, seed=4, entities=(CONTACT,), faults=Faults(stripped=0.1))]
+    write_avro(
+        HERE / "contacts_synced_stripped.avro",
+        faulty_sync_schema(CONTACT),
+        (g.record for g in stripped),
+    )
     bad = sum(g.fault == "stripped" for g in stripped)
     print(f"contacts_synced_stripped.avro: {len(stripped)} records, {bad} stripped")
     mixed = list(generate(300, seed=5, faults=Faults(stripped=0.05)))

@@ -22,17 +22,30 @@ log = logging.getLogger(__name__)
 def cli(verbose: int) -> None:
     """Guards CRM record streams: provenance checks, sink policies, per-record lineage."""
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
     # GX logs its own chatter at INFO/WARNING; keep it out of the user's stderr by default.
     logging.getLogger("great_expectations").setLevel(max(level, logging.ERROR))
 
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--format", "output_format", type=click.Choice(["text", "json", "junit"]),
-              default="text", show_default=True, help="Report format on stdout.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=5000, show_default=True,
-              help="Records per validation micro-batch.")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "json", "junit"]),
+    default="text",
+    show_default=True,
+    help="Report format on stdout.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=5000,
+    show_default=True,
+    help="Records per validation micro-batch.",
+)
 def validate(paths: tuple[Path, ...], output_format: str, batch_size: int) -> None:
     """Check Avro container or JSON Lines files against the provenance contract.
 

@@ -94,17 +94,26 @@ def _check_batch(batch: list[FileRecord], validator: SuiteValidator, result: Che
         result.files[record.file] += 1
         if record.error is not None:
             violation = Violation(
-                rule="malformed_record", column=None,
+                rule="malformed_record",
+                column=None,
                 message=f"Record at index {record.index} of `{record.file}`: {record.error}.",
             )
-            result.rejected.append(Rejection(file=record.file, index=record.index,
-                                             record_id=None, violations=(violation,)))
+            result.rejected.append(
+                Rejection(
+                    file=record.file, index=record.index, record_id=None, violations=(violation,)
+                )
+            )
             continue
         verdict = next(verdicts)
         if not verdict.passed:
-            result.rejected.append(Rejection(file=record.file, index=record.index,
-                                             record_id=verdict.record_id,
-                                             violations=verdict.violations))
+            result.rejected.append(
+                Rejection(
+                    file=record.file,
+                    index=record.index,
+                    record_id=verdict.record_id,
+                    violations=verdict.violations,
+                )
+            )
 
 
 def render_text(result: CheckResult) -> str:
@@ -127,29 +136,51 @@ def render_json(result: CheckResult) -> str:
 def render_junit(result: CheckResult) -> str:
     """JUnit XML: a test suite per file, a failing test case per rejected record, and one
     passing test case for a file whose records all passed."""
-    root = ET.Element("testsuites", name="lineage-guard validate",
-                      tests=str(result.total), failures=str(len(result.rejected)))
+    root = ET.Element(
+        "testsuites",
+        name="lineage-guard validate",
+        tests=str(result.total),
+        failures=str(len(result.rejected)),
+    )
     by_file: dict[str, list[Rejection]] = {name: [] for name in result.files}
     for r in result.rejected:
         by_file[r.file].append(r)
     for name, rejections in by_file.items():
         count = result.files[name]
-        suite = ET.SubElement(root, "testsuite", name=name,
-                              tests=str(max(len(rejections), 1)), failures=str(len(rejections)))
+        suite = ET.SubElement(
+            root,
+            "testsuite",
+            name=name,
+            tests=str(max(len(rejections), 1)),
+            failures=str(len(rejections)),
+        )
         if not rejections:
-            ET.SubElement(suite, "testcase", classname=name,
-                          name=f"all {count} records carry intact provenance")
+            ET.SubElement(
+                suite,
+                "testcase",
+                classname=name,
+                name=f"all {count} records carry intact provenance",
+            )
         for r in rejections:
-            case = ET.SubElement(suite, "testcase", classname=name,
-                                 name=f"[{r.index}] {r.record_id or 'record without record_id'}")
-            failure = ET.SubElement(case, "failure",
-                                    message="; ".join(v.rule for v in r.violations),
-                                    type="ProvenanceViolation")
+            case = ET.SubElement(
+                suite,
+                "testcase",
+                classname=name,
+                name=f"[{r.index}] {r.record_id or 'record without record_id'}",
+            )
+            failure = ET.SubElement(
+                case,
+                "failure",
+                message="; ".join(v.rule for v in r.violations),
+                type="ProvenanceViolation",
+            )
             failure.text = "\n".join(f"{v.rule}: {v.message}" for v in r.violations)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
 
 RENDERERS: dict[str, Callable[[CheckResult], str]] = {
-    "text": render_text, "json": render_json, "junit": render_junit,
+    "text": render_text,
+    "json": render_json,
+    "junit": render_junit,
 }

@@ -68,9 +68,7 @@ def _avro(path: Path, handle: IO[bytes], position: list[int] | None) -> Iterator
         ) from exc
 
 
-def _json_lines(
-    path: Path, handle: IO[bytes], position: list[int] | None
-) -> Iterator[FileRecord]:
+def _json_lines(path: Path, handle: IO[bytes], position: list[int] | None) -> Iterator[FileRecord]:
     index = 0
     for line_number, raw in enumerate(handle, start=1):
         if not raw.strip():
@@ -86,8 +84,12 @@ def _json_lines(
                 f"line {line_number} {error}."
             )
         if error is not None:
-            yield FileRecord(file=str(path), index=index, value=None,
-                             error=f"line {line_number} {error}, not a JSON object")
+            yield FileRecord(
+                file=str(path),
+                index=index,
+                value=None,
+                error=f"line {line_number} {error}, not a JSON object",
+            )
         else:
             yield FileRecord(file=str(path), index=index, value=value)
         index += 1

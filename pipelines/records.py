@@ -35,17 +35,31 @@ from pipelines.verdicts import Violation
 
 CLASS_RANK = {"HUMAN": 0, "AI_ASSISTED": 1, "SYNTHETIC": 2}
 COLUMNS = (
-    "record_id", "tenant_id", "provenance_present", "content_class", "origin_env",
-    "source_system", "generator_name", "parameters_sha256", "generated_at", "disclosure",
-    "class_rank", "max_parent_class_rank",
+    "record_id",
+    "tenant_id",
+    "provenance_present",
+    "content_class",
+    "origin_env",
+    "source_system",
+    "generator_name",
+    "parameters_sha256",
+    "generated_at",
+    "disclosure",
+    "class_rank",
+    "max_parent_class_rank",
 )
 # Where each checked column lives in the record, for messages.
 FIELD_OF_COLUMN = {
-    "record_id": "record_id", "tenant_id": "tenant_id", "provenance_present": "provenance",
-    "content_class": "provenance.content_class", "origin_env": "provenance.origin_env",
-    "source_system": "provenance.source_system", "generator_name": "provenance.generator.name",
+    "record_id": "record_id",
+    "tenant_id": "tenant_id",
+    "provenance_present": "provenance",
+    "content_class": "provenance.content_class",
+    "origin_env": "provenance.origin_env",
+    "source_system": "provenance.source_system",
+    "generator_name": "provenance.generator.name",
     "parameters_sha256": "provenance.generator.parameters_sha256",
-    "generated_at": "provenance.generated_at", "disclosure": "provenance.disclosure",
+    "generated_at": "provenance.generated_at",
+    "disclosure": "provenance.disclosure",
     "class_rank": "provenance.content_class",
     "max_parent_class_rank": "provenance.parent_record_ids",
 }
@@ -147,8 +161,9 @@ class Flattener:
             "origin_env": text(prov, "origin_env", "provenance.origin_env"),
             "source_system": text(prov, "source_system", "provenance.source_system"),
             "generator_name": text(gen, "name", "provenance.generator.name"),
-            "parameters_sha256": text(gen, "parameters_sha256",
-                                      "provenance.generator.parameters_sha256"),
+            "parameters_sha256": text(
+                gen, "parameters_sha256", "provenance.generator.parameters_sha256"
+            ),
             "disclosure": text(prov, "disclosure", "provenance.disclosure"),
         }
         raw_time = prov.get("generated_at") if prov is not None else None
@@ -156,16 +171,23 @@ class Flattener:
             try:
                 row["generated_at"] = to_epoch_millis(raw_time)
             except (TypeError, ValueError):
-                errors.append(_wrong_type(rid, "provenance.generated_at",
-                                          "a timestamp (epoch millis or ISO-8601)", raw_time))
+                errors.append(
+                    _wrong_type(
+                        rid,
+                        "provenance.generated_at",
+                        "a timestamp (epoch millis or ISO-8601)",
+                        raw_time,
+                    )
+                )
         rank = CLASS_RANK.get(row["content_class"] or "")
         row["class_rank"] = rank
         parent_ids = prov.get("parent_record_ids") if prov is not None else None
         if parent_ids is not None and not (
             isinstance(parent_ids, list) and all(isinstance(p, str) for p in parent_ids)
         ):
-            errors.append(_wrong_type(rid, "provenance.parent_record_ids",
-                                      "a list of strings", parent_ids))
+            errors.append(
+                _wrong_type(rid, "provenance.parent_record_ids", "a list of strings", parent_ids)
+            )
             parent_ids = None
         if parent_ids:
             row["max_parent_class_rank"] = self.parents.max_rank(parent_ids)

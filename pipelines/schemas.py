@@ -23,10 +23,12 @@ ENTITY_FILES = {
     "lineage_guard.crm.MediaAsset": "crm/media_asset.avsc",
 }
 # Short names accepted wherever a schema is named on the command line.
-SHORT_NAMES = {"contact": "lineage_guard.crm.Contact",
-               "email_activity": "lineage_guard.crm.EmailActivity",
-               "media_asset": "lineage_guard.crm.MediaAsset",
-               "provenance": PROVENANCE}
+SHORT_NAMES = {
+    "contact": "lineage_guard.crm.Contact",
+    "email_activity": "lineage_guard.crm.EmailActivity",
+    "media_asset": "lineage_guard.crm.MediaAsset",
+    "provenance": PROVENANCE,
+}
 
 Schema = dict[str, Any]
 
@@ -64,16 +66,24 @@ def load_schema(name: str) -> Schema:
     """
     full = SHORT_NAMES.get(name, name)
     if full == PROVENANCE:
-        return fastavro.parse_schema(_read("provenance.avsc"))
+        return _as_record(fastavro.parse_schema(_read("provenance.avsc")))
     if full not in ENTITY_FILES:
         known = ", ".join(f"`{n}`" for n in sorted(SHORT_NAMES))
         raise SchemaError(f"Unknown schema `{name}`. Known schemas: {known}.")
     try:
-        return fastavro.parse_schema(
-            _read(ENTITY_FILES[full]), named_schemas=dict(_provenance_types()), expand=True
+        return _as_record(
+            fastavro.parse_schema(
+                _read(ENTITY_FILES[full]), named_schemas=dict(_provenance_types()), expand=True
+            )
         )
     except (fastavro.schema.SchemaParseException, fastavro.schema.UnknownType) as exc:
         raise SchemaError(f"Schema `{full}` does not parse: {exc}") from exc
+
+
+def _as_record(parsed: Any) -> Schema:
+    if not isinstance(parsed, dict):
+        raise SchemaError(f"Expected a record schema, got `{parsed!r:.60}`.")
+    return parsed
 
 
 def entity_schemas() -> dict[str, Schema]:

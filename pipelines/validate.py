@@ -115,13 +115,14 @@ class SuiteValidator:
             for outcome in result.results:
                 if outcome.success:
                     continue
-                if outcome.exception_info and outcome.exception_info.get("raised_exception"):
+                config = outcome.expectation_config
+                assert config is not None  # GX always reports the expectation it ran
+                if error := _raised(outcome.exception_info):
                     raise ConfigError(
-                        f"Expectation `{outcome.expectation_config.type}` in suite "
-                        f"`{suite.name}` failed to run: "
-                        f"{outcome.exception_info.get('exception_message')}"
+                        f"Expectation `{config.type}` in suite `{suite.name}` failed to run: "
+                        f"{error}"
                     )
-                rule = self._rules[str(outcome.expectation_config.id)]
+                rule = self._rules[str(config.id)]
                 for index in outcome.result.get("unexpected_index_list") or []:
                     row = int(index)
                     found.setdefault(row, []).append(
@@ -133,9 +134,7 @@ class SuiteValidator:
         ]
 
     @staticmethod
-    def _violation(
-        rule: _Rule, record: Any, columns: dict[str, list[Any]], row: int
-    ) -> Violation:
+    def _violation(rule: _Rule, record: Any, columns: dict[str, list[Any]], row: int) -> Violation:
         message = f"{describe(record_id_of(record))}: {rule.message}"
         column = next((c for c, f in FIELD_OF_COLUMN.items() if f == rule.field), None)
         value = columns[column][row] if column in columns else None
@@ -145,6 +144,22 @@ class SuiteValidator:
         elif rule.field:
             message += f" (`{rule.field}`)"
         return Violation(rule=rule.rule, column=rule.field, message=message + ".")
+
+
+def _raised(info: Any) -> str | None:
+    """The exception message GX recorded for an expectation, if it raised one.
+
+    GX reports `{"raised_exception": …}` either directly or keyed by metric, depending on where
+    the failure happened.
+    """
+    if not isinstance(info, dict):
+        return None
+    if info.get("raised_exception"):
+        return str(info.get("exception_message") or "unknown error")
+    for nested in info.values():
+        if message := _raised(nested):
+            return message
+    return None
 
 
 def _tidy(violations: list[Violation]) -> tuple[Violation, ...]:
@@ -161,7 +176,8 @@ def _tidy(violations: list[Violation]) -> tuple[Violation, ...]:
     for v in violations:
         if v.rule != "wrong_type" and v.column in mistyped:
             continue
-        if stripped and v.rule != "provenance_missing" and (v.column or "").startswith("provenance."):
+        in_provenance = (v.column or "").startswith("provenance.")
+        if stripped and v.rule != "provenance_missing" and in_provenance:
             continue
         kept.append(v)
     return tuple(kept)

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import fastavro
+import pytest
+
+from lineage.errors import SchemaError
+from pipelines.generate import CONTACT, EMAIL_ACTIVITY, MEDIA_ASSET, generate
+from pipelines.schemas import ENTITY_FILES, load_schema
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+
+
+def test_provenance_is_defined_once_and_referenced_by_full_name() -> None:
+    for relative in ENTITY_FILES.values():
+        raw = json.loads((SCHEMAS / relative).read_text())
+        fields = {f["name"]: f for f in raw["fields"]}
+        assert fields["provenance"]["type"] == "lineage_guard.Provenance"
+        assert 'Provenance"' not in (SCHEMAS / relative).read_text().replace(
+            'lineage_guard.Provenance"', ""
+        )
+        assert fields["record_id"]["type"] == "string"
+        assert fields["tenant_id"]["type"] == "string"
+
+
+def test_contract_fields_match_architecture() -> None:
+    provenance = load_schema("lineage_guard.Provenance")
+    fields = {f["name"]: f["type"] for f in provenance["fields"]}
+    assert list(fields) == [
+        "content_class",
+        "origin_env",
+        "source_system",
+        "generator",
+        "generated_at",
+        "disclosure",
+        "parent_record_ids",
+    ]
+    assert fields["content_class"]["symbols"] == ["HUMAN", "AI_ASSISTED", "SYNTHETIC"]
+    assert fields["content_class"]["name"] == "lineage_guard.ContentClass"
+    assert fields["origin_env"]["symbols"] == ["PRODUCTION", "STAGING", "TEST"]
+    assert fields["generator"][1]["name"] == "lineage_guard.Generator"
+    assert fields["generated_at"][1]["logicalType"] == "timestamp-millis"
+    assert fields["parent_record_ids"]["items"] == "string"
+
+
+@pytest.mark.parametrize("entity", [CONTACT, EMAIL_ACTIVITY, MEDIA_ASSET])
+def test_entity_schemas_resolve_and_round_trip(entity: str) -> None:
+    records = [g.record for g in generate(30, seed=11, entities=(entity,))]
+    buffer = io.BytesIO()
+    fastavro.writer(buffer, load_schema(entity), records)
+    buffer.seek(0)
+    assert list(fastavro.reader(buffer)) == [
+        {**r, **({"caption": r.get("caption")} if entity == MEDIA_ASSET else {})} for r in records
+    ]
+
+
+def test_short_and_full_names_load_the_same_schema() -> None:
+    assert load_schema("contact") == load_schema("lineage_guard.crm.Contact")
+
+
+def test_unknown_schema_names_the_known_ones() -> None:
+    with pytest.raises(SchemaError, match=r"Unknown schema `crm\.lead`.*`contact`"):
+        load_schema("crm.lead")
