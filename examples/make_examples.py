@@ -10,25 +10,20 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 from pipelines.files import write_avro, write_json_lines
-from pipelines.generate import CONTACT, EMAIL_ACTIVITY, MEDIA_ASSET, Faults, generate
+from pipelines.generate import (
+    CONTACT,
+    EMAIL_ACTIVITY,
+    MEDIA_ASSET,
+    Faults,
+    faulty_sync_schema,
+    generate,
+)
 from pipelines.schemas import load_schema
 
 HERE = Path(__file__).resolve().parent
-
-
-def faulty_sync_schema(entity: str) -> dict:
-    """The entity schema as a careless sync job declares it: provenance may be null."""
-    schema = copy.deepcopy(load_schema(entity))
-    for field in schema["fields"]:
-        if field["name"] == "provenance":
-            field["type"] = ["null", field["type"]]
-            field["default"] = None
-    schema["name"] = schema["name"].replace("lineage_guard.crm.", "crm_sync.")
-    return schema
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ strips provenance, test profiles headed for production, another tenant's records
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import random
 import uuid
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from pipelines.schemas import load_schema
 
 CONTACT = "lineage_guard.crm.Contact"
 EMAIL_ACTIVITY = "lineage_guard.crm.EmailActivity"
@@ -132,6 +135,17 @@ def generate(
         provenance["parent_record_ids"] = parents
         fault = _inject(rng, record, faults)
         yield Generated(schema=entity, record=record, fault=fault)
+
+
+def faulty_sync_schema(entity: str) -> dict[str, Any]:
+    """The entity schema as a careless sync job declares it: provenance may be null."""
+    schema = copy.deepcopy(load_schema(entity))
+    for field in schema["fields"]:
+        if field["name"] == "provenance":
+            field["type"] = ["null", field["type"]]
+            field["default"] = None
+    schema["name"] = schema["name"].replace("lineage_guard.crm.", "crm_sync.")
+    return schema
 
 
 def _provenance(

@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 
-from examples.make_examples import faulty_sync_schema
 from pipelines.files import write_avro, write_json_lines
-from pipelines.generate import CONTACT, EMAIL_ACTIVITY, Faults, generate
+from pipelines.generate import CONTACT, EMAIL_ACTIVITY, Faults, faulty_sync_schema, generate
 from pipelines.schemas import load_schema
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

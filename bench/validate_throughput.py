@@ -1,0 +1,77 @@
+"""Measures `lineage-guard validate` throughput: records per second through the same streaming
+file check the CLI runs (read, flatten, GX suite per micro-batch), on generated CRM records.
+
+    python bench/validate_throughput.py --records 1000000
+
+Writes the records to a temporary Avro file per entity first (not timed), then times the
+check. Prints one line per size and, with --json, a JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pipelines.file_check import check_files
+from pipelines.files import write_avro
+from pipelines.generate import (
+    CONTACT,
+    EMAIL_ACTIVITY,
+    MEDIA_ASSET,
+    Faults,
+    faulty_sync_schema,
+    generate,
+)
+from pipelines.validate import SuiteValidator
+
+
+def measure(records: int, batch_size: int, folder: Path) -> dict[str, float]:
+    paths = []
+    for n, entity in enumerate((CONTACT, EMAIL_ACTIVITY, MEDIA_ASSET)):
+        path = folder / f"{entity.rsplit('.', 1)[1]}-{records}.avro"
+        generated = generate(
+            records // 3, seed=n, entities=(entity,), faults=Faults(stripped=0.05, test_origin=0.02)
+        )
+        write_avro(path, faulty_sync_schema(entity), (g.record for g in generated))
+        paths.append(path)
+    validator = SuiteValidator()
+    started = time.perf_counter()
+    result = check_files(paths, validator, batch_size=batch_size)
+    seconds = time.perf_counter() - started
+    return {
+        "records": result.total,
+        "rejected": len(result.rejected),
+        "seconds": seconds,
+        "records_per_second": result.total / seconds,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, nargs="+", default=[6000, 1_000_000])
+    parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for count in args.records:
+            row = measure(count, args.batch_size, Path(tmp))
+            results.append(row)
+            print(
+                f"{row['records']:>9} records  {row['rejected']:>7} rejected  "
+                f"{row['seconds']:8.2f} s  {row['records_per_second']:>9.0f} records/s  "
+                f"peak RSS {row['peak_rss_mib']:.0f} MiB",
+                file=sys.stderr,
+            )
+    if args.json:
+        print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
