@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -27,6 +28,13 @@ def cli(verbose: int) -> None:
     )
     # GX logs its own chatter at INFO/WARNING; keep it out of the user's stderr by default.
     logging.getLogger("great_expectations").setLevel(max(level, logging.ERROR))
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_drop_beam_gcp_notice)
+
+
+def _drop_beam_gcp_notice(record: logging.LogRecord) -> bool:
+    """Beam warns at import that Google Cloud clients are missing; we use none of them."""
+    return not str(record.msg).startswith("apitools not found")
 
 
 @cli.command()
@@ -68,6 +76,93 @@ def validate(paths: tuple[Path, ...], output_format: str, batch_size: int) -> No
         result = check_files(paths, validator, batch_size=batch_size)
     click.echo(RENDERERS[output_format](result), nl=False)
     sys.exit(ExitCode.VIOLATIONS if result.rejected else ExitCode.OK)
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.option("--bootstrap-servers", help="Kafka bootstrap servers; without it, runs on files.")
+@click.option("--input-topic", "input_topics", multiple=True, help="Topic to guard (repeatable).")
+@click.option("--output-topic", help="Where allowed records go, byte-for-byte.")
+@click.option("--quarantine-topic", help="Where stopped records go, with reason headers.")
+@click.option(
+    "--group-id",
+    default="lineage-guard",
+    show_default=True,
+    help="Consumer group whose committed offsets mark what is guarded.",
+)
+@click.option(
+    "--kafka-config",
+    "kafka_config",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Extra librdkafka setting for consumer and producer (repeatable).",
+)
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Embedded default: an Avro or JSON Lines file to guard (repeatable).",
+)
+@click.option(
+    "--output-dir",
+    type=click.Path(path_type=Path),
+    default=Path("out"),
+    show_default=True,
+    help="Embedded default: where allowed/quarantine files go.",
+)
+@click.option(
+    "--sink-policy",
+    "policies",
+    multiple=True,
+    default=("production",),
+    show_default=True,
+    help="production | tenant:ID | training[:real|synthetic|mixed] (repeatable).",
+)
+@click.option("--schema", "raw_schema", help="Schema of raw (unframed) Avro messages.")
+@click.option("--schema-registry", help="Confluent Schema Registry URL for framed messages.")
+@click.option(
+    "--until-caught-up",
+    is_flag=True,
+    help="Read up to the end offsets present at start, then exit.",
+)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    help="Unbounded mode: seconds to wait when a round found nothing new.",
+)
+@click.option(
+    "--lineage-store",
+    default="sqlite:///.lineage-guard/lineage.db",
+    show_default=True,
+    help="sqlite:///PATH or postgresql://… URL.",
+)
+@click.option("--no-lineage", is_flag=True, help="Do not record lineage (not for production).")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=2000,
+    show_default=True,
+    help="Records per micro-batch.",
+)
+@click.option("--pipeline-name", default="lineage-guard", show_default=True)
+@click.option(
+    "--runner",
+    default="FnApiRunner",
+    show_default=True,
+    help="Beam runner (never the downloading DirectRunner by default).",
+)
+@click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
+def run(**options: Any) -> None:
+    """Run the guard: Kafka topics in, allowed and quarantine topics out, lineage recorded.
+
+    Without --bootstrap-servers it runs on the embedded default: --input files in, JSON Lines
+    files out in --output-dir. Arguments after `--` go to Beam's pipeline options.
+    """
+    from pipelines.run import run_guard
+
+    run_guard(**options)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -110,13 +110,13 @@ def write_json_lines(path: Path, records: Iterable[Any]) -> int:
     count = 0
     with path.open("w", encoding="utf-8") as handle:
         for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False, default=_json_default))
+            handle.write(json.dumps(record, ensure_ascii=False, default=json_default))
             handle.write("\n")
             count += 1
     return count
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     raise TypeError(f"{type(value).__name__} is not JSON serializable")

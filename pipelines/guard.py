@@ -1,0 +1,306 @@
+"""Builds and runs the guard's Beam pipeline.
+
+    source ──► Decode ──► Validate ──► Enforce ──► Write (allowed | quarantine, + lineage)
+
+The elements are micro-batches of one partition (`pipelines.items.Batch`): GX runs once per
+batch, and a record that a stage stops stays in its batch, marked, so the write stage sees every
+partition's records in offset order and can commit offsets only behind delivered records.
+Lineage events are written before the records they cover are produced: if the store cannot be
+written, nothing is delivered and no offset is committed (the guard fails closed).
+
+The runner is always explicit (default: Beam's in-process `FnApiRunner`); Flink, Spark or
+Dataflow take the same graph through `--runner` and Beam's own options.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from lineage.errors import ServiceUnavailableError
+from pipelines import stages
+from pipelines.decode import Decoder, registry_lookup
+from pipelines.file_io import FileSink, read_file
+from pipelines.items import Batch
+from pipelines.kafka_io import KafkaSettings, KafkaSink, PartitionRange, read_range
+from pipelines.policies import parse_policy
+from pipelines.validate import SuiteValidator
+
+log = logging.getLogger(__name__)
+progress_log = logging.getLogger("pipelines.progress")
+
+DEFAULT_RUNNER = "FnApiRunner"
+NAMESPACE = "lineage_guard"
+
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaIO:
+    settings: KafkaSettings
+    input_topics: tuple[str, ...]
+    output_topic: str
+    quarantine_topic: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class FilesIO:
+    inputs: tuple[str, ...]
+    out_dir: str
+    names: dict[str, str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuardConfig:
+    io: KafkaIO | FilesIO
+    policies: tuple[str, ...] = ("production",)
+    raw_schema: str | None = None
+    schema_registry: str | None = None
+    lineage_store: str | None = None  # None: lineage off
+    lineage_retry_s: float = 300.0
+    batch_size: int = 2000
+    pipeline_name: str = "lineage-guard"
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    runner: str = DEFAULT_RUNNER
+    beam_args: tuple[str, ...] = ()
+
+
+class ReadKafka(beam.DoFn):
+    def __init__(self, io: KafkaIO, batch_size: int) -> None:
+        self.io = io
+        self.batch_size = batch_size
+
+    def setup(self) -> None:
+        self.consumer = self.io.settings.consumer()
+        self.read = Metrics.counter(NAMESPACE, "read")
+
+    def process(self, part: PartitionRange) -> Iterator[Batch]:
+        for batch in read_range(self.consumer, part, self.batch_size, self.io.settings.timeout_s):
+            self.read.inc(len(batch.items))
+            yield batch
+
+    def teardown(self) -> None:
+        self.consumer.close()
+
+
+class ReadFiles(beam.DoFn):
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+
+    def setup(self) -> None:
+        self.read = Metrics.counter(NAMESPACE, "read")
+
+    def process(self, path: str) -> Iterator[Batch]:
+        for batch in read_file(path, self.batch_size):
+            self.read.inc(len(batch.items))
+            yield batch
+
+
+class DecodeBatches(beam.DoFn):
+    def __init__(self, raw_schema: str | None, schema_registry: str | None) -> None:
+        self.raw_schema = raw_schema
+        self.schema_registry = schema_registry
+
+    def setup(self) -> None:
+        lookup = registry_lookup(self.schema_registry) if self.schema_registry else None
+        self.decoder = Decoder(raw_schema=self.raw_schema, registry_lookup=lookup)
+
+    def process(self, batch: Batch) -> Iterator[Batch]:
+        yield stages.decode(batch, self.decoder)
+
+
+class ValidateBatches(beam.DoFn):
+    def setup(self) -> None:
+        self.validator = SuiteValidator()  # GX context and suites: once per worker
+
+    def process(self, batch: Batch) -> Iterator[Batch]:
+        yield stages.validate(batch, self.validator)
+
+
+class EnforcePolicies(beam.DoFn):
+    def __init__(self, policies: Sequence[str]) -> None:
+        self.policy_texts = tuple(policies)
+
+    def setup(self) -> None:
+        self.policies = [parse_policy(text) for text in self.policy_texts]
+
+    def process(self, batch: Batch) -> Iterator[Batch]:
+        yield stages.enforce(batch, self.policies)
+
+
+class WriteBatches(beam.DoFn):
+    """Records lineage, then writes allowed and quarantined records, then commits."""
+
+    def __init__(self, config: GuardConfig, expected: int | None) -> None:
+        self.config = config
+        self.expected = expected
+
+    def setup(self) -> None:
+        io = self.config.io
+        if isinstance(io, KafkaIO):
+            self.sink: KafkaSink | FileSink = KafkaSink(
+                io.settings, output_topic=io.output_topic, quarantine_topic=io.quarantine_topic
+            )
+        else:
+            self.sink = FileSink(io.out_dir, io.names)
+        self.store = None
+        if self.config.lineage_store:
+            from lineage.store import open_store
+
+            self.store = open_store(self.config.lineage_store)
+        self.counters: dict[str, Any] = {}
+        self.written = 0
+        self.started = self.last_report = time.monotonic()
+
+    def process(self, batch: Batch) -> None:
+        if self.store is not None:
+            allowed_to, quarantined_to = self._destinations(batch)
+            events = stages.lineage_events(
+                batch,
+                pipeline=self.config.pipeline_name,
+                run_id=self.config.run_id,
+                allowed_to=allowed_to,
+                quarantined_to=quarantined_to,
+            )
+            self._append_lineage(events, f"{self.config.run_id}/{batch.topic}/{batch.partition}")
+        self.sink.write(batch)
+        self._count(batch)
+
+    def finish_bundle(self) -> None:
+        self.sink.flush()
+
+    def teardown(self) -> None:
+        self.sink.close()
+        if self.store is not None:
+            self.store.close()
+
+    def _destinations(self, batch: Batch) -> tuple[str, str]:
+        if isinstance(self.sink, KafkaSink):
+            return self.sink.output_topic, self.sink.quarantine_topic
+        return self.sink.destinations(batch.topic)
+
+    def _append_lineage(self, events: Sequence[Any], chain_id: str) -> None:
+        assert self.store is not None
+        deadline = time.monotonic() + self.config.lineage_retry_s
+        delay = 0.5
+        while True:
+            try:
+                self.store.append(events, chain_id=chain_id)
+                return
+            except ServiceUnavailableError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise ServiceUnavailableError(
+                        f"{exc.message} Gave up after {self.config.lineage_retry_s:.0f} s: "
+                        "the records it covers were not delivered and their offsets not "
+                        "committed."
+                    ) from exc
+                log.warning("lineage store unavailable, retrying in %.1f s: %s", delay, exc.message)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _count(self, batch: Batch) -> None:
+        for item in batch.items:
+            if item.allowed:
+                name = "allowed"
+            else:
+                outcome = "blocked" if item.blocked else "quarantined"
+                name = f"{outcome}:{item.stopped_at}:" + ",".join(
+                    sorted({v.rule for v in item.violations})
+                )
+            counter = self.counters.get(name)
+            if counter is None:
+                counter = self.counters[name] = Metrics.counter(NAMESPACE, name)
+            counter.inc()
+        self.written += len(batch.items)
+        now = time.monotonic()
+        if now - self.last_report >= 2.0:
+            self.last_report = now
+            rate = self.written / max(now - self.started, 1e-9)
+            total = f"/{self.expected}" if self.expected is not None else ""
+            progress_log.info("guarded %d%s records (%.0f records/s)", self.written, total, rate)
+
+
+def build(
+    pipeline: beam.Pipeline, config: GuardConfig, ranges: Sequence[PartitionRange] = ()
+) -> None:
+    io = config.io
+    if isinstance(io, KafkaIO):
+        expected: int | None = sum(r.size for r in ranges)
+        batches = (
+            pipeline
+            | "Partitions" >> beam.Create(list(ranges))
+            | "Spread" >> beam.Reshuffle()
+            | "ReadKafka" >> beam.ParDo(ReadKafka(io, config.batch_size))
+        )
+    else:
+        expected = None
+        batches = (
+            pipeline
+            | "Files" >> beam.Create(list(io.inputs))
+            | "ReadFiles" >> beam.ParDo(ReadFiles(config.batch_size))
+        )
+    _ = (
+        batches
+        | "Decode" >> beam.ParDo(DecodeBatches(config.raw_schema, config.schema_registry))
+        | "Validate" >> beam.ParDo(ValidateBatches())
+        | "Enforce" >> beam.ParDo(EnforcePolicies(config.policies))
+        | "Write" >> beam.ParDo(WriteBatches(config, expected))
+    )
+
+
+@dataclass(kw_only=True)
+class Summary:
+    read: int = 0
+    allowed: int = 0
+    stopped: dict[str, int] = field(default_factory=dict)  # "quarantined:validate:rule" → n
+
+    @property
+    def quarantined(self) -> int:
+        return sum(n for k, n in self.stopped.items() if k.startswith("quarantined:"))
+
+    @property
+    def blocked(self) -> int:
+        return sum(n for k, n in self.stopped.items() if k.startswith("blocked:"))
+
+    def add(self, other: Summary) -> None:
+        self.read += other.read
+        self.allowed += other.allowed
+        for key, n in other.stopped.items():
+            self.stopped[key] = self.stopped.get(key, 0) + n
+
+
+def run_once(config: GuardConfig) -> Summary:
+    """One bounded run: Kafka up to the end offsets present now, or every input file."""
+    from pipelines.kafka_io import plan_ranges
+
+    ranges: list[PartitionRange] = []
+    if isinstance(config.io, KafkaIO):
+        ranges = plan_ranges(config.io.settings, list(config.io.input_topics))
+        if not ranges:
+            return Summary()
+    options = PipelineOptions([f"--runner={config.runner}", *config.beam_args])
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, config, ranges)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return _summary(result)
+
+
+def _summary(result: Any) -> Summary:
+    summary = Summary()
+    for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+        name, value = counter.key.metric.name, counter.committed or counter.attempted or 0
+        if name == "read":
+            summary.read += value
+        elif name == "allowed":
+            summary.allowed += value
+        else:
+            summary.stopped[name] = summary.stopped.get(name, 0) + value
+    return summary

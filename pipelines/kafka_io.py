@@ -1,0 +1,302 @@
+"""Native Kafka IO with confluent-kafka: partition ranges in, guarded batches out.
+
+No Java expansion service: the source reads assigned partitions from the group's committed
+offsets, the sink produces allowed records byte-for-byte and quarantined ones with reason
+headers, and commits a partition's offset only once every record before it has been delivered
+(at-least-once: nothing is acknowledged that was not written).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+
+from lineage.errors import ConfigError, ServiceUnavailableError
+from pipelines.items import Batch, Item, Source
+
+log = logging.getLogger(__name__)
+
+HEADER_PREFIX = "lineage-guard."
+PRODUCER_DEFAULTS = {
+    "acks": "all",
+    "enable.idempotence": True,
+    "linger.ms": 20,
+    "batch.size": 1_000_000,
+    "compression.type": "lz4",
+    "queue.buffering.max.messages": 500_000,
+    "queue.buffering.max.kbytes": 1_048_576,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaSettings:
+    bootstrap_servers: str
+    group_id: str
+    client: Mapping[str, Any] = field(default_factory=dict)  # extra librdkafka settings
+    timeout_s: float = 30.0
+
+    def consumer(self, **overrides: Any) -> Consumer:
+        config = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "group.id": self.group_id,
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+            **self.client,
+            **overrides,
+        }
+        return Consumer(config)
+
+    def producer(self) -> Producer:
+        return Producer(
+            {"bootstrap.servers": self.bootstrap_servers, **PRODUCER_DEFAULTS, **self.client}
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PartitionRange:
+    """Offsets [start, end) of one partition: what a bounded run reads."""
+
+    topic: str
+    partition: int
+    start: int
+    end: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+def plan_ranges(settings: KafkaSettings, topics: list[str]) -> list[PartitionRange]:
+    """From each partition's committed offset (or its start) to its end offset right now."""
+    consumer = settings.consumer()
+    try:
+        try:
+            metadata = consumer.list_topics(timeout=settings.timeout_s)
+        except KafkaException as exc:
+            raise ServiceUnavailableError(
+                f"Kafka at `{settings.bootstrap_servers}` did not answer: {exc.args[0]}. "
+                "Check `--bootstrap-servers`."
+            ) from exc
+        partitions = []
+        for topic in topics:
+            info = metadata.topics.get(topic)
+            if info is None or info.error is not None:
+                raise ConfigError(
+                    f"Input topic `{topic}` does not exist on `{settings.bootstrap_servers}`."
+                )
+            partitions += [TopicPartition(topic, p) for p in sorted(info.partitions)]
+        committed = consumer.committed(partitions, timeout=settings.timeout_s)
+        ranges = []
+        for tp in committed:
+            low, high = consumer.get_watermark_offsets(tp, timeout=settings.timeout_s)
+            start = tp.offset if tp.offset != OFFSET_INVALID and tp.offset >= 0 else low
+            if high > start:
+                ranges.append(
+                    PartitionRange(topic=tp.topic, partition=tp.partition, start=start, end=high)
+                )
+        return ranges
+    except KafkaException as exc:
+        raise ServiceUnavailableError(f"Kafka at `{settings.bootstrap_servers}`: {exc}") from exc
+    finally:
+        consumer.close()
+
+
+def read_range(
+    consumer: Consumer, part: PartitionRange, batch_size: int, timeout_s: float
+) -> Iterator[Batch]:
+    """Reads `part` into batches of up to `batch_size` messages, in offset order."""
+    consumer.assign([TopicPartition(part.topic, part.partition, part.start)])
+    try:
+        next_offset = part.start
+        idle_since = time.monotonic()
+        while next_offset < part.end:
+            messages = consumer.consume(
+                num_messages=min(batch_size, part.end - next_offset), timeout=1.0
+            )
+            items = []
+            reached_eof = False
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        reached_eof = True
+                        continue
+                    raise ServiceUnavailableError(
+                        f"Reading `{part.topic}`[{part.partition}] failed: {error.str()}"
+                    )
+                offset = message.offset()
+                assert offset is not None  # data messages always carry their offset
+                if offset >= part.end:
+                    reached_eof = True
+                    break
+                items.append(
+                    Item(
+                        source=Source(
+                            topic=part.topic,
+                            partition=part.partition,
+                            offset=offset,
+                            key=message.key(),
+                            value=message.value(),
+                            headers=message.headers(),  # type: ignore[arg-type]
+                            timestamp_ms=message.timestamp()[1],
+                        )
+                    )
+                )
+                next_offset = offset + 1
+            if items:
+                idle_since = time.monotonic()
+                yield Batch(topic=part.topic, partition=part.partition, items=tuple(items))
+            if reached_eof:
+                break
+            if time.monotonic() - idle_since > timeout_s:
+                raise ServiceUnavailableError(
+                    f"No messages from `{part.topic}`[{part.partition}] for {timeout_s:.0f} s "
+                    f"while expecting offsets up to {part.end - 1}."
+                )
+    finally:
+        consumer.unassign()
+
+
+@dataclass(kw_only=True)
+class _Pending:
+    next_offset: int
+    remaining: int
+    errors: list[str] = field(default_factory=list)
+
+
+class KafkaSink:
+    """Produces guarded batches and commits each partition once all before it is delivered."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        output_topic: str,
+        quarantine_topic: str,
+        commit_interval_s: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.output_topic = output_topic
+        self.quarantine_topic = quarantine_topic
+        self._producer = settings.producer()
+        self._committer = settings.consumer()
+        self._pending: dict[tuple[str, int], deque[_Pending]] = {}
+        self._to_commit: dict[tuple[str, int], int] = {}
+        self._commit_interval_s = commit_interval_s
+        self._last_commit = time.monotonic()
+
+    def write(self, batch: Batch) -> None:
+        pending = _Pending(next_offset=batch.next_offset, remaining=len(batch.items))
+        self._pending.setdefault((batch.topic, batch.partition), deque()).append(pending)
+
+        def delivered(err: KafkaError | None, _msg: Any) -> None:
+            pending.remaining -= 1
+            if err is not None:
+                pending.errors.append(err.str())
+
+        for item in batch.items:
+            s = item.source
+            if item.allowed:
+                self._produce(
+                    self.output_topic, s.key, s.value, s.headers, s.timestamp_ms, delivered
+                )
+            else:
+                self._produce(
+                    self.quarantine_topic,
+                    s.key,
+                    s.value,
+                    [*(s.headers or []), *quarantine_headers(item)],
+                    s.timestamp_ms,
+                    delivered,
+                )
+        self._producer.poll(0)
+        self._advance()
+        if time.monotonic() - self._last_commit >= self._commit_interval_s:
+            self._commit()
+
+    def flush(self) -> None:
+        """Waits for every produced record, then commits what is delivered."""
+        remaining = self._producer.flush(self.settings.timeout_s)
+        self._advance()
+        if remaining:
+            raise ServiceUnavailableError(
+                f"{remaining} records were not acknowledged by Kafka at "
+                f"`{self.settings.bootstrap_servers}` within {self.settings.timeout_s:.0f} s; "
+                "their offsets are not committed."
+            )
+        self._commit()
+
+    def close(self) -> None:
+        self._committer.close()
+
+    def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Any,
+        timestamp_ms: int | None,
+        callback: Any,
+    ) -> None:
+        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": callback}
+        if headers:
+            kwargs["headers"] = headers
+        if timestamp_ms and timestamp_ms > 0:
+            kwargs["timestamp"] = timestamp_ms
+        while True:
+            try:
+                self._producer.produce(topic, **kwargs)
+                return
+            except BufferError:  # the local queue is full: let deliveries drain it
+                self._producer.poll(0.05)
+
+    def _advance(self) -> None:
+        for key, queue in self._pending.items():
+            while queue and queue[0].remaining == 0:
+                done = queue.popleft()
+                if done.errors:
+                    raise ServiceUnavailableError(
+                        f"Kafka did not accept records from `{key[0]}`[{key[1]}] "
+                        f"before offset {done.next_offset}: {done.errors[0]}; their offsets "
+                        "are not committed."
+                    )
+                self._to_commit[key] = done.next_offset
+
+    def _commit(self) -> None:
+        if self._to_commit:
+            offsets = [TopicPartition(t, p, o) for (t, p), o in self._to_commit.items()]
+            try:
+                self._committer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                raise ServiceUnavailableError(f"Committing offsets failed: {exc}") from exc
+            self._to_commit.clear()
+        self._last_commit = time.monotonic()
+
+
+def quarantine_headers(item: Item) -> list[tuple[str, bytes]]:
+    s = item.source
+    return [
+        (
+            HEADER_PREFIX + "reasons",
+            json.dumps([v.to_dict() for v in item.violations], ensure_ascii=False).encode(),
+        ),
+        (HEADER_PREFIX + "stage", str(item.stopped_at).encode()),
+        (HEADER_PREFIX + "source-topic", s.topic.encode()),
+        (HEADER_PREFIX + "source-partition", str(s.partition).encode()),
+        (HEADER_PREFIX + "source-offset", str(s.offset).encode()),
+    ]

@@ -1,0 +1,160 @@
+"""`lineage-guard run`: turns the command line into a `GuardConfig`, runs it, summarizes."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from lineage.errors import ConfigError, LineageGuardError, UnusableInputError
+from pipelines.file_io import output_names
+from pipelines.guard import FilesIO, GuardConfig, KafkaIO, Summary, run_once
+from pipelines.kafka_io import KafkaSettings
+from pipelines.policies import parse_policy
+
+log = logging.getLogger(__name__)
+
+
+def run_guard(**o: Any) -> None:
+    config, until_caught_up = _config(o)
+    if sys.stderr.isatty():
+        logging.getLogger("pipelines.progress").setLevel(logging.INFO)
+    total = Summary()
+    signal.signal(signal.SIGTERM, _stop)
+    started = time.monotonic()
+    try:
+        while True:
+            total.add(_guarded(run_once, config))
+            if until_caught_up or isinstance(config.io, FilesIO):
+                break
+            if total.read == 0 or _last_round_empty(total):
+                time.sleep(o["poll_interval"])
+    except KeyboardInterrupt:
+        click.echo(
+            "lineage-guard: stopped; offsets are committed up to the last delivered batch.",
+            err=True,
+        )
+    _print_summary(total, config, time.monotonic() - started)
+
+
+_previous_read = [0]
+
+
+def _last_round_empty(total: Summary) -> bool:
+    empty = total.read == _previous_read[0]
+    _previous_read[0] = total.read
+    return empty
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
+    for policy in o["policies"]:
+        parse_policy(policy)  # fail now, with the policy's message, not inside a worker
+    if o["bootstrap_servers"]:
+        missing = [
+            name for name in ("input_topics", "output_topic", "quarantine_topic") if not o[name]
+        ]
+        if missing:
+            flags = ", ".join("--" + m.replace("_", "-").rstrip("s") for m in missing)
+            raise ConfigError(f"Kafka mode needs {flags}.")
+        if o["inputs"]:
+            raise ConfigError("Give either --bootstrap-servers (Kafka) or --input (files).")
+        settings = KafkaSettings(
+            bootstrap_servers=o["bootstrap_servers"],
+            group_id=o["group_id"],
+            client=_kafka_config(o["kafka_config"]),
+        )
+        io: KafkaIO | FilesIO = KafkaIO(
+            settings=settings,
+            input_topics=tuple(o["input_topics"]),
+            output_topic=o["output_topic"],
+            quarantine_topic=o["quarantine_topic"],
+        )
+    else:
+        if not o["inputs"]:
+            raise ConfigError("Give --input FILE (embedded default) or --bootstrap-servers.")
+        for path in o["inputs"]:
+            if not Path(path).is_file():
+                raise UnusableInputError(
+                    f"Cannot read `{path}`: it does not exist or is not a file."
+                )
+        inputs = tuple(str(p) for p in o["inputs"])
+        out_dir: Path = o["output_dir"]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        names = output_names(inputs)
+        for name in names.values():  # a run's output replaces the previous run's
+            for suffix in (".allowed.jsonl", ".quarantine.jsonl"):
+                (out_dir / (name + suffix)).unlink(missing_ok=True)
+        io = FilesIO(inputs=inputs, out_dir=str(out_dir), names=names)
+    config = GuardConfig(
+        io=io,
+        policies=tuple(o["policies"]),
+        raw_schema=o["raw_schema"],
+        schema_registry=o["schema_registry"],
+        lineage_store=None if o["no_lineage"] else o["lineage_store"],
+        batch_size=o["batch_size"],
+        pipeline_name=o["pipeline_name"],
+        runner=o["runner"],
+        beam_args=tuple(o["beam_args"]),
+    )
+    return config, bool(o["until_caught_up"])
+
+
+def _kafka_config(pairs: tuple[str, ...]) -> dict[str, str]:
+    config = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--kafka-config takes KEY=VALUE, got `{pair}`.")
+        config[key] = value
+    return config
+
+
+def _guarded(function: Any, *args: Any) -> Summary:
+    """Runs a pipeline round; errors raised inside Beam workers come back as our own."""
+    try:
+        result: Summary = function(*args)
+        return result
+    except LineageGuardError:
+        raise
+    except Exception as exc:
+        cause = _our_error(exc)
+        if cause is None:
+            raise
+        raise cause from exc
+
+
+def _our_error(exc: BaseException) -> LineageGuardError | None:
+    seen = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, LineageGuardError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _print_summary(total: Summary, config: GuardConfig, seconds: float) -> None:
+    lines = [
+        f"lineage-guard run `{config.run_id}`: read {total.read}, allowed {total.allowed}, "
+        f"quarantined {total.quarantined}, blocked {total.blocked} "
+        f"in {seconds:.1f} s"
+    ]
+    for key, count in sorted(total.stopped.items(), key=lambda kv: -kv[1]):
+        outcome, stage, rules = key.split(":", 2)
+        lines.append(f"  {count:>8}  {outcome} at {stage}: {rules}")
+    if isinstance(config.io, FilesIO):
+        lines.append(f"  output in `{config.io.out_dir}`")
+    if config.lineage_store:
+        lines.append(f"  lineage in `{config.lineage_store}`")
+    click.echo("\n".join(lines), err=True)

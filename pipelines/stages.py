@@ -1,0 +1,143 @@
+"""The guard's stages as plain code: decode, validate, enforce, and the lineage they leave.
+
+The Beam transforms in `pipelines/guard.py` call these; so do the benchmark's `core` path and
+the tests, so there is one implementation of what each stage decides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from lineage.events import Decision, LineageEvent, Reason, Stage
+from pipelines.decode import Decoded, Decoder
+from pipelines.items import Batch, Item
+from pipelines.policies import Policy, judge
+from pipelines.records import record_id_of
+from pipelines.validate import SuiteValidator
+from pipelines.verdicts import Violation
+
+
+def decode(batch: Batch, decoder: Decoder) -> Batch:
+    items = []
+    for item in batch.items:
+        if item.record is not None or item.stopped_at is not None:
+            items.append(item)  # already decoded (file input) or already stopped
+            continue
+        if item.error is not None:
+            reason = item.error
+        else:
+            outcome = decoder.decode(item.source.value)
+            if isinstance(outcome, Decoded):
+                items.append(
+                    dataclasses.replace(item, record=outcome.record, schema=outcome.schema)
+                )
+                continue
+            reason = outcome.reason
+        s = item.source
+        violation = Violation(
+            rule="undecodable",
+            column=None,
+            message=f"Message `{s.topic}`[{s.partition}]@{s.offset}: {reason}.",
+        )
+        items.append(dataclasses.replace(item, stopped_at=Stage.DECODE, violations=(violation,)))
+    return dataclasses.replace(batch, items=tuple(items))
+
+
+def validate(batch: Batch, validator: SuiteValidator) -> Batch:
+    pending = [i for i, item in enumerate(batch.items) if item.stopped_at is None]
+    verdicts = validator.validate([batch.items[i].record for i in pending])
+    items = list(batch.items)
+    for i, verdict in zip(pending, verdicts, strict=True):
+        if not verdict.passed:
+            items[i] = dataclasses.replace(
+                items[i], stopped_at=Stage.VALIDATE, violations=verdict.violations
+            )
+    return dataclasses.replace(batch, items=tuple(items))
+
+
+def enforce(batch: Batch, policies: Sequence[Policy]) -> Batch:
+    items = []
+    for item in batch.items:
+        if item.stopped_at is None and item.record is not None:
+            objections = judge(policies, item.record)
+            if objections:
+                item = dataclasses.replace(
+                    item, stopped_at=Stage.ENFORCE, blocked=True, violations=objections
+                )
+        items.append(item)
+    return dataclasses.replace(batch, items=tuple(items))
+
+
+def lineage_events(
+    batch: Batch,
+    *,
+    pipeline: str,
+    run_id: str,
+    allowed_to: str,
+    quarantined_to: str,
+    at: datetime | None = None,
+) -> list[LineageEvent]:
+    """One event per record per stage it passed, ending with where it was written."""
+    at = at or datetime.now(UTC)
+    events = []
+    for item in batch.items:
+        common = _describe(item, pipeline=pipeline, run_id=run_id, at=at)
+        reasons = tuple(Reason(rule=v.rule, message=v.message) for v in item.violations)
+        for stage in (Stage.SOURCE, Stage.DECODE, Stage.VALIDATE, Stage.ENFORCE):
+            if stage == item.stopped_at:
+                decision = Decision.BLOCKED if item.blocked else Decision.QUARANTINED
+                events.append(
+                    LineageEvent(stage=stage, decision=decision, reasons=reasons, **common)
+                )
+                break
+            events.append(LineageEvent(stage=stage, decision=Decision.PASSED, **common))
+        if item.allowed:
+            events.append(
+                LineageEvent(
+                    stage=Stage.WRITE, decision=Decision.DELIVERED, destination=allowed_to, **common
+                )
+            )
+        else:
+            events.append(
+                LineageEvent(
+                    stage=Stage.WRITE,
+                    decision=Decision.QUARANTINED,
+                    reasons=reasons,
+                    destination=quarantined_to,
+                    **common,
+                )
+            )
+    return events
+
+
+def _describe(item: Item, **run: Any) -> dict[str, Any]:
+    record = item.record or {}
+    provenance = _mapping(record.get("provenance"))
+    generator = _mapping(provenance.get("generator"))
+    parents = provenance.get("parent_record_ids")
+    return {
+        **run,
+        "record_id": record_id_of(record),
+        "content_class": _text(provenance.get("content_class")),
+        "origin_env": _text(provenance.get("origin_env")),
+        "tenant_id": _text(record.get("tenant_id")),
+        "source_system": _text(provenance.get("source_system")),
+        "generator": _text(generator.get("name")),
+        "parent_record_ids": tuple(p for p in parents if isinstance(p, str))
+        if isinstance(parents, list)
+        else (),
+        "source_topic": item.source.topic,
+        "source_partition": item.source.partition,
+        "source_offset": item.source.offset,
+    }
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
