@@ -29,6 +29,9 @@ from lineage.errors import ConfigError, ServiceUnavailableError
 from pipelines.items import Batch, Item, Source
 
 log = logging.getLogger(__name__)
+# librdkafka's own log lines (connection refused, retries…) go through Python logging, so the
+# CLI decides what reaches stderr; failures reach the user as our one-line errors.
+client_log = logging.getLogger("librdkafka")
 
 HEADER_PREFIX = "lineage-guard."
 PRODUCER_DEFAULTS = {
@@ -56,6 +59,7 @@ class KafkaSettings:
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest",
+            "logger": client_log,
             **self.client,
             **overrides,
         }
