@@ -7,7 +7,8 @@ for unusable input, bad configuration and unreachable services::
     ├── UnusableInputError        exit 2: a file that cannot be read or decoded, a bad argument
     │   └── SchemaError           a schema that cannot be found or parsed
     ├── ConfigError               exit 3: a configuration that cannot work
-    └── ServiceUnavailableError   exit 4: Kafka or the lineage database cannot be reached
+    ├── ServiceUnavailableError   exit 4: Kafka or the lineage database cannot be reached
+    └── CorruptLineageError       exit 1: a stored lineage event is no valid event (it was edited)
 """
 
 from __future__ import annotations
@@ -51,3 +52,12 @@ class ConfigError(LineageGuardError):
 
 class ServiceUnavailableError(LineageGuardError):
     exit_code = ExitCode.SERVICE_UNAVAILABLE
+
+
+class CorruptLineageError(LineageGuardError):
+    """A stored lineage event cannot be read back: the store was altered outside lineage-guard.
+
+    Same exit code as a broken chain in `lineage verify`: the evidence shows tampering.
+    """
+
+    exit_code = ExitCode.VIOLATIONS

@@ -13,8 +13,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from pipelines.decode import encode_raw, encode_single_object
 from pipelines.generate import CONTACT, EMAIL_ACTIVITY, MEDIA_ASSET, generate
 from tests.integration.kafka_helpers import (
