@@ -30,7 +30,7 @@ from pipelines.generate import (
 from pipelines.validate import SuiteValidator
 
 
-def measure(records: int, batch_size: int, folder: Path) -> dict[str, float]:
+def measure(records: int, batch_size: int, folder: Path, engine: str) -> dict[str, float]:
     paths = []
     for n, entity in enumerate((CONTACT, EMAIL_ACTIVITY, MEDIA_ASSET)):
         path = folder / f"{entity.rsplit('.', 1)[1]}-{records}.avro"
@@ -39,7 +39,7 @@ def measure(records: int, batch_size: int, folder: Path) -> dict[str, float]:
         )
         write_avro(path, faulty_sync_schema(entity), (g.record for g in generated))
         paths.append(path)
-    validator = SuiteValidator()
+    validator = SuiteValidator(engine=engine)
     started = time.perf_counter()
     result = check_files(paths, validator, batch_size=batch_size)
     seconds = time.perf_counter() - started
@@ -56,12 +56,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, nargs="+", default=[6000, 1_000_000])
     parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--engine", choices=["compiled", "gx"], default="compiled")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for count in args.records:
-            row = measure(count, args.batch_size, Path(tmp))
+            row = measure(count, args.batch_size, Path(tmp), args.engine)
             results.append(row)
             print(
                 f"{row['records']:>9} records  {row['rejected']:>7} rejected  "

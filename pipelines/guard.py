@@ -66,6 +66,7 @@ class GuardConfig:
     lineage_store: str | None = None  # None: lineage off
     lineage_retry_s: float = 300.0
     batch_size: int = 2000
+    engine: str = "compiled"
     pipeline_name: str = "lineage-guard"
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     runner: str = DEFAULT_RUNNER
@@ -117,8 +118,11 @@ class DecodeBatches(beam.DoFn):
 
 
 class ValidateBatches(beam.DoFn):
+    def __init__(self, engine: str) -> None:
+        self.engine = engine
+
     def setup(self) -> None:
-        self.validator = SuiteValidator()  # GX context and suites: once per worker
+        self.validator = SuiteValidator(engine=self.engine)  # suites: once per worker
 
     def process(self, batch: Batch) -> Iterator[Batch]:
         yield stages.validate(batch, self.validator)
@@ -249,7 +253,7 @@ def build(
     _ = (
         batches
         | "Decode" >> beam.ParDo(DecodeBatches(config.raw_schema, config.schema_registry))
-        | "Validate" >> beam.ParDo(ValidateBatches())
+        | "Validate" >> beam.ParDo(ValidateBatches(config.engine))
         | "Enforce" >> beam.ParDo(EnforcePolicies(config.policies))
         | "Write" >> beam.ParDo(WriteBatches(config, expected))
     )

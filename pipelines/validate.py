@@ -3,8 +3,8 @@
 The suites in `expectations/` are the single source of truth: this module only flattens the
 records (`pipelines.records`), runs every suite once over the whole batch, and turns each
 failing row of each expectation into a `Violation`, using the rule name and message the
-expectation carries in its `meta`. The GX context and suites are built once per validator
-(once per worker), never per batch or per record.
+expectation carries in its `meta`. The engine (GX itself, or the same suites compiled) is
+built once per validator (once per worker), never per batch or per record.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -31,6 +31,18 @@ class _Rule:
     rule: str
     field: str | None
     message: str
+
+
+def _rule_of(expectation: dict[str, Any]) -> _Rule:
+    """The rule an expectation reports, from its `meta` (with fallbacks for plain suites)."""
+    meta = expectation.get("meta") or {}
+    kind = str(expectation.get("type"))
+    column = (expectation.get("kwargs") or {}).get("column")
+    return _Rule(
+        rule=meta.get("rule", kind),
+        field=meta.get("field", FIELD_OF_COLUMN.get(column or "", column)),
+        message=meta.get("message", f"fails {kind}"),
+    )
 
 
 def load_suite_documents() -> list[dict[str, Any]]:
@@ -52,16 +64,13 @@ def _now_millis() -> float:
     return time.time() * 1000
 
 
-class SuiteValidator:
-    """Runs the GX suites over batches of records; one instance per worker."""
+Failures = Iterator[tuple[int, list[int]]]  # (expectation number, failing rows)
 
-    def __init__(
-        self,
-        suite_documents: Sequence[dict[str, Any]] | None = None,
-        *,
-        clock: Callable[[], float] = _now_millis,
-        parents: ParentRanks | None = None,
-    ) -> None:
+
+class GxEngine:
+    """Runs the suites with Great Expectations over a pandas DataFrame: the reference."""
+
+    def __init__(self, documents: Sequence[dict[str, Any]]) -> None:
         import great_expectations as gx
         from great_expectations.data_context.types.base import (
             DataContextConfig,
@@ -69,8 +78,6 @@ class SuiteValidator:
             ProgressBarsConfig,
         )
 
-        self._clock = clock
-        self._flattener = Flattener(parents)
         config = DataContextConfig(
             store_backend_defaults=InMemoryStoreBackendDefaults(),
             analytics_enabled=False,
@@ -80,33 +87,23 @@ class SuiteValidator:
         asset = context.data_sources.add_pandas("lineage_guard").add_dataframe_asset("records")
         self._batch_definition = asset.add_batch_definition_whole_dataframe("micro_batch")
         self._suites = []
-        self._rules: dict[str, _Rule] = {}
-        for document in suite_documents or load_suite_documents():
+        self._number: dict[str, int] = {}  # GX's expectation id → its number in `documents`
+        number = 0
+        for document in documents:
             try:
                 suite = context.suites.add(gx.ExpectationSuite(**document))
             except Exception as exc:  # GX raises many types for a malformed suite
                 name = document.get("name", "?")
                 raise ConfigError(f"Suite `{name}` is not a valid GX suite: {exc}") from exc
             for expectation in suite.expectations:
-                meta = expectation.meta or {}
-                column = getattr(expectation, "column", None)
-                self._rules[str(expectation.id)] = _Rule(
-                    rule=meta.get("rule", expectation.expectation_type),
-                    field=meta.get("field", FIELD_OF_COLUMN.get(column or "", column)),
-                    message=meta.get("message", f"fails {expectation.expectation_type}"),
-                )
+                self._number[str(expectation.id)] = number
+                number += 1
             self._suites.append(suite)
 
-    def validate(self, records: Sequence[Any]) -> list[Verdict]:
-        """One verdict per record, in order. Records are decoded Avro/JSON values."""
-        if not records:
-            return []
+    def failures(self, columns: dict[str, list[Any]], parameters: dict[str, Any]) -> Failures:
         import pandas as pd
 
-        columns, type_errors = self._flattener.flatten(records)
         frame = pd.DataFrame(columns)
-        parameters = {"latest_allowed_generated_at": self._clock() + FUTURE_TOLERANCE_MS}
-        found: dict[int, list[Violation]] = {i: list(v) for i, v in type_errors.items()}
         batch = self._batch_definition.get_batch(batch_parameters={"dataframe": frame})
         for suite in self._suites:
             result = batch.validate(
@@ -122,12 +119,74 @@ class SuiteValidator:
                         f"Expectation `{config.type}` in suite `{suite.name}` failed to run: "
                         f"{error}"
                     )
-                rule = self._rules[str(config.id)]
-                for index in outcome.result.get("unexpected_index_list") or []:
-                    row = int(index)
-                    found.setdefault(row, []).append(
-                        self._violation(rule, records[row], columns, row)
-                    )
+                rows = outcome.result.get("unexpected_index_list") or []
+                yield self._number[str(config.id)], [int(i) for i in rows]
+
+
+class CompiledEngine:
+    """Runs the same suite documents as plain column checks (`pipelines.compiled_suite`)."""
+
+    def __init__(self, documents: Sequence[dict[str, Any]]) -> None:
+        from pipelines.compiled_suite import compile_expectation
+
+        self._checks = [
+            compile_expectation(expectation)
+            for document in documents
+            for expectation in document.get("expectations", [])
+        ]
+
+    def failures(self, columns: dict[str, list[Any]], parameters: dict[str, Any]) -> Failures:
+        for number, check in enumerate(self._checks):
+            rows = check(columns, parameters)
+            if rows:
+                yield number, rows
+
+
+ENGINES: dict[str, type[GxEngine] | type[CompiledEngine]] = {
+    "compiled": CompiledEngine,
+    "gx": GxEngine,
+}
+
+
+class SuiteValidator:
+    """Runs the suites over batches of records; one instance per worker.
+
+    `engine="gx"` runs Great Expectations itself (the reference, used in CI);
+    `engine="compiled"` (the default) runs the same suite JSON compiled into column checks,
+    proven to agree with GX by property-based tests.
+    """
+
+    def __init__(
+        self,
+        suite_documents: Sequence[dict[str, Any]] | None = None,
+        *,
+        engine: str = "compiled",
+        clock: Callable[[], float] = _now_millis,
+        parents: ParentRanks | None = None,
+    ) -> None:
+        if engine not in ENGINES:
+            raise ConfigError(f"Unknown validation engine `{engine}`: use `compiled` or `gx`.")
+        documents = list(suite_documents or load_suite_documents())
+        self._clock = clock
+        self._flattener = Flattener(parents)
+        self._engine: GxEngine | CompiledEngine = ENGINES[engine](documents)
+        self._rules = [
+            _rule_of(expectation)
+            for document in documents
+            for expectation in document.get("expectations", [])
+        ]
+
+    def validate(self, records: Sequence[Any]) -> list[Verdict]:
+        """One verdict per record, in order. Records are decoded Avro/JSON values."""
+        if not records:
+            return []
+        columns, type_errors = self._flattener.flatten(records)
+        parameters = {"latest_allowed_generated_at": self._clock() + FUTURE_TOLERANCE_MS}
+        found: dict[int, list[Violation]] = {i: list(v) for i, v in type_errors.items()}
+        for number, rows in self._engine.failures(columns, parameters):
+            rule = self._rules[number]
+            for row in rows:
+                found.setdefault(row, []).append(self._violation(rule, records[row], columns, row))
         return [
             Verdict(record_id=record_id_of(record), violations=_tidy(found.get(i, [])))
             for i, record in enumerate(records)

@@ -53,9 +53,10 @@ def with_id(record: dict[str, Any], record_id: str) -> dict[str, Any]:
     return copied
 
 
-@pytest.fixture(scope="module")
-def validator() -> SuiteValidator:
-    return SuiteValidator(clock=lambda: NOW_MS)
+@pytest.fixture(scope="module", params=["compiled", "gx"])
+def validator(request: pytest.FixtureRequest) -> SuiteValidator:
+    """Both engines: every rule test runs on GX itself and on the compiled suite."""
+    return SuiteValidator(engine=request.param, clock=lambda: NOW_MS)
 
 
 def rules_of(validator: SuiteValidator, record: Any) -> set[str]:

@@ -267,8 +267,9 @@ def test_allowed_values_pass(
     assert rules_of(validator, _set(make_record(content_class), path, value)) == set()
 
 
-def test_derived_record_may_not_have_a_lower_class_than_its_parent() -> None:
-    validator = SuiteValidator(clock=lambda: NOW_MS)
+@pytest.mark.parametrize("engine", ["compiled", "gx"])
+def test_derived_record_may_not_have_a_lower_class_than_its_parent(engine: str) -> None:
+    validator = SuiteValidator(engine=engine, clock=lambda: NOW_MS)
     parent = with_id(make_record("SYNTHETIC"), UUID_A)
     ok_child = with_id(make_record("SYNTHETIC", parent_record_ids=[UUID_A]), UUID_B)
     low_child = with_id(

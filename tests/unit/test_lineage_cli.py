@@ -1,0 +1,225 @@
+"""`lineage trace | leaks | verify` on a SQLite store, through click's CliRunner.
+
+(The group is attached to `lineage-guard` by `pipelines.cli`; here it is invoked directly.)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from lineage.cli import lineage, render_table
+from lineage.errors import ConfigError, ExitCode, UnusableInputError
+from lineage.events import Stage
+from lineage.store import open_store
+from tests.lineage_contract import ALLOWED, CHAIN, OTHER_CHAIN, T0, journey
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    """A store with a record and its parent, a leak, and a blocked attempt-free history."""
+    path = tmp_path / "lineage.db"
+    with open_store(f"sqlite:///{path}") as store:
+        store.append(journey("parent", offset=0), chain_id=OTHER_CHAIN)
+        store.append(
+            journey("child", offset=1, at=T0 + timedelta(seconds=1), parent_record_ids=("parent",)),
+            chain_id=CHAIN,
+        )
+    return path
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(lineage, list(args))
+
+
+def test_verify_clean(db: Path) -> None:
+    result = run("verify", "--lineage-store", f"sqlite:///{db}")
+    assert result.exit_code == ExitCode.OK
+    assert result.stdout == "ok: 2 chains, 10 events verified\n"
+    assert result.stderr == ""
+
+
+def test_verify_names_the_first_broken_link_in_one_line(db: Path) -> None:
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(f"DELETE FROM lineage_events WHERE chain_id = '{CHAIN}' AND seq = 2")
+    conn.close()
+
+    result = run("verify", "--lineage-store", f"sqlite:///{db}", "--format", "json")
+
+    assert result.exit_code == ExitCode.VIOLATIONS
+    assert result.stderr == (
+        f"lineage-guard: chain `{CHAIN}` seq 2 is missing: the chain jumps from seq 1"
+        " (record `child`) to seq 3 (record `child`); deleted\n"
+    )
+    document = json.loads(result.stdout)
+    assert document["ok"] is False
+    assert document["broken"]["chain_id"] == CHAIN
+    assert document["broken"]["seq"] == 2
+    assert document["broken"]["kind"] == "deleted"
+
+
+def test_verify_csv(db: Path) -> None:
+    result = run("verify", "--lineage-store", f"sqlite:///{db}", "--format", "csv")
+    assert result.exit_code == ExitCode.OK
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert rows == [
+        {
+            "ok": "True",
+            "chains": "2",
+            "events": "10",
+            "chain_id": "",
+            "seq": "",
+            "record_id": "",
+            "kind": "",
+            "description": "",
+        }
+    ]
+
+
+def test_trace_json_has_the_record_and_its_ancestor_in_order(db: Path) -> None:
+    result = run("trace", "child", "--lineage-store", f"sqlite:///{db}", "--format", "json")
+
+    assert result.exit_code == ExitCode.OK, result.output
+    document = json.loads(result.stdout)
+    assert document["found"] is True
+    assert document["intact"] is True
+    assert [(e["record_id"], e["stage"], e["depth"]) for e in document["events"]] == [
+        ("parent", stage, 1) for stage in Stage
+    ] + [("child", stage, 0) for stage in Stage]
+    assert {e["chain_status"] for e in document["events"]} == {"ok"}
+    assert document["events"][-1]["decision"] == "delivered"
+    assert document["events"][-1]["destination"] == ALLOWED
+    assert [c["chain_id"] for c in document["chains"]] == sorted([CHAIN, OTHER_CHAIN])
+    assert document["missing_ancestors"] == []
+
+
+def test_trace_table_and_csv(db: Path) -> None:
+    table = run("trace", "child", "--lineage-store", f"sqlite:///{db}")
+    assert table.exit_code == ExitCode.OK
+    assert "Lineage of record child" in table.stdout
+    assert "parent (ancestor 1)" in table.stdout
+    assert f"chain `{CHAIN}`: verified ok (5 events)" in table.stdout
+    assert "\x1b[" not in table.stdout  # no colour codes off a terminal
+
+    result = run("trace", "child", "--lineage-store", f"sqlite:///{db}", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [(r["record_id"], r["stage"], r["depth"]) for r in rows][-2:] == [
+        ("child", "enforce", "0"),
+        ("child", "write", "0"),
+    ]
+    assert len(rows) == 10
+    assert rows[-1]["parent_record_ids"] == '["parent"]'
+    assert rows[-1]["chain_status"] == "ok"
+
+
+def test_trace_of_an_edited_record_exits_1_and_names_the_link(db: Path) -> None:
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(f"UPDATE lineage_events SET origin_env = 'TEST' WHERE chain_id = '{CHAIN}'")
+    conn.close()
+    result = run("trace", "child", "--lineage-store", f"sqlite:///{db}", "--format", "json")
+    assert result.exit_code == ExitCode.VIOLATIONS
+    assert json.loads(result.stdout)["intact"] is False
+    assert result.stderr == (
+        f"lineage-guard: chain `{CHAIN}` seq 1 (record `child`) does not match its hash:"
+        " the event was edited after it was written\n"
+    )
+
+
+def test_trace_of_an_unknown_record_exits_1_with_one_line(db: Path) -> None:
+    result = run("trace", "nobody", "--lineage-store", f"sqlite:///{db}")
+    assert result.exit_code == ExitCode.VIOLATIONS
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"lineage-guard: no lineage events for record `nobody` in `sqlite:///{db}`.\n"
+    )
+
+
+def test_leaks_clean_then_found(db: Path) -> None:
+    clean = run("leaks", "--lineage-store", f"sqlite:///{db}", "--format", "json")
+    assert clean.exit_code == ExitCode.OK
+    assert json.loads(clean.stdout)["leaks"] == []
+
+    with open_store(f"sqlite:///{db}") as store:
+        store.append(
+            journey("test-profile", offset=9, at=T0 + timedelta(hours=1), origin_env="TEST"),
+            chain_id=CHAIN,
+        )
+    found = run("leaks", "--lineage-store", f"sqlite:///{db}", "--format", "json")
+    assert found.exit_code == ExitCode.VIOLATIONS
+    document = json.loads(found.stdout)
+    assert [leak["record_id"] for leak in document["leaks"]] == ["test-profile"]
+    assert document["leaks"][0]["why"][0]["rule"] == "origin_not_production"
+    assert found.stderr == ("lineage-guard: 1 record(s) reached production that must not have.\n")
+
+    before = run(
+        "leaks", "--lineage-store", f"sqlite:///{db}", "--until", "2026-11-27T12:30:00+00:00"
+    )
+    assert before.exit_code == ExitCode.OK
+    assert "No leaks" in before.stdout
+    elsewhere = run(
+        "leaks", "--lineage-store", f"sqlite:///{db}", "--production-destination", "other.topic"
+    )
+    assert elsewhere.exit_code == ExitCode.OK
+
+    table = run("leaks", "--lineage-store", f"sqlite:///{db}", "--since", "2026-11-27T12:30")
+    assert table.exit_code == ExitCode.VIOLATIONS
+    assert "LEAKS: delivered to production" in table.stdout
+    assert "test-profile" in table.stdout
+    assert "origin_not_production" in table.stdout
+
+
+@pytest.mark.parametrize("option", ["--since", "--until"])
+def test_a_bad_time_is_unusable_input(db: Path, option: str) -> None:
+    result = run("leaks", "--lineage-store", f"sqlite:///{db}", option, "yesterday")
+    assert isinstance(result.exception, UnusableInputError)
+    assert result.exception.message == (
+        f"Cannot read `{option} yesterday`: not an ISO-8601 time; use e.g."
+        " `2026-11-27T12:00:00Z` or `2026-11-27`."
+    )
+    assert result.exception.exit_code == ExitCode.UNUSABLE_INPUT
+
+
+def test_since_after_until_is_unusable_input(db: Path) -> None:
+    result = run(
+        "leaks",
+        "--lineage-store",
+        f"sqlite:///{db}",
+        "--since",
+        "2026-12-01",
+        "--until",
+        "2026-11-01",
+    )
+    assert isinstance(result.exception, UnusableInputError)
+    assert result.exception.message == "`--since 2026-12-01` is after `--until 2026-11-01`."
+
+
+def test_audits_of_a_missing_store_are_config_errors_and_create_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.db"
+    result = run("verify", "--lineage-store", f"sqlite:///{missing}")
+    assert isinstance(result.exception, ConfigError)
+    assert result.exception.exit_code == ExitCode.CONFIG
+    assert not missing.exists()
+
+
+def test_the_default_store_is_under_the_working_directory(db: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    with runner.isolated_filesystem(temp_dir=tmp_path):
+        Path(".lineage-guard").mkdir()
+        Path(".lineage-guard/lineage.db").write_bytes(db.read_bytes())
+        result = runner.invoke(lineage, ["verify"])
+    assert result.exit_code == ExitCode.OK
+    assert result.stdout == "ok: 2 chains, 10 events verified\n"
+
+
+def test_plain_tables_align_their_columns() -> None:
+    text = render_table("Title", ["a", "long header"], [["xyz", "1"], ["q", "22"]], plain=True)
+    assert text == "Title\na    long header\n---  -----------\nxyz  1\nq    22"

@@ -1,0 +1,134 @@
+"""The `LineageStore` contract on SQLite, plus what only the SQLite store does."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lineage.errors import ConfigError, ServiceUnavailableError
+from lineage.events import Stage
+from lineage.store import LineageStore, open_store
+from lineage.stores.sqlite import SqliteStore
+from tests.lineage_contract import *  # noqa: F403 (the contract suite runs here)
+from tests.lineage_contract import CHAIN, RunSql, event, journey
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "audit" / "lineage.db"
+
+
+@pytest.fixture
+def store_url(db_path: Path) -> str:
+    return f"sqlite:///{db_path}"  # an absolute path: four slashes
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[LineageStore]:
+    with open_store(store_url) as opened:
+        yield opened
+
+
+@pytest.fixture
+def run_sql(db_path: Path) -> RunSql:
+    def run(statement: str) -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(db_path)
+        try:
+            with conn:
+                return conn.execute(statement).fetchall()
+        finally:
+            conn.close()
+
+    return run
+
+
+def test_opening_creates_the_file_and_its_folders_in_wal_mode(
+    db_path: Path, store: LineageStore, run_sql: RunSql
+) -> None:
+    assert isinstance(store, SqliteStore)
+    assert db_path.is_file()
+    assert run_sql("PRAGMA journal_mode") == [("wal",)]
+    tables = run_sql("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+    assert tables == [("lineage_chains",), ("lineage_events",)]
+    indexes = run_sql(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name"
+    )
+    assert indexes == [
+        ("lineage_events_at",),
+        ("lineage_events_chain_seq",),
+        ("lineage_events_record_id",),
+    ]
+
+
+def test_a_relative_url_is_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with open_store("sqlite:///.lineage-guard/lineage.db") as store:
+        store.append(journey("a", offset=0), chain_id=CHAIN)
+        assert store.url == "sqlite:///.lineage-guard/lineage.db"
+    assert (tmp_path / ".lineage-guard" / "lineage.db").is_file()
+    with open_store("sqlite:///.lineage-guard/lineage.db", create=False) as again:
+        assert len(again.trace("a")) == 5
+
+
+def test_trace_uses_the_record_id_index(store: LineageStore, run_sql: RunSql) -> None:
+    store.append(journey("a", offset=0), chain_id=CHAIN)
+    plan = run_sql("EXPLAIN QUERY PLAN SELECT * FROM lineage_events WHERE record_id IN ('a', 'b')")
+    assert any("USING INDEX lineage_events_record_id" in str(row[-1]) for row in plan), plan
+
+
+def test_audits_do_not_create_a_missing_store(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "lineage.db"
+    with pytest.raises(ConfigError) as raised:
+        open_store(f"sqlite:///{missing}", create=False)
+    assert raised.value.message == (
+        f"The lineage store `sqlite:///{missing}` does not exist or holds no lineage tables:"
+        " check `--lineage-store`, or run the guard first."
+    )
+    assert not missing.parent.exists()
+
+
+def test_a_file_that_is_no_database_is_unavailable(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not an SQLite database, just some bytes" * 100)
+    with pytest.raises(ServiceUnavailableError) as raised:
+        open_store(f"sqlite:///{junk}")
+    assert raised.value.message.startswith(f"Cannot open the lineage store `sqlite:///{junk}`: ")
+    assert "\n" not in raised.value.message
+
+
+def test_a_folder_in_the_way_is_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "lineage.db").mkdir()
+    with pytest.raises(ServiceUnavailableError, match="Cannot open the lineage store"):
+        open_store(f"sqlite:///{tmp_path / 'lineage.db'}")
+
+
+def test_a_store_read_only_to_its_writer_fails_the_append(store_url: str, db_path: Path) -> None:
+    with open_store(store_url) as store:
+        store.append([event("a", Stage.SOURCE), event("a", Stage.DECODE)], chain_id=CHAIN)
+    reader = SqliteStore(db_path)
+    try:
+        reader._conn.execute("PRAGMA query_only = ON")  # the connection refuses writes
+        with pytest.raises(ServiceUnavailableError) as raised:
+            reader.append([event("b", Stage.SOURCE)], chain_id=CHAIN)
+        assert raised.value.message.startswith(
+            f"Cannot write 1 lineage events to chain `{CHAIN}` in `{store_url}`: "
+        )
+        assert reader.trace("b") == []
+        assert [s.seq for s in reader.trace("a")] == [1, 2]
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite://", "sqlite:///", "sqlite://host/x.db", "sqlite:///dir/", "sqlite:///x.db?mode=ro"],
+)
+def test_bad_sqlite_urls_are_config_errors(url: str) -> None:
+    with pytest.raises(ConfigError, match="Bad lineage store URL"):
+        open_store(url)
