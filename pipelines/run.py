@@ -102,6 +102,7 @@ def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
         schema_registry=o["schema_registry"],
         lineage_store=None if o["no_lineage"] else o["lineage_store"],
         batch_size=o["batch_size"],
+        engine=o["engine"],
         pipeline_name=o["pipeline_name"],
         runner=o["runner"],
         beam_args=tuple(o["beam_args"]),
