@@ -163,6 +163,25 @@ def validate(paths: tuple[Path, ...], output_format: str, batch_size: int, engin
 )
 @click.option("--pipeline-name", default="lineage-guard", show_default=True)
 @click.option(
+    "--openlineage",
+    metavar="TARGET",
+    help="Emit OpenLineage run events: console | file:PATH | http(s)://URL | "
+    "kafka:TOPIC@BOOTSTRAP.",
+)
+@click.option(
+    "--openlineage-namespace",
+    default="lineage-guard",
+    show_default=True,
+    help="OpenLineage job namespace.",
+)
+@click.option(
+    "--openlineage-interval",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="Seconds between RUNNING events.",
+)
+@click.option(
     "--runner",
     default="FnApiRunner",
     show_default=True,

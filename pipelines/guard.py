@@ -210,18 +210,25 @@ class WriteBatches(beam.DoFn):
                 delay = min(delay * 2, 10.0)
 
     def _count(self, batch: Batch) -> None:
+        """Counters named `outcome:…`, `content_class:…` and `origin_env:…` (see `Summary`)."""
         for item in batch.items:
             if item.allowed:
-                name = "allowed"
+                outcome = "outcome:allowed"
             else:
-                outcome = "blocked" if item.blocked else "quarantined"
-                name = f"{outcome}:{item.stopped_at}:" + ",".join(
-                    sorted({v.rule for v in item.violations})
-                )
-            counter = self.counters.get(name)
-            if counter is None:
-                counter = self.counters[name] = Metrics.counter(NAMESPACE, name)
-            counter.inc()
+                decision = "blocked" if item.blocked else "quarantined"
+                rules = ",".join(sorted({v.rule for v in item.violations}))
+                outcome = f"outcome:{decision}:{item.stopped_at}:{rules}"
+            provenance = (item.record or {}).get("provenance")
+            provenance = provenance if isinstance(provenance, dict) else {}
+            for name in (
+                outcome,
+                f"content_class:{provenance.get('content_class')}",
+                f"origin_env:{provenance.get('origin_env')}",
+            ):
+                counter = self.counters.get(name)
+                if counter is None:
+                    counter = self.counters[name] = Metrics.counter(NAMESPACE, name)
+                counter.inc()
         self.written += len(batch.items)
         now = time.monotonic()
         if now - self.last_report >= 2.0:
@@ -261,9 +268,27 @@ def build(
 
 @dataclass(kw_only=True)
 class Summary:
-    read: int = 0
-    allowed: int = 0
-    stopped: dict[str, int] = field(default_factory=dict)  # "quarantined:validate:rule" → n
+    """A run's counters: `read`, `outcome:allowed`, `outcome:quarantined:STAGE:RULES`,
+    `outcome:blocked:STAGE:RULES`, `content_class:X`, `origin_env:X`."""
+
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def read(self) -> int:
+        return self.counters.get("read", 0)
+
+    @property
+    def allowed(self) -> int:
+        return self.counters.get("outcome:allowed", 0)
+
+    @property
+    def stopped(self) -> dict[str, int]:
+        """`quarantined:STAGE:RULES` / `blocked:STAGE:RULES` → count."""
+        return {
+            k.removeprefix("outcome:"): n
+            for k, n in self.counters.items()
+            if k.startswith(("outcome:quarantined:", "outcome:blocked:"))
+        }
 
     @property
     def quarantined(self) -> int:
@@ -273,11 +298,18 @@ class Summary:
     def blocked(self) -> int:
         return sum(n for k, n in self.stopped.items() if k.startswith("blocked:"))
 
+    def by(self, prefix: str) -> dict[str, int]:
+        """Counts under one prefix, e.g. `by("content_class")` → {"HUMAN": 12, …}."""
+        return {
+            k.split(":", 1)[1]: n for k, n in self.counters.items() if k.startswith(prefix + ":")
+        }
+
+    def decisions(self) -> dict[str, int]:
+        return {"allowed": self.allowed, "quarantined": self.quarantined, "blocked": self.blocked}
+
     def add(self, other: Summary) -> None:
-        self.read += other.read
-        self.allowed += other.allowed
-        for key, n in other.stopped.items():
-            self.stopped[key] = self.stopped.get(key, 0) + n
+        for key, n in other.counters.items():
+            self.counters[key] = self.counters.get(key, 0) + n
 
 
 def run_once(config: GuardConfig) -> Summary:
@@ -301,10 +333,5 @@ def _summary(result: Any) -> Summary:
     summary = Summary()
     for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
         name, value = counter.key.metric.name, counter.committed or counter.attempted or 0
-        if name == "read":
-            summary.read += value
-        elif name == "allowed":
-            summary.allowed += value
-        else:
-            summary.stopped[name] = summary.stopped.get(name, 0) + value
+        summary.counters[name] = summary.counters.get(name, 0) + value
     return summary

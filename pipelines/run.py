@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import click
 
 from lineage.errors import ConfigError, LineageGuardError, UnusableInputError
+from lineage.openlineage import RunEmitter, kafka_dataset_namespace, transport_config
 from pipelines.file_io import output_names
 from pipelines.guard import FilesIO, GuardConfig, KafkaIO, Summary, run_once
 from pipelines.kafka_io import KafkaSettings
@@ -28,28 +30,60 @@ def run_guard(**o: Any) -> None:
     total = Summary()
     signal.signal(signal.SIGTERM, _stop)
     started = time.monotonic()
+    emitter = _emitter(o, config, total) if o["openlineage"] else None
+    if emitter is not None:
+        emitter.start()
+    error: BaseException | None = None
     try:
         while True:
-            total.add(_guarded(run_once, config))
+            round_ = _guarded(run_once, config)
+            total.add(round_)
             if until_caught_up or isinstance(config.io, FilesIO):
                 break
-            if total.read == 0 or _last_round_empty(total):
+            if round_.read == 0:
                 time.sleep(o["poll_interval"])
     except KeyboardInterrupt:
         click.echo(
             "lineage-guard: stopped; offsets are committed up to the last delivered batch.",
             err=True,
         )
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        if emitter is not None:
+            emitter.finish(error)
     _print_summary(total, config, time.monotonic() - started)
 
 
-_previous_read = [0]
+def _emitter(o: dict[str, Any], config: GuardConfig, total: Summary) -> RunEmitter:
+    """OpenLineage events for this run; datasets named per OpenLineage's naming spec."""
+    io = config.io
+    if isinstance(io, KafkaIO):
+        namespace = kafka_dataset_namespace(io.settings.bootstrap_servers)
+        inputs = [(namespace, topic) for topic in io.input_topics]
+        outputs = [(namespace, io.output_topic), (namespace, io.quarantine_topic)]
+    else:
+        inputs = [("file", str(Path(p).resolve())) for p in io.inputs]
+        outputs = [("file", str(Path(io.out_dir).resolve()))]
 
+    def counts() -> dict[str, dict[str, int]]:
+        return {
+            "content_class": total.by("content_class"),
+            "origin_env": total.by("origin_env"),
+            "decision": total.decisions(),
+        }
 
-def _last_round_empty(total: Summary) -> bool:
-    empty = total.read == _previous_read[0]
-    _previous_read[0] = total.read
-    return empty
+    return RunEmitter(
+        target=o["openlineage"],
+        job_namespace=o["openlineage_namespace"],
+        job_name=config.pipeline_name,
+        run_id=str(uuid.UUID(config.run_id)),
+        inputs=inputs,
+        outputs=outputs,
+        counts=counts,
+        interval_s=o["openlineage_interval"],
+    )
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
@@ -57,6 +91,8 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 
 def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
+    if o["openlineage"]:
+        transport_config(o["openlineage"])  # a bad target fails now, not at the first event
     for policy in o["policies"]:
         parse_policy(policy)  # fail now, with the policy's message, not inside a worker
     if o["bootstrap_servers"]:

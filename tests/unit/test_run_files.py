@@ -1,0 +1,87 @@
+"""`lineage-guard run` on the embedded default: files in, files out, lineage and OpenLineage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from pipelines.files import write_json_lines
+from pipelines.generate import Faults, generate
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from pipelines.cli import main; main()", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_run_on_files_splits_records_and_emits_openlineage(tmp_path: Path) -> None:
+    generated = list(
+        generate(400, seed=41, faults=Faults(stripped=0.05, test_origin=0.05, other_tenant=0.05))
+    )
+    source = tmp_path / "sync.jsonl"
+    write_json_lines(source, (g.record for g in generated))
+    out, events = tmp_path / "out", tmp_path / "ol.jsonl"
+    result = run_cli(
+        "run",
+        "--input",
+        source,
+        "--output-dir",
+        out,
+        "--sink-policy",
+        "production",
+        "--sink-policy",
+        "tenant:acme",
+        "--lineage-store",
+        f"sqlite:///{tmp_path}/lineage.db",
+        "--openlineage",
+        f"file:{events}",
+    )
+    assert result.returncode == 0, result.stderr
+
+    faults = {g.record["record_id"]: g.fault for g in generated}
+    allowed = [json.loads(line) for line in (out / "sync.allowed.jsonl").open()]
+    stopped = [json.loads(line) for line in (out / "sync.quarantine.jsonl").open()]
+    assert {r["record_id"] for r in allowed} == {i for i, f in faults.items() if f is None}
+    assert {e["record"]["record_id"] for e in stopped} == {i for i, f in faults.items() if f}
+    for entry in stopped:
+        fault = faults[entry["record"]["record_id"]]
+        rules = {v["rule"] for v in entry["violations"]}
+        stage, expected = {
+            "stripped": ("validate", None),
+            "test_origin": ("enforce", None),
+            "other_tenant": ("enforce", {"tenant_mismatch"}),
+        }[fault]
+        assert entry["stage"] == stage
+        if fault == "test_origin":
+            assert rules in ({"leak_test_origin"}, {"leak_staging_origin"})
+        elif expected is not None:
+            assert rules == expected
+        assert entry["source"]["file"] == str(source)
+
+    lines = [json.loads(line) for line in events.open()]
+    assert [e["eventType"] for e in lines] == ["START", "COMPLETE"]
+    assert len({e["run"]["runId"] for e in lines}) == 1
+    counts = lines[-1]["run"]["facets"]["lineageGuard_counts"]
+    assert counts["byDecision"] == {
+        "allowed": len(allowed),
+        "quarantined": sum(faults[e["record"]["record_id"]] == "stripped" for e in stopped),
+        "blocked": sum(faults[e["record"]["record_id"]] != "stripped" for e in stopped),
+    }
+    assert sum(counts["byContentClass"].values()) == 400
+    assert lines[0]["inputs"] == [
+        {"namespace": "file", "name": str(source.resolve()), "facets": {}, "inputFacets": {}}
+    ]
+
+
+def test_run_rejects_bad_policy_and_missing_input(tmp_path: Path) -> None:
+    bad = run_cli("run", "--input", tmp_path / "nope.jsonl", "--output-dir", tmp_path)
+    assert bad.returncode == 2 and "nope.jsonl" in bad.stderr
+    policy = run_cli("run", "--input", __file__, "--sink-policy", "prod")
+    assert policy.returncode == 3 and "Unknown sink policy `prod`" in policy.stderr
+    assert len(policy.stderr.strip().splitlines()) == 1
