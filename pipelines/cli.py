@@ -199,6 +199,29 @@ def run(**options: Any) -> None:
     run_guard(**options)
 
 
+@cli.command()
+@click.option(
+    "--records",
+    type=click.IntRange(min=10),
+    default=3000,
+    show_default=True,
+    help="How many CRM records the faulty sync produces.",
+)
+@click.option(
+    "--dir",
+    "folder",
+    type=click.Path(path_type=Path),
+    default=Path("lineage-guard-demo"),
+    show_default=True,
+    help="Where the demo writes its data, lineage store and report (replaced).",
+)
+def demo(records: int, folder: Path) -> None:
+    """Generate CRM traffic, guard it on the embedded default, write the evidence report."""
+    from pipelines.demo import run_demo
+
+    run_demo(records, folder)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the CLI and turns expected failures into one line and an exit code."""
     try:

@@ -53,7 +53,7 @@ def run_guard(**o: Any) -> None:
     finally:
         if emitter is not None:
             emitter.finish(error)
-    _print_summary(total, config, time.monotonic() - started)
+    print_summary(total, config, time.monotonic() - started)
 
 
 def _emitter(o: dict[str, Any], config: GuardConfig, total: Summary) -> RunEmitter:
@@ -181,11 +181,11 @@ def _our_error(exc: BaseException) -> LineageGuardError | None:
     return None
 
 
-def _print_summary(total: Summary, config: GuardConfig, seconds: float) -> None:
+def print_summary(total: Summary, config: GuardConfig, seconds: float | None) -> None:
     lines = [
         f"lineage-guard run `{config.run_id}`: read {total.read}, allowed {total.allowed}, "
-        f"quarantined {total.quarantined}, blocked {total.blocked} "
-        f"in {seconds:.1f} s"
+        f"quarantined {total.quarantined}, blocked {total.blocked}"
+        + (f" in {seconds:.1f} s" if seconds is not None else "")
     ]
     for key, count in sorted(total.stopped.items(), key=lambda kv: -kv[1]):
         outcome, stage, rules = key.split(":", 2)
