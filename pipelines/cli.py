@@ -222,6 +222,15 @@ def demo(records: int, folder: Path) -> None:
     run_demo(records, folder)
 
 
+def _attach_lineage_commands() -> None:
+    from lineage.cli import lineage
+
+    cli.add_command(lineage)
+
+
+_attach_lineage_commands()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the CLI and turns expected failures into one line and an exit code."""
     try:

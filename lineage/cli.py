@@ -1,0 +1,355 @@
+"""`lineage-guard lineage …`: audit commands over a lineage store.
+
+    lineage trace RECORD_ID      every event of a record and its ancestors, with chain status
+    lineage leaks [--since T] [--until T]
+                                 test/staging or invalid records that reached production, and
+                                 the attempts the guard blocked
+    lineage verify               walk every hash chain; name the first broken link
+
+Each takes `--lineage-store URL` and `--format table|json|csv`. Data goes to stdout (one JSON
+document with `--format json`), diagnostics to stderr. Exit 1 when the answer is bad news (a
+record unknown, a real leak, a broken chain); expected failures raise `LineageGuardError`,
+which the `lineage-guard` entry point turns into one line and its exit code.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import click
+
+from lineage import queries
+from lineage.errors import ExitCode, UnusableInputError
+from lineage.events import StoredEvent, format_time
+from lineage.store import DEFAULT_STORE_URL, open_store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+FORMATS = ("table", "json", "csv")
+
+
+def _store_option(command: F) -> F:
+    return click.option(
+        "--lineage-store",
+        "store_url",
+        default=DEFAULT_STORE_URL,
+        show_default=True,
+        metavar="URL",
+        help="`sqlite:///path/to.db` or `postgresql://user@host:port/db`.",
+    )(command)
+
+
+def _format_option(command: F) -> F:
+    return click.option(
+        "--format",
+        "output_format",
+        type=click.Choice(FORMATS),
+        default="table",
+        show_default=True,
+        help="Output format on stdout.",
+    )(command)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def lineage() -> None:
+    """Audit per-record lineage: trace a record, find leaks, verify the hash chains."""
+
+
+@lineage.command()
+@click.argument("record_id")
+@_store_option
+@_format_option
+@click.option(
+    "--verify-chains/--no-verify-chains",
+    default=True,
+    show_default=True,
+    help="Walk every chain the events are in, to show whether it is intact.",
+)
+def trace(record_id: str, store_url: str, output_format: str, verify_chains: bool) -> None:
+    """Every event of RECORD_ID and of its ancestors, in time order, with chain status.
+
+    Exit 0 when found and every chain involved is intact, 1 when the record is unknown or a
+    chain is broken.
+    """
+    with open_store(store_url, create=False) as store:
+        result = queries.trace(store, record_id, verify_chains=verify_chains)
+        url = store.url
+    if not result.found:
+        click.echo(
+            f"lineage-guard: no lineage events for record `{record_id}` in `{url}`.", err=True
+        )
+        sys.exit(ExitCode.VIOLATIONS)
+    click.echo(_render_trace(result, output_format), nl=False)
+    for chain in result.chains:
+        if chain.broken is not None:
+            click.echo(f"lineage-guard: {chain.broken.description}", err=True)
+    sys.exit(ExitCode.OK if result.intact else ExitCode.VIOLATIONS)
+
+
+@lineage.command()
+@click.option("--since", metavar="TIME", help="ISO-8601; events at or after it (UTC if no offset).")
+@click.option("--until", metavar="TIME", help="ISO-8601; events before it (UTC if no offset).")
+@click.option(
+    "--production-destination",
+    "production_destinations",
+    multiple=True,
+    metavar="TOPIC",
+    help="A production topic or path (repeat). Default: every delivery counts as production.",
+)
+@_store_option
+@_format_option
+def leaks(
+    since: str | None,
+    until: str | None,
+    production_destinations: tuple[str, ...],
+    store_url: str,
+    output_format: str,
+) -> None:
+    """Records from TEST/STAGING or with failed provenance delivered to production (must be
+    none), and the leak attempts the guard blocked.
+
+    Exit 0 when there is no real leak, 1 when there is at least one.
+    """
+    start, end = _time_option("--since", since), _time_option("--until", until)
+    if start is not None and end is not None and start > end:
+        raise UnusableInputError(f"`--since {since}` is after `--until {until}`.")
+    with open_store(store_url, create=False) as store:
+        report = queries.leaks(
+            store,
+            since=start,
+            until=end,
+            production_destinations=production_destinations or None,
+        )
+    click.echo(_render_leaks(report, output_format), nl=False)
+    if report.leaks:
+        click.echo(
+            f"lineage-guard: {len(report.leaks)} record(s) reached production that must not have.",
+            err=True,
+        )
+    sys.exit(ExitCode.VIOLATIONS if report.leaks else ExitCode.OK)
+
+
+@lineage.command()
+@click.option("--chain", "chain_id", metavar="CHAIN_ID", help="Verify this chain only.")
+@_store_option
+@_format_option
+def verify(chain_id: str | None, store_url: str, output_format: str) -> None:
+    """Walk every hash chain and name the first broken link.
+
+    Exit 0 when every chain is intact, 1 when one is broken (edited, inserted or deleted event).
+    """
+    with open_store(store_url, create=False) as store:
+        result = store.verify(chain_id)
+    broken = result.broken
+    if output_format == "json":
+        document = {
+            "ok": result.ok,
+            "chains": result.chains,
+            "events": result.events,
+            "broken": broken.to_dict() if broken is not None else None,
+        }
+        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+    elif output_format == "csv":
+        columns = ["ok", "chains", "events", "chain_id", "seq", "record_id", "kind", "description"]
+        link = broken.to_dict() if broken is not None else {}
+        row = {"ok": result.ok, "chains": result.chains, "events": result.events, **link}
+        click.echo(_csv(columns, [row]), nl=False)
+    elif broken is None:
+        click.echo(f"ok: {result.chains} chains, {result.events} events verified")
+    else:
+        click.echo(f"BROKEN after {result.chains} chains, {result.events} events read")
+    if broken is not None:
+        click.echo(f"lineage-guard: {broken.description}", err=True)
+    sys.exit(ExitCode.OK if broken is None else ExitCode.VIOLATIONS)
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+_EVENT_COLUMNS = [
+    "at",
+    "record_id",
+    "stage",
+    "decision",
+    "reasons",
+    "content_class",
+    "origin_env",
+    "tenant_id",
+    "source_system",
+    "generator",
+    "parent_record_ids",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "destination",
+    "pipeline",
+    "run_id",
+    "chain_id",
+    "seq",
+    "prev_hash",
+    "hash",
+]
+
+
+def _render_trace(result: queries.Trace, output_format: str) -> str:
+    if output_format == "json":
+        return json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n"
+    if output_format == "csv":
+        columns = ["depth", *_EVENT_COLUMNS, "chain_status"]
+        return _csv(columns, [_flat(traced.to_dict()) for traced in result.events])
+    headers = ["at", "record", "stage", "decision", "reasons", "class", "origin"]
+    headers += ["tenant", "source", "destination", "chain:seq", "chain"]
+    rows = []
+    for traced in result.events:
+        event = traced.stored.event
+        record = event.record_id or "-"
+        if traced.depth:
+            record = f"{record} (ancestor {traced.depth})"
+        rows.append(
+            [
+                format_time(event.at),
+                record,
+                str(event.stage),
+                str(event.decision),
+                _rules(traced.stored),
+                event.content_class or "-",
+                event.origin_env or "-",
+                event.tenant_id or "-",
+                _source(traced.stored),
+                event.destination or "-",
+                f"{traced.stored.chain_id}:{traced.stored.seq}",
+                traced.chain.status,
+            ]
+        )
+    lines = [render_table(f"Lineage of record {result.record_id}", headers, rows)]
+    lines += [chain.describe() for chain in result.chains]
+    if result.missing_ancestors:
+        missing = ", ".join(f"`{rid}`" for rid in result.missing_ancestors)
+        lines.append(f"ancestors without lineage events: {missing}")
+    return "\n".join(lines) + "\n"
+
+
+def _render_leaks(report: queries.LeakReport, output_format: str) -> str:
+    if output_format == "json":
+        return json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n"
+    if output_format == "csv":
+        columns = ["kind", *_EVENT_COLUMNS, "why"]
+        rows = [{"kind": "leak", **_flat(leak.to_dict())} for leak in report.leaks]
+        rows += [{"kind": "blocked", **_flat(stored.to_dict())} for stored in report.blocked]
+        return _csv(columns, rows)
+    headers = ["at", "record", "class", "origin", "tenant", "source", "destination", "why"]
+    leak_rows = [
+        [*_leak_cells(leak.stored), "; ".join(reason.rule for reason in leak.why)]
+        for leak in report.leaks
+    ]
+    blocked_rows = [[*_leak_cells(stored), _rules(stored)] for stored in report.blocked]
+    window = f"from {_when(report.since, 'the start')} until {_when(report.until, 'now')}"
+    parts = []
+    if leak_rows:
+        parts.append(render_table(f"LEAKS: delivered to production ({window})", headers, leak_rows))
+    else:
+        parts.append(f"No leaks: nothing reached production that must not have ({window}).")
+    if blocked_rows:
+        title = f"Leak attempts blocked by the guard: {len(blocked_rows)}"
+        parts.append(render_table(title, headers, blocked_rows))
+    else:
+        parts.append("No leak attempts blocked.")
+    return "\n".join(parts) + "\n"
+
+
+def _leak_cells(stored: StoredEvent) -> list[str]:
+    event = stored.event
+    return [
+        format_time(event.at),
+        event.record_id or "-",
+        event.content_class or "-",
+        event.origin_env or "-",
+        event.tenant_id or "-",
+        _source(stored),
+        event.destination or "-",
+    ]
+
+
+def _rules(stored: StoredEvent) -> str:
+    return "; ".join(reason.rule for reason in stored.event.reasons) or "-"
+
+
+def _source(stored: StoredEvent) -> str:
+    event = stored.event
+    return f"{event.source_topic}[{event.source_partition}]@{event.source_offset}"
+
+
+def _when(at: datetime | None, unbounded: str) -> str:
+    return format_time(at) if at is not None else unbounded
+
+
+def _flat(document: dict[str, Any]) -> dict[str, Any]:
+    """CSV cells: lists and objects as compact JSON."""
+    return {
+        key: json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        if isinstance(value, list | dict)
+        else value
+        for key, value in document.items()
+    }
+
+
+def _csv(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(
+        out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n"
+    )
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def render_table(
+    title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], *, plain: bool = False
+) -> str:
+    """A table as text: drawn by `rich` when installed (and `plain` is False), else aligned
+    columns."""
+    if not plain:
+        try:
+            from rich.console import Console
+            from rich.table import Table
+        except ImportError:
+            pass
+        else:
+            terminal = sys.stdout.isatty()
+            table = Table(title=title, title_justify="left")
+            for header in headers:
+                table.add_column(header, overflow="fold")
+            for row in rows:
+                table.add_row(*row)
+            out = io.StringIO()
+            # Off a terminal nothing wraps: lines as long as the data, no colour codes.
+            width = None if terminal else 100_000
+            Console(file=out, width=width, force_terminal=terminal, highlight=False).print(table)
+            return out.getvalue().rstrip("\n")
+    widths = [len(header) for header in headers]
+    for row in rows:
+        widths = [max(width, len(cell)) for width, cell in zip(widths, row, strict=True)]
+    lines = [title, "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def _time_option(option: str, value: str | None) -> datetime | None:
+    """An ISO-8601 time (`2026-11-27`, `2026-11-27T12:00:00Z`, …); no offset means UTC."""
+    if value is None:
+        return None
+    try:
+        at = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise UnusableInputError(
+            f"Cannot read `{option} {value}`: not an ISO-8601 time; use e.g."
+            " `2026-11-27T12:00:00Z` or `2026-11-27`."
+        ) from None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)

@@ -1,0 +1,168 @@
+"""The lineage event: what one pipeline stage did with one record, and its canonical form.
+
+One `LineageEvent` per record per stage it passes (source read, decode, validate, enforce,
+write). Stores keep each event as a `StoredEvent`: the event plus its link in a hash chain (see
+`lineage.chain`). The canonical serialization defined here is what the chain hashes, so it must
+never change for events already written: sorted keys, compact separators, UTF-8, times as
+ISO-8601 UTC with millisecond precision (`2026-11-27T12:00:00.000Z`).
+
+Pure: no database driver, no Beam, no Kafka.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+GENESIS_HASH = "0" * 64  # the `prev_hash` of a chain's first event
+
+
+class Stage(StrEnum):
+    """The stages of the guard, in the order a record passes them."""
+
+    SOURCE = "source"
+    DECODE = "decode"
+    VALIDATE = "validate"
+    ENFORCE = "enforce"
+    WRITE = "write"
+
+
+STAGE_ORDER: dict[Stage, int] = {stage: rank for rank, stage in enumerate(Stage)}
+
+
+class Decision(StrEnum):
+    PASSED = "passed"  # the stage let the record go on
+    QUARANTINED = "quarantined"  # sent to the quarantine topic (undecodable, invalid provenance)
+    BLOCKED = "blocked"  # a sink policy refused it (leak, tenant, training mix)
+    DELIVERED = "delivered"  # written to its destination (the allowed topic, or a file)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reason:
+    rule: str  # e.g. "generator_required", "leak_origin_env"
+    message: str  # a sentence that names the record and the field
+
+    def to_dict(self) -> dict[str, str]:
+        return {"rule": self.rule, "message": self.message}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LineageEvent:
+    """What `stage` decided about one record (or about undecodable bytes, `record_id` None).
+
+    `at` must be timezone-aware; it is kept in UTC, truncated to the millisecond that the
+    canonical form (and so the hash) covers.
+    """
+
+    record_id: str | None
+    stage: Stage
+    pipeline: str
+    run_id: str
+    at: datetime
+    decision: Decision
+    reasons: tuple[Reason, ...] = field(default=())
+    content_class: str | None = None
+    origin_env: str | None = None
+    tenant_id: str | None = None
+    source_system: str | None = None
+    generator: str | None = None
+    parent_record_ids: tuple[str, ...] = field(default=())
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    destination: str | None = None  # the topic written to, or the file path in file mode
+
+    def __post_init__(self) -> None:
+        at = self.at
+        if at.tzinfo is not UTC or at.microsecond % 1000:
+            if at.tzinfo is None or at.utcoffset() is None:
+                raise ValueError(f"LineageEvent.at must be timezone-aware, got `{at!r}`")
+            at = at.astimezone(UTC)
+            object.__setattr__(self, "at", at.replace(microsecond=at.microsecond // 1000 * 1000))
+        # Accept the plain strings a database returns; keep the closed sets closed.
+        if type(self.stage) is not Stage:
+            object.__setattr__(self, "stage", Stage(self.stage))
+        if type(self.decision) is not Decision:
+            object.__setattr__(self, "decision", Decision(self.decision))
+        if type(self.reasons) is not tuple:
+            object.__setattr__(self, "reasons", tuple(self.reasons))
+        if type(self.parent_record_ids) is not tuple:
+            object.__setattr__(self, "parent_record_ids", tuple(self.parent_record_ids))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as JSON-ready values (times as canonical strings)."""
+        return {
+            "record_id": self.record_id,
+            "stage": str(self.stage),
+            "pipeline": self.pipeline,
+            "run_id": self.run_id,
+            "at": format_time(self.at),
+            "decision": str(self.decision),
+            "reasons": [reason.to_dict() for reason in self.reasons],
+            "content_class": self.content_class,
+            "origin_env": self.origin_env,
+            "tenant_id": self.tenant_id,
+            "source_system": self.source_system,
+            "generator": self.generator,
+            "parent_record_ids": list(self.parent_record_ids),
+            "source_topic": self.source_topic,
+            "source_partition": self.source_partition,
+            "source_offset": self.source_offset,
+            "destination": self.destination,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredEvent:
+    """An event as a store holds it: linked into chain `chain_id` at position `seq` (from 1)."""
+
+    event: LineageEvent
+    chain_id: str
+    seq: int
+    prev_hash: str
+    hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.event.to_dict(),
+            "chain_id": self.chain_id,
+            "seq": self.seq,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+def format_time(at: datetime) -> str:
+    """`2026-11-27T12:00:00.123Z`: ISO-8601, UTC, millisecond precision, fixed width."""
+    if at.tzinfo is not UTC:
+        at = at.astimezone(UTC)
+    return at.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+
+
+def parse_time(text: str) -> datetime:
+    """The inverse of `format_time`; also accepts any ISO-8601 time with an offset."""
+    at = datetime.fromisoformat(text)
+    if at.tzinfo is None:
+        raise ValueError(f"time `{text}` has no UTC offset")
+    return at.astimezone(UTC)
+
+
+def canonical_json(event: LineageEvent, *, chain_id: str, seq: int) -> bytes:
+    """The bytes the chain hashes: the event with its chain position, as canonical JSON."""
+    document = event.to_dict()
+    document["chain_id"] = chain_id
+    document["seq"] = seq
+    return json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def event_hash(event: LineageEvent, *, chain_id: str, seq: int, prev_hash: str) -> str:
+    """`sha256(prev_hash || canonical_json(event, chain_id, seq))`, as lowercase hex."""
+    digest = hashlib.sha256(prev_hash.encode("utf-8"))
+    digest.update(canonical_json(event, chain_id=chain_id, seq=seq))
+    return digest.hexdigest()

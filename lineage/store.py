@@ -1,0 +1,352 @@
+"""The `LineageStore` port, the URL that selects an implementation, and the stored row format.
+
+Two implementations stand behind one contract test suite (`tests/lineage_contract.py`):
+
+- `sqlite:///path/to.db`: the embedded default, a file (`sqlite:////abs/path.db` for an
+  absolute path); see `lineage.stores.sqlite`.
+- `postgresql://user@host:port/db`: a shared server; see `lineage.stores.postgres`.
+
+Both keep two tables, `lineage_events` (one row per event, with its chain link) and
+`lineage_chains` (each chain's head), so tampering can be shown with plain SQL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterator, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Protocol, Self
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from lineage.chain import ChainHead, UnreadableEvent, Verification
+from lineage.errors import ConfigError, CorruptLineageError
+from lineage.events import (
+    STAGE_ORDER,
+    Decision,
+    LineageEvent,
+    Reason,
+    Stage,
+    StoredEvent,
+    parse_time,
+)
+
+DEFAULT_STORE_URL = "sqlite:///.lineage-guard/lineage.db"
+
+EVENT_COLUMNS: tuple[str, ...] = (
+    "chain_id",
+    "seq",
+    "record_id",
+    "stage",
+    "pipeline",
+    "run_id",
+    "at",
+    "decision",
+    "reasons",
+    "content_class",
+    "origin_env",
+    "tenant_id",
+    "source_system",
+    "generator",
+    "parent_record_ids",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "destination",
+    "prev_hash",
+    "hash",
+)
+
+
+class LineageStore(Protocol):
+    """Where lineage events are kept, chained by hash. Implementations are thread-safe.
+
+    Reads and writes that fail because the database is unreachable or refuses them raise
+    `ServiceUnavailableError`; a stored row that is no valid event raises `CorruptLineageError`
+    (`verify` reports it as a broken link instead).
+    """
+
+    @property
+    def url(self) -> str:
+        """The store's URL, without any password."""
+        ...
+
+    def append(self, events: Sequence[LineageEvent], *, chain_id: str) -> None:
+        """Append `events`, in order, to chain `chain_id`: all of them in one transaction, or
+        none. Links are computed under a lock on the chain's head, so concurrent writers
+        never fork a chain."""
+        ...
+
+    def trace(self, record_id: str) -> list[StoredEvent]:
+        """Every event of `record_id`, in order (time, then stage, chain and seq); [] if none."""
+        ...
+
+    def trace_many(
+        self, record_ids: Collection[str], *, stage: Stage | None = None
+    ) -> list[StoredEvent]:
+        """The events of all `record_ids` (only those of `stage` when given), in order."""
+        ...
+
+    def events(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        stage: Stage | None = None,
+        decision: Decision | None = None,
+    ) -> Iterator[StoredEvent]:
+        """Stream events with `since <= at < until` (and the given stage/decision), ordered by
+        time, chain and seq. Reads through its own connection; rows are fetched in batches."""
+        ...
+
+    def chains(self) -> Iterator[str]:
+        """Every chain id: those with a recorded head and those with events."""
+        ...
+
+    def head(self, chain_id: str) -> ChainHead | None:
+        """The chain's recorded head, or None when the store has no such chain."""
+        ...
+
+    def verify(self, chain_id: str | None = None) -> Verification:
+        """Walk one chain (or every chain) from one consistent snapshot and report the first
+        broken link."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+def open_store(url: str, *, create: bool = True) -> LineageStore:
+    """Open the store that `url` names; create its file or tables if missing, unless `create`
+    is False (audits), which raises `ConfigError` for a store that holds no lineage.
+
+    Raises `ConfigError` for a URL that names no store, `ServiceUnavailableError` when the
+    database cannot be opened or reached.
+    """
+    scheme = url.partition(":")[0].lower()
+    if scheme == "sqlite":
+        from lineage.stores.sqlite import SqliteStore
+
+        return SqliteStore(sqlite_path(url), create=create)
+    if scheme in ("postgresql", "postgres"):
+        if not url.lower().startswith(f"{scheme}://") or not _port_ok(url):
+            raise ConfigError(f"Bad lineage store URL `{redact_url(url)}`: {_URL_HELP}")
+        from lineage.stores.postgres import PostgresStore
+
+        return PostgresStore(url, create=create)
+    raise ConfigError(f"Unknown lineage store URL `{redact_url(url)}`: {_URL_HELP}")
+
+
+def no_lineage_error(url: str) -> ConfigError:
+    return ConfigError(
+        f"The lineage store `{url}` does not exist or holds no lineage tables:"
+        " check `--lineage-store`, or run the guard first."
+    )
+
+
+_URL_HELP = (
+    "use `sqlite:///relative/path.db`, `sqlite:////absolute/path.db` or"
+    " `postgresql://user@host:port/database`."
+)
+
+
+def _port_ok(url: str) -> bool:
+    try:
+        urlsplit(url).port  # noqa: B018 (parsing it is the check)
+    except ValueError:  # not a number, or out of range
+        return "," in urlsplit(url).netloc  # libpq's multi-host form: libpq checks it
+    return True
+
+
+def sqlite_path(url: str) -> str:
+    """The file path in `sqlite:///path` (relative) or `sqlite:////path` (absolute)."""
+    prefix = "sqlite:///"
+    path = url[len(prefix) :] if url.lower().startswith(prefix) else ""
+    if not path or path.endswith("/") or "?" in path or "#" in path:
+        raise ConfigError(f"Bad lineage store URL `{url}`: {_URL_HELP}")
+    return path
+
+
+def redact_url(url: str) -> str:
+    """`url` with any password (in the user info or a `password=` parameter) replaced by `***`."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    userinfo, at, hostinfo = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.partition(":")[0] + ":***"
+    netloc = f"{userinfo}{at}{hostinfo}"
+    query = parts.query
+    if "password" in query.lower():
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def order_key(stored: StoredEvent) -> tuple[datetime, int, str, int]:
+    """The order of a record's events: time, then stage, then chain position."""
+    return (stored.event.at, STAGE_ORDER[stored.event.stage], stored.chain_id, stored.seq)
+
+
+class _RowError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def stored_from_row(row: Sequence[Any]) -> StoredEvent:
+    """A `StoredEvent` from a row of `EVENT_COLUMNS`, as either driver returns it (times as
+    datetime or text; reasons and parents as lists or JSON text). Raises `CorruptLineageError`
+    for a value no writer writes."""
+    found = read_row(row)
+    if isinstance(found, UnreadableEvent):
+        raise CorruptLineageError(
+            f"Lineage event chain `{found.chain_id}` seq {found.seq} (record"
+            f" `{found.record_id}`) cannot be read: {found.error}. The store was altered;"
+            " run `lineage-guard lineage verify`."
+        )
+    return found
+
+
+def read_row(row: Sequence[Any]) -> StoredEvent | UnreadableEvent:
+    """Like `stored_from_row`, but an unreadable row comes back as an `UnreadableEvent`."""
+    (
+        chain_id,
+        seq,
+        record_id,
+        stage,
+        pipeline,
+        run_id,
+        at,
+        decision,
+        reasons,
+        content_class,
+        origin_env,
+        tenant_id,
+        source_system,
+        generator,
+        parent_record_ids,
+        source_topic,
+        source_partition,
+        source_offset,
+        destination,
+        prev_hash,
+        hash_,
+    ) = row
+    try:
+        event = LineageEvent(
+            record_id=_optional_str(record_id, "record_id"),
+            stage=Stage(_str(stage, "stage")),
+            pipeline=_str(pipeline, "pipeline"),
+            run_id=_str(run_id, "run_id"),
+            at=_time(at),
+            decision=Decision(_str(decision, "decision")),
+            reasons=_reasons(reasons),
+            content_class=_optional_str(content_class, "content_class"),
+            origin_env=_optional_str(origin_env, "origin_env"),
+            tenant_id=_optional_str(tenant_id, "tenant_id"),
+            source_system=_optional_str(source_system, "source_system"),
+            generator=_optional_str(generator, "generator"),
+            parent_record_ids=_str_tuple(parent_record_ids),
+            source_topic=_str(source_topic, "source_topic"),
+            source_partition=_int(source_partition, "source_partition"),
+            source_offset=_int(source_offset, "source_offset"),
+            destination=_optional_str(destination, "destination"),
+        )
+        return StoredEvent(
+            event=event,
+            chain_id=_str(chain_id, "chain_id"),
+            seq=_int(seq, "seq"),
+            prev_hash=_str(prev_hash, "prev_hash"),
+            hash=_str(hash_, "hash"),
+        )
+    except (_RowError, ValueError, TypeError) as exc:
+        return UnreadableEvent(
+            chain_id=str(chain_id),
+            seq=seq if isinstance(seq, int) else None,
+            record_id=record_id if isinstance(record_id, str) else None,
+            error=exc.message if isinstance(exc, _RowError) else str(exc).splitlines()[0],
+        )
+
+
+def _str(value: Any, column: str) -> str:
+    if type(value) is not str:
+        raise _RowError(f"`{column}` is {value!r}, not a string")
+    return value
+
+
+def _optional_str(value: Any, column: str) -> str | None:
+    return None if value is None else _str(value, column)
+
+
+def _int(value: Any, column: str) -> int:
+    if type(value) is not int:
+        raise _RowError(f"`{column}` is {value!r}, not an integer")
+    return value
+
+
+def _time(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        return parse_time(value)
+    raise _RowError(f"`at` is {value!r}, not a time")
+
+
+def _json(value: Any, column: str) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise _RowError(f"`{column}` is not JSON: {value[:40]!r}") from None
+    return value
+
+
+def _reasons(value: Any) -> tuple[Reason, ...]:
+    if value == "[]" or value == []:
+        return ()
+    items = _json(value, "reasons")
+    if not isinstance(items, list):
+        raise _RowError(f"`reasons` is {items!r}, not a list")
+    reasons = []
+    for item in items:
+        if not (
+            isinstance(item, dict)
+            and item.keys() == {"rule", "message"}
+            and isinstance(item["rule"], str)
+            and isinstance(item["message"], str)
+        ):
+            raise _RowError(f"`reasons` holds {item!r}, not a {{rule, message}} pair")
+        reasons.append(Reason(rule=item["rule"], message=item["message"]))
+    return tuple(reasons)
+
+
+def _str_tuple(value: Any) -> tuple[str, ...]:
+    if value == "[]" or value == []:
+        return ()
+    items = _json(value, "parent_record_ids")
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise _RowError(f"`parent_record_ids` is {items!r}, not a list of strings")
+    return tuple(items)
+
+
+def reasons_json(stored: StoredEvent) -> str:
+    """The event's reasons as compact JSON text (SQLite keeps them as text)."""
+    return _compact([reason.to_dict() for reason in stored.event.reasons])
+
+
+def parents_json(stored: StoredEvent) -> str:
+    return _compact(list(stored.event.parent_record_ids))
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -1,0 +1,1 @@
+"""`LineageStore` implementations: SQLite (embedded default) and PostgreSQL (shared)."""

@@ -1,0 +1,158 @@
+"""The `LineageStore` contract on a real PostgreSQL, plus what only the PostgreSQL store does.
+
+Each test gets a schema of its own (`search_path` set through the URL's libpq `options`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from uuid import uuid4
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from lineage.errors import ConfigError, ServiceUnavailableError
+from lineage.store import LineageStore, open_store
+from lineage.stores.postgres import PostgresStore
+from tests.lineage_contract import *  # noqa: F403 (the contract suite runs here)
+from tests.lineage_contract import CHAIN, OTHER_CHAIN, RunSql, journey
+
+
+@pytest.fixture
+def schema(pg_dsn: str) -> Iterator[str]:
+    name = f"lg_{uuid4().hex}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    yield name
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def app_name() -> str:
+    return f"lg-test-{uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def store_url(pg_dsn: str, schema: str, app_name: str) -> str:
+    separator = "&" if "?" in pg_dsn else "?"
+    return f"{pg_dsn}{separator}options=-csearch_path%3D{schema}&application_name={app_name}"
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[LineageStore]:
+    with open_store(store_url) as opened:
+        yield opened
+
+
+@pytest.fixture
+def run_sql(pg_dsn: str, schema: str) -> RunSql:
+    def run(statement: str) -> list[tuple[Any, ...]]:
+        with psycopg.connect(pg_dsn, autocommit=True, options=f"-c search_path={schema}") as conn:
+            cursor = conn.execute(statement.encode())
+            return cursor.fetchall() if cursor.description else []
+
+    return run
+
+
+def test_tables_and_indexes_are_created_in_the_urls_schema(
+    store: LineageStore, run_sql: RunSql, schema: str
+) -> None:
+    assert isinstance(store, PostgresStore)
+    tables = run_sql(
+        f"SELECT tablename FROM pg_tables WHERE schemaname = '{schema}' ORDER BY tablename"
+    )
+    assert tables == [("lineage_chains",), ("lineage_events",)]
+    indexes = run_sql(
+        f"SELECT indexname FROM pg_indexes WHERE schemaname = '{schema}'"
+        " AND tablename = 'lineage_events' ORDER BY indexname"
+    )
+    assert indexes == [
+        ("lineage_events_at",),
+        ("lineage_events_pkey",),
+        ("lineage_events_record_id",),
+    ]
+
+
+def test_trace_uses_the_record_id_index(store: LineageStore, pg_dsn: str, schema: str) -> None:
+    store.append(journey("a", offset=0), chain_id=CHAIN)
+    with psycopg.connect(pg_dsn, autocommit=True, options=f"-c search_path={schema}") as conn:
+        conn.execute("ANALYZE lineage_events")
+        # A tiny table is best read whole; without that choice the plan must use the index.
+        conn.execute("SET enable_seqscan = off")
+        plan = conn.execute(
+            "EXPLAIN SELECT * FROM lineage_events WHERE record_id = ANY(ARRAY['a', 'b'])"
+        ).fetchall()
+    text = "\n".join(row[0] for row in plan)
+    assert "Index Scan using lineage_events_record_id" in text or (
+        "Bitmap Index Scan on lineage_events_record_id" in text
+    ), text
+
+
+def test_the_store_reconnects_after_its_connection_is_killed(
+    store: LineageStore, run_sql: RunSql, app_name: str
+) -> None:
+    store.append(journey("before", offset=0), chain_id=CHAIN)
+    killed = run_sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        f" WHERE application_name = '{app_name}'"
+    )
+    assert killed == [(True,)]
+
+    with pytest.raises(ServiceUnavailableError) as raised:
+        store.append(journey("lost", offset=1), chain_id=CHAIN)
+    assert raised.value.message.startswith(f"Cannot write 5 lineage events to chain `{CHAIN}`")
+
+    store.append(journey("after", offset=2), chain_id=CHAIN)  # reconnected
+    assert store.trace("lost") == []
+    assert [s.seq for s in store.trace("after")] == [6, 7, 8, 9, 10]
+    assert store.verify().ok
+
+
+def test_an_unreachable_server_is_unavailable_and_the_password_is_not_shown(
+    unused_port: int,
+) -> None:
+    url = f"postgresql://auditor:s3cret@127.0.0.1:{unused_port}/lineage_guard"
+    with pytest.raises(ServiceUnavailableError) as raised:
+        open_store(url)
+    message = raised.value.message
+    assert message.startswith(
+        f"Cannot reach the lineage store `postgresql://auditor:***@127.0.0.1:{unused_port}"
+        "/lineage_guard`: "
+    )
+    assert "s3cret" not in message
+    assert "\n" not in message
+
+
+def test_an_unknown_url_option_is_a_config_error(pg_dsn: str) -> None:
+    separator = "&" if "?" in pg_dsn else "?"
+    with pytest.raises(ConfigError, match="Bad lineage store URL"):
+        open_store(f"{pg_dsn}{separator}colour=blue")
+
+
+def test_audits_do_not_create_tables(store_url: str, run_sql: RunSql) -> None:
+    with pytest.raises(ConfigError, match="holds no lineage tables"):
+        open_store(store_url, create=False)
+    assert run_sql("SELECT to_regclass('lineage_events') IS NULL") == [(True,)]
+
+
+def test_two_stores_on_one_database_share_chains(store: LineageStore, store_url: str) -> None:
+    with open_store(store_url) as second:
+        store.append(journey("a", offset=0), chain_id=CHAIN)
+        second.append(journey("b", offset=1), chain_id=CHAIN)
+        store.append(journey("c", offset=0, partition=1), chain_id=OTHER_CHAIN)
+        assert [s.seq for s in second.trace("a")] == [1, 2, 3, 4, 5]
+        assert [s.seq for s in store.trace("b")] == [6, 7, 8, 9, 10]
+        assert second.verify().ok
+        assert second.verify().events == 15
+
+
+@pytest.fixture
+def unused_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
