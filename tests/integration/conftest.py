@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 
@@ -60,3 +61,18 @@ def _docker_engine_answers() -> bool:
         return bool(docker.from_env(timeout=3).ping())
     except Exception:  # no socket, connection refused, timeout: no engine to use
         return False
+
+
+@pytest.fixture
+def pg_store_url(pg_dsn: str) -> Iterator[str]:
+    """A lineage store URL on the test PostgreSQL, in a schema of the test's own."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"lg_{uuid4().hex}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    separator = "&" if "?" in pg_dsn else "?"
+    yield f"{pg_dsn}{separator}options=-csearch_path%3D{name}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))

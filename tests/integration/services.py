@@ -38,13 +38,36 @@ def local_postgres() -> Iterator[str]:
         yield dsn
 
 
+class Control:
+    """Stops and restarts a service this module started (outage tests), data kept."""
+
+    def __init__(self, script: Path, env: dict[str, str]) -> None:
+        self.script, self.env = script, env
+
+    def stop(self) -> None:
+        _run(self.script, "stop", env=self.env)
+
+    def start(self) -> None:
+        _run(self.script, "start", env=self.env)
+
+
+_controls: dict[str, Control] = {}
+
+
+def control(address: str) -> Control | None:
+    """The control of a service started here, by the address it yielded (None: not ours)."""
+    return _controls.get(address)
+
+
 @contextmanager
 def _service(script: Path, data_dir_var: str, use_instead_var: str) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="lineage-guard-") as tmp:
         os.chmod(tmp, 0o755)  # as root, postgres.sh runs the server as `postgres`: let it in
         env = {**os.environ, data_dir_var: str(Path(tmp) / "data")}
         try:  # stop even when start failed half-way or was interrupted
-            yield _start(script, env, use_instead_var)
+            address = _start(script, env, use_instead_var)
+            _controls[address] = Control(script, env)
+            yield address
         finally:
             _run(script, "stop", "--wipe", env=env)
 
