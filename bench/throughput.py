@@ -10,7 +10,8 @@ Modes (each measured in its own process, so each has its own peak memory):
   written to a SQLite store, through the functions the pipeline's stages call.
 - `kafka-passthrough`: consume → produce through the real broker with confluent-kafka, no
   guard: the I/O floor.
-- `kafka-guard`: `lineage-guard run --until-caught-up` on the same topic, lineage on.
+- `kafka-guard`: `lineage-guard run --until-caught-up` on the same topic, lineage on (SQLite).
+- `kafka-guard-no-lineage`: the same with `--no-lineage`, to show what lineage costs.
 
 The records are realistic CRM records (contacts, email activities, media assets; ~5% with
 stripped provenance, ~2% TEST origin) in Avro single-object encoding. Kafka modes need
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-MODES = ("decode", "core", "kafka-passthrough", "kafka-guard")
+MODES = ("decode", "core", "kafka-passthrough", "kafka-guard", "kafka-guard-no-lineage")
 
 
 # ---- the messages: generated once per size, kept in a length-prefixed file -----------------
@@ -157,31 +158,20 @@ def mode_kafka_passthrough(path: Path, args: argparse.Namespace) -> int:
     return count
 
 
-def mode_kafka_guard(path: Path, args: argparse.Namespace) -> int:
+def mode_kafka_guard(path: Path, args: argparse.Namespace, lineage: bool = True) -> int:
     from pipelines.cli import main
 
-    store = f"sqlite:///{args.workdir}/guard-{os.getpid()}.db"
+    pid = os.getpid()
+    store = ["--lineage-store", f"sqlite:///{args.workdir}/guard-{pid}.db"]
     try:
-        main(
-            [
-                "run",
-                "--bootstrap-servers",
-                args.bootstrap_servers,
-                "--input-topic",
-                args.topic,
-                "--output-topic",
-                args.topic + "-allowed",
-                "--quarantine-topic",
-                args.topic + "-quarantine",
-                "--group-id",
-                f"guard-{os.getpid()}",
-                "--until-caught-up",
-                "--batch-size",
-                str(args.batch_size),
-                "--lineage-store",
-                store,
-            ]
-        )
+        main([
+            "run", "--bootstrap-servers", args.bootstrap_servers, "--input-topic", args.topic,
+            "--output-topic", f"{args.topic}-allowed-{pid}",
+            "--quarantine-topic", f"{args.topic}-quarantine-{pid}",
+            "--group-id", f"guard-{pid}", "--until-caught-up",
+            "--batch-size", str(args.batch_size),
+            *(store if lineage else ["--no-lineage"]),
+        ])  # fmt: skip
     except SystemExit as exit_:
         if exit_.code:
             raise
@@ -194,6 +184,7 @@ def child(args: argparse.Namespace) -> None:
         "core": mode_core,
         "kafka-passthrough": mode_kafka_passthrough,
         "kafka-guard": mode_kafka_guard,
+        "kafka-guard-no-lineage": lambda p, a: mode_kafka_guard(p, a, lineage=False),
     }[args.child]
     started = time.perf_counter()
     count = run(Path(args.messages), args)
