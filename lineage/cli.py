@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -32,6 +33,7 @@ from lineage.store import DEFAULT_STORE_URL, open_store
 F = TypeVar("F", bound=Callable[..., Any])
 
 FORMATS = ("table", "json", "csv")
+RICH_MAX_ROWS = 2000
 
 
 def _store_option(command: F) -> F:
@@ -126,7 +128,8 @@ def leaks(
             until=end,
             production_destinations=production_destinations or None,
         )
-    click.echo(_render_leaks(report, output_format), nl=False)
+    for chunk in _render_leaks(report, output_format):
+        click.echo(chunk, nl=False)
     if report.leaks:
         click.echo(
             f"lineage-guard: {len(report.leaks)} record(s) reached production that must not have.",
@@ -234,14 +237,33 @@ def _render_trace(result: queries.Trace, output_format: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _render_leaks(report: queries.LeakReport, output_format: str) -> str:
+def _render_leaks(report: queries.LeakReport, output_format: str) -> Iterator[str]:
+    """The report in chunks: a window may hold many blocked attempts, so JSON and CSV are
+    written event by event instead of being built whole in memory."""
     if output_format == "json":
-        return json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n"
+        destinations = report.production_destinations
+        yield from _json_document(
+            {
+                "since": format_time(report.since) if report.since is not None else None,
+                "until": format_time(report.until) if report.until is not None else None,
+                "production_destinations": (
+                    sorted(destinations) if destinations is not None else None
+                ),
+            },
+            {
+                "leaks": (leak.to_dict() for leak in report.leaks),
+                "blocked": (stored.to_dict() for stored in report.blocked),
+            },
+        )
+        return
     if output_format == "csv":
         columns = ["kind", *_EVENT_COLUMNS, "why"]
-        rows = [{"kind": "leak", **_flat(leak.to_dict())} for leak in report.leaks]
-        rows += [{"kind": "blocked", **_flat(stored.to_dict())} for stored in report.blocked]
-        return _csv(columns, rows)
+        rows = itertools.chain(
+            ({"kind": "leak", **_flat(leak.to_dict())} for leak in report.leaks),
+            ({"kind": "blocked", **_flat(stored.to_dict())} for stored in report.blocked),
+        )
+        yield from _csv_chunks(columns, rows)
+        return
     headers = ["at", "record", "class", "origin", "tenant", "source", "destination", "why"]
     leak_rows = [
         [*_leak_cells(leak.stored), "; ".join(reason.rule for reason in leak.why)]
@@ -249,17 +271,36 @@ def _render_leaks(report: queries.LeakReport, output_format: str) -> str:
     ]
     blocked_rows = [[*_leak_cells(stored), _rules(stored)] for stored in report.blocked]
     window = f"from {_when(report.since, 'the start')} until {_when(report.until, 'now')}"
-    parts = []
     if leak_rows:
-        parts.append(render_table(f"LEAKS: delivered to production ({window})", headers, leak_rows))
+        yield render_table(f"LEAKS: delivered to production ({window})", headers, leak_rows)
     else:
-        parts.append(f"No leaks: nothing reached production that must not have ({window}).")
+        yield f"No leaks: nothing reached production that must not have ({window})."
+    yield "\n"
     if blocked_rows:
         title = f"Leak attempts blocked by the guard: {len(blocked_rows)}"
-        parts.append(render_table(title, headers, blocked_rows))
+        yield render_table(title, headers, blocked_rows)
     else:
-        parts.append("No leak attempts blocked.")
-    return "\n".join(parts) + "\n"
+        yield "No leak attempts blocked."
+    yield "\n"
+
+
+def _json_document(
+    fields: dict[str, Any], arrays: dict[str, Iterable[dict[str, Any]]]
+) -> Iterator[str]:
+    """One JSON object written piece by piece: `fields`, then each array item by item."""
+
+    def dump(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=False)
+
+    yield "{\n" + ",\n".join(f"  {dump(key)}: {dump(value)}" for key, value in fields.items())
+    for key, items in arrays.items():
+        yield f",\n  {dump(key)}: ["
+        empty = True
+        for item in items:
+            yield ("\n    " if empty else ",\n    ") + dump(item)
+            empty = False
+        yield "]" if empty else "\n  ]"
+    yield "\n}\n"
 
 
 def _leak_cells(stored: StoredEvent) -> list[str]:
@@ -298,22 +339,31 @@ def _flat(document: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _csv(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
+def _csv(columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> str:
+    return "".join(_csv_chunks(columns, rows))
+
+
+def _csv_chunks(columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> Iterator[str]:
     out = io.StringIO()
     writer = csv.DictWriter(
         out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n"
     )
     writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
+    for count, row in enumerate(rows, start=1):
+        writer.writerow(row)
+        if count % 1000 == 0:
+            yield out.getvalue()
+            out.seek(0)
+            out.truncate()
+    yield out.getvalue()
 
 
 def render_table(
     title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], *, plain: bool = False
 ) -> str:
     """A table as text: drawn by `rich` when installed (and `plain` is False), else aligned
-    columns."""
-    if not plain:
+    columns. Tables longer than `RICH_MAX_ROWS` are always plain: rich takes seconds on them."""
+    if not plain and len(rows) <= RICH_MAX_ROWS:
         try:
             from rich.console import Console
             from rich.table import Table
@@ -330,7 +380,8 @@ def render_table(
             # Off a terminal nothing wraps: lines as long as the data, no colour codes.
             width = None if terminal else 100_000
             Console(file=out, width=width, force_terminal=terminal, highlight=False).print(table)
-            return out.getvalue().rstrip("\n")
+            lines = out.getvalue().rstrip("\n").split("\n")
+            return "\n".join(line.rstrip() for line in lines)  # no padding after the title
     widths = [len(header) for header in headers]
     for row in rows:
         widths = [max(width, len(cell)) for width, cell in zip(widths, row, strict=True)]

@@ -234,10 +234,10 @@ def _leaks_among(store: LineageStore, delivered: list[StoredEvent]) -> Iterable[
     """The leaks among `delivered` production deliveries."""
     ids = {stored.event.record_id for stored in delivered if stored.event.record_id is not None}
     failed: dict[tuple[str | None, str, int, int], list[str]] = defaultdict(list)
-    for stored in store.trace_many(ids, stage=Stage.VALIDATE) if ids else ():
-        if stored.event.decision != Decision.PASSED:
-            rules = [reason.rule for reason in stored.event.reasons]
-            failed[_message_of(stored)].extend(rules or [str(stored.event.decision)])
+    not_passed = [decision for decision in Decision if decision is not Decision.PASSED]
+    for stored in store.trace_many(ids, stage=Stage.VALIDATE, decisions=not_passed) if ids else ():
+        rules = [reason.rule for reason in stored.event.reasons]
+        failed[_message_of(stored)].extend(rules or [str(stored.event.decision)])
     for stored in delivered:
         event = stored.event
         why: list[Reason] = []

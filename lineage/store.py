@@ -17,7 +17,7 @@ from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from lineage.chain import ChainHead, UnreadableEvent, Verification
 from lineage.errors import ConfigError, CorruptLineageError
@@ -82,9 +82,14 @@ class LineageStore(Protocol):
         ...
 
     def trace_many(
-        self, record_ids: Collection[str], *, stage: Stage | None = None
+        self,
+        record_ids: Collection[str],
+        *,
+        stage: Stage | None = None,
+        decisions: Collection[Decision] | None = None,
     ) -> list[StoredEvent]:
-        """The events of all `record_ids` (only those of `stage` when given), in order."""
+        """The events of all `record_ids`, in order; only those of `stage` and with one of
+        `decisions`, when given."""
         ...
 
     def events(
@@ -182,14 +187,18 @@ def redact_url(url: str) -> str:
     except ValueError:
         return "<unparsable URL>"
     userinfo, at, hostinfo = parts.netloc.rpartition("@")
-    if at and ":" in userinfo:
-        userinfo = userinfo.partition(":")[0] + ":***"
-    netloc = f"{userinfo}{at}{hostinfo}"
     query = parts.query
-    if "password" in query.lower():
+    hidden_user = at and ":" in userinfo
+    hidden_query = "password" in query.lower()
+    if not (hidden_user or hidden_query):
+        return url
+    if hidden_user:
+        userinfo = userinfo.partition(":")[0] + ":***"
+    if hidden_query:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs])
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    shown = f"{parts.scheme}://{userinfo}{at}{hostinfo}{parts.path}"
+    return shown + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 def order_key(stored: StoredEvent) -> tuple[datetime, int, str, int]:
@@ -215,6 +224,34 @@ def stored_from_row(row: Sequence[Any]) -> StoredEvent:
             " run `lineage-guard lineage verify`."
         )
     return found
+
+
+_STAGES = {str(stage): stage for stage in Stage}
+_DECISIONS = {str(decision): decision for decision in Decision}
+_STR, _OPT, _INT = (str,), (str, type(None)), (int,)
+_KINDS: tuple[tuple[type, ...], ...] = (
+    _STR,  # chain_id
+    _INT,  # seq
+    _OPT,  # record_id
+    _STR,  # stage
+    _STR,  # pipeline
+    _STR,  # run_id
+    (str, datetime),  # at
+    _STR,  # decision
+    (str, list),  # reasons: JSON text or a list
+    _OPT,  # content_class
+    _OPT,  # origin_env
+    _OPT,  # tenant_id
+    _OPT,  # source_system
+    _OPT,  # generator
+    (str, list),  # parent_record_ids: JSON text or a list
+    _STR,  # source_topic
+    _INT,  # source_partition
+    _INT,  # source_offset
+    _OPT,  # destination
+    _STR,  # prev_hash
+    _STR,  # hash
+)
 
 
 def read_row(row: Sequence[Any]) -> StoredEvent | UnreadableEvent:
@@ -243,63 +280,40 @@ def read_row(row: Sequence[Any]) -> StoredEvent | UnreadableEvent:
         hash_,
     ) = row
     try:
+        for column, value, kinds in zip(EVENT_COLUMNS, row, _KINDS, strict=True):
+            if type(value) not in kinds:
+                raise _RowError(f"`{column}` is {value!r}, not a {kinds[0].__name__}")
+        if stage not in _STAGES:
+            raise _RowError(f"`stage` is {stage!r}, not one of {', '.join(_STAGES)}")
+        if decision not in _DECISIONS:
+            raise _RowError(f"`decision` is {decision!r}, not one of {', '.join(_DECISIONS)}")
         event = LineageEvent(
-            record_id=_optional_str(record_id, "record_id"),
-            stage=Stage(_str(stage, "stage")),
-            pipeline=_str(pipeline, "pipeline"),
-            run_id=_str(run_id, "run_id"),
-            at=_time(at),
-            decision=Decision(_str(decision, "decision")),
+            record_id=record_id,
+            stage=_STAGES[stage],
+            pipeline=pipeline,
+            run_id=run_id,
+            at=parse_time(at) if type(at) is str else at,
+            decision=_DECISIONS[decision],
             reasons=_reasons(reasons),
-            content_class=_optional_str(content_class, "content_class"),
-            origin_env=_optional_str(origin_env, "origin_env"),
-            tenant_id=_optional_str(tenant_id, "tenant_id"),
-            source_system=_optional_str(source_system, "source_system"),
-            generator=_optional_str(generator, "generator"),
+            content_class=content_class,
+            origin_env=origin_env,
+            tenant_id=tenant_id,
+            source_system=source_system,
+            generator=generator,
             parent_record_ids=_str_tuple(parent_record_ids),
-            source_topic=_str(source_topic, "source_topic"),
-            source_partition=_int(source_partition, "source_partition"),
-            source_offset=_int(source_offset, "source_offset"),
-            destination=_optional_str(destination, "destination"),
+            source_topic=source_topic,
+            source_partition=source_partition,
+            source_offset=source_offset,
+            destination=destination,
         )
-        return StoredEvent(
-            event=event,
-            chain_id=_str(chain_id, "chain_id"),
-            seq=_int(seq, "seq"),
-            prev_hash=_str(prev_hash, "prev_hash"),
-            hash=_str(hash_, "hash"),
-        )
+        return StoredEvent(event=event, chain_id=chain_id, seq=seq, prev_hash=prev_hash, hash=hash_)
     except (_RowError, ValueError, TypeError) as exc:
         return UnreadableEvent(
             chain_id=str(chain_id),
-            seq=seq if isinstance(seq, int) else None,
-            record_id=record_id if isinstance(record_id, str) else None,
+            seq=seq if type(seq) is int else None,
+            record_id=record_id if type(record_id) is str else None,
             error=exc.message if isinstance(exc, _RowError) else str(exc).splitlines()[0],
         )
-
-
-def _str(value: Any, column: str) -> str:
-    if type(value) is not str:
-        raise _RowError(f"`{column}` is {value!r}, not a string")
-    return value
-
-
-def _optional_str(value: Any, column: str) -> str | None:
-    return None if value is None else _str(value, column)
-
-
-def _int(value: Any, column: str) -> int:
-    if type(value) is not int:
-        raise _RowError(f"`{column}` is {value!r}, not an integer")
-    return value
-
-
-def _time(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        return value
-    if isinstance(value, str):
-        return parse_time(value)
-    raise _RowError(f"`at` is {value!r}, not a time")
 
 
 def _json(value: Any, column: str) -> Any:

@@ -57,6 +57,7 @@ __all__ = [
     "test_leaks_found_when_test_data_or_invalid_records_reached_production",
     "test_leaks_none_when_the_guard_blocked_the_attempts",
     "test_trace_follows_ancestors_through_a_cycle",
+    "test_trace_many_filters_by_stage_and_decisions",
     "test_trace_of_an_unknown_record_is_empty",
     "test_trace_orders_by_time_then_stage",
     "test_trace_shows_the_chain_status_of_each_event",
@@ -322,6 +323,34 @@ def test_concurrent_appends_never_fork_a_chain(store: LineageStore, store_url: s
     assert store.verify() == store.verify(CHAIN)
     assert store.verify().ok
     assert store.verify().events == writers * batches * size
+
+
+def test_trace_many_filters_by_stage_and_decisions(store: LineageStore) -> None:
+    invalid = journey("bad", offset=1, at=T0 + timedelta(seconds=1), final=Decision.QUARANTINED)
+    invalid[2] = dataclasses.replace(invalid[2], decision=Decision.QUARANTINED)
+    store.append(
+        [*journey("good", offset=0), *invalid, *journey("other", offset=2)], chain_id=CHAIN
+    )
+    ids = ["good", "bad", "missing"]
+
+    every = store.trace_many(ids)
+    validations = store.trace_many(ids, stage=Stage.VALIDATE)
+    failed = store.trace_many(
+        ids, stage=Stage.VALIDATE, decisions=[Decision.QUARANTINED, Decision.BLOCKED]
+    )
+
+    assert [(s.event.record_id, s.event.stage) for s in every] == [
+        *(("good", stage) for stage in Stage),
+        *(("bad", stage) for stage in Stage),
+    ]
+    assert [s.event.record_id for s in validations] == ["good", "bad"]
+    assert [(s.event.record_id, s.seq) for s in failed] == [("bad", 8)]
+    assert [s.event.stage for s in store.trace_many(ids, decisions=[Decision.QUARANTINED])] == [
+        Stage.VALIDATE,
+        Stage.WRITE,
+    ]
+    assert store.trace_many(ids, decisions=[]) == []
+    assert store.trace_many([]) == []
 
 
 def test_trace_of_an_unknown_record_is_empty(store: LineageStore) -> None:

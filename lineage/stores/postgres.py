@@ -182,17 +182,24 @@ class PostgresStore:
         return self.trace_many([record_id])
 
     def trace_many(
-        self, record_ids: Collection[str], *, stage: Stage | None = None
+        self,
+        record_ids: Collection[str],
+        *,
+        stage: Stage | None = None,
+        decisions: Collection[Decision] | None = None,
     ) -> list[StoredEvent]:
         ids = list(dict.fromkeys(record_ids))
         query = f"{_SELECT} WHERE record_id = ANY(%s)"
+        filters: list[Any] = []
         if stage is not None:
             query += " AND stage = %s"
+            filters.append(str(stage))
+        if decisions is not None:
+            query += " AND decision = ANY(%s)"
+            filters.append([str(decision) for decision in decisions])
         found: list[StoredEvent] = []
         for start in range(0, len(ids), ANY_CHUNK):
-            params: list[Any] = [ids[start : start + ANY_CHUNK]]
-            if stage is not None:
-                params.append(str(stage))
+            params = [ids[start : start + ANY_CHUNK], *filters]
             found.extend(map(stored_from_row, self._fetchall(query, params)))
         return sorted(found, key=order_key)
 

@@ -162,7 +162,11 @@ class SqliteStore:
         return self.trace_many([record_id])
 
     def trace_many(
-        self, record_ids: Collection[str], *, stage: Stage | None = None
+        self,
+        record_ids: Collection[str],
+        *,
+        stage: Stage | None = None,
+        decisions: Collection[Decision] | None = None,
     ) -> list[StoredEvent]:
         ids = list(dict.fromkeys(record_ids))
         found: list[StoredEvent] = []
@@ -173,6 +177,9 @@ class SqliteStore:
             if stage is not None:
                 query += " AND stage = ?"
                 params.append(str(stage))
+            if decisions is not None:
+                query += f" AND decision IN ({', '.join('?' for _ in decisions) or 'NULL'})"
+                params.extend(str(decision) for decision in decisions)
             found.extend(map(stored_from_row, self._fetchall(query, params)))
         return sorted(found, key=order_key)
 

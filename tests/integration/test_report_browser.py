@@ -21,9 +21,17 @@ def browser() -> webdriver.Chrome:
     assert chromium and driver, "install Debian's chromium and chromium-driver (.ci/run does)"
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1400,2200"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,2200",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # An explicit driver path: Selenium Manager must not try to download one.
@@ -46,7 +54,8 @@ def test_report_renders_its_charts(browser: webdriver.Chrome, tmp_path: Path) ->
         size = chart.size
         assert size["width"] > 200 and size["height"] > 100, size
         drawn = browser.execute_script(
-            "return arguments[0].querySelectorAll('path, rect, use').length", chart)
+            "return arguments[0].querySelectorAll('path, rect, use').length", chart
+        )
         assert drawn > 10
     kpis = browser.find_element(By.TAG_NAME, "body").text
     assert "records read: 1500" in kpis

@@ -9,17 +9,23 @@ import csv
 import io
 import json
 import sqlite3
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
-from lineage.cli import lineage, render_table
-from lineage.errors import ConfigError, ExitCode, UnusableInputError
-from lineage.events import Stage
-from lineage.store import open_store
-from tests.lineage_contract import ALLOWED, CHAIN, OTHER_CHAIN, T0, journey
+# The contract suite is a plain module: have pytest rewrite its asserts for clear failures.
+pytest.register_assert_rewrite("tests.lineage_contract")
+
+from lineage import queries  # noqa: E402
+from lineage.cli import lineage, render_table  # noqa: E402
+from lineage.errors import ConfigError, ExitCode, UnusableInputError  # noqa: E402
+from lineage.events import Stage  # noqa: E402
+from lineage.store import open_store  # noqa: E402
+from tests.lineage_contract import ALLOWED, CHAIN, OTHER_CHAIN, T0, journey  # noqa: E402
 
 
 @pytest.fixture
@@ -156,6 +162,8 @@ def test_leaks_clean_then_found(db: Path) -> None:
     found = run("leaks", "--lineage-store", f"sqlite:///{db}", "--format", "json")
     assert found.exit_code == ExitCode.VIOLATIONS
     document = json.loads(found.stdout)
+    with open_store(f"sqlite:///{db}") as store:
+        assert document == queries.leaks(store).to_dict()  # written piece by piece, same data
     assert [leak["record_id"] for leak in document["leaks"]] == ["test-profile"]
     assert document["leaks"][0]["why"][0]["rule"] == "origin_not_production"
     assert found.stderr == ("lineage-guard: 1 record(s) reached production that must not have.\n")
@@ -223,3 +231,35 @@ def test_the_default_store_is_under_the_working_directory(db: Path, tmp_path: Pa
 def test_plain_tables_align_their_columns() -> None:
     text = render_table("Title", ["a", "long header"], [["xyz", "1"], ["q", "22"]], plain=True)
     assert text == "Title\na    long header\n---  -----------\nxyz  1\nq    22"
+
+
+def lineage_guard(*args: str) -> subprocess.CompletedProcess[str]:
+    """The installed entry point, which turns errors into one line and an exit code."""
+    return subprocess.run(
+        [sys.executable, "-c", "from pipelines.cli import main; main()", "lineage", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_through_lineage_guard_a_broken_chain_exits_1_and_a_bad_time_2(db: Path) -> None:
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(f"UPDATE lineage_events SET hash = 'x' WHERE chain_id = '{CHAIN}' AND seq = 5")
+    conn.close()
+
+    broken = lineage_guard("verify", "--lineage-store", f"sqlite:///{db}")
+    assert broken.returncode == 1
+    assert broken.stderr == (
+        f"lineage-guard: chain `{CHAIN}` seq 5 (record `child`) does not match its hash:"
+        " the event was edited after it was written\n"
+    )
+
+    bad_time = lineage_guard("leaks", "--lineage-store", f"sqlite:///{db}", "--since", "soon")
+    assert bad_time.returncode == 2
+    assert bad_time.stdout == ""
+    assert bad_time.stderr == (
+        "lineage-guard: error: Cannot read `--since soon`: not an ISO-8601 time; use e.g."
+        " `2026-11-27T12:00:00Z` or `2026-11-27`.\n"
+    )
