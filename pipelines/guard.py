@@ -173,7 +173,10 @@ class WriteBatches(beam.DoFn):
                 allowed_to=allowed_to,
                 quarantined_to=quarantined_to,
             )
-            self._append_lineage(events, f"{self.config.run_id}/{batch.topic}/{batch.partition}")
+            first = batch.items[0].source.offset
+            # One chain per batch: `trace` verifies a chain of one batch, not of a whole run.
+            chain_id = f"{self.config.run_id}/{batch.topic}/{batch.partition}/{first}"
+            self._append_lineage(events, chain_id)
         self.sink.write(batch)
         self._count(batch)
 

@@ -85,3 +85,54 @@ def test_run_rejects_bad_policy_and_missing_input(tmp_path: Path) -> None:
     policy = run_cli("run", "--input", __file__, "--sink-policy", "prod")
     assert policy.returncode == 3 and "Unknown sink policy `prod`" in policy.stderr
     assert len(policy.stderr.strip().splitlines()) == 1
+
+
+def test_lineage_report_matches_the_run(tmp_path: Path) -> None:
+    generated = list(generate(300, seed=43, faults=Faults(stripped=0.1, test_origin=0.1)))
+    source = tmp_path / "sync.jsonl"
+    write_json_lines(source, (g.record for g in generated))
+    store = f"sqlite:///{tmp_path}/lineage.db"
+    ran = run_cli(
+        "run",
+        "--input",
+        source,
+        "--output-dir",
+        tmp_path / "out",
+        "--lineage-store",
+        store,
+        "--batch-size",
+        "64",
+    )
+    assert ran.returncode == 0, ran.stderr
+    result = run_cli(
+        "lineage",
+        "report",
+        "--lineage-store",
+        store,
+        "--out",
+        tmp_path / "report",
+        "--format",
+        "json",
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["records"] == 300
+    outcomes = {row["outcome"]: row["records"] for row in report["tables"]["outcomes"]}
+    faults = [g.fault for g in generated]
+    assert outcomes == {
+        k: v
+        for k, v in {
+            "delivered": faults.count(None),
+            "quarantined": faults.count("stripped"),
+            "blocked": faults.count("test_origin"),
+        }.items()
+        if v
+    }
+    reasons = {row["rule"] for row in report["tables"]["top_reasons"]}
+    assert "provenance_missing" in reasons and "leak_test_origin" in reasons
+    for name in ("report.html", "report.json", "by_content_class.csv", "top_reasons.csv"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert html.count("<svg") == 4
+    # Self-contained: no script, no stylesheet or image fetched from anywhere.
+    assert "<script" not in html and "<link" not in html and "src=" not in html
