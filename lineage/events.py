@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 GENESIS_HASH = "0" * 64  # the `prev_hash` of a chain's first event
@@ -136,6 +137,7 @@ class StoredEvent:
         }
 
 
+@lru_cache(maxsize=1024)  # a batch's events share their time: format it once
 def format_time(at: datetime) -> str:
     """`2026-11-27T12:00:00.123Z`: ISO-8601, UTC, millisecond precision, fixed width."""
     if at.tzinfo is not UTC:
@@ -156,9 +158,13 @@ def canonical_json(event: LineageEvent, *, chain_id: str, seq: int) -> bytes:
     document = event.to_dict()
     document["chain_id"] = chain_id
     document["seq"] = seq
-    return json.dumps(
-        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return _CANONICAL.encode(document).encode("utf-8")
+
+
+# One encoder for every event: `json.dumps` with options builds a new encoder per call.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
 
 
 def event_hash(event: LineageEvent, *, chain_id: str, seq: int, prev_hash: str) -> str:

@@ -355,12 +355,14 @@ def _str_tuple(value: Any) -> tuple[str, ...]:
 
 def reasons_json(stored: StoredEvent) -> str:
     """The event's reasons as compact JSON text (SQLite keeps them as text)."""
-    return _compact([reason.to_dict() for reason in stored.event.reasons])
+    reasons = stored.event.reasons
+    return _COMPACT.encode([reason.to_dict() for reason in reasons]) if reasons else "[]"
 
 
 def parents_json(stored: StoredEvent) -> str:
-    return _compact(list(stored.event.parent_record_ids))
+    parents = stored.event.parent_record_ids
+    return _COMPACT.encode(list(parents)) if parents else "[]"
 
 
-def _compact(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+# One encoder for every row: `json.dumps` with options builds a new encoder per call.
+_COMPACT = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
