@@ -53,10 +53,15 @@ def _known_fingerprints() -> dict[bytes, str]:
     return {rabin_fingerprint(load_schema(name)): name for name in ENTITY_FILES}
 
 
+@cache
+def _fingerprint_of(schema_name: str) -> bytes:
+    return rabin_fingerprint(load_schema(schema_name))
+
+
 def encode_single_object(record: dict[str, Any], schema_name: str) -> bytes:
     schema = load_schema(schema_name)
     buffer = io.BytesIO()
-    buffer.write(SINGLE_OBJECT_MAGIC + rabin_fingerprint(schema))
+    buffer.write(SINGLE_OBJECT_MAGIC + _fingerprint_of(schema_name))
     fastavro.schemaless_writer(buffer, schema, record)
     return buffer.getvalue()
 
