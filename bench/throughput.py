@@ -178,6 +178,15 @@ def mode_kafka_guard(path: Path, args: argparse.Namespace, lineage: bool = True)
     return args.count
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (VmHWM). Not `ru_maxrss`: Linux carries that over
+    `exec` from the parent, so a child would report the driver's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(args: argparse.Namespace) -> None:
     run = {
         "decode": mode_decode,
@@ -196,7 +205,7 @@ def child(args: argparse.Namespace) -> None:
                 "records": count,
                 "seconds": seconds,
                 "records_per_second": count / seconds,
-                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_rss_mib": peak_rss_mib(),
             }
         )
     )

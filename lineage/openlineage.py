@@ -109,23 +109,23 @@ class RunEmitter:
             self._emit(RunState.RUNNING)
 
     def _emit(self, state: RunState) -> None:
-        counts = self.counts()
-        facet = LineageGuardCountsRunFacet(
-            byContentClass=dict(counts.get("content_class", {})),
-            byOriginEnv=dict(counts.get("origin_env", {})),
-            byDecision=dict(counts.get("decision", {})),
-            producer=PRODUCER,
-        )
-        event = RunEvent(
-            eventType=state,
-            eventTime=datetime.now(UTC).isoformat(),
-            run=Run(runId=self.run_id, facets={FACET: facet}),
-            job=self.job,
-            inputs=self.inputs,
-            outputs=self.outputs,
-            producer=PRODUCER,
-        )
-        try:
+        try:  # lineage metadata must never stop the guard, nor end the heartbeat
+            counts = self.counts()
+            facet = LineageGuardCountsRunFacet(
+                byContentClass=dict(counts.get("content_class", {})),
+                byOriginEnv=dict(counts.get("origin_env", {})),
+                byDecision=dict(counts.get("decision", {})),
+                producer=PRODUCER,
+            )
+            event = RunEvent(
+                eventType=state,
+                eventTime=datetime.now(UTC).isoformat(),
+                run=Run(runId=self.run_id, facets={FACET: facet}),
+                job=self.job,
+                inputs=self.inputs,
+                outputs=self.outputs,
+                producer=PRODUCER,
+            )
             self.client.emit(event)
-        except Exception as exc:  # lineage metadata must not stop the guard
+        except Exception as exc:
             log.warning("OpenLineage %s event not emitted: %s", state.value, exc)

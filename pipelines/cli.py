@@ -233,10 +233,16 @@ _attach_lineage_commands()
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the CLI and turns expected failures into one line and an exit code."""
+    for stream in (sys.stdout, sys.stderr):  # data may hold lone surrogates: never crash on them
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         cli.main(args=argv, prog_name="lineage-guard", standalone_mode=False)
     except click.exceptions.Exit as exc:  # --help and friends
         sys.exit(exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:  # a bare group: show its help
+        click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+        sys.exit(ExitCode.OK)
     except click.ClickException as exc:  # usage errors: unknown option, missing argument
         click.echo(f"lineage-guard: error: {exc.format_message()} (see --help)", err=True)
         sys.exit(ExitCode.UNUSABLE_INPUT)

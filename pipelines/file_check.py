@@ -136,15 +136,16 @@ def render_json(result: CheckResult) -> str:
 def render_junit(result: CheckResult) -> str:
     """JUnit XML: a test suite per file, a failing test case per rejected record, and one
     passing test case for a file whose records all passed."""
-    root = ET.Element(
-        "testsuites",
-        name="lineage-guard validate",
-        tests=str(result.total),
-        failures=str(len(result.rejected)),
-    )
     by_file: dict[str, list[Rejection]] = {name: [] for name in result.files}
     for r in result.rejected:
         by_file[r.file].append(r)
+    cases = sum(max(len(rejections), 1) for rejections in by_file.values())
+    root = ET.Element(
+        "testsuites",
+        name="lineage-guard validate",
+        tests=str(cases),
+        failures=str(len(result.rejected)),
+    )
     for name, rejections in by_file.items():
         count = result.files[name]
         suite = ET.SubElement(

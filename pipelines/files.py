@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, time
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
+from uuid import UUID
 
 import fastavro
 
@@ -76,8 +78,8 @@ def _json_lines(path: Path, handle: IO[bytes], position: list[int] | None) -> It
         try:
             value = json.loads(raw)
             error = None if isinstance(value, dict) else f"is a JSON {type(value).__name__}"
-        except ValueError as exc:
-            value, error = None, f"is not valid JSON ({exc})"
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+            value, error = None, f"is not valid JSON ({type(exc).__name__}: {exc})"
         if error is not None and index == 0:
             raise UnusableInputError(
                 f"`{path}` is neither an Avro container file nor JSON Lines: "
@@ -117,8 +119,14 @@ def write_json_lines(path: Path, records: Iterable[Any]) -> int:
 
 
 def json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
+    """Avro values JSON has no type for: times and dates as ISO-8601, bytes as hex, decimals
+    and UUIDs as text."""
+    if isinstance(value, datetime | date | time):
         return value.isoformat()
+    if isinstance(value, bytes | bytearray):
+        return value.hex()
+    if isinstance(value, Decimal | UUID):
+        return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 

@@ -125,6 +125,7 @@ def generate(
         if entity == CONTACT:
             record.update(_contact(rng, moment))
             contacts.append(record_id)
+            del contacts[:-1000]  # bounded: emails pick among recent contacts
         elif entity == EMAIL_ACTIVITY:
             record.update(_email(rng, moment, contacts))
             if provenance["content_class"] != "HUMAN":

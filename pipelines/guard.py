@@ -33,6 +33,7 @@ from pipelines.file_io import FileSink, read_file
 from pipelines.items import Batch
 from pipelines.kafka_io import KafkaSettings, KafkaSink, PartitionRange, read_range
 from pipelines.policies import parse_policy
+from pipelines.records import provenance_of
 from pipelines.validate import SuiteValidator
 
 log = logging.getLogger(__name__)
@@ -154,17 +155,13 @@ class WriteBatches(beam.DoFn):
             )
         else:
             self.sink = FileSink(io.out_dir, io.names)
-        self.store = None
-        if self.config.lineage_store:
-            from lineage.store import open_store
-
-            self.store = open_store(self.config.lineage_store)
+        self.store: Any = None  # opened at the first append, inside the retry loop
         self.counters: dict[str, Any] = {}
         self.written = 0
         self.started = self.last_report = time.monotonic()
 
     def process(self, batch: Batch) -> None:
-        if self.store is not None:
+        if self.config.lineage_store:
             allowed_to, quarantined_to = self._destinations(batch)
             events = stages.lineage_events(
                 batch,
@@ -194,11 +191,15 @@ class WriteBatches(beam.DoFn):
         return self.sink.destinations(batch.topic)
 
     def _append_lineage(self, events: Sequence[Any], chain_id: str) -> None:
-        assert self.store is not None
+        from lineage.store import open_store
+
+        assert self.config.lineage_store is not None
         deadline = time.monotonic() + self.config.lineage_retry_s
         delay = 0.5
         while True:
             try:
+                if self.store is None:
+                    self.store = open_store(self.config.lineage_store)
                 self.store.append(events, chain_id=chain_id)
                 return
             except ServiceUnavailableError as exc:
@@ -221,13 +222,16 @@ class WriteBatches(beam.DoFn):
                 decision = "blocked" if item.blocked else "quarantined"
                 rules = ",".join(sorted({v.rule for v in item.violations}))
                 outcome = f"outcome:{decision}:{item.stopped_at}:{rules}"
-            provenance = (item.record or {}).get("provenance")
-            provenance = provenance if isinstance(provenance, dict) else {}
-            for name in (
+            provenance = provenance_of(item.record)
+            content_class = provenance.get("content_class")
+            names = [
                 outcome,
-                f"content_class:{provenance.get('content_class')}",
+                f"content_class:{content_class}",
                 f"origin_env:{provenance.get('origin_env')}",
-            ):
+            ]
+            if item.allowed:  # what a training export received: its synthetic ratio
+                names.append(f"allowed_class:{content_class}")
+            for name in names:
                 counter = self.counters.get(name)
                 if counter is None:
                     counter = self.counters[name] = Metrics.counter(NAMESPACE, name)
@@ -303,8 +307,10 @@ class Summary:
 
     def by(self, prefix: str) -> dict[str, int]:
         """Counts under one prefix, e.g. `by("content_class")` → {"HUMAN": 12, …}."""
-        return {
-            k.split(":", 1)[1]: n for k, n in self.counters.items() if k.startswith(prefix + ":")
+        return {  # a copy first: the OpenLineage heartbeat reads while the run adds
+            k.split(":", 1)[1]: n
+            for k, n in list(self.counters.items())
+            if k.startswith(prefix + ":")
         }
 
     def decisions(self) -> dict[str, int]:

@@ -27,6 +27,7 @@ from confluent_kafka import (
 
 from lineage.errors import ConfigError, ServiceUnavailableError
 from pipelines.items import Batch, Item, Source
+from pipelines.verdicts import Violation
 
 log = logging.getLogger(__name__)
 # librdkafka's own log lines (connection refused, retries…) go through Python logging, so the
@@ -292,13 +293,34 @@ class KafkaSink:
         self._last_commit = time.monotonic()
 
 
+MAX_REASONS_BYTES = 16_384  # keeps a quarantined record within the broker's message size
+
+
+def reasons_header(violations: tuple[Violation, ...]) -> bytes:
+    """The violations as a JSON list (ASCII-escaped), cut short past `MAX_REASONS_BYTES`."""
+    reasons = [v.to_dict() for v in violations]
+    encoded = json.dumps(reasons).encode()
+    while len(encoded) > MAX_REASONS_BYTES and len(reasons) > 1:
+        kept = reasons[: len(reasons) // 2]
+        more = len(violations) - len(kept)
+        encoded = json.dumps(
+            [
+                *kept,
+                {
+                    "rule": "truncated",
+                    "column": None,
+                    "message": f"{more} more violations not shown",
+                },
+            ]
+        ).encode()
+        reasons = kept
+    return encoded[:MAX_REASONS_BYTES]
+
+
 def quarantine_headers(item: Item) -> list[tuple[str, bytes]]:
     s = item.source
     return [
-        (
-            HEADER_PREFIX + "reasons",
-            json.dumps([v.to_dict() for v in item.violations], ensure_ascii=False).encode(),
-        ),
+        (HEADER_PREFIX + "reasons", reasons_header(item.violations)),
         (HEADER_PREFIX + "stage", str(item.stopped_at).encode()),
         (HEADER_PREFIX + "source-topic", s.topic.encode()),
         (HEADER_PREFIX + "source-partition", str(s.partition).encode()),

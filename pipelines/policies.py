@@ -21,15 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lineage.errors import ConfigError
-from pipelines.records import describe, record_id_of
+from pipelines.records import describe, provenance_of, record_id_of
 from pipelines.verdicts import Violation
 
 GENERATED = {"AI_ASSISTED", "SYNTHETIC"}
-
-
-def _provenance(record: Mapping[str, Any]) -> Mapping[str, Any]:
-    value = record.get("provenance")
-    return value if isinstance(value, Mapping) else {}
 
 
 @dataclass(kw_only=True)
@@ -37,7 +32,7 @@ class ProductionPolicy:
     name: str = "production"
 
     def judge(self, record: Mapping[str, Any]) -> Violation | None:
-        origin = _provenance(record).get("origin_env")
+        origin = provenance_of(record).get("origin_env")
         if origin == "PRODUCTION":
             return None
         return Violation(
@@ -74,7 +69,7 @@ class TrainingPolicy:
     counts: dict[str, int] = field(default_factory=lambda: {"real": 0, "synthetic": 0})
 
     def judge(self, record: Mapping[str, Any]) -> Violation | None:
-        content_class = _provenance(record).get("content_class")
+        content_class = provenance_of(record).get("content_class")
         kind = "synthetic" if content_class in GENERATED else "real"
         if self.kind is None:
             self.kind = kind
@@ -113,5 +108,20 @@ def parse_policy(text: str) -> Policy:
 
 
 def judge(policies: Sequence[Policy], record: Mapping[str, Any]) -> tuple[Violation, ...]:
-    """Every policy's objection to the record; empty when it may pass."""
-    return tuple(v for policy in policies if (v := policy.judge(record)) is not None)
+    """Every policy's objection to the record; empty when it may pass.
+
+    Training policies judge last, and only records nothing else refused: a blocked record
+    neither fixes an export's kind nor counts in its ratio.
+    """
+    objections = tuple(
+        v
+        for policy in policies
+        if not isinstance(policy, TrainingPolicy) and (v := policy.judge(record)) is not None
+    )
+    if objections:
+        return objections
+    return tuple(
+        v
+        for policy in policies
+        if isinstance(policy, TrainingPolicy) and (v := policy.judge(record)) is not None
+    )

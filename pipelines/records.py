@@ -89,6 +89,16 @@ class ParentRanks:
             self._ranks.popitem(last=False)
 
 
+def as_mapping(value: Any) -> Mapping[str, Any]:
+    """`value` if it is an object, else an empty mapping (for reading optional parts)."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def provenance_of(record: Any) -> Mapping[str, Any]:
+    """The record's provenance object, or an empty mapping when it is missing or not one."""
+    return as_mapping(as_mapping(record).get("provenance"))
+
+
 def record_id_of(record: Any) -> str | None:
     """The record's id if it has a usable one, for naming it in messages and lineage."""
     if isinstance(record, Mapping):
@@ -197,7 +207,11 @@ class Flattener:
 
 
 def describe(record_id: str | None) -> str:
-    return f"Record `{record_id}`" if record_id is not None else "Record without record_id"
+    return (
+        f"Record `{shorten(record_id, 80)}`"
+        if record_id is not None
+        else ("Record without record_id")
+    )
 
 
 def _wrong_type(record_id: str | None, field: str, expected: str, value: Any) -> Violation:
@@ -205,10 +219,11 @@ def _wrong_type(record_id: str | None, field: str, expected: str, value: Any) ->
         rule="wrong_type",
         column=field,
         message=f"{describe(record_id)}: `{field}` must be {expected}, "
-        f"got {type(value).__name__} `{_shorten(value)}`.",
+        f"got {type(value).__name__} `{shorten(value)}`.",
     )
 
 
-def _shorten(value: Any, limit: int = 40) -> str:
+def shorten(value: Any, limit: int = 40) -> str:
+    """A value as shown in messages: strings as they are, others as repr, cut at `limit`."""
     text = repr(value) if not isinstance(value, str) else value
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -33,16 +33,19 @@ def run_guard(**o: Any) -> None:
     emitter = _emitter(o, config, total) if o["openlineage"] else None
     if emitter is not None:
         emitter.start()
+    bounded = until_caught_up or isinstance(config.io, FilesIO)
     error: BaseException | None = None
     try:
         while True:
             round_ = _guarded(run_once, config)
             total.add(round_)
-            if until_caught_up or isinstance(config.io, FilesIO):
+            if bounded:
                 break
             if round_.read == 0:
                 time.sleep(o["poll_interval"])
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        # Stopping an endless run is its normal end; stopping a bounded run leaves it unfinished.
+        error = exc if bounded else None
         click.echo(
             "lineage-guard: stopped; offsets are committed up to the last delivered batch.",
             err=True,
@@ -54,6 +57,8 @@ def run_guard(**o: Any) -> None:
         if emitter is not None:
             emitter.finish(error)
     print_summary(total, config, time.monotonic() - started)
+    if error is not None:
+        sys.exit(130)
 
 
 def _emitter(o: dict[str, Any], config: GuardConfig, total: Summary) -> RunEmitter:
@@ -95,6 +100,15 @@ def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
         transport_config(o["openlineage"])  # a bad target fails now, not at the first event
     for policy in o["policies"]:
         parse_policy(policy)  # fail now, with the policy's message, not inside a worker
+    if "training" in o["policies"] and o["bootstrap_servers"] and not o["until_caught_up"]:
+        raise ConfigError(
+            "An endless run cannot infer a training export's kind round by round: "
+            "use `training:real`, `training:synthetic` or `training:mixed`."
+        )
+    if "production" not in o["policies"]:
+        log.warning(
+            "no `production` sink policy: TEST and STAGING records may pass"
+        )  # fail now, with the policy's message, not inside a worker
     if o["bootstrap_servers"]:
         missing = [
             name for name in ("input_topics", "output_topic", "quarantine_topic") if not o[name]
@@ -190,6 +204,13 @@ def print_summary(total: Summary, config: GuardConfig, seconds: float | None) ->
     for key, count in sorted(total.stopped.items(), key=lambda kv: -kv[1]):
         outcome, stage, rules = key.split(":", 2)
         lines.append(f"  {count:>8}  {outcome} at {stage}: {rules}")
+    if any(p.startswith("training") for p in config.policies) and total.allowed:
+        allowed = total.by("allowed_class")
+        synthetic = allowed.get("AI_ASSISTED", 0) + allowed.get("SYNTHETIC", 0)
+        lines.append(
+            f"  training export: {synthetic} of {total.allowed} records generated "
+            f"({synthetic / total.allowed:.1%} synthetic ratio)"
+        )
     if isinstance(config.io, FilesIO):
         lines.append(f"  output in `{config.io.out_dir}`")
     if config.lineage_store:

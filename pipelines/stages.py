@@ -15,7 +15,7 @@ from lineage.events import Decision, LineageEvent, Reason, Stage
 from pipelines.decode import Decoded, Decoder
 from pipelines.items import Batch, Item
 from pipelines.policies import Policy, judge
-from pipelines.records import record_id_of
+from pipelines.records import as_mapping, provenance_of, record_id_of
 from pipelines.validate import SuiteValidator
 from pipelines.verdicts import Violation
 
@@ -85,7 +85,7 @@ def lineage_events(
     events = []
     for item in batch.items:
         common = _describe(item, pipeline=pipeline, run_id=run_id, at=at)
-        reasons = tuple(Reason(rule=v.rule, message=v.message) for v in item.violations)
+        reasons = tuple(Reason(rule=v.rule, message=clean(v.message)) for v in item.violations)
         for stage in (Stage.SOURCE, Stage.DECODE, Stage.VALIDATE, Stage.ENFORCE):
             if stage == item.stopped_at:
                 decision = Decision.BLOCKED if item.blocked else Decision.QUARANTINED
@@ -115,29 +115,33 @@ def lineage_events(
 
 def _describe(item: Item, **run: Any) -> dict[str, Any]:
     record = item.record or {}
-    provenance = _mapping(record.get("provenance"))
-    generator = _mapping(provenance.get("generator"))
+    provenance = provenance_of(record)
+    generator = as_mapping(provenance.get("generator"))
     parents = provenance.get("parent_record_ids")
     return {
         **run,
-        "record_id": record_id_of(record),
+        "record_id": _text(record_id_of(record)),
         "content_class": _text(provenance.get("content_class")),
         "origin_env": _text(provenance.get("origin_env")),
         "tenant_id": _text(record.get("tenant_id")),
         "source_system": _text(provenance.get("source_system")),
         "generator": _text(generator.get("name")),
-        "parent_record_ids": tuple(p for p in parents if isinstance(p, str))
+        "parent_record_ids": tuple(clean(p) for p in parents if isinstance(p, str))
         if isinstance(parents, list)
         else (),
-        "source_topic": item.source.topic,
+        "source_topic": clean(item.source.topic),
         "source_partition": item.source.partition,
         "source_offset": item.source.offset,
     }
 
 
-def _mapping(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+    return clean(value) if isinstance(value, str) else None
+
+
+def clean(text: str) -> str:
+    """Text a database can store: NUL and lone surrogates (possible in decoded JSON and Avro
+    strings) become U+FFFD, so one odd record cannot stop the lineage store."""
+    if text.isascii() and "\x00" not in text:
+        return text
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")

@@ -18,7 +18,14 @@ from importlib import resources
 from typing import Any
 
 from lineage.errors import ConfigError
-from pipelines.records import FIELD_OF_COLUMN, Flattener, ParentRanks, describe, record_id_of
+from pipelines.records import (
+    FIELD_OF_COLUMN,
+    Flattener,
+    ParentRanks,
+    describe,
+    record_id_of,
+    shorten,
+)
 from pipelines.verdicts import Verdict, Violation
 
 log = logging.getLogger(__name__)
@@ -198,8 +205,7 @@ class SuiteValidator:
         column = next((c for c, f in FIELD_OF_COLUMN.items() if f == rule.field), None)
         value = columns[column][row] if column in columns else None
         if isinstance(value, str):
-            shown = value if len(value) <= 40 else value[:39] + "…"
-            message += f" (`{rule.field}` is {shown!r})"
+            message += f" (`{rule.field}` is {shorten(value)!r})"
         elif rule.field:
             message += f" (`{rule.field}`)"
         return Violation(rule=rule.rule, column=rule.field, message=message + ".")

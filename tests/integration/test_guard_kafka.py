@@ -160,6 +160,7 @@ def test_bad_records_reach_quarantine_with_their_reasons(
         reasons = json.loads(message.header("lineage-guard.reasons") or b"[]")
         assert {r["rule"] for r in reasons} == rules, key
         assert message.header("lineage-guard.source-topic") == src.encode()
+        assert message.header("lineage-guard.source-partition") == b"0"
         offset = int(message.header("lineage-guard.source-offset") or b"-1")
         assert sent[offset][0] == key
         stage = message.header("lineage-guard.stage")
@@ -239,8 +240,10 @@ def test_killed_run_redelivers_on_restart(kafka_bootstrap: str, tmp_path: Path) 
     result = guard_cli(*args)
     assert result.returncode == 0, result.stderr
     delivered = drain(kafka_bootstrap, out)
-    assert {m.key for m in delivered} == keys  # nothing missing...
-    assert len(delivered) >= 30000  # ...some delivered twice (at-least-once)
+    assert {m.key for m in delivered} == keys  # nothing missing after the restart
+    # Nothing was acknowledged that was not delivered: what the killed run committed is no
+    # more than what it had written (no record is quarantined in this test).
+    assert sum(max(o, 0) for o in done_before.values()) <= written_before
     assert sum(end_offsets(kafka_bootstrap, quarantine).values()) == 0
     assert committed(kafka_bootstrap, "g4", src) == end_offsets(kafka_bootstrap, src)
 

@@ -94,7 +94,7 @@ def engines() -> tuple[SuiteValidator, SuiteValidator]:
     )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batch=st.lists(records, min_size=1, max_size=60))
 def test_compiled_engine_agrees_with_gx(
     engines: tuple[SuiteValidator, SuiteValidator], batch: list[dict[str, Any]]

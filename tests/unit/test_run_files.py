@@ -52,16 +52,22 @@ def test_run_on_files_splits_records_and_emits_openlineage(tmp_path: Path) -> No
     for entry in stopped:
         fault = faults[entry["record"]["record_id"]]
         rules = {v["rule"] for v in entry["violations"]}
-        stage, expected = {
-            "stripped": ("validate", None),
-            "test_origin": ("enforce", None),
-            "other_tenant": ("enforce", {"tenant_mismatch"}),
-        }[fault]
-        assert entry["stage"] == stage
-        if fault == "test_origin":
-            assert rules in ({"leak_test_origin"}, {"leak_staging_origin"})
-        elif expected is not None:
-            assert rules == expected
+        provenance = entry["record"]["provenance"]
+        if fault == "stripped":
+            assert entry["stage"] == "validate"
+            expected = (
+                {"provenance_missing"}
+                if provenance is None
+                else {"generator_required", "generated_at_required"}
+                | ({"disclosure_required"} if provenance["content_class"] == "SYNTHETIC" else set())
+            )
+        elif fault == "test_origin":
+            assert entry["stage"] == "enforce"
+            expected = {f"leak_{provenance['origin_env'].lower()}_origin"}
+        else:
+            assert entry["stage"] == "enforce"
+            expected = {"tenant_mismatch"}
+        assert rules == expected
         assert entry["source"]["file"] == str(source)
 
     lines = [json.loads(line) for line in events.open()]
