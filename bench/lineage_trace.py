@@ -87,7 +87,7 @@ def batch_events(
                 (Decision.QUARANTINED, why, quarantine),
             ]
         elif origin != "PRODUCTION":  # a leak attempt: blocked at enforce
-            why = (Reason(rule="leak_origin_env", message=f"Record `{rid}` is from `{origin}`."),)
+            why = (Reason(rule="leak_test_origin", message=f"Record `{rid}` is from `{origin}`."),)
             decisions = [
                 (Decision.PASSED, (), None),
                 (Decision.BLOCKED, why, None),

@@ -1,6 +1,8 @@
 """Hash chains over lineage events: linking new events, and finding the first broken link.
 
-Events are chained per `chain_id` (the pipeline uses `run_id/source_topic/source_partition`).
+Events are chained per `chain_id`. The pipeline starts one chain per written micro-batch,
+`run_id/source_topic/source_partition/first_offset`, so that `trace` verifies a chain of a few
+thousand events rather than a whole run's.
 Event `seq` (1, 2, …) of a chain has
 
     hash = sha256(prev_hash || canonical_json(event, chain_id, seq))
@@ -11,8 +13,9 @@ is detected too. Editing, inserting or deleting a single stored event, or the he
 chain at a link `first_break` names.
 
 What the chain cannot see: someone able to write to the database who rewrites a chain's every
-event after the edited one and its head, recomputing the hashes (SHA-256 has no key). Anchor
-the heads elsewhere (e.g. in the run's OpenLineage events) to close that gap.
+event after the edited one and its head, recomputing the hashes (SHA-256 has no key), or who
+deletes a whole chain with its head row (with per-batch chains: a whole batch). Anchor the
+heads elsewhere (e.g. in the run's OpenLineage events) to close that gap.
 
 Pure: no database driver.
 """

@@ -4,6 +4,8 @@
     lineage leaks [--since T] [--until T]
                                  test/staging or invalid records that reached production, and
                                  the attempts the guard blocked
+    lineage report [--since T] [--until T] [--out DIR]
+                                 evidence report: JSON, CSV and an offline HTML page
     lineage verify               walk every hash chain; name the first broken link
 
 Each takes `--lineage-store URL` and `--format table|json|csv`. Data goes to stdout (one JSON
@@ -119,9 +121,7 @@ def leaks(
 
     Exit 0 when there is no real leak, 1 when there is at least one.
     """
-    start, end = _time_option("--since", since), _time_option("--until", until)
-    if start is not None and end is not None and start > end:
-        raise UnusableInputError(f"`--since {since}` is after `--until {until}`.")
+    start, end = _window(since, until)
     with open_store(store_url, create=False) as store:
         report = queries.leaks(
             store,
@@ -159,9 +159,7 @@ def report(
     decisions over time, top quarantine reasons; as JSON, CSV and an offline HTML page."""
     from lineage.report import build_report, write_report
 
-    start, end = _time_option("--since", since), _time_option("--until", until)
-    if start is not None and end is not None and start > end:
-        raise UnusableInputError(f"`--since {since}` is after `--until {until}`.")
+    start, end = _window(since, until)
     with open_store(store_url, create=False) as store:
         built = build_report(store, since=start, until=end)
     written = write_report(built, out_dir)
@@ -437,6 +435,14 @@ def render_table(
     for row in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return "\n".join(lines)
+
+
+def _window(since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
+    """`--since` and `--until` parsed, and in order."""
+    start, end = _time_option("--since", since), _time_option("--until", until)
+    if start is not None and end is not None and start > end:
+        raise UnusableInputError(f"`--since {since}` is after `--until {until}`.")
+    return start, end
 
 
 def _time_option(option: str, value: str | None) -> datetime | None:

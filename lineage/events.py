@@ -44,7 +44,7 @@ class Decision(StrEnum):
 
 @dataclass(frozen=True, kw_only=True)
 class Reason:
-    rule: str  # e.g. "generator_required", "leak_origin_env"
+    rule: str  # e.g. "generator_required", "leak_test_origin"
     message: str  # a sentence that names the record and the field
 
     def to_dict(self) -> dict[str, str]:

@@ -366,3 +366,9 @@ def parents_json(stored: StoredEvent) -> str:
 
 # One encoder for every row: `json.dumps` with options builds a new encoder per call.
 _COMPACT = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line, for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -91,7 +91,7 @@ class Decoder:
         self._raw_schema = load_schema(raw_schema) if raw_schema else None
         self._raw_name = raw_schema
         self._registry_lookup = registry_lookup
-        self._by_id: dict[int, Schema | str] = {}
+        self._by_id: dict[int, Schema] = {}
 
     def decode(self, value: bytes | None) -> Decoded | DecodeFailure:
         if not value:
@@ -126,8 +126,6 @@ class Decoder:
                 # Not cached: a registry outage must not poison later messages.
                 return DecodeFailure(reason=f"schema id {schema_id} could not be resolved: {exc}")
         schema = self._by_id[schema_id]
-        if isinstance(schema, str):
-            return DecodeFailure(reason=schema)
         return _read(value, 5, schema, str(schema.get("name", schema_id)), "confluent")
 
 

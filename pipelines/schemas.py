@@ -53,10 +53,6 @@ def _provenance_types() -> dict[str, Schema]:
     return named
 
 
-def schema_names() -> list[str]:
-    return [PROVENANCE, *ENTITY_FILES]
-
-
 @cache
 def load_schema(name: str) -> Schema:
     """The parsed, self-contained schema called `name` (full or short name).
@@ -84,8 +80,3 @@ def _as_record(parsed: Any) -> Schema:
     if not isinstance(parsed, dict):
         raise SchemaError(f"Expected a record schema, got `{parsed!r:.60}`.")
     return parsed
-
-
-def entity_schemas() -> dict[str, Schema]:
-    """The CRM entity schemas, by full name."""
-    return {name: load_schema(name) for name in ENTITY_FILES}

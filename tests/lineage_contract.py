@@ -168,7 +168,7 @@ def test_append_then_trace_round_trips_every_field(store: LineageStore) -> None:
         at=datetime(2026, 11, 27, 13, 0, 0, 456789, tzinfo=timezone(timedelta(hours=2))),
         decision=Decision.BLOCKED,
         reasons=(
-            Reason(rule="leak_origin_env", message="Record from `TEST` may not reach prod."),
+            Reason(rule="leak_test_origin", message="Record from `TEST` may not reach prod."),
             Reason(rule="tenant_mismatch", message="Tenant `globex` ≠ sink tenant `acme`."),
         ),
         content_class="SYNTHETIC",
@@ -486,7 +486,7 @@ def test_leaks_none_when_the_guard_blocked_the_attempts(store: LineageStore) -> 
         )
         return [*journey(record_id, offset=offset, **fields)[:3], stopped]
 
-    leak = Reason(rule="leak_origin_env", message="`TEST` may not reach production.")
+    leak = Reason(rule="leak_test_origin", message="`TEST` may not reach production.")
     tenant = Reason(rule="tenant_mismatch", message="Tenant `globex` is not `acme`.")
     blocked_test = blocked_at_enforce("test-profile", 1, leak, origin_env="TEST")
     blocked_tenant = blocked_at_enforce("other-tenant", 2, tenant, tenant_id="globex")

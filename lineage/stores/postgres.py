@@ -28,6 +28,7 @@ from lineage.errors import ConfigError, ServiceUnavailableError
 from lineage.events import GENESIS_HASH, Decision, LineageEvent, Stage, StoredEvent
 from lineage.store import (
     EVENT_COLUMNS,
+    first_line,
     no_lineage_error,
     order_key,
     read_row,
@@ -175,7 +176,7 @@ class PostgresStore:
                 self._drop_broken()
                 raise ServiceUnavailableError(
                     f"Cannot write {len(events)} lineage events to chain `{chain_id}` in"
-                    f" `{self._url}`: {_first_line(exc)}. Nothing of this batch was written."
+                    f" `{self._url}`: {first_line(exc)}. Nothing of this batch was written."
                 ) from exc
 
     def trace(self, record_id: str) -> list[StoredEvent]:
@@ -287,7 +288,7 @@ class PostgresStore:
             return psycopg.connect(self._dsn, autocommit=autocommit, **options)
         except psycopg.ProgrammingError as exc:  # a malformed URL or an unknown option
             raise ConfigError(
-                f"Bad lineage store URL `{self._url}`: {_first_line(exc)}."
+                f"Bad lineage store URL `{self._url}`: {first_line(exc)}."
                 " Use `postgresql://user@host:port/database`."
             ) from exc
         except psycopg.Error as exc:
@@ -340,7 +341,7 @@ class PostgresStore:
 
     def _unavailable(self, action: str, exc: BaseException) -> ServiceUnavailableError:
         return ServiceUnavailableError(
-            f"Cannot {action} the lineage store `{self._url}`: {_first_line(exc)}."
+            f"Cannot {action} the lineage store `{self._url}`: {first_line(exc)}."
             " Check `--lineage-store` and that PostgreSQL is running."
         )
 
@@ -370,8 +371,3 @@ def _row(stored: StoredEvent) -> tuple[Any, ...]:
         stored.prev_hash,
         stored.hash,
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -23,6 +23,7 @@ from lineage.errors import ServiceUnavailableError
 from lineage.events import Decision, LineageEvent, Stage, StoredEvent, format_time
 from lineage.store import (
     EVENT_COLUMNS,
+    first_line,
     no_lineage_error,
     order_key,
     parents_json,
@@ -155,7 +156,7 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise ServiceUnavailableError(
                     f"Cannot write {len(events)} lineage events to chain `{chain_id}` in"
-                    f" `{self._url}`: {_first_line(exc)}. Nothing of this batch was written."
+                    f" `{self._url}`: {first_line(exc)}. Nothing of this batch was written."
                 ) from exc
 
     def trace(self, record_id: str) -> list[StoredEvent]:
@@ -292,7 +293,7 @@ class SqliteStore:
 
     def _unavailable(self, action: str, exc: BaseException) -> ServiceUnavailableError:
         return ServiceUnavailableError(
-            f"Cannot {action} the lineage store `{self._url}`: {_first_line(exc)}."
+            f"Cannot {action} the lineage store `{self._url}`: {first_line(exc)}."
             " Check `--lineage-store` and that the file is a readable SQLite database."
         )
 
@@ -322,8 +323,3 @@ def _row(stored: StoredEvent) -> tuple[Any, ...]:
         stored.prev_hash,
         stored.hash,
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -30,6 +30,7 @@ def browser() -> webdriver.Chrome:
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
+        "--disable-dev-shm-usage",
         "--window-size=1400,2200",
     ):
         options.add_argument(flag)

@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from pipelines.files import write_json_lines
 from pipelines.generate import Faults, generate
-
-
-def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from pipelines.cli import main; main()", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+from tests.cli import run_cli
 
 
 def test_run_on_files_splits_records_and_emits_openlineage(tmp_path: Path) -> None:

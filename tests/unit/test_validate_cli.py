@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -15,17 +13,9 @@ import pytest
 from pipelines.files import write_avro, write_json_lines
 from pipelines.generate import CONTACT, EMAIL_ACTIVITY, Faults, faulty_sync_schema, generate
 from pipelines.schemas import load_schema
+from tests.cli import run_cli
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from pipelines.cli import main; main()", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def stripped_contacts(count: int, seed: int) -> tuple[list[dict[str, Any]], set[int]]:
