@@ -73,7 +73,7 @@ class ParentRanks:
     endless streams. A parent not seen (yet, or any more) is not checked.
     """
 
-    def __init__(self, capacity: int = 500_000) -> None:
+    def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
         self._ranks: OrderedDict[str, int] = OrderedDict()
 
