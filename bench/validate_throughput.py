@@ -65,7 +65,7 @@ def main() -> None:
             row = measure(count, args.batch_size, Path(tmp), args.engine)
             results.append(row)
             print(
-                f"{row['records']:>9} records  {row['rejected']:>7} rejected  "
+                f"{args.engine:>8}  {row['records']:>9} records  {row['rejected']:>7} rejected  "
                 f"{row['seconds']:8.2f} s  {row['records_per_second']:>9.0f} records/s  "
                 f"peak RSS {row['peak_rss_mib']:.0f} MiB",
                 file=sys.stderr,
