@@ -58,6 +58,19 @@ EVENT_COLUMNS: tuple[str, ...] = (
 )
 
 
+def event_row(stored: StoredEvent, *, at: Any, reasons: Any, parents: Any) -> tuple[Any, ...]:
+    """A stored event's values in `EVENT_COLUMNS` order; each store passes its own encoding of
+    the time, the reasons and the parents."""
+    event = stored.event
+    return (
+        stored.chain_id, stored.seq, event.record_id, str(event.stage), event.pipeline,
+        event.run_id, at, str(event.decision), reasons, event.content_class, event.origin_env,
+        event.tenant_id, event.source_system, event.generator, parents, event.source_topic,
+        event.source_partition, event.source_offset, event.destination, stored.prev_hash,
+        stored.hash,
+    )  # fmt: skip
+
+
 class LineageStore(Protocol):
     """Where lineage events are kept, chained by hash. Implementations are thread-safe.
 

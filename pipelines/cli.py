@@ -18,6 +18,15 @@ from lineage.errors import ExitCode, LineageGuardError, UnusableInputError
 log = logging.getLogger(__name__)
 
 
+ENGINE_OPTION = click.option(
+    "--engine",
+    type=click.Choice(["compiled", "gx"]),
+    default="compiled",
+    show_default=True,
+    help="`gx` runs Great Expectations itself; `compiled` runs the same suites, faster.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More diagnostics on stderr (-vv for debug).")
 def cli(verbose: int) -> None:
@@ -55,13 +64,7 @@ def _drop_beam_gcp_notice(record: logging.LogRecord) -> bool:
     show_default=True,
     help="Records per validation micro-batch.",
 )
-@click.option(
-    "--engine",
-    type=click.Choice(["compiled", "gx"]),
-    default="compiled",
-    show_default=True,
-    help="`gx` runs Great Expectations itself; `compiled` runs the same suites, faster.",
-)
+@ENGINE_OPTION
 def validate(paths: tuple[Path, ...], output_format: str, batch_size: int, engine: str) -> None:
     """Check Avro container or JSON Lines files against the provenance contract.
 
@@ -154,13 +157,7 @@ def validate(paths: tuple[Path, ...], output_format: str, batch_size: int, engin
     show_default=True,
     help="Records per micro-batch.",
 )
-@click.option(
-    "--engine",
-    type=click.Choice(["compiled", "gx"]),
-    default="compiled",
-    show_default=True,
-    help="Validation engine (see `validate --help`).",
-)
+@ENGINE_OPTION
 @click.option("--pipeline-name", default="lineage-guard", show_default=True)
 @click.option(
     "--openlineage",

@@ -12,9 +12,9 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     OFFSET_INVALID,
@@ -30,6 +30,7 @@ from pipelines.items import Batch, Item, Source
 from pipelines.verdicts import Violation
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 # librdkafka's own log lines (connection refused, retries…) go through Python logging, so the
 # CLI decides what reaches stderr; failures reach the user as our one-line errors.
 client_log = logging.getLogger("librdkafka")
@@ -72,6 +73,33 @@ class KafkaSettings:
         )
 
 
+COORDINATOR_BUSY = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+}
+
+
+def retrying(call: Callable[[], T], timeout_s: float) -> T:
+    """`call()`, retried while Kafka answers with a retriable error (a group coordinator that
+    is loading or moving, as on a fresh broker) for up to `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.1
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            retriable = isinstance(error, KafkaError) and (
+                error.retriable() or error.code() in COORDINATOR_BUSY
+            )
+            if not retriable or time.monotonic() + delay > deadline:
+                raise
+            log.info("Kafka asked to retry (%s); retrying in %.1f s", error, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
 @dataclass(frozen=True, kw_only=True)
 class PartitionRange:
     """Offsets [start, end) of one partition: what a bounded run reads."""
@@ -105,7 +133,9 @@ def plan_ranges(settings: KafkaSettings, topics: list[str]) -> list[PartitionRan
                     f"Input topic `{topic}` does not exist on `{settings.bootstrap_servers}`."
                 )
             partitions += [TopicPartition(topic, p) for p in sorted(info.partitions)]
-        committed = consumer.committed(partitions, timeout=settings.timeout_s)
+        committed = retrying(
+            lambda: consumer.committed(partitions, timeout=settings.timeout_s), settings.timeout_s
+        )
         ranges = []
         for tp in committed:
             low, high = consumer.get_watermark_offsets(tp, timeout=settings.timeout_s)
@@ -286,7 +316,10 @@ class KafkaSink:
         if self._to_commit:
             offsets = [TopicPartition(t, p, o) for (t, p), o in self._to_commit.items()]
             try:
-                self._committer.commit(offsets=offsets, asynchronous=False)
+                retrying(
+                    lambda: self._committer.commit(offsets=offsets, asynchronous=False),
+                    self.settings.timeout_s,
+                )
             except KafkaException as exc:
                 raise ServiceUnavailableError(f"Committing offsets failed: {exc}") from exc
             self._to_commit.clear()

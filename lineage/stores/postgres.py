@@ -28,6 +28,7 @@ from lineage.errors import ConfigError, ServiceUnavailableError
 from lineage.events import GENESIS_HASH, Decision, LineageEvent, Stage, StoredEvent
 from lineage.store import (
     EVENT_COLUMNS,
+    event_row,
     first_line,
     no_lineage_error,
     order_key,
@@ -348,26 +349,9 @@ class PostgresStore:
 
 def _row(stored: StoredEvent) -> tuple[Any, ...]:
     event = stored.event
-    return (
-        stored.chain_id,
-        stored.seq,
-        event.record_id,
-        str(event.stage),
-        event.pipeline,
-        event.run_id,
-        event.at,
-        str(event.decision),
-        Jsonb([reason.to_dict() for reason in event.reasons]),
-        event.content_class,
-        event.origin_env,
-        event.tenant_id,
-        event.source_system,
-        event.generator,
-        list(event.parent_record_ids),
-        event.source_topic,
-        event.source_partition,
-        event.source_offset,
-        event.destination,
-        stored.prev_hash,
-        stored.hash,
+    return event_row(
+        stored,
+        at=event.at,
+        reasons=Jsonb([reason.to_dict() for reason in event.reasons]),
+        parents=list(event.parent_record_ids),
     )

@@ -23,6 +23,7 @@ from lineage.errors import ServiceUnavailableError
 from lineage.events import Decision, LineageEvent, Stage, StoredEvent, format_time
 from lineage.store import (
     EVENT_COLUMNS,
+    event_row,
     first_line,
     no_lineage_error,
     order_key,
@@ -299,27 +300,9 @@ class SqliteStore:
 
 
 def _row(stored: StoredEvent) -> tuple[Any, ...]:
-    event = stored.event
-    return (
-        stored.chain_id,
-        stored.seq,
-        event.record_id,
-        str(event.stage),
-        event.pipeline,
-        event.run_id,
-        format_time(event.at),
-        str(event.decision),
-        reasons_json(stored),
-        event.content_class,
-        event.origin_env,
-        event.tenant_id,
-        event.source_system,
-        event.generator,
-        parents_json(stored),
-        event.source_topic,
-        event.source_partition,
-        event.source_offset,
-        event.destination,
-        stored.prev_hash,
-        stored.hash,
+    return event_row(
+        stored,
+        at=format_time(stored.event.at),
+        reasons=reasons_json(stored),
+        parents=parents_json(stored),
     )

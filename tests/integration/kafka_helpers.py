@@ -111,3 +111,21 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 
 
 guard_cli = run_cli  # the guard, as its users run it
+
+
+def guard_args(bootstrap: str, src: str, out: str, quarantine: str, group: str) -> list[str]:
+    """`run` arguments for a bounded run from `src` to `out` / `quarantine`."""
+    return [
+        "run",
+        "--bootstrap-servers",
+        bootstrap,
+        "--input-topic",
+        src,
+        "--output-topic",
+        out,
+        "--quarantine-topic",
+        quarantine,
+        "--group-id",
+        group,
+        "--until-caught-up",
+    ]
