@@ -345,10 +345,10 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps({"rows": rows, "ratios": ratios, "peak_rss_growth": growth}, indent=2))
         return
-    print(f"{'mode':<18} {'records':>9} {'seconds':>8} {'records/s':>10} {'peak RSS MiB':>13}")
+    print(f"{'mode':<24} {'records':>9} {'seconds':>8} {'records/s':>10} {'peak RSS MiB':>13}")
     for r in rows:
         print(
-            f"{r['mode']:<18} {r['size']:>9} {r['seconds']:>8.1f} "
+            f"{r['mode']:<24} {r['size']:>9} {r['seconds']:>8.1f} "
             f"{r['records_per_second']:>10.0f} {r['peak_rss_mib']:>13.0f}"
         )
     for size, values in ratios.items():
