@@ -28,9 +28,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from lineage import queries
-from lineage.events import Decision, LineageEvent, Reason, Stage
-from lineage.store import LineageStore, open_store
+from lineage_guard.lineage import queries
+from lineage_guard.lineage.events import Decision, LineageEvent, Reason, Stage
+from lineage_guard.lineage.store import LineageStore, open_store
 
 TOPIC = "crm.contacts"
 BASE = datetime(2026, 11, 1, tzinfo=UTC)

@@ -42,8 +42,8 @@ MODES = ("decode", "core", "kafka-passthrough", "kafka-guard", "kafka-guard-no-l
 
 
 def write_messages(path: Path, count: int) -> None:
-    from pipelines.decode import encode_single_object
-    from pipelines.generate import Faults, generate
+    from lineage_guard.generate import Faults, generate
+    from lineage_guard.io.decode import encode_single_object
 
     faults = Faults(stripped=0.05, test_origin=0.02)
     with path.open("wb") as handle:
@@ -85,8 +85,8 @@ def mode_decode(path: Path, args: argparse.Namespace) -> int:
 
     import fastavro
 
-    from pipelines.decode import _known_fingerprints
-    from pipelines.schemas import load_schema
+    from lineage_guard.contract.schemas import load_schema
+    from lineage_guard.io.decode import _known_fingerprints
 
     schemas = {fp: load_schema(name) for fp, name in _known_fingerprints().items()}
     count = 0
@@ -100,12 +100,12 @@ def mode_decode(path: Path, args: argparse.Namespace) -> int:
 
 
 def mode_core(path: Path, args: argparse.Namespace) -> int:
-    from lineage.store import open_store
-    from pipelines import stages
-    from pipelines.decode import Decoder
-    from pipelines.items import Batch, Item, Source
-    from pipelines.policies import parse_policy
-    from pipelines.validate import SuiteValidator
+    from lineage_guard import stages
+    from lineage_guard.contract.policies import parse_policy
+    from lineage_guard.contract.validate import SuiteValidator
+    from lineage_guard.io.decode import Decoder
+    from lineage_guard.items import Batch, Item, Source
+    from lineage_guard.lineage.store import open_store
 
     decoder, validator = Decoder(), SuiteValidator()
     policies = [parse_policy("production")]
@@ -130,7 +130,7 @@ def mode_core(path: Path, args: argparse.Namespace) -> int:
 def mode_kafka_passthrough(path: Path, args: argparse.Namespace) -> int:
     from confluent_kafka import TopicPartition
 
-    from pipelines.kafka_io import KafkaSettings, PartitionRange, plan_ranges, read_range
+    from lineage_guard.io.kafka import KafkaSettings, PartitionRange, plan_ranges, read_range
 
     settings = KafkaSettings(
         bootstrap_servers=args.bootstrap_servers, group_id=f"passthrough-{os.getpid()}"
@@ -159,7 +159,7 @@ def mode_kafka_passthrough(path: Path, args: argparse.Namespace) -> int:
 
 
 def mode_kafka_guard(path: Path, args: argparse.Namespace, lineage: bool = True) -> int:
-    from pipelines.cli import main
+    from lineage_guard.cli.main import main
 
     pid = os.getpid()
     store = ["--lineage-store", f"sqlite:///{args.workdir}/guard-{pid}.db"]

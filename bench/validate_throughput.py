@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipelines.file_check import check_files
-from pipelines.files import write_avro
-from pipelines.generate import (
+from lineage_guard.cli.check import check_files
+from lineage_guard.contract.validate import SuiteValidator
+from lineage_guard.generate import (
     CONTACT,
     EMAIL_ACTIVITY,
     MEDIA_ASSET,
@@ -27,7 +27,7 @@ from pipelines.generate import (
     faulty_sync_schema,
     generate,
 )
-from pipelines.validate import SuiteValidator
+from lineage_guard.io.files import write_avro
 
 
 def measure(records: int, batch_size: int, folder: Path, engine: str) -> dict[str, float]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.files import write_avro, write_json_lines
-from pipelines.generate import (
+from lineage_guard.contract.schemas import load_schema
+from lineage_guard.generate import (
     CONTACT,
     EMAIL_ACTIVITY,
     MEDIA_ASSET,
@@ -21,7 +21,7 @@ from pipelines.generate import (
     faulty_sync_schema,
     generate,
 )
-from pipelines.schemas import load_schema
+from lineage_guard.io.files import write_avro, write_json_lines
 
 HERE = Path(__file__).resolve().parent
 

@@ -1,1 +1,1 @@
-"""Package data: shipped in the wheel as `lineage_guard_data.expectations`."""
+"""Package data: shipped in the wheel as `lineage_guard.expectations`."""

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from lineage.events import GENESIS_HASH, LineageEvent, StoredEvent, event_hash
+from lineage_guard.lineage.events import GENESIS_HASH, LineageEvent, StoredEvent, event_hash
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -28,10 +28,10 @@ from typing import Any, TypeVar
 
 import click
 
-from lineage import queries
-from lineage.errors import ExitCode, UnusableInputError
-from lineage.events import StoredEvent, format_time
-from lineage.store import DEFAULT_STORE_URL, open_store
+from lineage_guard.lineage import queries
+from lineage_guard.lineage.errors import ExitCode, UnusableInputError
+from lineage_guard.lineage.events import StoredEvent, format_time
+from lineage_guard.lineage.store import DEFAULT_STORE_URL, open_store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -157,7 +157,7 @@ def report(
 ) -> None:
     """Evidence report: volumes by content class, generator, source system and tenant,
     decisions over time, top quarantine reasons; as JSON, CSV and an offline HTML page."""
-    from lineage.report import build_report, write_report
+    from lineage_guard.lineage.report import build_report, write_report
 
     start, end = _window(since, until)
     with open_store(store_url, create=False) as store:

@@ -21,7 +21,7 @@ from openlineage.client import OpenLineageClient
 from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState
 from openlineage.client.generated.base import RunFacet
 
-from lineage.errors import ConfigError
+from lineage_guard.lineage.errors import ConfigError
 
 log = logging.getLogger(__name__)
 PRODUCER = "urn:lineage-guard:0.1"

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from lineage.chain import BrokenLink
-from lineage.events import Decision, Reason, Stage, StoredEvent, format_time
-from lineage.store import LineageStore, order_key
+from lineage_guard.lineage.chain import BrokenLink
+from lineage_guard.lineage.events import Decision, Reason, Stage, StoredEvent, format_time
+from lineage_guard.lineage.store import LineageStore, order_key
 
 PRODUCTION = "PRODUCTION"  # the only `origin_env` that may reach a production destination
 LEAK_RULE_PREFIX = "leak_"  # enforce-stage reasons of the production sink policy

@@ -18,8 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from lineage.events import Decision, Stage
-from lineage.store import LineageStore
+from lineage_guard.lineage.events import Decision, Stage
+from lineage_guard.lineage.store import LineageStore
 
 STOPPING = {Decision.QUARANTINED, Decision.BLOCKED}
 

@@ -19,9 +19,9 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from lineage.chain import ChainHead, UnreadableEvent, Verification
-from lineage.errors import ConfigError, CorruptLineageError
-from lineage.events import (
+from lineage_guard.lineage.chain import ChainHead, UnreadableEvent, Verification
+from lineage_guard.lineage.errors import ConfigError, CorruptLineageError
+from lineage_guard.lineage.events import (
     STAGE_ORDER,
     Decision,
     LineageEvent,
@@ -151,13 +151,13 @@ def open_store(url: str, *, create: bool = True) -> LineageStore:
     """
     scheme = url.partition(":")[0].lower()
     if scheme == "sqlite":
-        from lineage.stores.sqlite import SqliteStore
+        from lineage_guard.lineage.stores.sqlite import SqliteStore
 
         return SqliteStore(sqlite_path(url), create=create)
     if scheme in ("postgresql", "postgres"):
         if not url.lower().startswith(f"{scheme}://") or not _port_ok(url):
             raise ConfigError(f"Bad lineage store URL `{redact_url(url)}`: {_URL_HELP}")
-        from lineage.stores.postgres import PostgresStore
+        from lineage_guard.lineage.stores.postgres import PostgresStore
 
         return PostgresStore(url, create=create)
     raise ConfigError(f"Unknown lineage store URL `{redact_url(url)}`: {_URL_HELP}")

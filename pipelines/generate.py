@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pipelines.schemas import load_schema
+from lineage_guard.contract.schemas import load_schema
 
 CONTACT = "lineage_guard.crm.Contact"
 EMAIL_ACTIVITY = "lineage_guard.crm.EmailActivity"

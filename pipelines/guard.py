@@ -2,7 +2,7 @@
 
     source ──► Decode ──► Validate ──► Enforce ──► Write (allowed | quarantine, + lineage)
 
-The elements are micro-batches of one partition (`pipelines.items.Batch`): GX runs once per
+The elements are micro-batches of one partition (`lineage_guard.items.Batch`): GX runs once per
 batch, and a record that a stage stops stays in its batch, marked, so the write stage sees every
 partition's records in offset order and can commit offsets only behind delivered records.
 Lineage events are written before the records they cover are produced: if the store cannot be
@@ -26,18 +26,18 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from lineage.errors import ServiceUnavailableError
-from pipelines import stages
-from pipelines.decode import Decoder, registry_lookup
-from pipelines.file_io import FileSink, read_file
-from pipelines.items import Batch
-from pipelines.kafka_io import KafkaSettings, KafkaSink, PartitionRange, read_range
-from pipelines.policies import parse_policy
-from pipelines.records import provenance_of
-from pipelines.validate import SuiteValidator
+from lineage_guard import stages
+from lineage_guard.contract.policies import parse_policy
+from lineage_guard.contract.records import provenance_of
+from lineage_guard.contract.validate import SuiteValidator
+from lineage_guard.io.decode import Decoder, registry_lookup
+from lineage_guard.io.file_io import FileSink, read_file
+from lineage_guard.io.kafka import KafkaSettings, KafkaSink, PartitionRange, read_range
+from lineage_guard.items import Batch
+from lineage_guard.lineage.errors import ServiceUnavailableError
 
 log = logging.getLogger(__name__)
-progress_log = logging.getLogger("pipelines.progress")
+progress_log = logging.getLogger("lineage_guard.progress")
 
 DEFAULT_RUNNER = "FnApiRunner"
 NAMESPACE = "lineage_guard"
@@ -191,7 +191,7 @@ class WriteBatches(beam.DoFn):
         return self.sink.destinations(batch.topic)
 
     def _append_lineage(self, events: Sequence[Any], chain_id: str) -> None:
-        from lineage.store import open_store
+        from lineage_guard.lineage.store import open_store
 
         assert self.config.lineage_store is not None
         deadline = time.monotonic() + self.config.lineage_retry_s
@@ -323,7 +323,7 @@ class Summary:
 
 def run_once(config: GuardConfig) -> Summary:
     """One bounded run: Kafka up to the end offsets present now, or every input file."""
-    from pipelines.kafka_io import plan_ranges
+    from lineage_guard.io.kafka import plan_ranges
 
     ranges: list[PartitionRange] = []
     if isinstance(config.io, KafkaIO):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.verdicts import Violation
+from lineage_guard.contract.verdicts import Violation
 
 Headers = list[tuple[str, bytes | None]]
 

@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from lineage.events import Decision, LineageEvent, Reason, Stage
-from pipelines.decode import Decoded, Decoder
-from pipelines.items import Batch, Item
-from pipelines.policies import Policy, judge
-from pipelines.records import as_mapping, provenance_of, record_id_of
-from pipelines.validate import SuiteValidator
-from pipelines.verdicts import Violation
+from lineage_guard.contract.policies import Policy, judge
+from lineage_guard.contract.records import as_mapping, provenance_of, record_id_of
+from lineage_guard.contract.validate import SuiteValidator
+from lineage_guard.contract.verdicts import Violation
+from lineage_guard.io.decode import Decoded, Decoder
+from lineage_guard.items import Batch, Item
+from lineage_guard.lineage.events import Decision, LineageEvent, Reason, Stage
 
 
 def decode(batch: Batch, decoder: Decoder) -> Batch:

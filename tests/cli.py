@@ -9,7 +9,7 @@ from pathlib import Path
 
 def run_cli(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from pipelines.cli import main; main()", *map(str, args)],
+        [sys.executable, "-c", "from lineage_guard.cli.main import main; main()", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,

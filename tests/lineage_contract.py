@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from lineage import queries
-from lineage.chain import BreakKind
-from lineage.errors import ServiceUnavailableError
-from lineage.events import (
+from lineage_guard.lineage import queries
+from lineage_guard.lineage.chain import BreakKind
+from lineage_guard.lineage.errors import ServiceUnavailableError
+from lineage_guard.lineage.events import (
     GENESIS_HASH,
     Decision,
     LineageEvent,
@@ -35,7 +35,7 @@ from lineage.events import (
     StoredEvent,
     event_hash,
 )
-from lineage.store import LineageStore, open_store
+from lineage_guard.lineage.store import LineageStore, open_store
 
 RunSql = Callable[[str], list[tuple[Any, ...]]]
 

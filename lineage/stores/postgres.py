@@ -23,10 +23,10 @@ from typing import Any, Self
 import psycopg
 from psycopg.types.json import Jsonb
 
-from lineage.chain import ChainHead, Verification, first_break, head_after, link
-from lineage.errors import ConfigError, ServiceUnavailableError
-from lineage.events import GENESIS_HASH, Decision, LineageEvent, Stage, StoredEvent
-from lineage.store import (
+from lineage_guard.lineage.chain import ChainHead, Verification, first_break, head_after, link
+from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError
+from lineage_guard.lineage.events import GENESIS_HASH, Decision, LineageEvent, Stage, StoredEvent
+from lineage_guard.lineage.store import (
     EVENT_COLUMNS,
     event_row,
     first_line,

@@ -18,10 +18,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from lineage.chain import ChainHead, Verification, first_break, head_after, link
-from lineage.errors import ServiceUnavailableError
-from lineage.events import Decision, LineageEvent, Stage, StoredEvent, format_time
-from lineage.store import (
+from lineage_guard.lineage.chain import ChainHead, Verification, first_break, head_after, link
+from lineage_guard.lineage.errors import ServiceUnavailableError
+from lineage_guard.lineage.events import Decision, LineageEvent, Stage, StoredEvent, format_time
+from lineage_guard.lineage.store import (
     EVENT_COLUMNS,
     event_row,
     first_line,

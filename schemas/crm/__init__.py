@@ -1,1 +1,1 @@
-"""Package data: shipped in the wheel as `lineage_guard_data.schemas.crm`."""
+"""Package data: shipped in the wheel as `lineage_guard.schemas.crm`."""

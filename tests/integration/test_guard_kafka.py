@@ -13,8 +13,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pipelines.decode import encode_raw, encode_single_object
-from pipelines.generate import CONTACT, EMAIL_ACTIVITY, MEDIA_ASSET, generate
+from lineage_guard.generate import CONTACT, EMAIL_ACTIVITY, MEDIA_ASSET, generate
+from lineage_guard.io.decode import encode_raw, encode_single_object
 from tests.integration.kafka_helpers import (
     committed,
     drain,
@@ -202,7 +202,7 @@ def test_killed_run_redelivers_on_restart(kafka_bootstrap: str, tmp_path: Path) 
         f"sqlite:///{tmp_path}/lineage.db",
     ]
     process = subprocess.Popen(
-        [sys.executable, "-c", "from pipelines.cli import main; main()", *args],
+        [sys.executable, "-c", "from lineage_guard.cli.main import main; main()", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

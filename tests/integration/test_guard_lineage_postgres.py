@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from lineage import queries
-from lineage.events import Decision, Stage
-from lineage.store import open_store
-from pipelines.decode import encode_single_object
-from pipelines.generate import CONTACT, EMAIL_ACTIVITY, generate
+from lineage_guard.generate import CONTACT, EMAIL_ACTIVITY, generate
+from lineage_guard.io.decode import encode_single_object
+from lineage_guard.lineage import queries
+from lineage_guard.lineage.events import Decision, Stage
+from lineage_guard.lineage.store import open_store
 from tests.integration.kafka_helpers import (
     committed,
     drain,
@@ -124,7 +124,7 @@ def test_database_outage_delivers_nothing_without_lineage(
         [
             sys.executable,
             "-c",
-            "from pipelines.cli import main; main()",
+            "from lineage_guard.cli.main import main; main()",
             *guard_args(kafka_bootstrap, src, out, quarantine, "outage"),
             "--batch-size",
             "200",

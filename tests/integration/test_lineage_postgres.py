@@ -16,9 +16,9 @@ from psycopg import sql
 # The contract suite is a plain module: have pytest rewrite its asserts for clear failures.
 pytest.register_assert_rewrite("tests.lineage_contract")
 
-from lineage.errors import ConfigError, ServiceUnavailableError  # noqa: E402
-from lineage.store import LineageStore, open_store  # noqa: E402
-from lineage.stores.postgres import PostgresStore  # noqa: E402
+from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError  # noqa: E402
+from lineage_guard.lineage.store import LineageStore, open_store  # noqa: E402
+from lineage_guard.lineage.stores.postgres import PostgresStore  # noqa: E402
 from tests.lineage_contract import *  # noqa: E402, F403 (the contract suite runs here)
 from tests.lineage_contract import CHAIN, OTHER_CHAIN, RunSql, journey  # noqa: E402
 

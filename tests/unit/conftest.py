@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.validate import SuiteValidator
+from lineage_guard.contract.validate import SuiteValidator
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 NOW_MS = NOW.timestamp() * 1000

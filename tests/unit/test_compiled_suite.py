@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lineage.errors import ConfigError
-from pipelines.compiled_suite import compile_expectation
-from pipelines.validate import SuiteValidator
+from lineage_guard.contract.compiled_suite import compile_expectation
+from lineage_guard.contract.validate import SuiteValidator
+from lineage_guard.lineage.errors import ConfigError
 
 from .conftest import NOW, NOW_MS
 

@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
-from pipelines.decode import (
+from lineage_guard.contract.schemas import load_schema
+from lineage_guard.generate import CONTACT, MEDIA_ASSET, generate
+from lineage_guard.io.decode import (
     Decoded,
     DecodeFailure,
     Decoder,
@@ -15,8 +17,6 @@ from pipelines.decode import (
     encode_single_object,
     rabin_fingerprint,
 )
-from pipelines.generate import CONTACT, MEDIA_ASSET, generate
-from pipelines.schemas import load_schema
 
 RECORD = next(generate(1, seed=3, entities=(CONTACT,))).record
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from lineage.chain import (
+from lineage_guard.lineage.chain import (
     BreakKind,
     ChainHead,
     UnreadableEvent,
@@ -17,7 +17,7 @@ from lineage.chain import (
     link,
     verify_chain,
 )
-from lineage.events import (
+from lineage_guard.lineage.events import (
     GENESIS_HASH,
     Decision,
     LineageEvent,

@@ -1,6 +1,6 @@
 """`lineage trace | leaks | verify` on a SQLite store, through click's CliRunner.
 
-(The group is attached to `lineage-guard` by `pipelines.cli`; here it is invoked directly.)
+(The group is attached to `lineage-guard` by `lineage_guard.cli.main`; here it is invoked directly.)
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from click.testing import CliRunner, Result
 # The contract suite is a plain module: have pytest rewrite its asserts for clear failures.
 pytest.register_assert_rewrite("tests.lineage_contract")
 
-from lineage import queries  # noqa: E402
-from lineage.cli import lineage, render_table  # noqa: E402
-from lineage.errors import ConfigError, ExitCode, UnusableInputError  # noqa: E402
-from lineage.events import Stage  # noqa: E402
-from lineage.store import open_store  # noqa: E402
+from lineage_guard.lineage import queries  # noqa: E402
+from lineage_guard.lineage.cli import lineage, render_table  # noqa: E402
+from lineage_guard.lineage.errors import ConfigError, ExitCode, UnusableInputError  # noqa: E402
+from lineage_guard.lineage.events import Stage  # noqa: E402
+from lineage_guard.lineage.store import open_store  # noqa: E402
 from tests.lineage_contract import ALLOWED, CHAIN, OTHER_CHAIN, T0, journey  # noqa: E402
 
 
@@ -236,7 +236,7 @@ def test_plain_tables_align_their_columns() -> None:
 def lineage_guard(*args: str) -> subprocess.CompletedProcess[str]:
     """The installed entry point, which turns errors into one line and an exit code."""
     return subprocess.run(
-        [sys.executable, "-c", "from pipelines.cli import main; main()", "lineage", *args],
+        [sys.executable, "-c", "from lineage_guard.cli.main import main; main()", "lineage", *args],
         capture_output=True,
         text=True,
         timeout=120,

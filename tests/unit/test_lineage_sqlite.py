@@ -12,10 +12,10 @@ import pytest
 # The contract suite is a plain module: have pytest rewrite its asserts for clear failures.
 pytest.register_assert_rewrite("tests.lineage_contract")
 
-from lineage.errors import ConfigError, ServiceUnavailableError  # noqa: E402
-from lineage.events import Stage  # noqa: E402
-from lineage.store import LineageStore, open_store  # noqa: E402
-from lineage.stores.sqlite import SqliteStore  # noqa: E402
+from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError  # noqa: E402
+from lineage_guard.lineage.events import Stage  # noqa: E402
+from lineage_guard.lineage.store import LineageStore, open_store  # noqa: E402
+from lineage_guard.lineage.stores.sqlite import SqliteStore  # noqa: E402
 from tests.lineage_contract import *  # noqa: E402, F403 (the contract suite runs here)
 from tests.lineage_contract import CHAIN, RunSql, event, journey  # noqa: E402
 

@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from lineage.errors import ConfigError, ServiceUnavailableError
-from lineage.store import open_store, redact_url, sqlite_path
+from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError
+from lineage_guard.lineage.store import open_store, redact_url, sqlite_path
 
 
 @pytest.mark.parametrize(

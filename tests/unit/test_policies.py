@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from lineage.errors import ConfigError
-from pipelines.policies import TrainingPolicy, judge, parse_policy
+from lineage_guard.contract.policies import TrainingPolicy, judge, parse_policy
+from lineage_guard.lineage.errors import ConfigError
 
 from .conftest import make_record
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.validate import SuiteValidator
+from lineage_guard.contract.validate import SuiteValidator
 
 from .conftest import NOW, NOW_MS, SHA, make_record, rules_of, with_id
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipelines.files import write_json_lines
-from pipelines.generate import Faults, generate
+from lineage_guard.generate import Faults, generate
+from lineage_guard.io.files import write_json_lines
 from tests.cli import run_cli
 
 

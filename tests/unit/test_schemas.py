@@ -7,9 +7,9 @@ from pathlib import Path
 import fastavro
 import pytest
 
-from lineage.errors import SchemaError
-from pipelines.generate import CONTACT, EMAIL_ACTIVITY, MEDIA_ASSET, generate
-from pipelines.schemas import ENTITY_FILES, load_schema
+from lineage_guard.contract.schemas import ENTITY_FILES, load_schema
+from lineage_guard.generate import CONTACT, EMAIL_ACTIVITY, MEDIA_ASSET, generate
+from lineage_guard.lineage.errors import SchemaError
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
@@ -64,3 +64,11 @@ def test_short_and_full_names_load_the_same_schema() -> None:
 def test_unknown_schema_names_the_known_ones() -> None:
     with pytest.raises(SchemaError, match=r"Unknown schema `crm\.lead`.*`contact`"):
         load_schema("crm.lead")
+
+
+def test_public_api_names_resolve() -> None:
+    import lineage_guard
+
+    assert lineage_guard.__all__ == sorted(lineage_guard.__all__)
+    for name in lineage_guard.__all__:
+        assert getattr(lineage_guard, name).__name__ == name

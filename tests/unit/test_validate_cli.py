@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from pipelines.files import write_avro, write_json_lines
-from pipelines.generate import CONTACT, EMAIL_ACTIVITY, Faults, faulty_sync_schema, generate
-from pipelines.schemas import load_schema
+from lineage_guard.contract.schemas import load_schema
+from lineage_guard.generate import CONTACT, EMAIL_ACTIVITY, Faults, faulty_sync_schema, generate
+from lineage_guard.io.files import write_avro, write_json_lines
 from tests.cli import run_cli
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from lineage.errors import ConfigError
+from lineage_guard.lineage.errors import ConfigError
 
 Columns = Mapping[str, Sequence[Any]]
 Check = Callable[[Columns, Mapping[str, Any]], list[int]]

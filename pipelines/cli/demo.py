@@ -12,13 +12,13 @@ from pathlib import Path
 
 import click
 
-from lineage.report import build_report, write_report
-from lineage.store import open_store
-from pipelines.file_io import output_names
-from pipelines.files import write_json_lines
-from pipelines.generate import Faults, generate
-from pipelines.guard import FilesIO, GuardConfig, run_once
-from pipelines.run import print_summary
+from lineage_guard.cli.run import print_summary
+from lineage_guard.generate import Faults, generate
+from lineage_guard.guard import FilesIO, GuardConfig, run_once
+from lineage_guard.io.file_io import output_names
+from lineage_guard.io.files import write_json_lines
+from lineage_guard.lineage.report import build_report, write_report
+from lineage_guard.lineage.store import open_store
 
 
 def run_demo(records: int, folder: Path) -> None:

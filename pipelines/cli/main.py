@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from lineage.errors import ExitCode, LineageGuardError, UnusableInputError
+from lineage_guard.lineage.errors import ExitCode, LineageGuardError, UnusableInputError
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,8 @@ def validate(paths: tuple[Path, ...], output_format: str, batch_size: int, engin
     Exit 0 when every record passed, 1 when at least one was rejected, 2 when a file or the
     call is unusable.
     """
-    from pipelines.file_check import RENDERERS, check_files
-    from pipelines.validate import SuiteValidator
+    from lineage_guard.cli.check import RENDERERS, check_files
+    from lineage_guard.contract.validate import SuiteValidator
 
     for path in paths:
         if not path.is_file():
@@ -191,7 +191,7 @@ def run(**options: Any) -> None:
     Without --bootstrap-servers it runs on the embedded default: --input files in, JSON Lines
     files out in --output-dir. Arguments after `--` go to Beam's pipeline options.
     """
-    from pipelines.run import run_guard
+    from lineage_guard.cli.run import run_guard
 
     run_guard(**options)
 
@@ -214,13 +214,13 @@ def run(**options: Any) -> None:
 )
 def demo(records: int, folder: Path) -> None:
     """Generate CRM traffic, guard it on the embedded default, write the evidence report."""
-    from pipelines.demo import run_demo
+    from lineage_guard.cli.demo import run_demo
 
     run_demo(records, folder)
 
 
 def _attach_lineage_commands() -> None:
-    from lineage.cli import lineage
+    from lineage_guard.lineage.cli import lineage
 
     cli.add_command(lineage)
 

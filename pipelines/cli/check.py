@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.files import FileRecord, read_records
-from pipelines.records import describe
-from pipelines.validate import SuiteValidator
-from pipelines.verdicts import Violation
+from lineage_guard.contract.records import describe
+from lineage_guard.contract.validate import SuiteValidator
+from lineage_guard.contract.verdicts import Violation
+from lineage_guard.io.files import FileRecord, read_records
 
 DEFAULT_BATCH_SIZE = 5000
 

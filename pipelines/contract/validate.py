@@ -1,7 +1,7 @@
 """Validates micro-batches of decoded records with the Great Expectations suites.
 
 The suites in `expectations/` are the single source of truth: this module only flattens the
-records (`pipelines.records`), runs every suite once over the whole batch, and turns each
+records (`contract.records`), runs every suite once over the whole batch, and turns each
 failing row of each expectation into a `Violation`, using the rule name and message the
 expectation carries in its `meta`. The engine (GX itself, or the same suites compiled) is
 built once per validator (once per worker), never per batch or per record.
@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from lineage.errors import ConfigError
-from pipelines.records import (
+from lineage_guard.contract.records import (
     FIELD_OF_COLUMN,
     Flattener,
     ParentRanks,
@@ -26,7 +25,8 @@ from pipelines.records import (
     record_id_of,
     shorten,
 )
-from pipelines.verdicts import Verdict, Violation
+from lineage_guard.contract.verdicts import Verdict, Violation
+from lineage_guard.lineage.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def _rule_of(expectation: dict[str, Any]) -> _Rule:
 
 def load_suite_documents() -> list[dict[str, Any]]:
     """Every suite JSON shipped in `expectations/`, sorted by file name."""
-    folder = resources.files("lineage_guard_data.expectations")
+    folder = resources.files("lineage_guard.expectations")
     documents = []
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".json"):
@@ -131,10 +131,10 @@ class GxEngine:
 
 
 class CompiledEngine:
-    """Runs the same suite documents as plain column checks (`pipelines.compiled_suite`)."""
+    """Runs the same suite documents as plain column checks (`contract.compiled_suite`)."""
 
     def __init__(self, documents: Sequence[dict[str, Any]]) -> None:
-        from pipelines.compiled_suite import compile_expectation
+        from lineage_guard.contract.compiled_suite import compile_expectation
 
         self._checks = [
             compile_expectation(expectation)

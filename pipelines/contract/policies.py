@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lineage.errors import ConfigError
-from pipelines.records import describe, provenance_of, record_id_of
-from pipelines.verdicts import Violation
+from lineage_guard.contract.records import describe, provenance_of, record_id_of
+from lineage_guard.contract.verdicts import Violation
+from lineage_guard.lineage.errors import ConfigError
 
 GENERATED = {"AI_ASSISTED", "SYNTHETIC"}
 

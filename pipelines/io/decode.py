@@ -24,7 +24,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from pipelines.schemas import ENTITY_FILES, Schema, load_schema
+from lineage_guard.contract.schemas import ENTITY_FILES, Schema, load_schema
 
 CONFLUENT_MAGIC = b"\x00"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"

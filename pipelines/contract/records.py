@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from pipelines.verdicts import Violation
+from lineage_guard.contract.verdicts import Violation
 
 CLASS_RANK = {"HUMAN": 0, "AI_ASSISTED": 1, "SYNTHETIC": 2}
 COLUMNS = (

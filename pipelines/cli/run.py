@@ -13,12 +13,12 @@ from typing import Any
 
 import click
 
-from lineage.errors import ConfigError, LineageGuardError, UnusableInputError
-from lineage.openlineage import RunEmitter, kafka_dataset_namespace, transport_config
-from pipelines.file_io import output_names
-from pipelines.guard import FilesIO, GuardConfig, KafkaIO, Summary, run_once
-from pipelines.kafka_io import KafkaSettings
-from pipelines.policies import parse_policy
+from lineage_guard.contract.policies import parse_policy
+from lineage_guard.guard import FilesIO, GuardConfig, KafkaIO, Summary, run_once
+from lineage_guard.io.file_io import output_names
+from lineage_guard.io.kafka import KafkaSettings
+from lineage_guard.lineage.errors import ConfigError, LineageGuardError, UnusableInputError
+from lineage_guard.lineage.openlineage import RunEmitter, kafka_dataset_namespace, transport_config
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 def run_guard(**o: Any) -> None:
     config, until_caught_up = _config(o)
     if sys.stderr.isatty():
-        logging.getLogger("pipelines.progress").setLevel(logging.INFO)
+        logging.getLogger("lineage_guard.progress").setLevel(logging.INFO)
     total = Summary()
     signal.signal(signal.SIGTERM, _stop)
     started = time.monotonic()

@@ -25,9 +25,9 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from lineage.errors import ConfigError, ServiceUnavailableError
-from pipelines.items import Batch, Item, Source
-from pipelines.verdicts import Violation
+from lineage_guard.contract.verdicts import Violation
+from lineage_guard.items import Batch, Item, Source
+from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

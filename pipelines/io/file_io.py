@@ -13,8 +13,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from pipelines.files import json_default, read_records
-from pipelines.items import Batch, Item, Source
+from lineage_guard.io.files import json_default, read_records
+from lineage_guard.items import Batch, Item, Source
 
 
 def read_file(path: str, batch_size: int) -> Iterator[Batch]:

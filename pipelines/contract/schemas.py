@@ -14,7 +14,7 @@ from typing import Any
 
 import fastavro
 
-from lineage.errors import SchemaError
+from lineage_guard.lineage.errors import SchemaError
 
 PROVENANCE = "lineage_guard.Provenance"
 ENTITY_FILES = {
@@ -34,7 +34,7 @@ Schema = dict[str, Any]
 
 
 def _schema_dir() -> Traversable:
-    return resources.files("lineage_guard_data.schemas")
+    return resources.files("lineage_guard.schemas")
 
 
 def _read(relative: str) -> Any:

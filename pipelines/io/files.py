@@ -19,7 +19,7 @@ from uuid import UUID
 
 import fastavro
 
-from lineage.errors import UnusableInputError
+from lineage_guard.lineage.errors import UnusableInputError
 
 AVRO_MAGIC = b"Obj\x01"
 
