@@ -34,7 +34,7 @@ from lineage_guard.io.decode import Decoder, registry_lookup
 from lineage_guard.io.file_io import FileSink, read_file
 from lineage_guard.io.kafka import KafkaSettings, KafkaSink, PartitionRange, read_range
 from lineage_guard.items import Batch
-from lineage_guard.lineage.errors import ServiceUnavailableError
+from lineage_guard.recorder import LineageRecorder
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("lineage_guard.progress")
@@ -155,25 +155,24 @@ class WriteBatches(beam.DoFn):
             )
         else:
             self.sink = FileSink(io.out_dir, io.names)
-        self.store: Any = None  # opened at the first append, inside the retry loop
+        self.recorder = (
+            LineageRecorder(
+                self.config.lineage_store,
+                pipeline=self.config.pipeline_name,
+                run_id=self.config.run_id,
+                retry_s=self.config.lineage_retry_s,
+            )
+            if self.config.lineage_store
+            else None
+        )
         self.counters: dict[str, Any] = {}
         self.written = 0
         self.started = self.last_report = time.monotonic()
 
     def process(self, batch: Batch) -> None:
-        if self.config.lineage_store:
+        if self.recorder is not None:
             allowed_to, quarantined_to = self._destinations(batch)
-            events = stages.lineage_events(
-                batch,
-                pipeline=self.config.pipeline_name,
-                run_id=self.config.run_id,
-                allowed_to=allowed_to,
-                quarantined_to=quarantined_to,
-            )
-            first = batch.items[0].source.offset
-            # One chain per batch: `trace` verifies a chain of one batch, not of a whole run.
-            chain_id = f"{self.config.run_id}/{batch.topic}/{batch.partition}/{first}"
-            self._append_lineage(events, chain_id)
+            self.recorder.record(batch, allowed_to=allowed_to, quarantined_to=quarantined_to)
         self.sink.write(batch)
         self._count(batch)
 
@@ -182,36 +181,13 @@ class WriteBatches(beam.DoFn):
 
     def teardown(self) -> None:
         self.sink.close()
-        if self.store is not None:
-            self.store.close()
+        if self.recorder is not None:
+            self.recorder.close()
 
     def _destinations(self, batch: Batch) -> tuple[str, str]:
         if isinstance(self.sink, KafkaSink):
             return self.sink.output_topic, self.sink.quarantine_topic
         return self.sink.destinations(batch.topic)
-
-    def _append_lineage(self, events: Sequence[Any], chain_id: str) -> None:
-        from lineage_guard.lineage.store import open_store
-
-        assert self.config.lineage_store is not None
-        deadline = time.monotonic() + self.config.lineage_retry_s
-        delay = 0.5
-        while True:
-            try:
-                if self.store is None:
-                    self.store = open_store(self.config.lineage_store)
-                self.store.append(events, chain_id=chain_id)
-                return
-            except ServiceUnavailableError as exc:
-                if time.monotonic() + delay > deadline:
-                    raise ServiceUnavailableError(
-                        f"{exc.message} Gave up after {self.config.lineage_retry_s:.0f} s: "
-                        "the records it covers were not delivered and their offsets not "
-                        "committed."
-                    ) from exc
-                log.warning("lineage store unavailable, retrying in %.1f s: %s", delay, exc.message)
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
 
     def _count(self, batch: Batch) -> None:
         """Counters named `outcome:…`, `content_class:…` and `origin_env:…` (see `Summary`)."""
