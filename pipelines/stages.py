@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lineage_guard.contract.policies import Policy, judge
-from lineage_guard.contract.records import as_mapping, provenance_of, record_id_of
 from lineage_guard.contract.validate import SuiteValidator
 from lineage_guard.contract.verdicts import Violation
 from lineage_guard.io.decode import Decoded, Decoder
@@ -125,19 +124,21 @@ def received_digest(item: Item) -> str:
 
 
 def _describe(item: Item) -> dict[str, Any]:
-    record = item.record or {}
-    provenance = provenance_of(record)
-    generator = as_mapping(provenance.get("generator"))
+    # Plain dict checks, not `Mapping` ones: this runs once per record on the hot path.
+    record = item.record if isinstance(item.record, dict) else {}
+    provenance = record.get("provenance")
+    provenance = provenance if isinstance(provenance, dict) else {}
+    generator = provenance.get("generator")
     parents = provenance.get("parent_record_ids")
     return {
-        "record_id": _text(record_id_of(record)),
+        "record_id": _text(record.get("record_id")),
         "content_class": _text(provenance.get("content_class")),
         "origin_env": _text(provenance.get("origin_env")),
         "tenant_id": _text(record.get("tenant_id")),
         "source_system": _text(provenance.get("source_system")),
-        "generator": _text(generator.get("name")),
+        "generator": _text(generator.get("name")) if isinstance(generator, dict) else None,
         "parent_record_ids": tuple(clean(p) for p in parents if isinstance(p, str))
-        if isinstance(parents, list)
+        if isinstance(parents, list) and parents
         else (),
         "source_offset": item.source.offset,
     }
