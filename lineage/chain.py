@@ -316,10 +316,10 @@ def verify_chain(
                 f"chain `{chain_id}` batch {entry.seq} lies beyond the chain's recorded head"
                 f" (batch {head.seq}): the entry was inserted, or the head was altered"
             )
-            found = BrokenLink(
+            beyond = BrokenLink(
                 chain_id=chain_id, seq=entry.seq, kind=BreakKind.INSERTED, description=text
             )
-            return found, batches, rows, hashes
+            return beyond, batches, rows, hashes
         found, read = check_entry(
             entry, expected_seq=expected, prev_hash=prev_hash, rows_of=rows_of
         )
