@@ -1,33 +1,41 @@
-"""A fast path for the GX suites: the same suite JSON, compiled into plain column checks.
+"""A fast path for the GX suites: the same suite JSON, compiled into vectorised Arrow kernels.
 
 Great Expectations costs tens to hundreds of milliseconds per validation run whatever the batch
 size, which caps the guard's throughput. This module reads the *same* suite documents and
-compiles each expectation into a function over the flattened columns that returns the failing
-row indices, with GX's pandas semantics (nulls are skipped by column-map expectations, regexes
-use Python's `re.search` as pandas' `str.contains` does, row conditions filter first).
+compiles each expectation into a function over the batch's Arrow columns
+(`contract.columns`) that returns a boolean mask of the failing rows, computed with
+`pyarrow.compute` kernels and GX's pandas semantics:
+
+- column-map expectations skip nulls (and NaN), row conditions filter first;
+- `match_regex` is `re.search`, as pandas' `str.contains`: the pattern is translated to RE2
+  where both engines mean the same (`\\S` and `\\s` become Python's Unicode whitespace class,
+  `\\Z` becomes `\\z`); a pattern with anything whose meaning differs (`\\d`, `\\w`, `$`,
+  look-arounds…) is run with Python's `re` over that column instead, never approximated;
+- `in_set` is `pc.is_in`, `between` two comparisons, the column pair a comparison with
+  GX's `ignore_row_if` rules.
 
 Only the expectation types and row conditions the contract uses are supported; a suite that
 uses anything else raises `ConfigError` and must run with `--engine gx`. The property-based
 tests in `tests/unit/test_compiled_suite.py` check that both engines return exactly the same
-failing rows on randomized batches. Pure: no GX, no pandas.
+verdicts on randomized batches. No GX, no pandas.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 import re
-from collections.abc import Callable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from lineage_guard.lineage.errors import ConfigError
 
-Columns = Mapping[str, Sequence[Any]]
-Check = Callable[[Columns, Mapping[str, Any]], list[int]]
-RowFilter = Callable[[Columns, int], list[bool]]
-
-
-def is_null(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+Columns = Mapping[str, pa.Array]
+Check = Callable[[Columns, Mapping[str, Any]], pa.BooleanArray]  # True where a row fails
+RowFilter = Callable[[Columns], pa.BooleanArray]  # True where the expectation applies
 
 
 def compile_expectation(expectation: Mapping[str, Any]) -> Check:
@@ -47,15 +55,12 @@ def compile_expectation(expectation: Mapping[str, Any]) -> Check:
             f"`mostly` is not supported by the compiled engine (`{kind}`); run with `--engine gx`."
         )
     kwargs.pop("mostly", None)
-    row_check = build(kwargs)
+    failing = build(kwargs)
+    if rows_of is None:
+        return failing
 
-    def check(columns: Columns, parameters: Mapping[str, Any]) -> list[int]:
-        size = len(next(iter(columns.values()))) if columns else 0
-        rows: Sequence[int] = range(size)
-        if rows_of is not None:
-            keep = rows_of(columns, size)
-            rows = [i for i in rows if keep[i]]
-        return row_check(columns, parameters, rows)
+    def check(columns: Columns, parameters: Mapping[str, Any]) -> pa.BooleanArray:
+        return pc.and_(rows_of(columns), failing(columns, parameters))
 
     return check
 
@@ -69,90 +74,92 @@ def _parameter(value: Any, parameters: Mapping[str, Any]) -> Any:
     return value
 
 
-def _not_null(kwargs: dict[str, Any]) -> Any:
+def _present(values: pa.Array) -> pa.BooleanArray:
+    return pc.invert(pc.is_null(values, nan_is_null=True))
+
+
+def _where_present(values: pa.Array, fails: pa.Array) -> pa.BooleanArray:
+    """`fails` on the rows that have a value (null results count as passing)."""
+    return pc.fill_null(pc.and_(_present(values), fails), False)
+
+
+def _not_null(kwargs: dict[str, Any]) -> Check:
     column = _only(kwargs, "column")
-
-    def run(columns: Columns, parameters: Mapping[str, Any], rows: Sequence[int]) -> list[int]:
-        values = columns[column]
-        return [i for i in rows if is_null(values[i])]
-
-    return run
+    return lambda columns, parameters: pc.is_null(columns[column], nan_is_null=True)
 
 
-def _match_regex(kwargs: dict[str, Any]) -> Any:
+def _match_regex(kwargs: dict[str, Any]) -> Check:
     column = _only(kwargs, "column", "regex")
-    search = re.compile(kwargs["regex"]).search
+    pattern = str(kwargs["regex"])
+    search = re.compile(pattern).search
+    translated = to_re2(pattern)
 
-    def run(columns: Columns, parameters: Mapping[str, Any], rows: Sequence[int]) -> list[int]:
+    def in_arrow(columns: Columns, parameters: Mapping[str, Any]) -> pa.BooleanArray:
         values = columns[column]
-        return [
-            i
-            for i in rows
-            if not is_null(v := values[i]) and search(v if isinstance(v, str) else str(v)) is None
-        ]
+        return _where_present(values, pc.invert(pc.match_substring_regex(values, translated)))
 
-    return run
+    def in_python(columns: Columns, parameters: Mapping[str, Any]) -> pa.BooleanArray:
+        return pa.array(
+            [v is not None and search(v) is None for v in columns[column].to_pylist()],
+            pa.bool_(),
+        )
+
+    return in_arrow if translated is not None else in_python
 
 
-def _in_set(kwargs: dict[str, Any]) -> Any:
+def _in_set(kwargs: dict[str, Any]) -> Check:
     column = _only(kwargs, "column", "value_set")
     allowed = list(kwargs["value_set"])
 
-    def run(columns: Columns, parameters: Mapping[str, Any], rows: Sequence[int]) -> list[int]:
+    def run(columns: Columns, parameters: Mapping[str, Any]) -> pa.BooleanArray:
         values = columns[column]
-        return [i for i in rows if not is_null(v := values[i]) and v not in allowed]
+        return _where_present(values, pc.invert(pc.is_in(values, _value_set(allowed, values))))
 
     return run
 
 
-def _between(kwargs: dict[str, Any]) -> Any:
+def _between(kwargs: dict[str, Any]) -> Check:
     column = _only(kwargs, "column", "min_value", "max_value", "strict_min", "strict_max")
-    strict_min, strict_max = bool(kwargs.get("strict_min")), bool(kwargs.get("strict_max"))
+    below = pc.less_equal if kwargs.get("strict_min") else pc.less
+    above = pc.greater_equal if kwargs.get("strict_max") else pc.greater
 
-    def run(columns: Columns, parameters: Mapping[str, Any], rows: Sequence[int]) -> list[int]:
+    def run(columns: Columns, parameters: Mapping[str, Any]) -> pa.BooleanArray:
         low = _parameter(kwargs.get("min_value"), parameters)
         high = _parameter(kwargs.get("max_value"), parameters)
         values = columns[column]
-        failing = []
-        for i in rows:
-            v = values[i]
-            if is_null(v):
-                continue
-            if (low is not None and (v <= low if strict_min else v < low)) or (
-                high is not None and (v >= high if strict_max else v > high)
-            ):
-                failing.append(i)
-        return failing
+        outside = pa.repeat(False, len(values))
+        if low is not None:
+            outside = pc.or_(outside, below(values, low))
+        if high is not None:
+            outside = pc.or_(outside, above(values, high))
+        return _where_present(values, outside)
 
     return run
 
 
-def _a_greater_than_b(kwargs: dict[str, Any]) -> Any:
+def _a_greater_than_b(kwargs: dict[str, Any]) -> Check:
     _only(kwargs, "column_A", "column_B", "or_equal", "ignore_row_if")
     a, b = kwargs["column_A"], kwargs["column_B"]
-    or_equal = bool(kwargs.get("or_equal"))
+    holds = pc.greater_equal if kwargs.get("or_equal") else pc.greater
     ignore = kwargs.get("ignore_row_if", "both_values_are_missing")
     if ignore not in ("both_values_are_missing", "either_value_is_missing", "neither"):
         raise ConfigError(f"ignore_row_if `{ignore}` has no compiled form.")
 
-    def run(columns: Columns, parameters: Mapping[str, Any], rows: Sequence[int]) -> list[int]:
+    def run(columns: Columns, parameters: Mapping[str, Any]) -> pa.BooleanArray:
         left, right = columns[a], columns[b]
-        failing = []
-        for i in rows:
-            x, y = left[i], right[i]
-            missing = (is_null(x), is_null(y))
-            if (ignore == "either_value_is_missing" and any(missing)) or (
-                ignore == "both_values_are_missing" and all(missing)
-            ):
-                continue
-            if any(missing) or not (x >= y if or_equal else x > y):
-                failing.append(i)
-        return failing
+        has_a, has_b = _present(left), _present(right)
+        # Rows with a missing value fail unless ignored; rows with both compare.
+        fails = pc.fill_null(pc.invert(holds(left, right)), True)
+        if ignore == "either_value_is_missing":
+            return pc.and_(pc.and_(has_a, has_b), fails)
+        if ignore == "both_values_are_missing":
+            return pc.and_(pc.or_(has_a, has_b), fails)
+        return fails
 
     return run
 
 
-_BUILDERS: dict[str, Callable[[dict[str, Any]], Any]] = {
+_BUILDERS: dict[str, Callable[[dict[str, Any]], Check]] = {
     "expect_column_values_to_not_be_null": _not_null,
     "expect_column_values_to_match_regex": _match_regex,
     "expect_column_values_to_be_in_set": _in_set,
@@ -170,6 +177,23 @@ def _only(kwargs: dict[str, Any], *allowed: str) -> Any:
     return kwargs.get(allowed[0])
 
 
+def _value_set(values: list[Any], column: pa.Array) -> pa.Array:
+    """The values of a set, typed as the column (Python equality: `1 == True`, `"1" != 1`)."""
+    try:
+        return pa.array(values, type=column.type)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        kept = [v for v in values if _fits(v, column.type)]
+        return pa.array(kept, type=column.type)
+
+
+def _fits(value: Any, kind: pa.DataType) -> bool:
+    try:
+        pa.array([value], type=kind)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
 def _row_filter(condition: Any) -> RowFilter:
     """GX's pandas semantics for `Condition` documents (comparison, nullity, and, or)."""
     if not isinstance(condition, Mapping):
@@ -180,45 +204,129 @@ def _row_filter(condition: Any) -> RowFilter:
     kind = condition.get("type")
     if kind in ("and", "or"):
         parts = [_row_filter(c) for c in condition.get("conditions", [])]
-        combine = all if kind == "and" else any
+        combine = pc.and_ if kind == "and" else pc.or_
 
-        def both(columns: Columns, size: int) -> list[bool]:
-            results = [part(columns, size) for part in parts]
-            return [combine(r[i] for r in results) for i in range(size)]
+        def both(columns: Columns) -> pa.BooleanArray:
+            size = len(next(iter(columns.values())))
+            result = pa.repeat(kind == "and", size)
+            for part in parts:
+                result = combine(result, part(columns))
+            return result
 
         return both
     column = str((condition.get("column") or {}).get("name"))
     if kind == "nullity":
         wanted = bool(condition.get("is_null"))
-        return lambda columns, size: [is_null(v) == wanted for v in columns[column]]
+
+        def nullity(columns: Columns) -> pa.BooleanArray:
+            nulls = pc.is_null(columns[column], nan_is_null=True)
+            return nulls if wanted else pc.invert(nulls)
+
+        return nullity
     if kind != "comparison":
         raise ConfigError(f"Row condition type `{kind}` has no compiled form.")
     operator, parameter = condition.get("operator"), condition.get("parameter")
-    test = _COMPARISONS.get(str(operator))
-    if test is None:
+    compare = _COMPARISONS.get(str(operator))
+    if compare is None:
         raise ConfigError(f"Row condition operator `{operator}` has no compiled form.")
-    return lambda columns, size: [test(v, parameter) for v in columns[column]]
+    when_missing = operator in ("!=", "NOT_IN")  # a missing value is "not equal", "not in"
 
-
-def _ordered(compare: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
-    def test(value: Any, parameter: Any) -> bool:
-        if is_null(value):
-            return False
+    def comparison(columns: Columns) -> pa.BooleanArray:
+        values = columns[column]
         try:
-            return compare(value, parameter)
-        except TypeError:
-            return False
+            result = compare(values, parameter)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            # Values and parameter of kinds that do not compare: no row is "<" or "==".
+            result = pa.repeat(when_missing, len(values))
+        return pc.if_else(_present(values), pc.fill_null(result, False), when_missing)
 
-    return test
+    return comparison
 
 
-_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
-    "==": lambda v, p: not is_null(v) and v == p,
-    "!=": lambda v, p: is_null(v) or v != p,
-    "IN": lambda v, p: not is_null(v) and v in p,
-    "NOT_IN": lambda v, p: is_null(v) or v not in p,
-    "<": _ordered(lambda v, p: v < p),
-    "<=": _ordered(lambda v, p: v <= p),
-    ">": _ordered(lambda v, p: v > p),
-    ">=": _ordered(lambda v, p: v >= p),
+_COMPARISONS: dict[str, Callable[[pa.Array, Any], pa.Array]] = {
+    "==": pc.equal,
+    "!=": pc.not_equal,
+    "IN": lambda v, p: pc.is_in(v, _value_set(list(p), v)),
+    "NOT_IN": lambda v, p: pc.invert(pc.is_in(v, _value_set(list(p), v))),
+    "<": pc.less,
+    "<=": pc.less_equal,
+    ">": pc.greater,
+    ">=": pc.greater_equal,
 }
+
+
+# ---- Python regular expressions as RE2 (Arrow's engine), where both mean the same ----------
+
+
+@functools.cache
+def _whitespace_class(negated: bool) -> str:
+    """Python's `\\s` for str patterns (`str.isspace`), as an RE2 class, from this Python."""
+    spaces = [c for c in range(sys.maxunicode + 1) if chr(c).isspace()]
+    ranges: list[tuple[int, int]] = []
+    for c in spaces:
+        if ranges and ranges[-1][1] == c - 1:
+            ranges[-1] = (ranges[-1][0], c)
+        else:
+            ranges.append((c, c))
+    body = "".join(
+        f"\\x{{{lo:x}}}" if lo == hi else f"\\x{{{lo:x}}}-\\x{{{hi:x}}}" for lo, hi in ranges
+    )
+    return f"[{'^' if negated else ''}{body}]"
+
+
+_ESCAPES = {"Z": lambda: r"\z", "A": lambda: r"\A", "s": lambda: _whitespace_class(False)}
+_ESCAPES["S"] = lambda: _whitespace_class(True)
+_REPEAT = re.compile(r"\{\d+(,\d*)?\}")
+
+
+def to_re2(pattern: str) -> str | None:
+    """`pattern` (Python `re`) as an RE2 pattern with the same `search` meaning, or None.
+
+    Takes literals, escaped punctuation, `.`, `^`, groups, alternation, quantifiers and
+    character classes without escapes; translates `\\s`, `\\S`, `\\A`, `\\Z` outside
+    classes. Anything else returns None (the caller then runs Python's `re`).
+    """
+    out: list[str] = []
+    i, in_class = 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            if i + 1 >= len(pattern) or in_class:
+                return None
+            n = pattern[i + 1]
+            if n in _ESCAPES:
+                out.append(_ESCAPES[n]())
+            elif n.isascii() and not n.isalnum() and n != "_":
+                out.append(c + n)
+            else:
+                return None  # \d, \w, \b, \n, \1…: Unicode or syntax differences
+            i += 2
+            continue
+        if in_class:
+            if c == "[":
+                return None
+            if c == "]":
+                in_class = False
+        elif c == "[":
+            rest = pattern[i + 1 :]
+            if rest.startswith(("]", "^]")):
+                return None
+            in_class = True
+        elif c == "$":
+            return None  # Python's `$` also matches before a final newline
+        elif c == "(" and pattern.startswith("(?", i) and not pattern.startswith("(?:", i):
+            return None
+        elif c == "{" and not _REPEAT.match(pattern, i):
+            return None
+        elif c in "*+?}" and pattern[i + 1 : i + 2] == "+":
+            return None  # possessive quantifiers
+        out.append(c)
+        i += 1
+    if in_class:
+        return None
+    translated = "".join(out)
+    try:
+        pc.match_substring_regex(pa.array([""]), translated)
+    except pa.ArrowException:
+        return None
+    return translated

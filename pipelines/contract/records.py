@@ -147,9 +147,10 @@ class Flattener:
 
         def text(container: Any, key: str, field: str) -> str | None:
             value = container.get(key) if isinstance(container, Mapping) else None
-            if value is None or isinstance(value, str):
+            if value is None or (isinstance(value, str) and is_unicode(value)):
                 return value
-            errors.append(_wrong_type(rid, field, "a string", value))
+            expected = "valid Unicode text" if isinstance(value, str) else "a string"
+            errors.append(_wrong_type(rid, field, expected, value))
             return None
 
         def mapping(container: Any, key: str, field: str) -> Mapping[str, Any] | None:
@@ -193,7 +194,8 @@ class Flattener:
         row["class_rank"] = rank
         parent_ids = prov.get("parent_record_ids") if prov is not None else None
         if parent_ids is not None and not (
-            isinstance(parent_ids, list) and all(isinstance(p, str) for p in parent_ids)
+            isinstance(parent_ids, list)
+            and all(isinstance(p, str) and is_unicode(p) for p in parent_ids)
         ):
             errors.append(
                 _wrong_type(rid, "provenance.parent_record_ids", "a list of strings", parent_ids)
@@ -204,6 +206,18 @@ class Flattener:
         if rid is not None and rank is not None:
             self.parents.remember(rid, rank)
         return row, errors
+
+
+def is_unicode(text: str) -> bool:
+    """False for text that cannot be UTF-8 (lone surrogates, which JSON may carry): no Avro
+    string or Kafka message can hold it, and Arrow's string columns refuse it."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def describe(record_id: str | None) -> str:

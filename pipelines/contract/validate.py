@@ -1,10 +1,12 @@
 """Validates micro-batches of decoded records with the Great Expectations suites.
 
 The suites in `expectations/` are the single source of truth: this module only flattens the
-records (`contract.records`), runs every suite once over the whole batch, and turns each
-failing row of each expectation into a `Violation`, using the rule name and message the
-expectation carries in its `meta`. The engine (GX itself, or the same suites compiled) is
-built once per validator (once per worker), never per batch or per record.
+records, runs every suite once over the whole batch, and turns each failing row of each
+expectation into a `Violation`, using the rule name and message the expectation carries in
+its `meta`. The engine is built once per validator (once per worker), never per batch or per
+record: GX itself over pandas (flattened by `contract.records`, the reference), or the same
+suites compiled into Arrow kernels over Arrow columns (`contract.columns`,
+`contract.compiled_suite`).
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lineage_guard.contract.records import (
     FIELD_OF_COLUMN,
@@ -27,6 +29,9 @@ from lineage_guard.contract.records import (
 )
 from lineage_guard.contract.verdicts import Verdict, Violation
 from lineage_guard.lineage.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lineage_guard.contract.columns import ArrowColumns, ArrowFlattener
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +112,10 @@ class GxEngine:
                 number += 1
             self._suites.append(suite)
 
+    @staticmethod
+    def flattener(parents: ParentRanks | None) -> Flattener:
+        return Flattener(parents)
+
     def failures(self, columns: dict[str, list[Any]], parameters: dict[str, Any]) -> Failures:
         import pandas as pd
 
@@ -131,7 +140,8 @@ class GxEngine:
 
 
 class CompiledEngine:
-    """Runs the same suite documents as plain column checks (`contract.compiled_suite`)."""
+    """Runs the same suite documents as Arrow kernels (`contract.compiled_suite`) over the
+    batch's Arrow columns (`contract.columns`)."""
 
     def __init__(self, documents: Sequence[dict[str, Any]]) -> None:
         from lineage_guard.contract.compiled_suite import compile_expectation
@@ -142,11 +152,19 @@ class CompiledEngine:
             for expectation in document.get("expectations", [])
         ]
 
-    def failures(self, columns: dict[str, list[Any]], parameters: dict[str, Any]) -> Failures:
+    @staticmethod
+    def flattener(parents: ParentRanks | None) -> ArrowFlattener:
+        from lineage_guard.contract.columns import ArrowFlattener
+
+        return ArrowFlattener(parents)
+
+    def failures(self, columns: ArrowColumns, parameters: dict[str, Any]) -> Failures:
+        import pyarrow.compute as pc
+
         for number, check in enumerate(self._checks):
-            rows = check(columns, parameters)
-            if rows:
-                yield number, rows
+            failing = check(columns, parameters)
+            if failing.true_count:
+                yield number, pc.indices_nonzero(failing).to_pylist()
 
 
 ENGINES: dict[str, type[GxEngine] | type[CompiledEngine]] = {
@@ -175,8 +193,8 @@ class SuiteValidator:
             raise ConfigError(f"Unknown validation engine `{engine}`: use `compiled` or `gx`.")
         documents = list(suite_documents or load_suite_documents())
         self._clock = clock
-        self._flattener = Flattener(parents)
         self._engine: GxEngine | CompiledEngine = ENGINES[engine](documents)
+        self._flattener = self._engine.flattener(parents)
         self._rules = [
             _rule_of(expectation)
             for document in documents
@@ -190,25 +208,37 @@ class SuiteValidator:
         columns, type_errors = self._flattener.flatten(records)
         parameters = {"latest_allowed_generated_at": self._clock() + FUTURE_TOLERANCE_MS}
         found: dict[int, list[Violation]] = {i: list(v) for i, v in type_errors.items()}
-        for number, rows in self._engine.failures(columns, parameters):
+        for number, rows in self._engine.failures(columns, parameters):  # type: ignore[arg-type]
             rule = self._rules[number]
             for row in rows:
                 found.setdefault(row, []).append(self._violation(rule, records[row], columns, row))
+        if not found:
+            return [Verdict(record_id=record_id_of(record)) for record in records]
         return [
             Verdict(record_id=record_id_of(record), violations=_tidy(found.get(i, [])))
             for i, record in enumerate(records)
         ]
 
     @staticmethod
-    def _violation(rule: _Rule, record: Any, columns: dict[str, list[Any]], row: int) -> Violation:
+    def _violation(rule: _Rule, record: Any, columns: Columns, row: int) -> Violation:
         message = f"{describe(record_id_of(record))}: {rule.message}"
-        column = next((c for c, f in FIELD_OF_COLUMN.items() if f == rule.field), None)
-        value = columns[column][row] if column in columns else None
+        column = _COLUMN_OF_FIELD.get(rule.field or "")
+        value = _value_at(columns[column], row) if column in columns else None
         if isinstance(value, str):
             message += f" (`{rule.field}` is {shorten(value)!r})"
         elif rule.field:
             message += f" (`{rule.field}`)"
         return Violation(rule=rule.rule, column=rule.field, message=message + ".")
+
+
+Columns = Mapping[str, Any]  # a list per column (GX engine) or a `pyarrow.Array` (compiled)
+_COLUMN_OF_FIELD: dict[str, str] = {}
+for _column, _field in FIELD_OF_COLUMN.items():
+    _COLUMN_OF_FIELD.setdefault(_field, _column)
+
+
+def _value_at(values: Any, row: int) -> Any:
+    return values[row] if isinstance(values, list) else values[row].as_py()
 
 
 def _raised(info: Any) -> str | None:
