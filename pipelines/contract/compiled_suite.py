@@ -260,10 +260,10 @@ _COMPARISONS: dict[str, Callable[[pa.Array, Any], pa.Array]] = {
 
 @functools.cache
 def _whitespace_class(negated: bool) -> str:
-    """Python's `\\s` for str patterns (`str.isspace`), as an RE2 class, from this Python."""
-    spaces = [c for c in range(sys.maxunicode + 1) if chr(c).isspace()]
+    """Python's `\\s` for str patterns, as an RE2 class, found by Python's `re` itself."""
+    every = "".join(map(chr, range(sys.maxunicode + 1)))
     ranges: list[tuple[int, int]] = []
-    for c in spaces:
+    for c in map(ord, re.findall(r"\s", every)):
         if ranges and ranges[-1][1] == c - 1:
             ranges[-1] = (ranges[-1][0], c)
         else:
@@ -277,6 +277,12 @@ def _whitespace_class(negated: bool) -> str:
 _ESCAPES = {"Z": lambda: r"\z", "A": lambda: r"\A", "s": lambda: _whitespace_class(False)}
 _ESCAPES["S"] = lambda: _whitespace_class(True)
 _REPEAT = re.compile(r"\{\d+(,\d*)?\}")
+
+
+def _unsupported_at(pattern: str, i: int) -> bool:
+    if pattern.startswith("(?", i):
+        return not pattern.startswith("(?:", i)
+    return pattern[i] == "{" and not _REPEAT.match(pattern, i)
 
 
 def to_re2(pattern: str) -> str | None:
@@ -314,10 +320,8 @@ def to_re2(pattern: str) -> str | None:
             in_class = True
         elif c == "$":
             return None  # Python's `$` also matches before a final newline
-        elif c == "(" and pattern.startswith("(?", i) and not pattern.startswith("(?:", i):
-            return None
-        elif c == "{" and not _REPEAT.match(pattern, i):
-            return None
+        elif _unsupported_at(pattern, i):
+            return None  # inline flags, look-arounds, named groups; a `{` that is no repeat
         elif c in "*+?}" and pattern[i + 1 : i + 2] == "+":
             return None  # possessive quantifiers
         out.append(c)

@@ -101,7 +101,7 @@ def provenance_of(record: Any) -> Mapping[str, Any]:
 
 def record_id_of(record: Any) -> str | None:
     """The record's id if it has a usable one, for naming it in messages and lineage."""
-    if isinstance(record, Mapping):
+    if type(record) is dict or isinstance(record, Mapping):  # `type` first: the common case
         value = record.get("record_id")
         if isinstance(value, str):
             return value

@@ -208,20 +208,21 @@ class SuiteValidator:
         columns, type_errors = self._flattener.flatten(records)
         parameters = {"latest_allowed_generated_at": self._clock() + FUTURE_TOLERANCE_MS}
         found: dict[int, list[Violation]] = {i: list(v) for i, v in type_errors.items()}
+        ids = [record_id_of(record) for record in records]
         for number, rows in self._engine.failures(columns, parameters):  # type: ignore[arg-type]
             rule = self._rules[number]
             for row in rows:
-                found.setdefault(row, []).append(self._violation(rule, records[row], columns, row))
-        if not found:
-            return [Verdict(record_id=record_id_of(record)) for record in records]
+                found.setdefault(row, []).append(self._violation(rule, ids[row], columns, row))
         return [
-            Verdict(record_id=record_id_of(record), violations=_tidy(found.get(i, [])))
-            for i, record in enumerate(records)
+            Verdict(record_id=rid, violations=_tidy(found[i]))
+            if i in found
+            else Verdict(record_id=rid)
+            for i, rid in enumerate(ids)
         ]
 
     @staticmethod
-    def _violation(rule: _Rule, record: Any, columns: Columns, row: int) -> Violation:
-        message = f"{describe(record_id_of(record))}: {rule.message}"
+    def _violation(rule: _Rule, record_id: str | None, columns: Columns, row: int) -> Violation:
+        message = f"{describe(record_id)}: {rule.message}"
         column = _COLUMN_OF_FIELD.get(rule.field or "")
         value = _value_at(columns[column], row) if column in columns else None
         if isinstance(value, str):

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import math
+import re
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lineage_guard.contract.compiled_suite import compile_expectation
+from lineage_guard.contract.columns import ArrowFlattener, _Refused
+from lineage_guard.contract.compiled_suite import compile_expectation, to_re2
+from lineage_guard.contract.records import COLUMNS, Flattener, ParentRanks
 from lineage_guard.contract.validate import SuiteValidator
 from lineage_guard.lineage.errors import ConfigError
 
@@ -85,6 +89,125 @@ records = st.fixed_dictionaries(
     }
 )
 
+# Well-typed records, as Avro decoding gives them (the Arrow fast path takes these batches),
+# with the edges of every column: blanks of every kind of Unicode whitespace, empty strings,
+# the first and last representable moments, other time zones, 64-bit epoch millis.
+clean_texts = st.one_of(
+    st.none(), st.sampled_from(BLANKS), st.text(max_size=8), st.sampled_from(["acme", " x "])
+)
+clean_moments = st.one_of(
+    st.none(),
+    st.sampled_from(
+        [
+            NOW + timedelta(minutes=5),
+            NOW + timedelta(minutes=5, milliseconds=1),
+            datetime(1, 1, 1, tzinfo=UTC),
+            datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC),
+            datetime(2026, 11, 27, 14, 5, tzinfo=timezone(timedelta(hours=2))),
+            datetime(2026, 11, 27, 12, 5, 0, 1000),  # naive: read as UTC
+        ]
+    ),
+    st.datetimes(
+        min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)
+    ).map(lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000)),
+)
+clean_millis = st.one_of(
+    st.none(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.sampled_from([int(NOW_MS) + 300_000, int(NOW_MS) + 300_001, 0, -1, 2**53 + 1]),
+)
+clean_generators = st.one_of(
+    st.none(),
+    st.fixed_dictionaries(
+        {"name": clean_texts, "parameters_sha256": st.one_of(st.none(), hashes)},
+        optional={"model": st.none()},
+    ),
+)
+
+
+def clean_provenances(moments: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(
+        st.none(),
+        st.fixed_dictionaries(
+            {
+                "content_class": st.one_of(
+                    st.none(), st.sampled_from(["HUMAN", "AI_ASSISTED", "SYNTHETIC", "robot", ""])
+                ),
+                "origin_env": origins,
+                "source_system": clean_texts,
+                "generator": clean_generators,
+                "generated_at": moments,
+                "disclosure": clean_texts,
+                "parent_record_ids": st.one_of(
+                    st.none(), st.lists(st.sampled_from(IDS), max_size=3)
+                ),
+            },
+        ),
+    )
+
+
+def clean_records(moments: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries(
+        {
+            "record_id": st.one_of(st.sampled_from(IDS), st.none(), st.sampled_from(["x", ""])),
+            "tenant_id": clean_texts,
+            "provenance": clean_provenances(moments),
+        },
+        optional={"subject": st.text(max_size=4)},
+    )
+
+
+clean_batches = st.one_of(
+    st.lists(clean_records(clean_moments), min_size=1, max_size=80),
+    st.lists(clean_records(clean_millis), min_size=1, max_size=80),
+)
+# Values of the wrong type, one kind per batch, dropped into otherwise clean records.
+WRONG = [
+    b"acme",
+    True,
+    1.5,
+    math.nan,
+    math.inf,
+    -(2**70),
+    ("x",),
+    ["x"],
+    {"k": "v"},
+    "\ud800",
+    "2026-11-27T12:05:00Z",
+    NOW + timedelta(microseconds=1),
+]
+WRONG_PATHS = [
+    ("record_id",),
+    ("tenant_id",),
+    ("provenance",),
+    ("provenance", "content_class"),
+    ("provenance", "source_system"),
+    ("provenance", "generator"),
+    ("provenance", "generated_at"),
+    ("provenance", "parent_record_ids"),
+]
+
+
+@st.composite
+def dirty_batches(draw: st.DrawFn) -> list[Any]:
+    batch: list[Any] = draw(st.lists(clean_records(clean_moments), min_size=1, max_size=40))
+    for _ in range(draw(st.integers(min_value=1, max_value=3))):
+        i = draw(st.integers(min_value=0, max_value=len(batch) - 1))
+        path, value = draw(st.sampled_from(WRONG_PATHS)), draw(st.sampled_from(WRONG))
+        if draw(st.booleans()) and path == ("record_id",):
+            batch[i] = draw(st.sampled_from([None, "record", ["record"], 7]))  # not an object
+            continue
+        target = batch[i]
+        if not isinstance(target, dict):
+            continue
+        for key in path[:-1]:
+            if not isinstance(target.get(key), dict):
+                break
+            target = target[key]
+        else:
+            target[path[-1]] = value
+    return batch
+
 
 @pytest.fixture(scope="module")
 def engines() -> tuple[SuiteValidator, SuiteValidator]:
@@ -95,7 +218,7 @@ def engines() -> tuple[SuiteValidator, SuiteValidator]:
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(batch=st.lists(records, min_size=1, max_size=60))
+@given(batch=st.one_of(st.lists(records, min_size=1, max_size=60), clean_batches, dirty_batches()))
 def test_compiled_engine_agrees_with_gx(
     engines: tuple[SuiteValidator, SuiteValidator], batch: list[dict[str, Any]]
 ) -> None:
@@ -103,6 +226,117 @@ def test_compiled_engine_agrees_with_gx(
     expected = [(v.record_id, v.violations) for v in gx.validate(batch)]
     actual = [(v.record_id, v.violations) for v in compiled.validate(batch)]
     assert actual == expected
+
+
+def _same(a: list[Any], b: list[Any]) -> bool:
+    nan = [isinstance(x, float) and math.isnan(x) for x in a]
+    return nan == [isinstance(x, float) and math.isnan(x) for x in b] and [
+        None if n else x for x, n in zip(a, nan, strict=True)
+    ] == [None if n else x for x, n in zip(b, nan, strict=True)]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(batches=st.lists(st.one_of(clean_batches, dirty_batches()), min_size=1, max_size=4))
+def test_arrow_columns_equal_the_reference_columns(batches: list[list[Any]]) -> None:
+    """Column by column, value by value (and the parents' ranks after each batch), the Arrow
+    flattener gives what the reference flattener gives, across consecutive batches."""
+    arrow, reference = ArrowFlattener(ParentRanks()), Flattener(ParentRanks())
+    for batch in batches:
+        columns, errors = arrow.flatten(batch)
+        expected, expected_errors = reference.flatten(batch)
+        for name in COLUMNS:
+            assert _same(columns[name].to_pylist(), expected[name]), name
+        assert errors == expected_errors
+        assert arrow.parents._ranks == reference.parents._ranks
+
+
+@settings(max_examples=300, deadline=None)
+@given(batch=clean_batches)
+def test_well_typed_batches_take_the_arrow_path(batch: list[Any]) -> None:
+    ArrowFlattener()._fast(batch)  # raises `_Refused` if it would fall back
+
+
+@pytest.mark.parametrize(
+    ("batch", "wrong"),
+    [
+        ([{"record_id": b"x"}], "record_id"),
+        ([{"provenance": {"generated_at": True}}], "provenance.generated_at"),
+        ([{"provenance": {"generated_at": 1.5}}], None),  # epoch millis as a float: allowed
+        ([{"provenance": {"parent_record_ids": ("a",)}}], "provenance.parent_record_ids"),
+        ([{"provenance": {"parent_record_ids": "ab"}}], "provenance.parent_record_ids"),
+        ([{"provenance": [("content_class", "HUMAN")]}], "provenance"),
+        ([None], "(record)"),
+        ([{"tenant_id": "\ud800"}], "tenant_id"),
+        ([{"provenance": {"generated_at": NOW + timedelta(microseconds=1500)}}], None),
+    ],
+)
+def test_values_arrow_would_coerce_fall_back_to_the_reference(
+    batch: list[Any], wrong: str | None
+) -> None:
+    """Arrow converts bytes to strings, tuples and strings to lists, None to a null struct:
+    those batches go through the reference flattener, which reports them (or, for values the
+    contract allows, converts them as it always did)."""
+    with pytest.raises(_Refused):
+        ArrowFlattener()._fast(batch)
+    columns, errors = ArrowFlattener().flatten(batch)
+    assert [v.column for v in errors.get(0, [])] == ([wrong] if wrong else [])
+    if wrong is None:
+        expected, _ = Flattener().flatten(batch)
+        assert columns["generated_at"].to_pylist() == expected["generated_at"]
+
+
+PATTERNS = [
+    r"\S",
+    r"\s+",
+    r"^[0-9a-f]{64}\Z",
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}\Z",
+    r"^a.c\Z",
+    r"(?:ab|cd)+x?",
+    r"\Aab*\.",
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(
+            st.text(max_size=6),
+            st.text(alphabet="ab.cdx \n\t\u00a0\u2003\u3000\u1680\u0085\u000b", max_size=6),
+            st.text(alphabet="0123456789abcdefABCDEF-", min_size=60, max_size=66),
+        ),
+        max_size=20,
+    )
+)
+def test_translated_regexes_search_like_python(values: list[str]) -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for pattern in PATTERNS:
+        translated = to_re2(pattern)
+        assert translated is not None, pattern
+        found = pc.match_substring_regex(pa.array(values, pa.string()), translated).to_pylist()
+        assert found == [re.search(pattern, v) is not None for v in values], pattern
+
+
+@pytest.mark.parametrize(
+    "pattern", [r"\d", r"\w+", r"a$", r"(?i)a", r"(?=a)", r"[\s]", r"a{1001}", r"(a)\1", r"a++"]
+)
+def test_regexes_that_differ_in_re2_run_in_python(pattern: str) -> None:
+    assert to_re2(pattern) is None
+    [check] = [compile_expectation(_regex_on("tenant_id", pattern))]
+    import pyarrow as pa
+
+    values = ["a", "1", "\u0661", "é", "", None, "a\n", "aa"]
+    columns = {"tenant_id": pa.array(values, pa.string())}
+    failing = check(columns, {}).to_pylist()
+    assert failing == [v is not None and re.search(pattern, v) is None for v in values]
+
+
+def _regex_on(column: str, pattern: str) -> dict[str, Any]:
+    return {
+        "type": "expect_column_values_to_match_regex",
+        "kwargs": {"column": column, "regex": pattern},
+    }
 
 
 def test_boundary_timestamps_agree(engines: tuple[SuiteValidator, SuiteValidator]) -> None:
