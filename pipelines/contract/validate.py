@@ -24,7 +24,6 @@ from lineage_guard.contract.records import (
     Flattener,
     ParentRanks,
     describe,
-    record_id_of,
     shorten,
 )
 from lineage_guard.contract.verdicts import Verdict, Violation
@@ -208,7 +207,7 @@ class SuiteValidator:
         columns, type_errors = self._flattener.flatten(records)
         parameters = {"latest_allowed_generated_at": self._clock() + FUTURE_TOLERANCE_MS}
         found: dict[int, list[Violation]] = {i: list(v) for i, v in type_errors.items()}
-        ids = [record_id_of(record) for record in records]
+        ids = _values(columns["record_id"])  # str or None: what `record_id_of` returns
         for number, rows in self._engine.failures(columns, parameters):  # type: ignore[arg-type]
             rule = self._rules[number]
             for row in rows:
@@ -236,6 +235,10 @@ Columns = Mapping[str, Any]  # a list per column (GX engine) or a `pyarrow.Array
 _COLUMN_OF_FIELD: dict[str, str] = {}
 for _column, _field in FIELD_OF_COLUMN.items():
     _COLUMN_OF_FIELD.setdefault(_field, _column)
+
+
+def _values(values: Any) -> list[Any]:
+    return values if isinstance(values, list) else values.to_pylist()
 
 
 def _value_at(values: Any, row: int) -> Any:
