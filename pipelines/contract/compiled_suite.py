@@ -261,9 +261,12 @@ _COMPARISONS: dict[str, Callable[[pa.Array, Any], pa.Array]] = {
 @functools.cache
 def _whitespace_class(negated: bool) -> str:
     """Python's `\\s` for str patterns, as an RE2 class, found by Python's `re` itself."""
-    every = "".join(map(chr, range(sys.maxunicode + 1)))
+    spaces = []
+    for start in range(0, sys.maxunicode + 1, 1 << 16):  # by planes: small peak memory
+        plane = "".join(map(chr, range(start, min(start + (1 << 16), sys.maxunicode + 1))))
+        spaces += re.findall(r"\s", plane)
     ranges: list[tuple[int, int]] = []
-    for c in map(ord, re.findall(r"\s", every)):
+    for c in map(ord, spaces):
         if ranges and ranges[-1][1] == c - 1:
             ranges[-1] = (ranges[-1][0], c)
         else:
