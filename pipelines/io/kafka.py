@@ -224,8 +224,12 @@ class KafkaSink:
         output_topic: str,
         quarantine_topic: str,
         commit_interval_s: float = 1.0,
+        commits: bool = True,
     ) -> None:
+        """`commits=False`: the caller commits offsets itself (the streaming write step does,
+        from keyed state); `flush()` then only waits for delivery."""
         self.settings = settings
+        self.commits = commits
         self.output_topic = output_topic
         self.quarantine_topic = quarantine_topic
         self._producer = settings.producer()
@@ -313,6 +317,8 @@ class KafkaSink:
                 self._to_commit[key] = done.next_offset
 
     def _commit(self) -> None:
+        if not self.commits:
+            self._to_commit.clear()
         if self._to_commit:
             offsets = [TopicPartition(t, p, o) for (t, p), o in self._to_commit.items()]
             try:
