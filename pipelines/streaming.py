@@ -251,8 +251,14 @@ def streaming_options(config: GuardConfig, prism_location: str | None) -> Pipeli
     portable = config.runner in ("PrismRunner", "FlinkRunner", "PortableRunner")
     if portable and "--environment_type" not in given:
         args.append("--environment_type=LOOPBACK")
-    if config.runner == "PrismRunner" and prism_location and "--prism_location" not in given:
-        args.append(f"--prism_location={prism_location}")
+    if config.runner == "PrismRunner":
+        if prism_location and "--prism_location" not in given:
+            args.append(f"--prism_location={prism_location}")
+        # Prism 2.77 splits a slow bundle by handing its unstarted elements to a new bundle
+        # and releases their keys, even a key the running half still holds: two bundles of
+        # one topic-partition then run at once and one's state writes are lost. Our reader
+        # checkpoints itself, so Prism's progress-based splits are turned off.
+        args.append("--experiments=prism_disable_sdf_split")
     return PipelineOptions([*args, *config.beam_args])
 
 

@@ -179,6 +179,7 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):  # type: ignore[misc]
         consumer, next_offset = self._consumer_at(topic, partition, position)
         deadline = time.monotonic() + self.process_s
         idle = True
+        stopped = False
         while time.monotonic() < deadline:
             messages = consumer.consume(num_messages=self.max_chunk, timeout=self.poll_s)
             items = []
@@ -193,6 +194,10 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):  # type: ignore[misc]
                 offset = message.offset()
                 assert offset is not None  # data messages always carry their offset
                 if not tracker.try_claim(offset):
+                    # The runner checkpointed this element meanwhile: the rest is not ours.
+                    # The consumer read past it, so the next call must seek.
+                    stopped = True
+                    next_offset[0] = -1
                     break
                 items.append(
                     Item(
@@ -207,18 +212,23 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):  # type: ignore[misc]
                         )
                     )
                 )
+            if items:
+                idle = False
+                stop = items[-1].source.offset + 1
+                chunk = Chunk(
+                    start=position,
+                    stop=stop,
+                    batch=Batch(topic=topic, partition=partition, items=tuple(items)),
+                )
+                position = stop
+                if not stopped:
+                    next_offset[0] = stop
+                self.read.inc(len(items))
+                yield beam.window.TimestampedValue(chunk, self._advance(watermark, items))
+            if stopped:
+                return  # the residual is already the runner's
             if not items:
-                break  # caught up (or stopped): give the runner a checkpoint
-            idle = False
-            stop = items[-1].source.offset + 1
-            chunk = Chunk(
-                start=position,
-                stop=stop,
-                batch=Batch(topic=topic, partition=partition, items=tuple(items)),
-            )
-            position = next_offset[0] = stop
-            self.read.inc(len(items))
-            yield beam.window.TimestampedValue(chunk, self._advance(watermark, items))
+                break  # caught up: give the runner a checkpoint
         if idle:
             # Nothing new: an idle partition must not hold back the pipeline's watermark.
             now = Timestamp.now() - Duration(seconds=1)
