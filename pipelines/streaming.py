@@ -135,13 +135,6 @@ class DeliverAndCommit(beam.DoFn):
         self.io: KafkaIO = config.io
 
     def setup(self) -> None:
-        self.sink = KafkaSink(
-            self.io.settings,
-            output_topic=self.io.output_topic,
-            quarantine_topic=self.io.quarantine_topic,
-            commits=False,
-        )
-        self.committer = self.io.settings.consumer()
         self.recorder = (
             LineageRecorder(
                 self.config.lineage_store,
@@ -152,6 +145,14 @@ class DeliverAndCommit(beam.DoFn):
             if self.config.lineage_store
             else None
         )
+        self.sink = KafkaSink(
+            self.io.settings,
+            output_topic=self.io.output_topic,
+            quarantine_topic=self.io.quarantine_topic,
+            on_answered=self.recorder.confirm if self.recorder is not None else None,
+            commits=False,
+        )
+        self.committer = self.io.settings.consumer()
         self.counters: dict[str, Any] = {}
 
     def teardown(self) -> None:
@@ -168,11 +169,12 @@ class DeliverAndCommit(beam.DoFn):
     ) -> None:
         _key, part = element
         batch = part.batch
+        receipt = None
         if self.recorder is not None:
-            self.recorder.record(
+            receipt = self.recorder.record(
                 batch, allowed_to=self.io.output_topic, quarantined_to=self.io.quarantine_topic
             )
-        self.sink.write(batch)
+        self.sink.write(batch, receipt)
         self.sink.flush()  # raises unless Kafka acknowledged every record of the batch
         self._count(batch)
 
