@@ -32,6 +32,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.periodicsequence import PeriodicImpulse
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -103,7 +104,7 @@ class PartitionTracker(OffsetRestrictionTracker):
         return bool(self.current_restriction().stop != UNBOUNDED)
 
 
-class ReadPartitions(beam.DoFn, RestrictionProvider):  # type: ignore[misc]
+class ReadPartitions(beam.DoFn, RestrictionProvider):
     """Reads each topic-partition element from its committed offset, forever; its own
     restriction provider: `[committed, ∞)` per topic-partition."""
 
@@ -224,7 +225,7 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):  # type: ignore[misc]
                 if not stopped:
                     next_offset[0] = stop
                 self.read.inc(len(items))
-                yield beam.window.TimestampedValue(chunk, self._advance(watermark, items))
+                yield TimestampedValue(chunk, self._advance(watermark, items))
             if stopped:
                 return  # the residual is already the runner's
             if not items:
@@ -280,7 +281,7 @@ class FirstSighting(beam.DoFn):
             yield element[1]
 
 
-class ReadFromKafka(beam.PTransform):  # type: ignore[misc]
+class ReadFromKafka(beam.PTransform):
     """Unbounded `Chunk`s from `topics`, from the group's committed offsets on; partitions
     added later are found within `discovery_interval_s`."""
 
