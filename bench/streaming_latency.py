@@ -2,11 +2,14 @@
 
     python bench/streaming_latency.py --runner prism --prism /path/to/prism
     python bench/streaming_latency.py --runner inprocess      # the old loop of bounded rounds
+    python bench/streaming_latency.py --runner flink \
+        --job-endpoint "$(bash infra/flink/flink.sh start | tail -1)"
     python bench/streaming_latency.py --runner prism --singles 200 --records 50000
 
 Needs a broker (`--bootstrap-servers`, default `$KAFKA_BOOTSTRAP_SERVERS`). Each run makes its
 own topics (3 partitions). Modes:
 - `prism`: the endless guard as one streaming job (`lineage_guard.streaming`) on Prism.
+- `flink`: the same job on Beam's Flink job server (`infra/flink/flink.sh`), LOOPBACK workers.
 - `inprocess`: bounded runs on Beam's in-process runner, one after another, as the endless mode
   did before it became one streaming job (a round that found nothing waits `--poll-interval`).
 
@@ -39,8 +42,9 @@ PARTITIONS = 3
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runner", choices=("prism", "inprocess"), required=True)
+    parser.add_argument("--runner", choices=("prism", "flink", "inprocess"), required=True)
     parser.add_argument("--prism", default=os.environ.get("LINEAGE_GUARD_PRISM"))
+    parser.add_argument("--job-endpoint", help="flink: the job server, from flink.sh start")
     parser.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
     parser.add_argument("--singles", type=int, default=100)
     parser.add_argument("--records", type=int, default=20000)
@@ -68,14 +72,15 @@ def main() -> None:
         ),
         lineage_store=args.lineage_store,
         batch_size=args.batch_size,
-        runner="PrismRunner" if args.runner == "prism" else "FnApiRunner",
+        runner={"prism": "PrismRunner", "flink": "PortableRunner"}.get(args.runner, "FnApiRunner"),
+        beam_args=(f"--job_endpoint={args.job_endpoint}",) if args.runner == "flink" else (),
     )
     records = [
         (g.record["record_id"].encode(), encode_single_object(g.record, g.schema))
         for g in generate(args.singles + args.records + 1, seed=5)
     ]
     stop = threading.Event()
-    if args.runner == "prism":
+    if args.runner in ("prism", "flink"):
         from lineage_guard.streaming import run_streaming
 
         result = run_streaming(config, prism_location=args.prism)

@@ -44,7 +44,6 @@ from lineage_guard.recorder import LineageRecorder
 
 log = logging.getLogger(__name__)
 
-STREAMING_RUNNERS = ("PrismRunner", "FlinkRunner", "DataflowRunner", "PortableRunner")
 Span = tuple[int, int]  # offsets [start, stop) of one partition
 FRONTIER = ReadModifyWriteStateSpec("frontier", VarIntCoder())  # the last committed offset
 WAITING = ReadModifyWriteStateSpec("waiting", PickleCoder())  # delivered spans after a gap
