@@ -2,7 +2,7 @@
 
 The in-process `FnApiRunner` runs bounded pipelines only, so the endless mode picks a streaming
 runner (Prism, from `--prism-location`, `LINEAGE_GUARD_PRISM` or `prism` on PATH) and says so on
-stderr; `--runner FlinkRunner` (with Beam's `--flink_master=…` after `--`) or any other
+stderr; `--runner PortableRunner` (with `-- --job_endpoint=…` from `infra/flink/flink.sh`) or any other
 streaming runner is taken as given.
 """
 
@@ -48,8 +48,8 @@ def streaming_config(config: GuardConfig, prism_location: str | None) -> tuple[G
     if runner == "PrismRunner" and not prism:
         raise ConfigError(
             "The endless mode needs a streaming runner: give `--prism-location PATH` "
-            "(build it with `infra/prism/prism.sh build`), or `--runner FlinkRunner`, "
-            "or `--until-caught-up` for a bounded run."
+            "(build it with `infra/prism/prism.sh build`), or `--runner PortableRunner` "
+            "with `-- --job_endpoint=HOST:PORT` (infra/flink/flink.sh start), or `--until-caught-up`."
         )
     return dataclasses.replace(config, runner=runner), prism
 
