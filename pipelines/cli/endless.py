@@ -2,8 +2,8 @@
 
 The in-process `FnApiRunner` runs bounded pipelines only, so the endless mode picks a streaming
 runner (Prism, from `--prism-location`, `LINEAGE_GUARD_PRISM` or `prism` on PATH) and says so on
-stderr; `--runner PortableRunner` (with `-- --job_endpoint=…` from `infra/flink/flink.sh`) or any other
-streaming runner is taken as given.
+stderr; `--runner PortableRunner` (with `-- --job_endpoint=…`, e.g. from `infra/flink/flink.sh`)
+or any other streaming runner is taken as given.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def streaming_config(config: GuardConfig, prism_location: str | None) -> tuple[G
         raise ConfigError(
             "The endless mode needs a streaming runner: give `--prism-location PATH` "
             "(build it with `infra/prism/prism.sh build`), or `--runner PortableRunner` "
-            "with `-- --job_endpoint=HOST:PORT` (infra/flink/flink.sh start), or `--until-caught-up`."
+            "with `-- --job_endpoint=HOST:PORT` (e.g. `infra/flink/flink.sh start`), "
+            "or `--until-caught-up` for a bounded run."
         )
     return dataclasses.replace(config, runner=runner), prism
 
