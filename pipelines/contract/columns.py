@@ -100,7 +100,7 @@ class ArrowFlattener:
         parent_lists = _field(provs, "parent_record_ids")
         _check_parent_lists(parent_lists)
         # Every column is accepted: only now may the parents' ranks be read and updated.
-        ranks = [CLASS_RANK.get(c) for c in classes]  # type: ignore[arg-type]
+        ranks = [CLASS_RANK.get(c) for c in classes]
         columns["class_rank"] = pa.array(ranks, pa.int8())
         columns["max_parent_class_rank"] = pa.array(
             self._parent_ranks(record_ids, ranks, parent_lists), pa.int8()
@@ -121,7 +121,7 @@ class ArrowFlattener:
         return out
 
 
-def _field(objects: list[dict[str, Any]], key: str) -> list[Any]:
+def _field(objects: Sequence[Any], key: str) -> list[Any]:
     """`key` of every object (None where missing); C-speed when every object has it."""
     try:
         return list(map(itemgetter(key), objects))

@@ -207,8 +207,8 @@ class SuiteValidator:
         columns, type_errors = self._flattener.flatten(records)
         parameters = {"latest_allowed_generated_at": self._clock() + FUTURE_TOLERANCE_MS}
         found: dict[int, list[Violation]] = {i: list(v) for i, v in type_errors.items()}
-        ids = _values(columns["record_id"])  # str or None: what `record_id_of` returns
-        for number, rows in self._engine.failures(columns, parameters):  # type: ignore[arg-type]
+        ids = _values(columns["record_id"])  # a usable id (valid Unicode text) or None
+        for number, rows in self._engine.failures(columns, parameters):
             rule = self._rules[number]
             for row in rows:
                 found.setdefault(row, []).append(self._violation(rule, ids[row], columns, row))
@@ -223,7 +223,7 @@ class SuiteValidator:
     def _violation(rule: _Rule, record_id: str | None, columns: Columns, row: int) -> Violation:
         message = f"{describe(record_id)}: {rule.message}"
         column = _COLUMN_OF_FIELD.get(rule.field or "")
-        value = _value_at(columns[column], row) if column in columns else None
+        value = _value_at(columns[column], row) if column is not None else None
         if isinstance(value, str):
             message += f" (`{rule.field}` is {shorten(value)!r})"
         elif rule.field:
