@@ -105,6 +105,11 @@ class LineageStore(Protocol):
         `decisions`, when given."""
         ...
 
+    def content_classes(self, record_ids: Collection[str]) -> dict[str, str]:
+        """The highest content class (HUMAN < AI_ASSISTED < SYNTHETIC) recorded for each of
+        `record_ids`; ids with no recorded class are left out."""
+        ...
+
     def events(
         self,
         *,
@@ -140,6 +145,13 @@ class LineageStore(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+# The content classes in rank order, as SQL: `MAX(CLASS_RANK_SQL)` is the highest recorded.
+CLASS_RANK_SQL = (
+    "CASE content_class WHEN 'HUMAN' THEN 0 WHEN 'AI_ASSISTED' THEN 1 WHEN 'SYNTHETIC' THEN 2 END"
+)
+CLASS_OF_RANK = ("HUMAN", "AI_ASSISTED", "SYNTHETIC")
 
 
 def open_store(url: str, *, create: bool = True) -> LineageStore:

@@ -46,6 +46,7 @@ __all__ = [
     "test_append_then_trace_round_trips_every_field",
     "test_chains_lists_every_chain",
     "test_concurrent_appends_never_fork_a_chain",
+    "test_content_classes_gives_the_highest_class_recorded_per_id",
     "test_deleting_a_chain_head_is_detected",
     "test_deleting_an_event_in_the_middle_is_detected",
     "test_deleting_the_last_event_is_detected",
@@ -351,6 +352,32 @@ def test_trace_many_filters_by_stage_and_decisions(store: LineageStore) -> None:
     ]
     assert store.trace_many(ids, decisions=[]) == []
     assert store.trace_many([]) == []
+
+
+def test_content_classes_gives_the_highest_class_recorded_per_id(store: LineageStore) -> None:
+    store.append(
+        [
+            *journey("a", offset=0, content_class="HUMAN"),
+            *journey("b", offset=1, content_class="AI_ASSISTED"),
+            *journey("c", offset=2, content_class=None),
+        ],
+        chain_id=CHAIN,
+    )
+    # a later pass records `a` again, as SYNTHETIC, and `b` as HUMAN: the highest class wins
+    store.append(
+        [
+            *journey("a", offset=3, content_class="SYNTHETIC"),
+            *journey("b", offset=4, content_class="HUMAN"),
+        ],
+        chain_id=OTHER_CHAIN,
+    )
+    many = [f"missing-{n}" for n in range(1200)]  # more ids than one IN (…) / ANY chunk
+
+    assert store.content_classes(["a", "b", "c", "d", *many]) == {
+        "a": "SYNTHETIC",
+        "b": "AI_ASSISTED",
+    }
+    assert store.content_classes([]) == {}
 
 
 def test_trace_of_an_unknown_record_is_empty(store: LineageStore) -> None:

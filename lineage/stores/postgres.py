@@ -27,6 +27,8 @@ from lineage_guard.lineage.chain import ChainHead, Verification, first_break, he
 from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError
 from lineage_guard.lineage.events import GENESIS_HASH, Decision, LineageEvent, Stage, StoredEvent
 from lineage_guard.lineage.store import (
+    CLASS_OF_RANK,
+    CLASS_RANK_SQL,
     EVENT_COLUMNS,
     event_row,
     first_line,
@@ -204,6 +206,19 @@ class PostgresStore:
             params = [ids[start : start + ANY_CHUNK], *filters]
             found.extend(map(stored_from_row, self._fetchall(query, params)))
         return sorted(found, key=order_key)
+
+    def content_classes(self, record_ids: Collection[str]) -> dict[str, str]:
+        ids = list(dict.fromkeys(record_ids))
+        query = (
+            f"SELECT record_id, MAX({CLASS_RANK_SQL}) FROM lineage_events"
+            " WHERE record_id = ANY(%s) AND content_class IS NOT NULL GROUP BY record_id"
+        )
+        found: dict[str, str] = {}
+        for start in range(0, len(ids), ANY_CHUNK):
+            for record_id, rank in self._fetchall(query, [ids[start : start + ANY_CHUNK]]):
+                if rank is not None:
+                    found[record_id] = CLASS_OF_RANK[rank]
+        return found
 
     def events(
         self,

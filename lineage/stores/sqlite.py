@@ -22,6 +22,8 @@ from lineage_guard.lineage.chain import ChainHead, Verification, first_break, he
 from lineage_guard.lineage.errors import ServiceUnavailableError
 from lineage_guard.lineage.events import Decision, LineageEvent, Stage, StoredEvent, format_time
 from lineage_guard.lineage.store import (
+    CLASS_OF_RANK,
+    CLASS_RANK_SQL,
     EVENT_COLUMNS,
     event_row,
     first_line,
@@ -184,6 +186,21 @@ class SqliteStore:
                 params.extend(str(decision) for decision in decisions)
             found.extend(map(stored_from_row, self._fetchall(query, params)))
         return sorted(found, key=order_key)
+
+    def content_classes(self, record_ids: Collection[str]) -> dict[str, str]:
+        ids = list(dict.fromkeys(record_ids))
+        found: dict[str, str] = {}
+        for start in range(0, len(ids), IN_CHUNK):
+            chunk = ids[start : start + IN_CHUNK]
+            query = (
+                f"SELECT record_id, MAX({CLASS_RANK_SQL}) FROM lineage_events"
+                f" WHERE record_id IN ({', '.join('?' for _ in chunk)})"
+                " AND content_class IS NOT NULL GROUP BY record_id"
+            )
+            for record_id, rank in self._fetchall(query, chunk):
+                if rank is not None:
+                    found[record_id] = CLASS_OF_RANK[rank]
+        return found
 
     def events(
         self,
