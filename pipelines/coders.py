@@ -174,4 +174,3 @@ class BatchCoder(Coder):  # type: ignore[misc]  # Beam's Coder is untyped
 
     def __hash__(self) -> int:
         return hash(type(self))
-

@@ -85,17 +85,16 @@ def build(
     """
     io = config.io
 
-    def source(label: str) -> beam.PTransform:
+    def source(label: str, counter: str | None) -> beam.PTransform:
         if isinstance(io, KafkaIO):
-            return label >> ReadKafka(io.settings, ranges, config.batch_size)
-        return label >> ReadFiles(io.inputs, config.batch_size)
+            return label >> ReadKafka(io.settings, ranges, config.batch_size, counter=counter)
+        return label >> ReadFiles(io.inputs, config.batch_size, counter=counter)
 
     decode = {"raw_schema": config.raw_schema, "schema_registry": config.schema_registry}
     parents = (
-        (pipeline | source("IndexRead") | "IndexDecode" >> DecodeRecords(**decode)).valid
-        | "ParentClasses" >> ParentClasses()
-    )
-    decoded = pipeline | source("Read") | "Decode" >> DecodeRecords(**decode)
+        pipeline | source("IndexRead", None) | "IndexDecode" >> DecodeRecords(**decode)
+    ).valid | "ParentClasses" >> ParentClasses()
+    decoded = pipeline | source("Read", "read") | "Decode" >> DecodeRecords(**decode)
     validated = decoded.guarded | "Validate" >> ValidateProvenance(
         config.engine, parents=parents, lineage_store=config.lineage_store
     )

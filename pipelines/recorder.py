@@ -38,9 +38,15 @@ class LineageRecorder:
             quarantined_to=quarantined_to,
         )
         first = batch.items[0].source.offset
-        # One chain per batch: `trace` verifies a chain of one batch, not of a whole run.
-        chain_id = f"{self.run_id}/{batch.topic}/{batch.partition}/{first}"
-        self._retrying(lambda store: store.append(events, chain_id=chain_id))
+        # One chain per batch and hop, keyed on the batch's source position: `trace` verifies
+        # a chain of one batch, and a retried bundle finds its chain already written.
+        chain_id = f"{self.run_id}/{self.pipeline}/{batch.topic}/{batch.partition}/{first}"
+
+        def append(store: Any) -> None:
+            if store.head(chain_id) is None:  # a retried bundle: recorded already, all or none
+                store.append(events, chain_id=chain_id)
+
+        self._retrying(append)
 
     def close(self) -> None:
         if self.store is not None:

@@ -85,17 +85,19 @@ def _typed(outputs: Any, *tags: str) -> Any:
 
 
 class _ReadKafka(beam.DoFn):
-    def __init__(self, settings: KafkaSettings, batch_size: int) -> None:
+    def __init__(self, settings: KafkaSettings, batch_size: int, counter: str | None) -> None:
         self.settings = settings
         self.batch_size = batch_size
+        self.counter = counter
 
     def setup(self) -> None:
         self.consumer = self.settings.consumer()
-        self.read = Metrics.counter(NAMESPACE, "read")
+        self.read = Metrics.counter(NAMESPACE, self.counter) if self.counter else None
 
     def process(self, part: PartitionRange) -> Iterator[Batch]:
         for batch in read_range(self.consumer, part, self.batch_size, self.settings.timeout_s):
-            self.read.inc(len(batch.items))
+            if self.read is not None:
+                self.read.inc(len(batch.items))
             yield batch
 
     def teardown(self) -> None:
@@ -103,18 +105,22 @@ class _ReadKafka(beam.DoFn):
 
 
 class ReadKafka(beam.PTransform):  # type: ignore[misc]
-    """Bounded: the given partition ranges, each read in offset order by one worker."""
+    """Bounded: the given partition ranges, each read in offset order by one worker.
+    `counter`: the Beam counter that counts records read (None: not counted)."""
 
     def __init__(
         self,
         settings: KafkaSettings,
         ranges: Sequence[PartitionRange],
         batch_size: int = 2000,
+        *,
+        counter: str | None = "read",
     ) -> None:
         super().__init__()
         self.settings = settings
         self.ranges = list(ranges)
         self.batch_size = batch_size
+        self.counter = counter
 
     def expand(self, pbegin: PBegin) -> PCollection[Batch]:
         return (
@@ -122,20 +128,24 @@ class ReadKafka(beam.PTransform):  # type: ignore[misc]
             | "Partitions" >> beam.Create(self.ranges)
             | "Spread" >> beam.Reshuffle()
             | "Read"
-            >> beam.ParDo(_ReadKafka(self.settings, self.batch_size)).with_output_types(Batch)
+            >> beam.ParDo(
+                _ReadKafka(self.settings, self.batch_size, self.counter)
+            ).with_output_types(Batch)
         )
 
 
 class _ReadFiles(beam.DoFn):
-    def __init__(self, batch_size: int) -> None:
+    def __init__(self, batch_size: int, counter: str | None) -> None:
         self.batch_size = batch_size
+        self.counter = counter
 
     def setup(self) -> None:
-        self.read = Metrics.counter(NAMESPACE, "read")
+        self.read = Metrics.counter(NAMESPACE, self.counter) if self.counter else None
 
     def process(self, path: str) -> Iterator[Batch]:
         for batch in read_file(path, self.batch_size):
-            self.read.inc(len(batch.items))
+            if self.read is not None:
+                self.read.inc(len(batch.items))
             yield batch
 
 
@@ -143,17 +153,21 @@ class ReadFiles(beam.PTransform):  # type: ignore[misc]
     """Avro container or JSON Lines files (paths or `FileSystems` URIs), one file per worker,
     as batches whose position is (file, 0, record index)."""
 
-    def __init__(self, paths: Sequence[str], batch_size: int = 2000) -> None:
+    def __init__(
+        self, paths: Sequence[str], batch_size: int = 2000, *, counter: str | None = "read"
+    ) -> None:
         super().__init__()
         self.paths = list(paths)
         self.batch_size = batch_size
+        self.counter = counter
 
     def expand(self, pbegin: PBegin) -> PCollection[Batch]:
         return (
             pbegin
             | "Files" >> beam.Create(self.paths)
             | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(_ReadFiles(self.batch_size)).with_output_types(Batch)
+            | "Read"
+            >> beam.ParDo(_ReadFiles(self.batch_size, self.counter)).with_output_types(Batch)
         )
 
 
