@@ -1,7 +1,7 @@
 """Builds and runs the guard's Beam pipeline from the library's transforms
 (`lineage_guard.transforms`).
 
-    source ──► Decode ──► Validate ──► Enforce ──► RecordHop ──► Write (allowed | quarantine)
+    source ──► Decode ──► Validate ──► Enforce ──► Write (allowed | quarantine, + lineage hop)
 
 The elements are micro-batches of one partition (`lineage_guard.items.Batch`): GX runs once per
 batch, and a record that a stage stops stays in its batch, marked, so the write stage sees every
@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
@@ -35,19 +35,23 @@ from lineage_guard.lineage.errors import (
     ServiceUnavailableError,
 )
 from lineage_guard.lineage.store import first_line
+from lineage_guard.recorder import LineageRecorder
 from lineage_guard.transforms import (
     NAMESPACE,
     DecodeRecords,
     EnforcePolicies,
     FilesIO,
     KafkaIO,
+    Lineage,
     ParentClasses,
     ReadFiles,
     ReadKafka,
-    RecordHop,
     ValidateProvenance,
     WriteGuarded,
 )
+
+if TYPE_CHECKING:
+    from lineage_guard.lineage.checkpoints import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,7 @@ class GuardConfig:
     schema_registry: str | None = None
     lineage_store: str | None = None  # None: lineage off
     lineage_retry_s: float = 300.0
+    signing_key: str | None = None  # an Ed25519 PEM file: sign the chain heads at the end
     batch_size: int = 2000
     engine: str = "compiled"
     pipeline_name: str = "lineage-guard"
@@ -77,7 +82,7 @@ def build(
     """The guard's graph, from the library's transforms::
 
         source ─► Decode ─► ParentClasses ─────────────┐ (side input: the run's generated records)
-        source ─► Decode ─► ValidateProvenance ◄───────┘ ─► EnforcePolicies ─► RecordHop ─► Write
+        source ─► Decode ─► ValidateProvenance ◄───────┘ ─► EnforcePolicies ─► Write (+ hop)
 
     The source is read twice: once to learn the class of every generated record in the run,
     once to guard it. A child is judged only after every partition's parents are known, so its
@@ -99,17 +104,18 @@ def build(
         config.engine, parents=parents, lineage_store=config.lineage_store
     )
     enforced = validated.guarded | "Enforce" >> EnforcePolicies(config.policies)
-    guarded = enforced.guarded
-    if config.lineage_store:
-        guarded = guarded | "Lineage" >> RecordHop(
-            config.pipeline_name,
-            config.lineage_store,
-            destinations=io,
+    lineage = (
+        Lineage(
+            store_url=config.lineage_store,
+            stage=config.pipeline_name,
             run_id=config.run_id,
             retry_s=config.lineage_retry_s,
         )
+        if config.lineage_store
+        else None
+    )
     expected = sum(r.size for r in ranges) if isinstance(io, KafkaIO) else None
-    _ = guarded | "Write" >> WriteGuarded(io, expected)
+    _ = enforced.guarded | "Write" >> WriteGuarded(io, expected, lineage=lineage)
 
 
 # Runners whose workers run in this process or on this machine, in this working directory.
@@ -218,12 +224,23 @@ def run_once(config: GuardConfig) -> Summary:
         if is_local(config.runner) or _ours(exc):
             raise  # a worker's own error (handled by the CLI), or a bug
         raise ServiceUnavailableError(
-            f"The `{config.runner}` runner could not run the job: {first_line(exc)}"
-            " Check the runner's options (job server or cluster address) after `--`."
+            f"The `{config.runner}` runner could not run the job: {_cause(exc)}. Check the "
+            "runner's options after `--` (job server, cluster, workers with lineage-guard)."
         ) from exc
     if isinstance(config.io, FilesIO):
         finalize_files(config.io.out_dir, config.io.names)
     return _summary(result)
+
+
+def _cause(exc: BaseException) -> str:
+    """One line: a worker's traceback, as runners relay it, shortened to its last line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if any("Traceback (most recent call last)" in line for line in lines):
+        head = lines[0].split("Traceback (most recent call last)")[0].strip(" :")
+        return f"{head}: {lines[-1]}" if head else lines[-1]
+    return lines[0].rstrip(".")
 
 
 def _ours(exc: BaseException) -> bool:
@@ -235,6 +252,25 @@ def _ours(exc: BaseException) -> bool:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return False
+
+
+def sign_checkpoint(config: GuardConfig) -> Checkpoint | None:
+    """With `config.signing_key`, sign the lineage store's chain heads now (at the end of a
+    run, on the launcher) and keep the checkpoint in the store; None without a key."""
+    if not (config.signing_key and config.lineage_store):
+        return None
+    from lineage_guard.lineage.checkpoints import load_private_key
+
+    recorder = LineageRecorder(
+        config.lineage_store,
+        pipeline=config.pipeline_name,
+        run_id=config.run_id,
+        retry_s=config.lineage_retry_s,
+    )
+    try:
+        return recorder.sign(load_private_key(config.signing_key))
+    finally:
+        recorder.close()
 
 
 def _summary(result: Any) -> Summary:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import apache_beam as beam
@@ -337,21 +337,30 @@ class _RecordHop(beam.DoFn):
         )
 
     def process(self, batch: Batch) -> Iterator[Batch]:
-        if isinstance(self.destinations, tuple):
-            allowed_to, quarantined_to = self.destinations
-        else:
-            allowed_to, quarantined_to = self.destinations.destinations(batch.topic)
-        self.recorder.record(batch, allowed_to=allowed_to, quarantined_to=quarantined_to)
+        allowed_to, quarantined_to = _destinations(self.destinations, batch)
+        entry = self.recorder.record(batch, allowed_to=allowed_to, quarantined_to=quarantined_to)
         yield batch
+        # handed on to the next transform: the hop's records are answered
+        self.recorder.confirm([(entry, len(batch.items), [])])
 
     def teardown(self) -> None:
         self.recorder.close()
 
 
+def _destinations(
+    destinations: KafkaIO | FilesIO | tuple[str, str], batch: Batch
+) -> tuple[str, str]:
+    if isinstance(destinations, tuple):
+        return destinations
+    return destinations.destinations(batch.topic)
+
+
 class RecordHop(beam.PTransform):  # type: ignore[misc]
     """Records one lineage hop per record under `stage` (shown by `lineage trace`), then
     passes each batch on unchanged: lineage is written before the records it covers move on,
-    so a batch whose lineage cannot be recorded goes nowhere (fail closed).
+    so a batch whose lineage cannot be recorded goes nowhere (fail closed). For a stage that
+    hands its records on inside the pipeline; a stage that writes them out records its hop
+    in `WriteGuarded(lineage=…)`, which confirms the delivery once the destination answered.
 
     Apply it to a `guarded` output. `destinations`: where allowed and stopped records go, as
     `(allowed_to, quarantined_to)` or the `KafkaIO` / `FilesIO` the batches are written to.
@@ -379,27 +388,60 @@ class RecordHop(beam.PTransform):  # type: ignore[misc]
         return batches | beam.ParDo(fn).with_output_types(Batch)
 
 
-class _Write(beam.DoFn):
-    """Writes allowed and quarantined records, then commits (Kafka) behind what it wrote."""
+@dataclass(frozen=True, kw_only=True)
+class Lineage:
+    """Where `WriteGuarded` records its hop: the store, the stage name it shows under, and the
+    run (fixed on the launcher, so every worker and retry records under the same run)."""
 
-    def __init__(self, io: KafkaIO | FilesIO, expected: int | None) -> None:
+    store_url: str
+    stage: str
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    retry_s: float = 300.0
+
+
+class _Write(beam.DoFn):
+    """Records the hop, writes allowed and quarantined records, confirms what the destination
+    answered, then commits (Kafka) behind it."""
+
+    def __init__(self, io: KafkaIO | FilesIO, lineage: Lineage | None, expected: int | None):
         self.io = io
+        self.lineage = lineage
         self.expected = expected
 
     def setup(self) -> None:
-        io = self.io
+        io, lineage = self.io, self.lineage
+        self.recorder = (
+            LineageRecorder(
+                lineage.store_url,
+                pipeline=lineage.stage,
+                run_id=lineage.run_id,
+                retry_s=lineage.retry_s,
+            )
+            if lineage is not None
+            else None
+        )
+        answered = self.recorder.confirm if self.recorder is not None else None
         if isinstance(io, KafkaIO):
             self.sink: KafkaSink | FileSink = KafkaSink(
-                io.settings, output_topic=io.output_topic, quarantine_topic=io.quarantine_topic
+                io.settings,
+                output_topic=io.output_topic,
+                quarantine_topic=io.quarantine_topic,
+                on_answered=answered,
             )
         else:
-            self.sink = FileSink(io.out_dir, io.names)
+            self.sink = FileSink(io.out_dir, io.names, on_answered=answered)
         self.counters: dict[str, Any] = {}
         self.written = 0
         self.started = self.last_report = time.monotonic()
 
     def process(self, batch: Batch) -> None:
-        self.sink.write(batch)
+        receipt = None
+        if self.recorder is not None:
+            allowed_to, quarantined_to = _destinations(self.io, batch)
+            receipt = self.recorder.record(
+                batch, allowed_to=allowed_to, quarantined_to=quarantined_to
+            )
+        self.sink.write(batch, receipt)
         self._count(batch)
 
     def finish_bundle(self) -> None:
@@ -407,6 +449,8 @@ class _Write(beam.DoFn):
 
     def teardown(self) -> None:
         self.sink.close()
+        if self.recorder is not None:
+            self.recorder.close()
 
     def _count(self, batch: Batch) -> None:
         """Counters named `outcome:…`, `content_class:…` and `origin_env:…` (see `Summary`)."""
@@ -447,17 +491,27 @@ class _Write(beam.DoFn):
 class WriteGuarded(beam.PTransform):  # type: ignore[misc]
     """Allowed records to the output (topic, or `<name>.allowed.jsonl`), stopped ones to
     quarantine with their reasons. Apply it to a `guarded` output (every record, in offset
-    order): Kafka offsets are committed only behind delivered records. File outputs are
-    written per batch, keyed on its source position, so a retried bundle rewrites the same
-    part; `finalize_files` joins the parts once the pipeline is done."""
+    order): Kafka offsets are committed only behind delivered records.
 
-    def __init__(self, io: KafkaIO | FilesIO, expected: int | None = None) -> None:
+    With `lineage`, each batch's hop is recorded under `lineage.stage` before any of its
+    records is written, and its delivery once the destination answered (fail closed).
+    File outputs are written per batch, keyed on its source position, so a retried bundle
+    rewrites the same part; `finalize_files` joins the parts once the pipeline is done."""
+
+    def __init__(
+        self,
+        io: KafkaIO | FilesIO,
+        expected: int | None = None,
+        *,
+        lineage: Lineage | None = None,
+    ) -> None:
         super().__init__()
         self.io = io
         self.expected = expected
+        self.lineage = lineage
 
     def expand(self, batches: PCollection[Batch]) -> PCollection[Any]:
-        return batches | beam.ParDo(_Write(self.io, self.expected))
+        return batches | beam.ParDo(_Write(self.io, self.lineage, self.expected))
 
 
 class Records(beam.PTransform):  # type: ignore[misc]

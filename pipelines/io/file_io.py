@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,17 +88,26 @@ def join(folder: str, *names: str) -> str:
 
 
 class FileSink:
-    def __init__(self, out_dir: str, names: dict[str, str]) -> None:
+    """Writes each guarded batch to its own part files (see the module docstring); once a
+    flush has put them on disk, reports each written batch as answered (`on_answered`, as
+    `KafkaSink` does)."""
+
+    def __init__(
+        self,
+        out_dir: str,
+        names: dict[str, str],
+        on_answered: Callable[[list[tuple[Any, int, list[Any]]]], None] | None = None,
+    ) -> None:
         self.out_dir = out_dir
         self.names = names
+        self.on_answered = on_answered
+        self._written: list[tuple[Any, int, list[Any]]] = []
 
     def destinations(self, source: str) -> tuple[str, str]:
         base = join(self.out_dir, self.names[source])
         return f"{base}.allowed.jsonl", f"{base}.quarantine.jsonl"
 
-    def write(self, batch: Batch) -> None:
-        from apache_beam.io.filesystems import FileSystems
-
+    def write(self, batch: Batch, receipt: Any = None) -> None:
         lines: dict[str, list[str]] = {kind: [] for kind in KINDS}
         for item in batch.items:
             if item.allowed:
@@ -114,14 +123,33 @@ class FileSink:
         for kind, text in lines.items():
             if text:
                 part = join(folder, f"{first:012d}.{kind}.jsonl")
-                with FileSystems.create(part) as handle:  # replaces an earlier attempt's part
-                    handle.write(("\n".join(text) + "\n").encode("utf-8"))
+                _write_part(part, ("\n".join(text) + "\n").encode("utf-8"))
+
+        if receipt is not None:
+            self._written.append((receipt, len(batch.items), []))
 
     def flush(self) -> None:
-        pass
+        written, self._written = self._written, []
+        if written and self.on_answered is not None:
+            self.on_answered(written)
 
     def close(self) -> None:
         pass
+
+
+def _write_part(path: str, data: bytes) -> None:
+    """Writes (or replaces, for a retried batch) one part file, on disk before it returns."""
+    if is_uri(path):
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.create(path) as handle:  # an object store commits it on close
+            handle.write(data)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def finalize_files(out_dir: str, names: dict[str, str]) -> None:
