@@ -143,7 +143,7 @@ def _stage(name: str | None) -> Any:
     return Stage(name)
 
 
-class BatchCoder(Coder):  # type: ignore[misc]  # Beam's Coder is untyped
+class BatchCoder(Coder):
     """Encodes `Batch` deterministically (no pickle); registered for `Batch` on import of
     `lineage_guard.transforms`."""
 

@@ -104,7 +104,7 @@ class _ReadKafka(beam.DoFn):
         self.consumer.close()
 
 
-class ReadKafka(beam.PTransform):  # type: ignore[misc]
+class ReadKafka(beam.PTransform):
     """Bounded: the given partition ranges, each read in offset order by one worker.
     `counter`: the Beam counter that counts records read (None: not counted)."""
 
@@ -149,7 +149,7 @@ class _ReadFiles(beam.DoFn):
             yield batch
 
 
-class ReadFiles(beam.PTransform):  # type: ignore[misc]
+class ReadFiles(beam.PTransform):
     """Avro container or JSON Lines files (paths or `FileSystems` URIs), one file per worker,
     as batches whose position is (file, 0, record index)."""
 
@@ -193,7 +193,7 @@ class _Stage(beam.DoFn):
             yield TaggedOutput(QUARANTINE, replace(after, items=stopped))
 
 
-class _StageTransform(beam.PTransform):  # type: ignore[misc]
+class _StageTransform(beam.PTransform):
     def _apply(self, batches: PCollection[Batch], fn: _Stage, *side: Any) -> Any:
         outputs = batches | beam.ParDo(fn, *side).with_outputs(GUARDED, QUARANTINE, main=VALID)
         return _typed(outputs, VALID, GUARDED, QUARANTINE)
@@ -225,7 +225,7 @@ class DecodeRecords(_StageTransform):
         return self._apply(batches, _Decode(self.raw_schema, self.schema_registry))
 
 
-class ParentClasses(beam.PTransform):  # type: ignore[misc]
+class ParentClasses(beam.PTransform):
     """(record id, highest class rank) of every generated record in `batches`: the side input
     that lets `ValidateProvenance` see parents in any partition of the same run."""
 
@@ -355,7 +355,7 @@ def _destinations(
     return destinations.destinations(batch.topic)
 
 
-class RecordHop(beam.PTransform):  # type: ignore[misc]
+class RecordHop(beam.PTransform):
     """Records one lineage hop per record under `stage` (shown by `lineage trace`), then
     passes each batch on unchanged: lineage is written before the records it covers move on,
     so a batch whose lineage cannot be recorded goes nowhere (fail closed). For a stage that
@@ -488,7 +488,7 @@ class _Write(beam.DoFn):
             )
 
 
-class WriteGuarded(beam.PTransform):  # type: ignore[misc]
+class WriteGuarded(beam.PTransform):
     """Allowed records to the output (topic, or `<name>.allowed.jsonl`), stopped ones to
     quarantine with their reasons. Apply it to a `guarded` output (every record, in offset
     order): Kafka offsets are committed only behind delivered records.
@@ -514,7 +514,7 @@ class WriteGuarded(beam.PTransform):  # type: ignore[misc]
         return batches | beam.ParDo(_Write(self.io, self.lineage, self.expected))
 
 
-class Records(beam.PTransform):  # type: ignore[misc]
+class Records(beam.PTransform):
     """Batches → their decoded records (dicts), for your own transforms."""
 
     def expand(self, batches: PCollection[Batch]) -> PCollection[dict[str, Any]]:
