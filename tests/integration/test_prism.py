@@ -75,6 +75,8 @@ def worker_pool(wheel_venv: Path, tmp_path: Path) -> Iterator[str]:
             f"--service_port={port}",
         ],
         cwd=cwd,
+        # the pool starts each SDK worker as `python …`: the venv's, as if activated
+        env={**os.environ, "PATH": f"{wheel_venv / 'bin'}{os.pathsep}{os.environ['PATH']}"},
         stdout=subprocess.DEVNULL,
         stderr=open(tmp_path / "worker-pool.log", "w"),  # noqa: SIM115 (closed with the test)
     )
