@@ -1,4 +1,5 @@
-"""The bounded guard on Prism (Apache Beam's portable runner, built by `infra/prism/prism.sh`)
+"""The bounded guard on Prism (Apache Beam's portable runner, built by `infra/prism/prism.sh`;
+`LINEAGE_GUARD_PRISM` when set)
 through an external Beam worker pool whose Python has only the built wheel installed: outputs
 and lineage equal to the in-process runner's.
 
@@ -45,6 +46,8 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def prism() -> str:
+    if given := os.environ.get("LINEAGE_GUARD_PRISM"):  # `.ci/run` builds it once
+        return given
     built = subprocess.run(
         ["bash", ROOT / "infra" / "prism" / "prism.sh", "build"],
         check=True,
