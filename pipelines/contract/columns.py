@@ -17,7 +17,7 @@ the whole batch has been accepted, in record order, exactly as the reference doe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from operator import itemgetter
 from typing import Any
@@ -64,14 +64,18 @@ class ArrowFlattener:
         self.reference = Flattener(parents)
         self.parents = self.reference.parents
 
-    def flatten(self, records: Sequence[Any]) -> tuple[ArrowColumns, dict[int, list[Violation]]]:
+    def flatten(
+        self, records: Sequence[Any], known: Mapping[str, int] | None = None
+    ) -> tuple[ArrowColumns, dict[int, list[Violation]]]:
+        """As `records.Flattener.flatten`: parents' ranks from `known` when given, else from
+        the records seen so far."""
         try:
-            return self._fast(records), {}
+            return self._fast(records, known), {}
         except _Refused:
-            lists, errors = self.reference.flatten(records)
+            lists, errors = self.reference.flatten(records, known)
             return {name: pa.array(lists[name], type=TYPES[name]) for name in COLUMNS}, errors
 
-    def _fast(self, records: Sequence[Any]) -> ArrowColumns:
+    def _fast(self, records: Sequence[Any], known: Mapping[str, int] | None = None) -> ArrowColumns:
         if not set(map(type, records)) <= {dict}:
             raise _Refused
         provenances = _field(records, "provenance")
@@ -103,16 +107,27 @@ class ArrowFlattener:
         ranks = [CLASS_RANK.get(c) for c in classes]
         columns["class_rank"] = pa.array(ranks, pa.int8())
         columns["max_parent_class_rank"] = pa.array(
-            self._parent_ranks(record_ids, ranks, parent_lists), pa.int8()
+            self._parent_ranks(record_ids, ranks, parent_lists, known), pa.int8()
         )
         return columns
 
     def _parent_ranks(
-        self, record_ids: list[Any], ranks: list[int | None], parent_lists: list[Any]
+        self,
+        record_ids: list[Any],
+        ranks: list[int | None],
+        parent_lists: list[Any],
+        known: Mapping[str, int] | None,
     ) -> list[int | None]:
-        """Highest known parent rank per row; remembers each ranked record, in order."""
-        parents = self.parents
+        """Highest known parent rank per row; without `known`, remembers each ranked record,
+        in order."""
         out: list[int | None] = [None] * len(ranks)
+        if known is not None:
+            for i, parent_ids in enumerate(parent_lists):
+                if parent_ids:
+                    found = [known[p] for p in parent_ids if p in known]
+                    out[i] = max(found) if found else None
+            return out
+        parents = self.parents
         for i, (rank, parent_ids) in enumerate(zip(ranks, parent_lists, strict=True)):
             if parent_ids:
                 out[i] = parents.max_rank(parent_ids)

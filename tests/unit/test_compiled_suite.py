@@ -236,14 +236,22 @@ def _same(a: list[Any], b: list[Any]) -> bool:
 
 
 @settings(max_examples=1500, deadline=None)
-@given(batches=st.lists(st.one_of(clean_batches, dirty_batches()), min_size=1, max_size=4))
-def test_arrow_columns_equal_the_reference_columns(batches: list[list[Any]]) -> None:
+@given(
+    batches=st.lists(st.one_of(clean_batches, dirty_batches()), min_size=1, max_size=4),
+    known=st.one_of(
+        st.none(), st.dictionaries(st.sampled_from(IDS), st.integers(min_value=0, max_value=2))
+    ),
+)
+def test_arrow_columns_equal_the_reference_columns(
+    batches: list[list[Any]], known: dict[str, int] | None
+) -> None:
     """Column by column, value by value (and the parents' ranks after each batch), the Arrow
-    flattener gives what the reference flattener gives, across consecutive batches."""
+    flattener gives what the reference flattener gives, across consecutive batches, with the
+    parents' ranks remembered or given by the caller (`known`)."""
     arrow, reference = ArrowFlattener(ParentRanks()), Flattener(ParentRanks())
     for batch in batches:
-        columns, errors = arrow.flatten(batch)
-        expected, expected_errors = reference.flatten(batch)
+        columns, errors = arrow.flatten(batch, known)
+        expected, expected_errors = reference.flatten(batch, known)
         for name in COLUMNS:
             assert _same(columns[name].to_pylist(), expected[name]), name
         assert errors == expected_errors
