@@ -78,9 +78,7 @@ def _avro(path: Path, handle: IO[bytes], position: list[int] | None) -> Iterator
                 f"one that Avro defines ({', '.join(AVRO_CODECS)})."
             )
         schema = lenient(blocks.writer_schema)
-        number = 0
-        for block in _blocks(path, blocks, codec):
-            number += 1
+        for number, block in enumerate(_blocks(path, blocks, codec), start=1):
             data, count = block.bytes_, block.num_records
             size = len(data.getbuffer())
             if count < 0:

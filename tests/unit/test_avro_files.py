@@ -72,9 +72,9 @@ def test_a_missing_codec_library_is_named_not_called_corrupt(tmp_path: Path) -> 
         "            raise ImportError(f'No module named {name!r}')\n"
         "sys.meta_path.insert(0, Missing())\n"
     )
+    command = blocked + "from lineage_guard.cli.main import main\nmain()"
     result = subprocess.run(
-        [sys.executable, "-c", blocked + "from lineage_guard.cli.main import main\nmain()"]
-        + ["validate", str(path)],
+        [sys.executable, "-c", command, "validate", str(path)],
         capture_output=True,
         text=True,
         timeout=300,
