@@ -185,7 +185,10 @@ def registry_lookup(url: str) -> Callable[[int], Schema]:
 
 def schema_resolver(client: Any) -> Callable[[int], Schema]:
     """`registry_lookup` for an existing `SchemaRegistryClient`."""
-    from confluent_kafka.schema_registry.avro import _resolve_named_schema, parse_schema_with_repo
+    # The synchronous client's resolver (the package's `avro` module also exports the asyncio
+    # one under the same name).
+    from confluent_kafka.schema_registry._sync.avro import _resolve_named_schema
+    from confluent_kafka.schema_registry.common.avro import parse_schema_with_repo
 
     def lookup(schema_id: int) -> Schema:
         registered = client.get_schema(schema_id)
