@@ -11,7 +11,8 @@ Facets, standard ones through openlineage-python's own classes:
   integration `LINEAGE_GUARD`; jobType `JOB`;
 - run `lineageGuard_counts` (custom, every event): records by content class, origin environment
   and decision; its JSON schema ships in the package (`facets/LineageGuardCountsRunFacet.json`)
-  and `_schemaURL` names it by its versioned `$id`;
+  and `_schemaURL` names it by its versioned `$id`; likewise `lineageGuard_checkpoint` on the
+  last event of a run with a signing key;
 - run `errorMessage` on FAIL;
 - input `dataQualityAssertions` on COMPLETE: one assertion per contract rule (name, column,
   success = no record of the run broke it).
@@ -44,16 +45,21 @@ PRODUCER = "urn:lineage-guard:0.1"
 FACET = "lineageGuard_counts"
 INTEGRATION = "LINEAGE_GUARD"
 UNKNOWN = "UNKNOWN"  # the key for records without a readable class / origin
-# Where the custom facet's JSON schema is published; the same file ships in the package.
-FACET_SCHEMA_FILE = "LineageGuardCountsRunFacet.json"
-FACET_SCHEMA_ID = "https://lineage-guard.dev/spec/facets/1-0-0/" + FACET_SCHEMA_FILE
+# Where the custom facets' JSON schemas are published (their `$id`); the same files ship in
+# the package, in `lineage_guard/lineage/facets/`.
+FACET_SCHEMA_BASE = "https://lineage-guard.dev/spec/facets/1-0-0/"
+FACET_SCHEMA_ID = FACET_SCHEMA_BASE + "LineageGuardCountsRunFacet.json"
+CHECKPOINT_SCHEMA_ID = FACET_SCHEMA_BASE + "LineageGuardCheckpointRunFacet.json"
 
 
-def facet_schema() -> dict[str, Any]:
-    """The custom facet's JSON schema, as shipped in `lineage_guard.lineage.facets`."""
-    text = resources.files("lineage_guard.lineage").joinpath("facets", FACET_SCHEMA_FILE)
-    loaded: dict[str, Any] = json.loads(text.read_text(encoding="utf-8"))
-    return loaded
+def facet_schemas() -> list[dict[str, Any]]:
+    """The custom facets' JSON schemas, as shipped in the package."""
+    folder = resources.files("lineage_guard.lineage").joinpath("facets")
+    return [
+        json.loads(entry.read_text(encoding="utf-8"))
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".json")
+    ]
 
 
 @attr.define
@@ -67,6 +73,25 @@ class LineageGuardCountsRunFacet(RunFacet):
     @staticmethod
     def _get_schema() -> str:
         return FACET_SCHEMA_ID + "#/$defs/LineageGuardCountsRunFacet"
+
+
+@attr.define
+class LineageGuardCheckpointRunFacet(RunFacet):
+    """The run's signed checkpoint of the lineage chain heads (`lineage.checkpoints`): a copy
+    outside the store, so a store rewritten after the run still disagrees with it."""
+
+    at: str = attr.field()
+    runId: str = attr.field()
+    heads: list[dict[str, Any]] = attr.field(factory=list)
+    keyId: str = attr.field(default="")
+    signature: str = attr.field(default="")
+
+    @staticmethod
+    def _get_schema() -> str:
+        return CHECKPOINT_SCHEMA_ID + "#/$defs/LineageGuardCheckpointRunFacet"
+
+
+CHECKPOINT_FACET = "lineageGuard_checkpoint"
 
 
 def transport_config(target: str) -> dict[str, Any]:
@@ -140,17 +165,34 @@ class RunEmitter:
         self._heartbeat = threading.Thread(target=self._beat, name="openlineage", daemon=True)
         self._heartbeat.start()
 
-    def finish(self, error: BaseException | None = None) -> None:
+    def finish(
+        self, error: BaseException | None = None, *, checkpoint: Mapping[str, Any] | None = None
+    ) -> None:
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=5)
-        self._emit(RunState.FAIL if error is not None else RunState.COMPLETE, error)
+        extra: dict[str, RunFacet] = {}
+        if checkpoint is not None:
+            extra[CHECKPOINT_FACET] = LineageGuardCheckpointRunFacet(
+                at=checkpoint["at"],
+                runId=checkpoint["run_id"],
+                heads=list(checkpoint["heads"]),
+                keyId=checkpoint["key_id"],
+                signature=checkpoint["signature"],
+                producer=PRODUCER,
+            )
+        self._emit(RunState.FAIL if error is not None else RunState.COMPLETE, extra, error)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval_s):
             self._emit(RunState.RUNNING)
 
-    def _emit(self, state: RunState, error: BaseException | None = None) -> None:
+    def _emit(
+        self,
+        state: RunState,
+        extra: Mapping[str, RunFacet] | None = None,
+        error: BaseException | None = None,
+    ) -> None:
         try:  # lineage metadata must never stop the guard, nor end the heartbeat
             counts = self.counts()
             facets: dict[str, RunFacet] = {
@@ -171,7 +213,7 @@ class RunEmitter:
             event = RunEvent(
                 eventType=state,
                 eventTime=datetime.now(UTC).isoformat(),
-                run=Run(runId=self.run_id, facets=facets),
+                run=Run(runId=self.run_id, facets={**facets, **(extra or {})}),
                 job=self.job,
                 inputs=[
                     InputDataset(namespace=ns, name=name, inputFacets=dict(input_facets))

@@ -17,7 +17,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-from lineage_guard.lineage.openlineage import facet_schema
+from lineage_guard.lineage.openlineage import facet_schemas
 
 SPEC = Path(__file__).parent / "openlineage-spec"
 EVENT_SCHEMA = "https://openlineage.io/spec/2-0-2/OpenLineage.json"
@@ -27,7 +27,7 @@ EVENT_SCHEMA = "https://openlineage.io/spec/2-0-2/OpenLineage.json"
 def _registry() -> Registry:
     documents = [json.loads(SPEC.joinpath("OpenLineage.json").read_text())]
     documents += [json.loads(p.read_text()) for p in sorted(SPEC.glob("facets/*.json"))]
-    documents.append(facet_schema())
+    documents += facet_schemas()
     resources = [(d["$id"], Resource.from_contents(d)) for d in documents]
     registry: Registry = Registry().with_resources(resources)
     return registry

@@ -160,6 +160,11 @@ def validate(paths: tuple[Path, ...], output_format: str, batch_size: int, engin
     help="Records per micro-batch.",
 )
 @ENGINE_OPTION
+@click.option(
+    "--signing-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Ed25519 private key (PEM): sign the lineage chain heads when the run ends.",
+)
 @click.option("--pipeline-name", default="lineage-guard", show_default=True)
 @click.option(
     "--openlineage",

@@ -14,9 +14,10 @@ import click
 
 from lineage_guard.contract.policies import parse_policy
 from lineage_guard.contract.validate import suite_rules
-from lineage_guard.guard import FilesIO, GuardConfig, KafkaIO, Summary, run_once
+from lineage_guard.guard import FilesIO, GuardConfig, KafkaIO, Summary, run_once, sign_checkpoint
 from lineage_guard.io.file_io import output_names
 from lineage_guard.io.kafka import KafkaSettings
+from lineage_guard.lineage.checkpoints import load_private_key
 from lineage_guard.lineage.errors import ConfigError, LineageGuardError, UnusableInputError
 from lineage_guard.lineage.openlineage import RunEmitter, kafka_dataset_namespace, transport_config
 
@@ -54,8 +55,11 @@ def run_guard(**o: Any) -> None:
         error = exc
         raise
     finally:
+        checkpoint = None
+        if error is None or isinstance(error, KeyboardInterrupt):
+            checkpoint = sign_checkpoint(config)  # what was written is signed, even if stopped
         if emitter is not None:
-            emitter.finish(error)
+            emitter.finish(error, checkpoint=checkpoint.to_dict() if checkpoint else None)
     print_summary(total, config, time.monotonic() - started)
     if error is not None:
         sys.exit(130)
@@ -105,6 +109,10 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
     if o["openlineage"]:
         transport_config(o["openlineage"])  # a bad target fails now, not at the first event
+    if o["signing_key"]:
+        if o["no_lineage"]:
+            raise ConfigError("--signing-key signs the lineage store's chains: drop --no-lineage.")
+        load_private_key(o["signing_key"])  # a bad key fails now, not after the run
     for policy in o["policies"]:
         parse_policy(policy)  # fail now, with the policy's message, not inside a worker
     if "training" in o["policies"] and o["bootstrap_servers"] and not o["until_caught_up"]:
@@ -161,6 +169,7 @@ def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
         batch_size=o["batch_size"],
         engine=o["engine"],
         pipeline_name=o["pipeline_name"],
+        signing_key=str(o["signing_key"]) if o["signing_key"] else None,
         runner=o["runner"],
         beam_args=tuple(o["beam_args"]),
     )

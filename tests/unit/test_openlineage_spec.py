@@ -11,11 +11,13 @@ from typing import Any
 
 import jsonschema
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lineage_guard.contract.validate import suite_rules
 from lineage_guard.generate import Faults, generate
 from lineage_guard.io.files import write_json_lines
-from lineage_guard.lineage.openlineage import FACET_SCHEMA_ID, facet_schema
+from lineage_guard.lineage.openlineage import CHECKPOINT_SCHEMA_ID, FACET_SCHEMA_ID, facet_schemas
 from tests.cli import run_cli
 from tests.ol_spec import validate_event
 
@@ -31,6 +33,14 @@ def test_file_mode_events_are_valid_and_complete(tmp_path: Path) -> None:
     source = tmp_path / "sync.jsonl"
     write_json_lines(source, (g.record for g in generated))
     log = tmp_path / "ol.jsonl"
+    key = tmp_path / "guard.pem"
+    key.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     result = run_cli(
         "run",
         "--input",
@@ -43,6 +53,8 @@ def test_file_mode_events_are_valid_and_complete(tmp_path: Path) -> None:
         f"file:{log}",
         "--openlineage-interval",
         "1",
+        "--signing-key",
+        key,
     )
     assert result.returncode == 0, result.stderr
     events = events_of(log)
@@ -98,6 +110,9 @@ def test_file_mode_events_are_valid_and_complete(tmp_path: Path) -> None:
         assert assertions[rule].get("column") == column
     assert assertions["generated_at_in_future"]["success"] is True
     assert "dataQualityAssertions" not in json.dumps(events[0])
+    checkpoint = events[-1]["run"]["facets"]["lineageGuard_checkpoint"]
+    assert checkpoint["_schemaURL"].startswith(CHECKPOINT_SCHEMA_ID + "#")
+    assert checkpoint["runId"] == summary_id.group(1) and checkpoint["heads"]
 
 
 def test_a_failed_run_emits_fail_with_its_error_message(tmp_path: Path) -> None:
@@ -144,4 +159,4 @@ def test_the_spec_check_catches_a_bad_facet() -> None:
     }
     with pytest.raises(jsonschema.ValidationError, match="-1"):
         validate_event(event)
-    assert facet_schema()["$id"] == FACET_SCHEMA_ID
+    assert {d["$id"] for d in facet_schemas()} == {FACET_SCHEMA_ID, CHECKPOINT_SCHEMA_ID}
