@@ -71,14 +71,27 @@ def test_bounded_kafka_run_emits_batch_events(kafka_bootstrap: str, tmp_path: Pa
     }
 
 
+def _prism() -> str:
+    """The Prism binary the endless mode runs on: `LINEAGE_GUARD_PRISM` (CI builds it once with
+    infra/prism/prism.sh), else built here by that script."""
+    if path := os.environ.get("LINEAGE_GUARD_PRISM"):
+        return path
+    script = Path(__file__).resolve().parents[2] / "infra" / "prism" / "prism.sh"
+    assert script.is_file(), "set LINEAGE_GUARD_PRISM or add infra/prism/prism.sh"
+    built = subprocess.run(["bash", str(script), "build"], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    return built.stdout.strip().splitlines()[-1]
+
+
 def test_endless_kafka_run_emits_streaming_events(kafka_bootstrap: str, tmp_path: Path) -> None:
+    prism = _prism()
     src, out, quarantine = new_topics(kafka_bootstrap, "src", "out", "q")
     passing = _traffic(kafka_bootstrap, src, 600, seed=82)
     log = tmp_path / "ol.jsonl"
     args = guard_args(kafka_bootstrap, src, out, quarantine, "ol-stream")
     args.remove("--until-caught-up")
     args += ["--no-lineage", "--poll-interval", "0.5", "--openlineage", f"file:{log}"]
-    args += ["--openlineage-interval", "1"]
+    args += ["--openlineage-interval", "1", "--prism-location", prism]
     guard = subprocess.Popen(
         [sys.executable, "-c", "from lineage_guard.cli.main import main; main()", *args],
         stderr=subprocess.PIPE,
