@@ -25,7 +25,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lineage_guard.contract.records import CLASS_RANK, COLUMNS, Flattener, ParentRanks
+from lineage_guard.contract.records import (
+    CLASS_RANK,
+    COLUMNS,
+    EARLIEST_MILLIS,
+    Flattener,
+    ParentRanks,
+)
 from lineage_guard.contract.verdicts import Violation
 
 ArrowColumns = dict[str, pa.Array]
@@ -170,7 +176,10 @@ def _epoch_millis(values: list[Any]) -> pa.Array:
                 raise _Refused  # finer than a millisecond: the reference rounds it
             return millis.cast(pa.float64())
         if kinds == {int}:
-            return pa.array(values, pa.int64()).cast(pa.float64(), safe=False)
+            millis = pa.array(values, pa.int64())
+            if pc.min(millis).as_py() < EARLIEST_MILLIS:
+                raise _Refused  # before year 1: the reference reports it
+            return millis.cast(pa.float64(), safe=False)
     except (pa.ArrowException, OverflowError, TypeError, ValueError) as exc:
         raise _Refused from exc
     raise _Refused  # strings, floats, mixed kinds: the reference parses them one by one

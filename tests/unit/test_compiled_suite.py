@@ -113,7 +113,7 @@ clean_moments = st.one_of(
 )
 clean_millis = st.one_of(
     st.none(),
-    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.integers(min_value=-62_135_596_800_000, max_value=2**63 - 1),  # from year 1 on
     st.sampled_from([int(NOW_MS) + 300_000, int(NOW_MS) + 300_001, 0, -1, 2**53 + 1]),
 )
 clean_generators = st.one_of(
