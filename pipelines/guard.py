@@ -178,6 +178,8 @@ class WriteBatches(beam.DoFn):
         self.started = self.last_report = time.monotonic()
 
     def process(self, batch: Batch) -> None:
+        if isinstance(self.sink, KafkaSink):
+            batch = self.sink.prepare(batch)  # where each record fits, before its lineage
         receipt = None
         if self.recorder is not None:
             allowed_to, quarantined_to = self._destinations(batch)

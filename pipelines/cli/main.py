@@ -101,6 +101,12 @@ def validate(paths: tuple[Path, ...], output_format: str, batch_size: int, engin
     help="Consumer group whose committed offsets mark what is guarded.",
 )
 @click.option(
+    "--exactly-once",
+    is_flag=True,
+    help="Kafka transactions: outputs and input offsets commit together (read_committed "
+    "readers see each record once). Default: at-least-once.",
+)
+@click.option(
     "--kafka-config",
     "kafka_config",
     multiple=True,

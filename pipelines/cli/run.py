@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -16,7 +17,7 @@ import click
 from lineage_guard.contract.policies import parse_policy
 from lineage_guard.guard import FilesIO, GuardConfig, KafkaIO, Summary, run_once, sign_checkpoint
 from lineage_guard.io.file_io import output_names
-from lineage_guard.io.kafka import KafkaSettings
+from lineage_guard.io.kafka import GroupMembership, KafkaSettings
 from lineage_guard.lineage.checkpoints import load_private_key
 from lineage_guard.lineage.errors import ConfigError, LineageGuardError, UnusableInputError
 from lineage_guard.lineage.openlineage import RunEmitter, kafka_dataset_namespace, transport_config
@@ -36,7 +37,10 @@ def run_guard(**o: Any) -> None:
         emitter.start()
     bounded = until_caught_up or isinstance(config.io, FilesIO)
     error: BaseException | None = None
+    stack = contextlib.ExitStack()
     try:
+        if isinstance(config.io, KafkaIO):  # the group's only guard while it runs, or exit 3
+            stack.enter_context(GroupMembership(config.io.settings, list(config.io.input_topics)))
         while True:
             round_ = _guarded(run_once, config)
             total.add(round_)
@@ -55,6 +59,7 @@ def run_guard(**o: Any) -> None:
         error = exc
         raise
     finally:
+        stack.close()
         checkpoint = None
         if error is None or isinstance(error, KeyboardInterrupt):
             checkpoint = sign_checkpoint(config)  # what was written is signed, even if stopped
@@ -130,6 +135,7 @@ def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
             bootstrap_servers=o["bootstrap_servers"],
             group_id=o["group_id"],
             client=_kafka_config(o["kafka_config"]),
+            exactly_once=bool(o["exactly_once"]),
         )
         io: KafkaIO | FilesIO = KafkaIO(
             settings=settings,
