@@ -157,25 +157,33 @@ class PartitionRange:
         return self.end - self.start
 
 
+def input_partitions(
+    consumer: Consumer, settings: KafkaSettings, topics: list[str]
+) -> list[TopicPartition]:
+    """Every partition of `topics`; a missing topic is a configuration error."""
+    try:
+        metadata = consumer.list_topics(timeout=settings.timeout_s)
+    except KafkaException as exc:
+        raise ServiceUnavailableError(
+            f"Kafka at `{settings.bootstrap_servers}` did not answer: {exc.args[0]}. "
+            "Check `--bootstrap-servers`."
+        ) from exc
+    partitions = []
+    for topic in topics:
+        info = metadata.topics.get(topic)
+        if info is None or info.error is not None:
+            raise ConfigError(
+                f"Input topic `{topic}` does not exist on `{settings.bootstrap_servers}`."
+            )
+        partitions += [TopicPartition(topic, p) for p in sorted(info.partitions)]
+    return partitions
+
+
 def plan_ranges(settings: KafkaSettings, topics: list[str]) -> list[PartitionRange]:
     """From each partition's committed offset (or its start) to its end offset right now."""
     consumer = settings.consumer()
     try:
-        try:
-            metadata = consumer.list_topics(timeout=settings.timeout_s)
-        except KafkaException as exc:
-            raise ServiceUnavailableError(
-                f"Kafka at `{settings.bootstrap_servers}` did not answer: {exc.args[0]}. "
-                "Check `--bootstrap-servers`."
-            ) from exc
-        partitions = []
-        for topic in topics:
-            info = metadata.topics.get(topic)
-            if info is None or info.error is not None:
-                raise ConfigError(
-                    f"Input topic `{topic}` does not exist on `{settings.bootstrap_servers}`."
-                )
-            partitions += [TopicPartition(topic, p) for p in sorted(info.partitions)]
+        partitions = input_partitions(consumer, settings, topics)
         committed = retrying(
             lambda: consumer.committed(partitions, timeout=settings.timeout_s), settings.timeout_s
         )
@@ -246,6 +254,7 @@ class GroupMembership:
             joined.set()
 
         try:
+            input_partitions(consumer, self.settings, self.topics)  # they exist, or exit 3
             consumer.subscribe(list(self.topics), on_assign=on_assign)
             deadline = time.monotonic() + self.settings.timeout_s + self.SESSION_TIMEOUT_MS / 1000
             while not joined.is_set():
