@@ -213,13 +213,13 @@ class GroupMembership:
     `subscribe` to its input topics, and keeps that membership alive from a background thread
     (its partitions are paused: it fetches nothing). Once the join settled, another member in
     that group means another guard is running: `ConfigError` (exit 3). A guard killed with
-    SIGKILL stays a member until its session times out (`session.timeout.ms`, 10 s here), so a
+    SIGKILL stays a member until its session times out (`session.timeout.ms`, 6 s here), so a
     restart waits up to that long for the rebalance that removes it, then runs. Two guards
     started in the same instant may both refuse; neither reads anything twice.
     """
 
     SUFFIX = ".lineage-guard-members"
-    SESSION_TIMEOUT_MS = 10_000
+    SESSION_TIMEOUT_MS = 6_000  # the broker's minimum by default
 
     def __init__(self, settings: KafkaSettings, topics: list[str]) -> None:
         self.settings = settings
@@ -355,8 +355,10 @@ def read_range(
                 )
                 next_offset = offset + 1
             if items:
-                idle_since = time.monotonic()
                 yield Batch(topic=part.topic, partition=part.partition, items=tuple(items))
+                # From when the stages downstream gave control back: time they spent (e.g.
+                # retrying the lineage store) is not Kafka being idle.
+                idle_since = time.monotonic()
             if reached_eof:
                 break
             if time.monotonic() - idle_since > timeout_s:
