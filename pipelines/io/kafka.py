@@ -116,6 +116,7 @@ class KafkaSettings:
         return f"lineage-guard.{self.group_id}.{topic}.{partition}"
 
 
+BROKER_DOWN = {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN}
 COORDINATOR_BUSY = {
     KafkaError.NOT_COORDINATOR,
     KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
@@ -332,6 +333,8 @@ def read_range(
                     if error.code() == KafkaError._PARTITION_EOF:
                         reached_eof = True
                         continue
+                    if error.retriable() or error.code() in BROKER_DOWN:
+                        continue  # librdkafka reconnects; the idle timeout bounds the wait
                     raise ServiceUnavailableError(
                         f"Reading `{part.topic}`[{part.partition}] failed: {error.str()}"
                     )
