@@ -52,9 +52,12 @@ def _command(request: pytest.FixtureRequest) -> str:
 
 
 def _topics(
-    bootstrap: str, partitions: int = 3, source_config: dict[str, str] | None = None
+    bootstrap: str,
+    partitions: int = 3,
+    source_config: dict[str, str] | None = None,
+    output_config: dict[str, str] | None = None,
 ) -> tuple[str, str, str]:
-    """Source, output and quarantine topics (output and quarantine: the broker's defaults)."""
+    """Source, output and quarantine topics (by default with the broker's defaults)."""
     suffix = uuid.uuid4().hex
     names = (f"t-src-{suffix}", f"t-out-{suffix}", f"t-q-{suffix}")
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -64,7 +67,7 @@ def _topics(
                 n,
                 num_partitions=partitions,
                 replication_factor=1,
-                config=(source_config or {}) if n == names[0] else {},
+                config={names[0]: source_config, names[1]: output_config}.get(n) or {},
             )
             for n in names
         ]
@@ -401,13 +404,19 @@ def test_disk_full_under_the_sqlite_store(
 def test_oversized_records_go_to_quarantine_and_the_partition_moves_on(
     kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    topics = _topics(kafka_bootstrap, partitions=1, source_config={"max.message.bytes": "8000000"})
+    topics = _topics(
+        kafka_bootstrap,
+        partitions=1,
+        source_config={"max.message.bytes": "8000000"},
+        output_config={"max.message.bytes": "500000"},  # quarantine: the default, ~1 MB
+    )
     src, out, quarantine = topics
 
     generated = list(generate(203, seed=46, entities=(CONTACT,)))
     big = [g for g in generated[:3]]
-    big[0].record["first_name"] = "x" * 1_000_000  # ~1 MB: quarantine takes it, output not
-    big[1].record["first_name"] = "y" * 5_000_000  # 5 MB valid record: only a reference
+    big[0].record["first_name"] = "x" * 600_000  # quarantine takes it, the output topic not
+    # 1,000,000 characters: more than the producer's `message.max.bytes`: only a reference
+    big[1].record["first_name"] = "y" * 1_000_000
     sent: Sent = [
         (g.record["record_id"].encode(), encode_single_object(g.record, g.schema), [])
         for g in generated
@@ -464,15 +473,16 @@ def test_oversized_records_go_to_quarantine_and_the_partition_moves_on(
     assert [r["rule"] for r in written[0]["reasons"]] == ["output_refused"]
 
     valid = [s for s in sent if s[0] != junk[0]]
-    figures = _figures(kafka_bootstrap, valid, topics, store, "oversized records (1 MB, 5 MB)")
+    figures = _figures(kafka_bootstrap, valid, topics, store, "oversized records (0.6, 1, 5 MB)")
     figures["records_in"] = len(sent)
     figures["lost"] = len(set(keys) - {m.key for m in [*delivered, *stopped]})
     assert figures["lost"] == 0 and figures["duplicates"] == 0, figures
     assert figures["lineage_rows"] == figures["lineage_confirmed"] == len(valid), figures
     figures.update(
         command=_command(request),
-        notes="1 MB record: whole in quarantine (output_refused); 5 MB record and 5 MB junk: "
-        "references (quarantine_refused); lineage rows counted for the 203 decodable records",
+        notes="0.6 MB record (output topic takes 0.5 MB): whole in quarantine (output_refused); "
+        "1,000,000-character record and 5 MB junk: references (quarantine_refused); lineage "
+        "rows counted for the 203 decodable records",
     )
     faults_table.record("oversized_records", figures)
 
