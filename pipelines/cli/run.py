@@ -41,13 +41,12 @@ def run_guard(**o: Any) -> None:
     try:
         if isinstance(config.io, KafkaIO):  # the group's only guard while it runs, or exit 3
             stack.enter_context(GroupMembership(config.io.settings, list(config.io.input_topics)))
-        while True:
-            round_ = _guarded(run_once, config)
-            total.add(round_)
-            if bounded:
-                break
-            if round_.read == 0:
-                time.sleep(o["poll_interval"])
+        if not bounded:  # one streaming job on a streaming runner, not a loop of rounds
+            from lineage_guard.cli.endless import run_endless
+
+            run_endless(config, o["prism_location"], total)
+        else:
+            total.add(_guarded(run_once, config))
     except KeyboardInterrupt as exc:
         # Stopping an endless run is its normal end; stopping a bounded run leaves it unfinished.
         error = exc if bounded else None
@@ -122,6 +121,11 @@ def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
         log.warning(
             "no `production` sink policy: TEST and STAGING records may pass"
         )  # fail now, with the policy's message, not inside a worker
+    if o["exactly_once"] and not o["until_caught_up"]:
+        raise ConfigError(
+            "--exactly-once runs bounded rounds (add --until-caught-up): the endless streaming "
+            "job commits offsets from its own state, outside Kafka transactions."
+        )
     if o["bootstrap_servers"]:
         missing = [
             name for name in ("input_topics", "output_topic", "quarantine_topic") if not o[name]
