@@ -71,7 +71,7 @@ class GuardConfig:
     batch_size: int = 2000
     engine: str = "compiled"
     pipeline_name: str = "lineage-guard"
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    run_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     runner: str = DEFAULT_RUNNER
     beam_args: tuple[str, ...] = ()
 

@@ -380,7 +380,7 @@ class RecordHop(beam.PTransform):
         self.stage = stage
         self.store_url = store_url
         self.destinations = destinations
-        self.run_id = run_id or uuid.uuid4().hex
+        self.run_id = run_id or str(uuid.uuid4())
         self.retry_s = retry_s
 
     def expand(self, batches: PCollection[Batch]) -> PCollection[Batch]:
@@ -395,7 +395,7 @@ class Lineage:
 
     store_url: str
     stage: str
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    run_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     retry_s: float = 300.0
 
 

@@ -7,7 +7,6 @@ import logging
 import signal
 import sys
 import time
-import uuid
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import click
 
 from lineage_guard.contract.policies import parse_policy
+from lineage_guard.contract.validate import suite_rules
 from lineage_guard.guard import (
     FilesIO,
     GuardConfig,
@@ -41,10 +41,10 @@ def run_guard(**o: Any) -> None:
     total = Summary()
     signal.signal(signal.SIGTERM, _stop)
     started = time.monotonic()
-    emitter = _emitter(o, config, total) if o["openlineage"] else None
+    bounded = until_caught_up or isinstance(config.io, FilesIO)
+    emitter = _emitter(o, config, total, bounded) if o["openlineage"] else None
     if emitter is not None:
         emitter.start()
-    bounded = until_caught_up or isinstance(config.io, FilesIO)
     error: BaseException | None = None
     stack = contextlib.ExitStack()
     try:
@@ -78,7 +78,7 @@ def run_guard(**o: Any) -> None:
         sys.exit(130)
 
 
-def _emitter(o: dict[str, Any], config: GuardConfig, total: Summary) -> RunEmitter:
+def _emitter(o: dict[str, Any], config: GuardConfig, total: Summary, bounded: bool) -> RunEmitter:
     """OpenLineage events for this run; datasets named per OpenLineage's naming spec."""
     io = config.io
     if isinstance(io, KafkaIO):
@@ -90,20 +90,27 @@ def _emitter(o: dict[str, Any], config: GuardConfig, total: Summary) -> RunEmitt
         outputs = [("file", str(Path(io.out_dir).resolve()))]
 
     def counts() -> dict[str, dict[str, int]]:
+        rules: dict[str, int] = {}
+        for key, n in total.stopped.items():  # `quarantined:STAGE:RULE,RULE…` → records
+            for rule in key.split(":", 2)[2].split(","):
+                rules[rule] = rules.get(rule, 0) + n
         return {
             "content_class": total.by("content_class"),
             "origin_env": total.by("origin_env"),
             "decision": total.decisions(),
+            "rules": rules,
         }
 
     return RunEmitter(
         target=o["openlineage"],
         job_namespace=o["openlineage_namespace"],
         job_name=config.pipeline_name,
-        run_id=str(uuid.UUID(config.run_id)),
+        run_id=config.run_id,
         inputs=inputs,
         outputs=outputs,
         counts=counts,
+        bounded=bounded,
+        assertions=suite_rules(),
         interval_s=o["openlineage_interval"],
     )
 

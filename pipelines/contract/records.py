@@ -111,13 +111,25 @@ def record_id_of(record: Any) -> str | None:
     return None
 
 
+# 0001-01-01T00:00:00Z: no calendar (Python's, ISO-8601's) goes further back.
+EARLIEST_MILLIS = -62_135_596_800_000
+
+
 def to_epoch_millis(value: Any) -> float | None:
-    """Avro timestamp-millis as fastavro returns it (datetime), epoch millis, or ISO-8601."""
+    """Avro timestamp-millis as fastavro returns it (datetime), epoch millis, or ISO-8601.
+
+    Epoch millis are taken as they are, also past year 9999 (legal Avro longs, judged by the
+    contract's rules); before year 1, or past a float's range, they are no timestamp
+    (`ValueError`, `OverflowError`).
+    """
     if isinstance(value, datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=UTC)
         return float(round(moment.timestamp() * 1000))
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        millis = float(value)  # OverflowError past a float's range
+        if not millis >= EARLIEST_MILLIS:  # also NaN
+            raise ValueError(f"{value} is before year 1")
+        return millis
     if isinstance(value, str):
         text = value.strip()
         parsed = datetime.fromisoformat(text)  # ValueError for anything else
@@ -188,12 +200,12 @@ class Flattener:
         if raw_time is not None:
             try:
                 row["generated_at"] = to_epoch_millis(raw_time)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 errors.append(
                     _wrong_type(
                         rid,
                         "provenance.generated_at",
-                        "a timestamp (epoch millis or ISO-8601)",
+                        "a timestamp (epoch millis or ISO-8601) from year 1 on",
                         raw_time,
                     )
                 )

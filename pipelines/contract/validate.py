@@ -67,6 +67,16 @@ def load_suite_documents() -> list[dict[str, Any]]:
     return documents
 
 
+def suite_rules(documents: Sequence[dict[str, Any]] | None = None) -> list[tuple[str, str | None]]:
+    """Every rule the suites report, with the record field it checks, in suite order."""
+    rules: dict[str, str | None] = {}
+    for document in documents or load_suite_documents():
+        for expectation in document.get("expectations", []):
+            rule = _rule_of(expectation)
+            rules.setdefault(rule.rule, rule.field)
+    return list(rules.items())
+
+
 def _now_millis() -> float:
     return time.time() * 1000
 
