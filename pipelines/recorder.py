@@ -33,13 +33,48 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class RetryingStore:
+    """A lineage store opened lazily and, while it is unreachable, retried for up to `retry_s`
+    seconds (backing off to 10 s) before `ServiceUnavailableError` ends the run."""
+
+    def __init__(self, store_url: str, *, retry_s: float) -> None:
+        self.store_url = store_url
+        self.retry_s = retry_s
+        self.store: Any = None  # opened at the first call, inside the retry loop
+
+    def call(self, use: Callable[[Any], Any]) -> Any:
+        from lineage_guard.lineage.store import open_store
+
+        deadline = time.monotonic() + self.retry_s
+        delay = 0.5
+        while True:
+            try:
+                if self.store is None:
+                    self.store = open_store(self.store_url)
+                return use(self.store)
+            except ServiceUnavailableError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise ServiceUnavailableError(
+                        f"{exc.message} Gave up after {self.retry_s:.0f} s: the records it "
+                        "covers were not delivered and their offsets not committed."
+                    ) from exc
+                log.warning("lineage store unavailable, retrying in %.1f s: %s", delay, exc.message)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+
 class LineageRecorder:
     def __init__(self, store_url: str, *, pipeline: str, run_id: str, retry_s: float) -> None:
         self.store_url = store_url
         self.pipeline = pipeline
         self.run_id = run_id
         self.retry_s = retry_s
-        self.store: Any = None  # opened at the first write, inside the retry loop
+        self.connection = RetryingStore(store_url, retry_s=retry_s)
 
     def record(self, batch: Batch, *, allowed_to: str, quarantined_to: str) -> Entry:
         """Record what the stages decided about `batch`, and where its records are going;
@@ -51,7 +86,7 @@ class LineageRecorder:
             allowed_to=allowed_to,
             quarantined_to=quarantined_to,
         )
-        entry: Entry = self._retrying(lambda store: store.append(hops))
+        entry: Entry = self.connection.call(lambda store: store.append(hops))
         return entry
 
     def confirm(self, answered: Sequence[tuple[Entry, int, Sequence[Failure]]]) -> None:
@@ -59,7 +94,7 @@ class LineageRecorder:
         refused (source offset, error)."""
         if answered:
             at = datetime.now(UTC)
-            self._retrying(lambda store: store.confirm(answered, at=at))
+            self.connection.call(lambda store: store.confirm(answered, at=at))
 
     def sign(self, key: Any) -> Checkpoint:
         """Sign the heads of every chain in the store (`lineage.checkpoints`) and keep the
@@ -71,30 +106,8 @@ class LineageRecorder:
             store.add_checkpoint(checkpoint)
             return checkpoint
 
-        checkpoint: Checkpoint = self._retrying(write)
+        checkpoint: Checkpoint = self.connection.call(write)
         return checkpoint
 
     def close(self) -> None:
-        if self.store is not None:
-            self.store.close()
-            self.store = None
-
-    def _retrying(self, write: Callable[[Any], Any]) -> Any:
-        from lineage_guard.lineage.store import open_store
-
-        deadline = time.monotonic() + self.retry_s
-        delay = 0.5
-        while True:
-            try:
-                if self.store is None:
-                    self.store = open_store(self.store_url)
-                return write(self.store)
-            except ServiceUnavailableError as exc:
-                if time.monotonic() + delay > deadline:
-                    raise ServiceUnavailableError(
-                        f"{exc.message} Gave up after {self.retry_s:.0f} s: the records it "
-                        "covers were not delivered and their offsets not committed."
-                    ) from exc
-                log.warning("lineage store unavailable, retrying in %.1f s: %s", delay, exc.message)
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        self.connection.close()

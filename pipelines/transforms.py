@@ -43,7 +43,7 @@ from lineage_guard.io.decode import Decoder, registry_lookup
 from lineage_guard.io.file_io import FileSink, read_file
 from lineage_guard.io.kafka import KafkaSettings, KafkaSink, PartitionRange, read_range
 from lineage_guard.items import Batch
-from lineage_guard.recorder import LineageRecorder
+from lineage_guard.recorder import LineageRecorder, RetryingStore
 
 VALID = "valid"
 QUARANTINE = "quarantine"
@@ -238,25 +238,27 @@ class ParentClasses(beam.PTransform):
 
 
 class _Validate(_Stage):
-    def __init__(self, engine: str, lineage_store: str | None) -> None:
+    def __init__(self, engine: str, lineage_store: str | None, retry_s: float) -> None:
         self.engine = engine
         self.lineage_store = lineage_store
+        self.retry_s = retry_s
 
     def setup(self) -> None:
         self.validator = SuiteValidator(engine=self.engine)  # suites: once per worker
-        self.store: Any = None
+        self.store = (
+            RetryingStore(self.lineage_store, retry_s=self.retry_s)
+            if self.lineage_store is not None
+            else None
+        )
 
     def check(self, batch: Batch, side: Any) -> Batch:
         return stages.validate(batch, self.validator, side, self._lookup)
 
     def _lookup(self, record_ids: Iterable[str]) -> dict[str, str]:
-        if self.lineage_store is None:
-            return {}
         if self.store is None:
-            from lineage_guard.lineage.store import open_store
-
-            self.store = open_store(self.lineage_store)
-        found: dict[str, str] = self.store.content_classes(list(record_ids))
+            return {}
+        ids = list(record_ids)  # an outage is waited out, as the write step waits it out
+        found: dict[str, str] = self.store.call(lambda store: store.content_classes(ids))
         return found
 
     def teardown(self) -> None:
@@ -277,15 +279,18 @@ class ValidateProvenance(_StageTransform):
         *,
         parents: PCollection[tuple[str, int]] | None = None,
         lineage_store: str | None = None,
+        lineage_retry_s: float = 300.0,
     ) -> None:
         super().__init__()
         self.engine = engine
         self.parents = parents
         self.lineage_store = lineage_store
+        self.lineage_retry_s = lineage_retry_s
 
     def expand(self, batches: PCollection[Batch]) -> Any:
         side = [AsDict(self.parents)] if self.parents is not None else []
-        return self._apply(batches, _Validate(self.engine, self.lineage_store), *side)
+        validate = _Validate(self.engine, self.lineage_store, self.lineage_retry_s)
+        return self._apply(batches, validate, *side)
 
 
 class _Enforce(_Stage):
