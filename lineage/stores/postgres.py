@@ -13,6 +13,7 @@ so a guard that keeps retrying resumes once the database is back.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -33,11 +34,17 @@ from lineage_guard.lineage.store import (
     no_lineage_error,
     order_key,
     read_row,
+    redact_text,
     redact_url,
     stored_from_row,
 )
 
 CONNECT_TIMEOUT_S = 10
+# libpq's answers that name a setting, not an outage (no SQLSTATE comes with them).
+_REFUSED_SETTINGS = re.compile(
+    r"invalid \w+ value|password authentication failed|role \"[^\"]*\" does not exist"
+    r"|database \"[^\"]*\" does not exist|no pg_hba\.conf entry|does not support SSL"
+)
 FETCH_ROWS = 5000  # rows per round trip when streaming
 ANY_CHUNK = 1000  # record ids per `= ANY(…)` query
 
@@ -289,11 +296,16 @@ class PostgresStore:
             return psycopg.connect(self._dsn, autocommit=autocommit, **options)
         except psycopg.ProgrammingError as exc:  # a malformed URL or an unknown option
             raise ConfigError(
-                f"Bad lineage store URL `{self._url}`: {first_line(exc)}."
+                f"Bad lineage store URL `{self._url}`: {redact_text(first_line(exc), self._dsn)}."
                 " Use `postgresql://user@host:port/database`."
-            ) from exc
+            ) from None
         except psycopg.Error as exc:
-            raise self._unavailable("reach", exc) from exc
+            if _REFUSED_SETTINGS.search(str(exc)):  # waiting would not help: exit 3 at once
+                raise ConfigError(
+                    f"The lineage store `{self._url}` refused the connection:"
+                    f" {redact_text(first_line(exc), self._dsn)}. Check `--lineage-store`."
+                ) from None
+            raise self._unavailable("reach", exc) from None
 
     def _connection(self) -> psycopg.Connection[Any]:
         """The shared connection (autocommit), reopened when the last one broke."""
@@ -342,7 +354,8 @@ class PostgresStore:
 
     def _unavailable(self, action: str, exc: BaseException) -> ServiceUnavailableError:
         return ServiceUnavailableError(
-            f"Cannot {action} the lineage store `{self._url}`: {first_line(exc)}."
+            f"Cannot {action} the lineage store `{self._url}`:"
+            f" {redact_text(first_line(exc), self._dsn)}."
             " Check `--lineage-store` and that PostgreSQL is running."
         )
 

@@ -9,6 +9,7 @@ and parent ids as compact JSON text.
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import threading
 from collections.abc import Collection, Iterator, Sequence
@@ -19,8 +20,9 @@ from types import TracebackType
 from typing import Any, Self
 
 from lineage_guard.lineage.chain import ChainHead, Verification, first_break, head_after, link
-from lineage_guard.lineage.errors import ServiceUnavailableError
+from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError
 from lineage_guard.lineage.events import Decision, LineageEvent, Stage, StoredEvent, format_time
+from lineage_guard.lineage.private import create_private_file, private_dir
 from lineage_guard.lineage.store import (
     EVENT_COLUMNS,
     event_row,
@@ -101,7 +103,9 @@ class SqliteStore:
         if not create and not self._path.is_file():
             raise no_lineage_error(self._url)
         try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
+            if create:  # a new store, and its new folders, only for its owner
+                private_dir(self._path.parent)
+                create_private_file(self._path)
         except OSError as exc:
             raise self._unavailable("open", exc) from exc
         self._conn = self._connect()
@@ -155,7 +159,8 @@ class SqliteStore:
                         conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
-                raise ServiceUnavailableError(
+                error = ConfigError if _is_setting(exc) else ServiceUnavailableError
+                raise error(
                     f"Cannot write {len(events)} lineage events to chain `{chain_id}` in"
                     f" `{self._url}`: {first_line(exc)}. Nothing of this batch was written."
                 ) from exc
@@ -292,11 +297,26 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise self._unavailable("read", exc) from exc
 
-    def _unavailable(self, action: str, exc: BaseException) -> ServiceUnavailableError:
-        return ServiceUnavailableError(
+    def _unavailable(
+        self, action: str, exc: BaseException
+    ) -> ServiceUnavailableError | ConfigError:
+        error = ConfigError if _is_setting(exc) else ServiceUnavailableError
+        return error(
             f"Cannot {action} the lineage store `{self._url}`: {first_line(exc)}."
             " Check `--lineage-store` and that the file is a readable SQLite database."
         )
+
+
+# SQLite's answers that no amount of waiting changes: a read-only or non-database file, a path
+# that cannot be opened. They are configuration errors (exit 3), not outages to retry.
+_SETTING_ERRORS = ("SQLITE_READONLY", "SQLITE_NOTADB", "SQLITE_CANTOPEN", "SQLITE_PERM")
+
+
+def _is_setting(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):  # the store's folder or file cannot be made
+        return exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST)
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(_SETTING_ERRORS)
 
 
 def _row(stored: StoredEvent) -> tuple[Any, ...]:
