@@ -35,6 +35,7 @@ from lineage_guard.io.file_io import FileSink, read_file
 from lineage_guard.io.kafka import KafkaSettings, KafkaSink, PartitionRange, read_range
 from lineage_guard.items import Batch
 from lineage_guard.recorder import LineageRecorder
+from lineage_guard.stop import stop_requested
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("lineage_guard.progress")
@@ -84,7 +85,8 @@ class ReadKafka(beam.DoFn):
         self.read = Metrics.counter(NAMESPACE, "read")
 
     def process(self, part: PartitionRange) -> Iterator[Batch]:
-        for batch in read_range(self.consumer, part, self.batch_size, self.io.settings.timeout_s):
+        timeout_s = self.io.settings.timeout_s
+        for batch in read_range(self.consumer, part, self.batch_size, timeout_s, stop_requested):
             self.read.inc(len(batch.items))
             yield batch
 
@@ -101,6 +103,8 @@ class ReadFiles(beam.DoFn):
 
     def process(self, path: str) -> Iterator[Batch]:
         for batch in read_file(path, self.batch_size):
+            if stop_requested():  # a stop signal: read no further
+                return
             self.read.inc(len(batch.items))
             yield batch
 
@@ -170,9 +174,15 @@ class WriteBatches(beam.DoFn):
         self.started = self.last_report = time.monotonic()
 
     def process(self, batch: Batch) -> None:
+        if stop_requested():  # a stop signal: deliver nothing more, commit nothing past here
+            return
         if self.recorder is not None:
             allowed_to, quarantined_to = self._destinations(batch)
-            self.recorder.record(batch, allowed_to=allowed_to, quarantined_to=quarantined_to)
+            recorded = self.recorder.record(
+                batch, allowed_to=allowed_to, quarantined_to=quarantined_to, stop=stop_requested
+            )
+            if not recorded:  # stopped while the store was being retried
+                return
         self.sink.write(batch)
         self._count(batch)
 

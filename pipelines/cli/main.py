@@ -40,11 +40,28 @@ def cli(verbose: int) -> None:
     logging.getLogger("librdkafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_drop_beam_gcp_notice)
+        if verbose < 2:
+            handler.addFilter(_drop_errors_we_report)
 
 
 def _drop_beam_gcp_notice(record: logging.LogRecord) -> bool:
     """Beam warns at import that Google Cloud clients are missing; we use none of them."""
     return not str(record.msg).startswith("apitools not found")
+
+
+def _drop_errors_we_report(record: logging.LogRecord) -> bool:
+    """Beam logs a step's exception with its traceback before passing it on; when it is one of
+    ours, the entry point prints it as one line, so the traceback is noise (`-vv` shows it)."""
+    if not record.name.startswith("apache_beam") or not record.exc_info:
+        return True
+    seen = set()
+    current: BaseException | None = record.exc_info[1]
+    while current is not None and id(current) not in seen:
+        if isinstance(current, LineageGuardError):
+            return False
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return True
 
 
 @cli.command()

@@ -3,62 +3,83 @@
 from __future__ import annotations
 
 import logging
-import signal
+import re
 import sys
 import time
 import uuid
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import click
 
+from lineage_guard import stop
 from lineage_guard.contract.policies import parse_policy
 from lineage_guard.guard import FilesIO, GuardConfig, KafkaIO, Summary, run_once
 from lineage_guard.io.file_io import output_names
 from lineage_guard.io.kafka import KafkaSettings
-from lineage_guard.lineage.errors import ConfigError, LineageGuardError, UnusableInputError
+from lineage_guard.lineage.errors import (
+    ConfigError,
+    LineageGuardError,
+    ServiceUnavailableError,
+    UnusableInputError,
+)
 from lineage_guard.lineage.openlineage import RunEmitter, kafka_dataset_namespace, transport_config
+from lineage_guard.lineage.private import private_dir
+from lineage_guard.lineage.store import open_store, redact_url
 
 log = logging.getLogger(__name__)
+EXIT_STOPPED = 130  # 128 + SIGINT, as shells report an interrupted command
 
 
 def run_guard(**o: Any) -> None:
     config, until_caught_up = _config(o)
     if sys.stderr.isatty():
         logging.getLogger("lineage_guard.progress").setLevel(logging.INFO)
+    if config.lineage_store:
+        check_store(config.lineage_store)
     total = Summary()
-    signal.signal(signal.SIGTERM, _stop)
     started = time.monotonic()
     emitter = _emitter(o, config, total) if o["openlineage"] else None
-    if emitter is not None:
-        emitter.start()
     bounded = until_caught_up or isinstance(config.io, FilesIO)
     error: BaseException | None = None
-    try:
-        while True:
-            round_ = _guarded(run_once, config)
-            total.add(round_)
-            if bounded:
-                break
-            if round_.read == 0:
-                time.sleep(o["poll_interval"])
-    except KeyboardInterrupt as exc:
-        # Stopping an endless run is its normal end; stopping a bounded run leaves it unfinished.
-        error = exc if bounded else None
+    with stop.stop_on_signals():
+        if emitter is not None:
+            emitter.start()
+        try:
+            while not stop.stop_requested():
+                round_ = _guarded(run_once, config)
+                total.add(round_)
+                if bounded:
+                    break
+                if round_.read == 0:
+                    stop.wait(o["poll_interval"])
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            signal_name = stop.stopped_by()
+            if emitter is not None:
+                # Stopping an endless run is its normal end; a bounded run stopped is unfinished.
+                unfinished = signal_name is not None and bounded
+                emitter.finish(error or (KeyboardInterrupt() if unfinished else None))
+    print_summary(total, config, time.monotonic() - started)
+    if signal_name is not None:
         click.echo(
-            "lineage-guard: stopped; offsets are committed up to the last delivered batch.",
+            f"lineage-guard: stopped by {signal_name}: nothing was delivered after it; offsets"
+            " are committed only behind delivered records.",
             err=True,
         )
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        if emitter is not None:
-            emitter.finish(error)
-    print_summary(total, config, time.monotonic() - started)
-    if error is not None:
-        sys.exit(130)
+        sys.exit(EXIT_STOPPED)
+
+
+def check_store(url: str) -> None:
+    """Opens the lineage store once before the pipeline starts: a store that cannot work
+    (bad URL, read-only or non-database file, refused settings) stops the run now, with exit 3.
+    An unreachable one is only warned about: the write stage retries it."""
+    try:
+        open_store(url).close()
+    except ServiceUnavailableError as exc:
+        log.warning("%s The guard retries it before delivering anything.", exc.message)
 
 
 def _emitter(o: dict[str, Any], config: GuardConfig, total: Summary) -> RunEmitter:
@@ -89,10 +110,6 @@ def _emitter(o: dict[str, Any], config: GuardConfig, total: Summary) -> RunEmitt
         counts=counts,
         interval_s=o["openlineage_interval"],
     )
-
-
-def _stop(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
@@ -139,7 +156,7 @@ def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
                 )
         inputs = tuple(str(p) for p in o["inputs"])
         out_dir: Path = o["output_dir"]
-        out_dir.mkdir(parents=True, exist_ok=True)
+        output_dir(out_dir, "--output-dir")
         names = output_names(inputs)
         for name in names.values():  # a run's output replaces the previous run's
             for suffix in (".allowed.jsonl", ".quarantine.jsonl"):
@@ -160,6 +177,21 @@ def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
     return config, bool(o["until_caught_up"])
 
 
+def output_dir(path: Path, option: str) -> None:
+    """Creates an output folder (0700, with its missing parents) or raises a one-line
+    `UnusableInputError` that says why it cannot be one."""
+    try:
+        private_dir(path)
+    except FileExistsError:
+        raise UnusableInputError(
+            f"Cannot write to `{option} {path}`: it exists and is not a folder."
+        ) from None
+    except OSError as exc:
+        raise UnusableInputError(
+            f"Cannot create `{option} {path}`: {exc.strerror or exc}."
+        ) from None
+
+
 def _kafka_config(pairs: tuple[str, ...]) -> dict[str, str]:
     config = {}
     for pair in pairs:
@@ -175,13 +207,14 @@ def _guarded(function: Any, *args: Any) -> Summary:
     try:
         result: Summary = function(*args)
         return result
-    except LineageGuardError:
-        raise
     except Exception as exc:
         cause = _our_error(exc)
         if cause is None:
             raise
-        raise cause from exc
+        raise cause from None
+
+
+_BEAM_SUFFIX = re.compile(r"( \[while running '[^']*'\])+$")
 
 
 def _our_error(exc: BaseException) -> LineageGuardError | None:
@@ -189,7 +222,8 @@ def _our_error(exc: BaseException) -> LineageGuardError | None:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         if isinstance(current, LineageGuardError):
-            return current
+            # Beam appends the step's name to an error it passes on: the user needs ours.
+            return type(current)(_BEAM_SUFFIX.sub("", current.message))
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
@@ -214,5 +248,5 @@ def print_summary(total: Summary, config: GuardConfig, seconds: float | None) ->
     if isinstance(config.io, FilesIO):
         lines.append(f"  output in `{config.io.out_dir}`")
     if config.lineage_store:
-        lines.append(f"  lineage in `{config.lineage_store}`")
+        lines.append(f"  lineage in `{redact_url(config.lineage_store)}`")
     click.echo("\n".join(lines), err=True)

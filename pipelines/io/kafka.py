@@ -69,7 +69,12 @@ class KafkaSettings:
 
     def producer(self) -> Producer:
         return Producer(
-            {"bootstrap.servers": self.bootstrap_servers, **PRODUCER_DEFAULTS, **self.client}
+            {
+                "bootstrap.servers": self.bootstrap_servers,
+                "logger": client_log,  # librdkafka's lines through logging, like the consumer's
+                **PRODUCER_DEFAULTS,
+                **self.client,
+            }
         )
 
 
@@ -152,14 +157,21 @@ def plan_ranges(settings: KafkaSettings, topics: list[str]) -> list[PartitionRan
 
 
 def read_range(
-    consumer: Consumer, part: PartitionRange, batch_size: int, timeout_s: float
+    consumer: Consumer,
+    part: PartitionRange,
+    batch_size: int,
+    timeout_s: float,
+    stop: Callable[[], bool] = lambda: False,
 ) -> Iterator[Batch]:
-    """Reads `part` into batches of up to `batch_size` messages, in offset order."""
+    """Reads `part` into batches of up to `batch_size` messages, in offset order, until its
+    end or until `stop()` is true. Raises when Kafka sends nothing for `timeout_s` while this
+    reader waits (time spent downstream of a `yield`, e.g. retrying the lineage store, is not
+    waiting for Kafka)."""
     consumer.assign([TopicPartition(part.topic, part.partition, part.start)])
     try:
         next_offset = part.start
         idle_since = time.monotonic()
-        while next_offset < part.end:
+        while next_offset < part.end and not stop():
             messages = consumer.consume(
                 num_messages=min(batch_size, part.end - next_offset), timeout=1.0
             )
@@ -194,8 +206,8 @@ def read_range(
                 )
                 next_offset = offset + 1
             if items:
-                idle_since = time.monotonic()
                 yield Batch(topic=part.topic, partition=part.partition, items=tuple(items))
+                idle_since = time.monotonic()  # the clock starts when Kafka is asked again
             if reached_eof:
                 break
             if time.monotonic() - idle_since > timeout_s:
