@@ -12,7 +12,7 @@ import pytest
 # The contract suite is a plain module: have pytest rewrite its asserts for clear failures.
 pytest.register_assert_rewrite("tests.lineage_contract")
 
-from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError  # noqa: E402
+from lineage_guard.lineage.errors import ConfigError  # noqa: E402
 from lineage_guard.lineage.events import Stage  # noqa: E402
 from lineage_guard.lineage.store import LineageStore, open_store  # noqa: E402
 from lineage_guard.lineage.stores.sqlite import SqliteStore  # noqa: E402
