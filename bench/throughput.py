@@ -118,10 +118,11 @@ def mode_core(path: Path, args: argparse.Namespace) -> int:
         )
         batch = Batch(topic="bench", partition=0, items=items)
         batch = stages.enforce(stages.validate(stages.decode(batch, decoder), validator), policies)
-        events = stages.lineage_events(
+        hops = stages.lineage_hops(
             batch, pipeline="bench", run_id="core", allowed_to="out", quarantined_to="quarantine"
         )
-        store.append(events, chain_id="core/bench/0")
+        entry = store.append(hops)
+        store.confirm([(entry, len(items), [])], at=hops.at)  # as the sink does once answered
         count += len(items)
     store.close()
     return count

@@ -1,70 +1,199 @@
-"""Hash chains over lineage events: linking new events, and finding the first broken link.
+"""Integrity at batch grain: chain entries, their links, and finding the first broken one.
 
-Events are chained per `chain_id`. The pipeline starts one chain per written micro-batch,
-`run_id/source_topic/source_partition/first_offset`, so that `trace` verifies a chain of a few
-thousand events rather than a whole run's.
-Event `seq` (1, 2, …) of a chain has
+Every written micro-batch is one *entry* of a chain; chains are kept per guard and source
+partition (`pipeline/source_topic/source_partition`) and continue across runs. Two kinds of
+entry:
 
-    hash = sha256(prev_hash || canonical_json(event, chain_id, seq))
+- `hops`: a batch's hop rows, bound by their Merkle root (`lineage.hops.merkle_root`);
+- `delivery`: what the destination acknowledged for an earlier `hops` entry of the same chain
+  (`confirms` is its seq; `failed` lists the offsets it refused). It is appended only after
+  the delivery reports came back, so an unacknowledged record is never shown as delivered.
 
-where `prev_hash` is the previous event's hash, or 64 zeros (`GENESIS_HASH`) for the first.
-Each store also records every chain's head (last seq and hash), so deleting the newest events
-is detected too. Editing, inserting or deleting a single stored event, or the head, breaks the
-chain at a link `first_break` names.
+Entry `seq` (1, 2, …) of a chain has
 
-What the chain cannot see: someone able to write to the database who rewrites a chain's every
-event after the edited one and its head, recomputing the hashes (SHA-256 has no key), or who
-deletes a whole chain with its head row (with per-batch chains: a whole batch). Anchor the
-heads elsewhere (e.g. in the run's OpenLineage events) to close that gap.
+    hash = sha256(prev_hash || canonical_json(entry header))
+
+where the header holds the chain id, seq, kind, pipeline, run, time, source partition, offset
+range, row count, destinations, Merkle root and delivery facts, and `prev_hash` is the previous
+entry's hash (64 zeros for the first). Each store also records every chain's head.
+
+What a walk detects without a key: an edited, inserted or deleted hop row (the batch's Merkle
+root or row count no longer matches), an edited entry (its hash), a deleted or inserted entry
+(the next entry's `prev_hash`, or a seq gap), a deleted tail (the recorded head). What it cannot
+see: someone with write access who recomputes every hash after an edit, head included, or
+deletes a whole chain with its head. Signed checkpoints (`lineage.checkpoints`) close both.
 
 Pure: no database driver.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
-from lineage_guard.lineage.events import GENESIS_HASH, LineageEvent, StoredEvent, event_hash
+from lineage_guard.lineage.events import format_time
+from lineage_guard.lineage.hops import Hop, HopBatch, merkle_root
+
+GENESIS_HASH = "0" * 64  # the `prev_hash` of a chain's first entry
+
+
+class EntryKind(StrEnum):
+    HOPS = "hops"
+    DELIVERY = "delivery"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Failure:
+    """A record the destination refused: its source offset and the destination's error."""
+
+    offset: int
+    error: str
+
+    def to_list(self) -> list[Any]:
+        return [self.offset, self.error]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Entry:
+    """One link of a chain: a batch of hops, or the delivery facts of an earlier batch."""
+
+    chain_id: str
+    seq: int
+    kind: EntryKind
+    pipeline: str
+    run_id: str
+    at: datetime
+    source_topic: str
+    source_partition: int
+    first_offset: int | None = None  # hops only
+    last_offset: int | None = None
+    count: int = 0  # hop rows (hops), or records acknowledged or refused (delivery)
+    allowed_to: str | None = None
+    quarantined_to: str | None = None
+    root: str | None = None  # hops: the Merkle root of the rows
+    confirms: int | None = None  # delivery: the seq of the hops entry it is about
+    failed: tuple[Failure, ...] = field(default=())
+    prev_hash: str
+    hash: str
+
+    def header(self) -> bytes:
+        """The bytes the entry's hash covers (with `prev_hash` before them)."""
+        return _CANONICAL.encode(
+            {
+                "chain_id": self.chain_id,
+                "seq": self.seq,
+                "kind": str(self.kind),
+                "pipeline": self.pipeline,
+                "run_id": self.run_id,
+                "at": format_time(self.at),
+                "source_topic": self.source_topic,
+                "source_partition": self.source_partition,
+                "first_offset": self.first_offset,
+                "last_offset": self.last_offset,
+                "count": self.count,
+                "allowed_to": self.allowed_to,
+                "quarantined_to": self.quarantined_to,
+                "root": self.root,
+                "confirms": self.confirms,
+                "failed": [failure.to_list() for failure in self.failed],
+            }
+        ).encode("utf-8")
+
+    def computed_hash(self) -> str:
+        digest = hashlib.sha256(self.prev_hash.encode("ascii"))
+        digest.update(self.header())
+        return digest.hexdigest()
 
 
 @dataclass(frozen=True, kw_only=True)
 class ChainHead:
-    """The last link of a chain as the store recorded it: seq 0 and `GENESIS_HASH` when empty."""
+    """The last entry of a chain as the store recorded it: seq 0 and `GENESIS_HASH` when empty."""
 
     chain_id: str
     seq: int
     hash: str
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"chain_id": self.chain_id, "seq": self.seq, "hash": self.hash}
 
-@dataclass(frozen=True, kw_only=True)
-class UnreadableEvent:
-    """A stored row that is no valid event (a value edited into something no writer writes)."""
 
-    chain_id: str
-    seq: int | None
-    record_id: str | None
-    error: str
+def _sealed(entry: Entry) -> Entry:
+    return dataclasses.replace(entry, hash=entry.computed_hash())
+
+
+def hops_entry(batch: HopBatch, *, head: ChainHead | None) -> Entry:
+    """The chain entry for `batch`, linked after `head` (None: a new chain)."""
+    offsets = [hop.source_offset for hop in batch.hops]
+    return _sealed(
+        Entry(
+            chain_id=batch.chain_id,
+            seq=(head.seq if head else 0) + 1,
+            kind=EntryKind.HOPS,
+            pipeline=batch.pipeline,
+            run_id=batch.run_id,
+            at=batch.at,
+            source_topic=batch.source_topic,
+            source_partition=batch.source_partition,
+            first_offset=min(offsets),
+            last_offset=max(offsets),
+            count=len(batch.hops),
+            allowed_to=batch.allowed_to,
+            quarantined_to=batch.quarantined_to,
+            root=batch.root(),
+            prev_hash=head.hash if head else GENESIS_HASH,
+            hash="",
+        )
+    )
+
+
+def delivery_entry(
+    confirmed: Entry, *, count: int, failed: Sequence[Failure], at: datetime, head: ChainHead
+) -> Entry:
+    """The delivery entry for the hops entry `confirmed`, linked after `head`."""
+    return _sealed(
+        Entry(
+            chain_id=confirmed.chain_id,
+            seq=head.seq + 1,
+            kind=EntryKind.DELIVERY,
+            pipeline=confirmed.pipeline,
+            run_id=confirmed.run_id,
+            at=at,
+            source_topic=confirmed.source_topic,
+            source_partition=confirmed.source_partition,
+            count=count,
+            confirms=confirmed.seq,
+            failed=tuple(sorted(failed, key=lambda f: f.offset)),
+            prev_hash=head.hash,
+            hash="",
+        )
+    )
 
 
 class BreakKind(StrEnum):
-    EDITED = "edited"  # the event's content or hash differs from what was written
-    UNREADABLE = "unreadable"  # a stored value is not a valid event field: edited
-    DELETED = "deleted"  # seq numbers skip, or the chain ends before its head
-    INSERTED = "inserted"  # a seq repeats, or events lie beyond the chain's head
-    RELINKED = "relinked"  # prev_hash is not the previous event's hash
-    HEAD = "head"  # the recorded head does not match the chain's last event, or is missing
+    EDITED = "edited"  # an entry's header or a hop row differs from what was written
+    UNREADABLE = "unreadable"  # a stored value is not a valid field: edited
+    DELETED = "deleted"  # entries or rows are missing: a seq gap, fewer rows, a short chain
+    INSERTED = "inserted"  # a seq repeats, rows or entries beyond what was written
+    RELINKED = "relinked"  # prev_hash is not the previous entry's hash
+    HEAD = "head"  # the recorded head does not match the chain's last entry, or is missing
+    SIGNATURE = "signature"  # a checkpoint's signature does not verify with the public key
+    UNSIGNED = "unsigned"  # a chain a signed checkpoint names is gone, or was recomputed
 
 
 @dataclass(frozen=True, kw_only=True)
 class BrokenLink:
-    """Where a chain first breaks: the event at `seq` (or the gap/head there), and why."""
+    """Where a chain first breaks (entry `seq`, optionally hop row `index`), and why."""
 
     chain_id: str
     seq: int | None
-    record_id: str | None
+    index: int | None = None
+    record_id: str | None = None
     kind: BreakKind
     description: str  # one line, names the chain, the seq and the record
 
@@ -72,6 +201,7 @@ class BrokenLink:
         return {
             "chain_id": self.chain_id,
             "seq": self.seq,
+            "index": self.index,
             "record_id": self.record_id,
             "kind": str(self.kind),
             "description": self.description,
@@ -83,149 +213,200 @@ class Verification:
     """The outcome of walking chains: how much was checked, and the first broken link."""
 
     chains: int
-    events: int
+    batches: int
+    hops: int
     broken: BrokenLink | None
+    signed_checkpoints: int = 0  # checkpoints whose signature verified (with a public key)
 
     @property
     def ok(self) -> bool:
         return self.broken is None
 
+    @property
+    def events(self) -> int:  # the number of rows walked, as earlier versions reported it
+        return self.hops
 
-def link(
-    events: Iterable[LineageEvent], *, chain_id: str, head: ChainHead | None
-) -> list[StoredEvent]:
-    """Chain `events`, in order, after `head` (None or seq 0: a new chain)."""
-    seq = head.seq if head is not None else 0
-    prev_hash = head.hash if head is not None else GENESIS_HASH
-    stored = []
-    for event in events:
-        seq += 1
-        digest = event_hash(event, chain_id=chain_id, seq=seq, prev_hash=prev_hash)
-        stored.append(
-            StoredEvent(event=event, chain_id=chain_id, seq=seq, prev_hash=prev_hash, hash=digest)
+
+@dataclass(frozen=True, kw_only=True)
+class UnreadableRow:
+    """A stored row that is no valid entry or hop (a value edited into something no writer
+    writes)."""
+
+    chain_id: str
+    seq: int | None
+    index: int | None = None
+    error: str
+
+
+RowsOf = Callable[[Entry], "Sequence[Hop | UnreadableRow]"]
+
+
+def check_entry(
+    entry: Entry | UnreadableRow,
+    *,
+    expected_seq: int,
+    prev_hash: str,
+    rows_of: RowsOf,
+) -> tuple[BrokenLink | None, int]:
+    """Check one entry against its predecessor's hash and, for `hops`, its rows; return the
+    first break and the number of rows read."""
+    if isinstance(entry, UnreadableRow):
+        return _unreadable(entry), 0
+    at = f"chain `{entry.chain_id}` batch {entry.seq}"
+
+    def broken(kind: BreakKind, text: str, **where: Any) -> BrokenLink:
+        return BrokenLink(
+            chain_id=entry.chain_id,
+            seq=where.pop("seq", entry.seq),
+            kind=kind,
+            description=text,
+            **where,
         )
-        prev_hash = digest
-    return stored
 
-
-def head_after(
-    stored: Sequence[StoredEvent], *, chain_id: str, head: ChainHead | None
-) -> ChainHead:
-    """The chain's head once `stored` (the output of `link`) is appended."""
-    if stored:
-        return ChainHead(chain_id=chain_id, seq=stored[-1].seq, hash=stored[-1].hash)
-    return head or ChainHead(chain_id=chain_id, seq=0, hash=GENESIS_HASH)
+    if entry.seq < expected_seq:
+        return broken(BreakKind.INSERTED, f"{at} repeats a seq: an entry was inserted"), 0
+    if entry.seq > expected_seq:
+        gap = _gap(entry.chain_id, expected_seq, entry.seq - 1)
+        text = f"{gap} missing: the chain jumps to batch {entry.seq}; deleted"
+        return broken(BreakKind.DELETED, text, seq=expected_seq), 0
+    if entry.prev_hash != prev_hash:
+        text = (
+            f"{at} does not link to batch {entry.seq - 1}: its prev_hash is not that entry's"
+            " hash; an entry was deleted or inserted before it, or it was edited"
+        )
+        return broken(BreakKind.RELINKED, text), 0
+    if entry.computed_hash() != entry.hash:
+        text = f"{at} does not match its hash: the entry was edited after it was written"
+        return broken(BreakKind.EDITED, text), 0
+    if entry.kind is not EntryKind.HOPS:
+        return None, 0
+    rows = rows_of(entry)
+    for row in rows:
+        if isinstance(row, UnreadableRow):
+            return _unreadable(row), len(rows)
+    hops = [row for row in rows if isinstance(row, Hop)]
+    if len(hops) < entry.count:
+        text = f"{at} holds {len(hops)} hop rows, {entry.count} were written: rows were deleted"
+        return broken(BreakKind.DELETED, text), len(hops)
+    if len(hops) > entry.count:
+        text = f"{at} holds {len(hops)} hop rows, {entry.count} were written: rows were inserted"
+        return broken(BreakKind.INSERTED, text), len(hops)
+    if merkle_root([hop.canonical() for hop in hops]) != entry.root:
+        text = f"{at} does not match its Merkle root: a hop row was edited or reordered"
+        return broken(BreakKind.EDITED, text), len(hops)
+    return None, len(hops)
 
 
 def verify_chain(
     chain_id: str,
-    stored: Iterable[StoredEvent | UnreadableEvent],
+    entries: Iterable[Entry | UnreadableRow],
     head: ChainHead | None,
-) -> tuple[BrokenLink | None, int]:
-    """Walk one chain's stored events in seq order; return its first broken link and the count
-    of events read. `head` is the chain's recorded head (None: no head recorded)."""
+    rows_of: RowsOf,
+) -> tuple[BrokenLink | None, int, int, dict[int, str]]:
+    """Walk one chain's entries in seq order. Returns the first break, the entries and rows
+    read, and each seq's hash (for checkpoint checks)."""
     expected = 1
     prev_hash = GENESIS_HASH
-    prev_record: str | None = None
-    count = 0
-
-    def broken(seq: int | None, record_id: str | None, kind: BreakKind, text: str) -> BrokenLink:
-        return BrokenLink(
-            chain_id=chain_id, seq=seq, record_id=record_id, kind=kind, description=text
+    batches = rows = 0
+    hashes: dict[int, str] = {}
+    for entry in entries:
+        batches += 1
+        if head is not None and not isinstance(entry, UnreadableRow) and entry.seq > head.seq:
+            text = (
+                f"chain `{chain_id}` batch {entry.seq} lies beyond the chain's recorded head"
+                f" (batch {head.seq}): the entry was inserted, or the head was altered"
+            )
+            beyond = BrokenLink(
+                chain_id=chain_id, seq=entry.seq, kind=BreakKind.INSERTED, description=text
+            )
+            return beyond, batches, rows, hashes
+        found, read = check_entry(
+            entry, expected_seq=expected, prev_hash=prev_hash, rows_of=rows_of
         )
-
-    for item in stored:
-        count += 1
-        if isinstance(item, UnreadableEvent):
-            at = _at(chain_id, item.seq, item.record_id)
-            text = f"{at} cannot be read ({item.error}): the event was edited"
-            return broken(item.seq, item.record_id, BreakKind.UNREADABLE, text), count
-        record_id = item.event.record_id
-        at = _at(chain_id, item.seq, record_id)
-        if head is not None and item.seq > head.seq:
-            text = (
-                f"{at} lies beyond the chain's recorded head (seq {head.seq}):"
-                " the event was inserted, or the head was altered"
-            )
-            return broken(item.seq, record_id, BreakKind.INSERTED, text), count
-        if item.seq < expected:
-            text = f"{at} repeats a seq or comes out of order: the event was inserted"
-            return broken(item.seq, record_id, BreakKind.INSERTED, text), count
-        if item.seq > expected:
-            text = (
-                f"{_gap(chain_id, expected, item.seq - 1)} missing: the chain jumps from"
-                f" seq {expected - 1} ({_record(prev_record)}) to seq {item.seq}"
-                f" ({_record(record_id)}); deleted"
-            )
-            return broken(expected, None, BreakKind.DELETED, text), count
-        if item.prev_hash != prev_hash:
-            text = (
-                f"{at} does not link to seq {expected - 1} ({_record(prev_record)}): its"
-                " prev_hash is not that event's hash; an event was inserted or deleted before"
-                " it, or it was edited"
-            )
-            return broken(item.seq, record_id, BreakKind.RELINKED, text), count
-        recomputed = event_hash(item.event, chain_id=chain_id, seq=item.seq, prev_hash=prev_hash)
-        if recomputed != item.hash:
-            text = f"{at} does not match its hash: the event was edited after it was written"
-            return broken(item.seq, record_id, BreakKind.EDITED, text), count
-        prev_hash = item.hash
-        prev_record = record_id
+        rows += read
+        if found is not None:
+            return found, batches, rows, hashes
+        assert isinstance(entry, Entry)
+        hashes[entry.seq] = entry.hash
+        prev_hash = entry.hash
         expected += 1
-
     last = expected - 1
     if head is None:
         text = (
-            f"chain `{chain_id}` has {last} events but no recorded head: the chain was forged"
-            f" or its head deleted (last event: seq {last}, {_record(prev_record)})"
+            f"chain `{chain_id}` has {last} batches but no recorded head: the chain was forged"
+            " or its head deleted"
         )
-        return broken(last, prev_record, BreakKind.HEAD, text), count
+        found = BrokenLink(chain_id=chain_id, seq=last, kind=BreakKind.HEAD, description=text)
+        return found, batches, rows, hashes
     if head.seq > last:
         text = (
-            f"{_gap(chain_id, last + 1, head.seq)} missing: the chain's head records seq"
-            f" {head.seq} but its last event is seq {last} ({_record(prev_record)}); deleted"
+            f"{_gap(chain_id, last + 1, head.seq)} missing: the chain's head records batch"
+            f" {head.seq} but its last entry is batch {last}; deleted"
         )
-        return broken(last + 1, None, BreakKind.DELETED, text), count
+        found = BrokenLink(
+            chain_id=chain_id, seq=last + 1, kind=BreakKind.DELETED, description=text
+        )
+        return found, batches, rows, hashes
     if head.hash != prev_hash:
         text = (
-            f"{_at(chain_id, last, prev_record)} does not match the chain's recorded head hash:"
-            " the event or the head was edited"
+            f"chain `{chain_id}` batch {last} does not match the chain's recorded head hash:"
+            " the entry or the head was edited"
         )
-        return broken(last, prev_record, BreakKind.HEAD, text), count
-    return None, count
+        found = BrokenLink(chain_id=chain_id, seq=last, kind=BreakKind.HEAD, description=text)
+        return found, batches, rows, hashes
+    return None, batches, rows, hashes
 
 
-def first_break(
-    stored: Iterable[StoredEvent | UnreadableEvent], heads: Mapping[str, ChainHead]
-) -> Verification:
-    """Verify every chain: `stored` holds all stored events ordered by (chain_id, seq), `heads`
-    every recorded head. Chains are checked in the order they come, then heads without events."""
-    chains = events = 0
-    seen: set[str] = set()
-    for chain_id, group in itertools.groupby(stored, key=lambda item: item.chain_id):
-        chains += 1
-        found, count = verify_chain(chain_id, group, heads.get(chain_id))
-        events += count
-        if found is not None:
-            return Verification(chains=chains, events=events, broken=found)
-        seen.add(chain_id)
-    for chain_id in sorted(heads.keys() - seen):
-        chains += 1
-        found, _ = verify_chain(chain_id, (), heads[chain_id])
-        if found is not None:
-            return Verification(chains=chains, events=events, broken=found)
-    return Verification(chains=chains, events=events, broken=None)
+def check_signed_heads(
+    signed: Mapping[str, ChainHead], hashes: Mapping[str, Mapping[int, str]]
+) -> BrokenLink | None:
+    """Every head a verified checkpoint signed must still be in its chain with the signed
+    hash: a recomputed chain, or a deleted chain, fails here."""
+    for chain_id in sorted(signed):
+        head = signed[chain_id]
+        seen = hashes.get(chain_id)
+        if seen is None:
+            text = (
+                f"chain `{chain_id}` was signed up to batch {head.seq}, but the store holds no"
+                " entry of it: the chain was deleted"
+            )
+            return BrokenLink(
+                chain_id=chain_id, seq=head.seq, kind=BreakKind.UNSIGNED, description=text
+            )
+        if seen.get(head.seq) != head.hash:
+            text = (
+                f"chain `{chain_id}` batch {head.seq} is not the batch a signed checkpoint"
+                " covers: the chain was recomputed or truncated after an edit"
+            )
+            return BrokenLink(
+                chain_id=chain_id, seq=head.seq, kind=BreakKind.UNSIGNED, description=text
+            )
+    return None
+
+
+def _unreadable(row: UnreadableRow) -> BrokenLink:
+    where = f"chain `{row.chain_id}` batch {row.seq if row.seq is not None else '?'}"
+    if row.index is not None:
+        where += f" row {row.index}"
+    return BrokenLink(
+        chain_id=row.chain_id,
+        seq=row.seq,
+        index=row.index,
+        kind=BreakKind.UNREADABLE,
+        description=f"{where} cannot be read ({row.error}): it was edited",
+    )
 
 
 def _record(record_id: str | None) -> str:
     return f"record `{record_id}`" if record_id is not None else "no record id"
 
 
-def _at(chain_id: str, seq: int | None, record_id: str | None) -> str:
-    return f"chain `{chain_id}` seq {seq if seq is not None else '?'} ({_record(record_id)})"
-
-
 def _gap(chain_id: str, first: int, last: int) -> str:
     if first == last:
-        return f"chain `{chain_id}` seq {first} is"
-    return f"chain `{chain_id}` seq {first}-{last} are"
+        return f"chain `{chain_id}` batch {first} is"
+    return f"chain `{chain_id}` batches {first}-{last} are"
+
+
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import click
 
 from lineage_guard.lineage import csv_cells, queries
+from lineage_guard.lineage.checkpoints import load_public_key
 from lineage_guard.lineage.errors import ExitCode, UnusableInputError
 from lineage_guard.lineage.events import StoredEvent, format_time
 from lineage_guard.lineage.store import DEFAULT_STORE_URL, open_store
@@ -118,7 +119,8 @@ def leaks(
     """Records from TEST/STAGING or with failed provenance delivered to production (must be
     none), and the leak attempts the guard blocked.
 
-    Exit 0 when there is no real leak, 1 when there is at least one.
+    Exit 0 when there is no leak, 1 when at least one record reached production (or was sent
+    there without an acknowledgement) that must not have.
     """
     start, end = _window(since, until)
     with open_store(store_url, create=False) as store:
@@ -135,7 +137,14 @@ def leaks(
             f"lineage-guard: {len(report.leaks)} record(s) reached production that must not have.",
             err=True,
         )
-    sys.exit(ExitCode.VIOLATIONS if report.leaks else ExitCode.OK)
+    if report.unconfirmed:
+        click.echo(
+            f"lineage-guard: {len(report.unconfirmed)} record(s) that must not reach production"
+            " were sent there without an acknowledgement: they may have arrived.",
+            err=True,
+        )
+    found = report.leaks or report.unconfirmed
+    sys.exit(ExitCode.VIOLATIONS if found else ExitCode.OK)
 
 
 @lineage.command()
@@ -184,33 +193,48 @@ def report(
 
 @lineage.command()
 @click.option("--chain", "chain_id", metavar="CHAIN_ID", help="Verify this chain only.")
+@click.option(
+    "--public-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Ed25519 public key (PEM): also check the signed checkpoints of the chain heads.",
+)
 @_store_option
 @_format_option
-def verify(chain_id: str | None, store_url: str, output_format: str) -> None:
-    """Walk every hash chain and name the first broken link.
+def verify(
+    chain_id: str | None, public_key: Path | None, store_url: str, output_format: str
+) -> None:
+    """Walk every chain: each batch's rows against its Merkle root, each batch's link to the
+    one before, each chain's head; with --public-key, the signed checkpoints too.
 
-    Exit 0 when every chain is intact, 1 when one is broken (edited, inserted or deleted event).
+    Exit 0 when everything is intact, 1 at the first broken link (edited, inserted or deleted
+    row or batch, deleted tail, recomputed or deleted chain, forged checkpoint).
     """
+    key = load_public_key(public_key) if public_key is not None else None
     with open_store(store_url, create=False) as store:
-        result = store.verify(chain_id)
+        result = store.verify(chain_id, public_key=key)
     broken = result.broken
+    counts = {
+        "ok": result.ok,
+        "chains": result.chains,
+        "batches": result.batches,
+        "hops": result.hops,
+        "signed_checkpoints": result.signed_checkpoints if key is not None else None,
+    }
     if output_format == "json":
-        document = {
-            "ok": result.ok,
-            "chains": result.chains,
-            "events": result.events,
-            "broken": broken.to_dict() if broken is not None else None,
-        }
+        document = {**counts, "broken": broken.to_dict() if broken is not None else None}
         click.echo(json.dumps(document, indent=2, ensure_ascii=False))
     elif output_format == "csv":
-        columns = ["ok", "chains", "events", "chain_id", "seq", "record_id", "kind", "description"]
+        columns = [*counts, "chain_id", "seq", "index", "record_id", "kind", "description"]
         link = broken.to_dict() if broken is not None else {}
-        row = {"ok": result.ok, "chains": result.chains, "events": result.events, **link}
-        click.echo(_csv(columns, [row]), nl=False)
-    elif broken is None:
-        click.echo(f"ok: {result.chains} chains, {result.events} events verified")
+        click.echo(_csv(columns, [{**counts, **link}]), nl=False)
     else:
-        click.echo(f"BROKEN after {result.chains} chains, {result.events} events read")
+        signed = (
+            f", {result.signed_checkpoints} signed checkpoints verified" if key is not None else ""
+        )
+        state = "ok" if broken is None else "BROKEN after"
+        click.echo(
+            f"{state}: {result.chains} chains, {result.batches} batches, {result.hops} hops{signed}"
+        )
     if broken is not None:
         click.echo(f"lineage-guard: {broken.description}", err=True)
     sys.exit(ExitCode.OK if broken is None else ExitCode.VIOLATIONS)
@@ -238,8 +262,8 @@ _EVENT_COLUMNS = [
     "run_id",
     "chain_id",
     "seq",
-    "prev_hash",
-    "hash",
+    "index",
+    "digest",
 ]
 
 
@@ -247,10 +271,10 @@ def _render_trace(result: queries.Trace, output_format: str) -> str:
     if output_format == "json":
         return json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n"
     if output_format == "csv":
-        columns = ["depth", *_EVENT_COLUMNS, "chain_status"]
+        columns = ["depth", *_EVENT_COLUMNS, "chain_status", "redelivery"]
         return _csv(columns, [_flat(traced.to_dict()) for traced in result.events])
     headers = ["at", "record", "stage", "decision", "reasons", "class", "origin"]
-    headers += ["tenant", "source", "destination", "chain:seq", "chain"]
+    headers += ["tenant", "source", "destination", "guard", "batch"]
     rows = []
     for traced in result.events:
         event = traced.stored.event
@@ -269,8 +293,9 @@ def _render_trace(result: queries.Trace, output_format: str) -> str:
                 event.tenant_id or "-",
                 _source(traced.stored),
                 event.destination or "-",
-                f"{traced.stored.chain_id}:{traced.stored.seq}",
-                traced.chain.status,
+                event.pipeline,
+                f"{traced.stored.seq}: {traced.chain.status}"
+                + (" (re-delivery)" if traced.redelivery else ""),
             ]
         )
     lines = [render_table(f"Lineage of record {result.record_id}", headers, rows)]
@@ -296,6 +321,7 @@ def _render_leaks(report: queries.LeakReport, output_format: str) -> Iterator[st
             },
             {
                 "leaks": (leak.to_dict() for leak in report.leaks),
+                "unconfirmed": (leak.to_dict() for leak in report.unconfirmed),
                 "blocked": (stored.to_dict() for stored in report.blocked),
             },
         )
@@ -304,6 +330,7 @@ def _render_leaks(report: queries.LeakReport, output_format: str) -> Iterator[st
         columns = ["kind", *_EVENT_COLUMNS, "why"]
         rows = itertools.chain(
             ({"kind": "leak", **_flat(leak.to_dict())} for leak in report.leaks),
+            ({"kind": "unconfirmed", **_flat(leak.to_dict())} for leak in report.unconfirmed),
             ({"kind": "blocked", **_flat(stored.to_dict())} for stored in report.blocked),
         )
         yield from _csv_chunks(columns, rows)
@@ -313,6 +340,10 @@ def _render_leaks(report: queries.LeakReport, output_format: str) -> Iterator[st
         [*_leak_cells(leak.stored), "; ".join(reason.rule for reason in leak.why)]
         for leak in report.leaks
     ]
+    unconfirmed_rows = [
+        [*_leak_cells(leak.stored), "; ".join(reason.rule for reason in leak.why)]
+        for leak in report.unconfirmed
+    ]
     blocked_rows = [[*_leak_cells(stored), _rules(stored)] for stored in report.blocked]
     window = f"from {_when(report.since, 'the start')} until {_when(report.until, 'now')}"
     if leak_rows:
@@ -320,6 +351,10 @@ def _render_leaks(report: queries.LeakReport, output_format: str) -> Iterator[st
     else:
         yield f"No leaks: nothing reached production that must not have ({window})."
     yield "\n"
+    if unconfirmed_rows:
+        title = f"SENT to production, never acknowledged: {len(unconfirmed_rows)}"
+        yield render_table(title, headers, unconfirmed_rows)
+        yield "\n"
     if blocked_rows:
         title = f"Leak attempts blocked by the guard: {len(blocked_rows)}"
         yield render_table(title, headers, blocked_rows)

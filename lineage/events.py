@@ -1,25 +1,20 @@
-"""The lineage event: what one pipeline stage did with one record, and its canonical form.
+"""The per-stage view of lineage: what each stage of a guard decided about one record.
 
-One `LineageEvent` per record per stage it passes (source read, decode, validate, enforce,
-write). Stores keep each event as a `StoredEvent`: the event plus its link in a hash chain (see
-`lineage.chain`). The canonical serialization defined here is what the chain hashes, so it must
-never change for events already written: sorted keys, compact separators, UTF-8, times as
-ISO-8601 UTC with millisecond precision (`2026-11-27T12:00:00.000Z`).
+The store keeps one row per record per pass through a guard (a *hop*, `lineage.hops`); the
+stages a record passed are a fixed sequence, so a hop expands into its `LineageEvent`s (source,
+decode, validate, enforce, write) without storing them. `trace`, `leaks` and the report speak in
+these events, as they did when every event was a row.
 
 Pure: no database driver, no Beam, no Kafka.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any
-
-GENESIS_HASH = "0" * 64  # the `prev_hash` of a chain's first event
 
 
 class Stage(StrEnum):
@@ -39,7 +34,9 @@ class Decision(StrEnum):
     PASSED = "passed"  # the stage let the record go on
     QUARANTINED = "quarantined"  # sent to the quarantine topic (undecodable, invalid provenance)
     BLOCKED = "blocked"  # a sink policy refused it (leak, tenant, training mix)
-    DELIVERED = "delivered"  # written to its destination (the allowed topic, or a file)
+    DELIVERED = "delivered"  # the destination acknowledged it (the allowed topic, or a file)
+    SENDING = "sending"  # handed to the destination, no acknowledgement recorded (yet)
+    FAILED = "failed"  # the destination refused it: it is not there
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,21 +116,22 @@ class LineageEvent:
 
 @dataclass(frozen=True, kw_only=True)
 class StoredEvent:
-    """An event as a store holds it: linked into chain `chain_id` at position `seq` (from 1)."""
+    """An event derived from a stored hop: the hop is row `index` of batch `seq` in chain
+    `chain_id`; `digest` is the SHA-256 of the record's bytes as the guard received them."""
 
     event: LineageEvent
     chain_id: str
     seq: int
-    prev_hash: str
-    hash: str
+    index: int
+    digest: str
 
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.event.to_dict(),
             "chain_id": self.chain_id,
             "seq": self.seq,
-            "prev_hash": self.prev_hash,
-            "hash": self.hash,
+            "index": self.index,
+            "digest": self.digest,
         }
 
 
@@ -151,24 +149,3 @@ def parse_time(text: str) -> datetime:
     if at.tzinfo is None:
         raise ValueError(f"time `{text}` has no UTC offset")
     return at.astimezone(UTC)
-
-
-def canonical_json(event: LineageEvent, *, chain_id: str, seq: int) -> bytes:
-    """The bytes the chain hashes: the event with its chain position, as canonical JSON."""
-    document = event.to_dict()
-    document["chain_id"] = chain_id
-    document["seq"] = seq
-    return _CANONICAL.encode(document).encode("utf-8")
-
-
-# One encoder for every event: `json.dumps` with options builds a new encoder per call.
-_CANONICAL = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-)
-
-
-def event_hash(event: LineageEvent, *, chain_id: str, seq: int, prev_hash: str) -> str:
-    """`sha256(prev_hash || canonical_json(event, chain_id, seq))`, as lowercase hex."""
-    digest = hashlib.sha256(prev_hash.encode("utf-8"))
-    digest.update(canonical_json(event, chain_id=chain_id, seq=seq))
-    return digest.hexdigest()

@@ -41,6 +41,25 @@ class LineageGuardCountsRunFacet(RunFacet):
         return "urn:lineage-guard:facets:LineageGuardCountsRunFacet:1"
 
 
+@attr.define
+class LineageGuardCheckpointRunFacet(RunFacet):
+    """The run's signed checkpoint of the lineage chain heads (`lineage.checkpoints`): a copy
+    outside the store, so a store rewritten after the run still disagrees with it."""
+
+    at: str = attr.field()
+    runId: str = attr.field()
+    heads: list[dict[str, Any]] = attr.field(factory=list)
+    keyId: str = attr.field(default="")
+    signature: str = attr.field(default="")
+
+    @staticmethod
+    def _get_schema() -> str:
+        return "urn:lineage-guard:facets:LineageGuardCheckpointRunFacet:1"
+
+
+CHECKPOINT_FACET = "lineageGuard_checkpoint"
+
+
 def transport_config(target: str) -> dict[str, Any]:
     """`console`, `file:PATH`, `http(s)://…` or `kafka:TOPIC@BOOTSTRAP` → a transport config."""
     if target == "console":
@@ -98,17 +117,29 @@ class RunEmitter:
         self._heartbeat = threading.Thread(target=self._beat, name="openlineage", daemon=True)
         self._heartbeat.start()
 
-    def finish(self, error: BaseException | None = None) -> None:
+    def finish(
+        self, error: BaseException | None = None, *, checkpoint: Mapping[str, Any] | None = None
+    ) -> None:
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=5)
-        self._emit(RunState.FAIL if error is not None else RunState.COMPLETE)
+        extra: dict[str, RunFacet] = {}
+        if checkpoint is not None:
+            extra[CHECKPOINT_FACET] = LineageGuardCheckpointRunFacet(
+                at=checkpoint["at"],
+                runId=checkpoint["run_id"],
+                heads=list(checkpoint["heads"]),
+                keyId=checkpoint["key_id"],
+                signature=checkpoint["signature"],
+                producer=PRODUCER,
+            )
+        self._emit(RunState.FAIL if error is not None else RunState.COMPLETE, extra)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval_s):
             self._emit(RunState.RUNNING)
 
-    def _emit(self, state: RunState) -> None:
+    def _emit(self, state: RunState, extra: Mapping[str, RunFacet] | None = None) -> None:
         try:  # lineage metadata must never stop the guard, nor end the heartbeat
             counts = self.counts()
             facet = LineageGuardCountsRunFacet(
@@ -120,7 +151,7 @@ class RunEmitter:
             event = RunEvent(
                 eventType=state,
                 eventTime=datetime.now(UTC).isoformat(),
-                run=Run(runId=self.run_id, facets={FACET: facet}),
+                run=Run(runId=self.run_id, facets={FACET: facet, **(extra or {})}),
                 job=self.job,
                 inputs=self.inputs,
                 outputs=self.outputs,

@@ -1,11 +1,14 @@
 """Audit answers over a `LineageStore`.
 
-- `trace`: which stages touched record X, what each decided, the same for its ancestors
-  (`parent_record_ids`, followed recursively), and whether each event's chain is intact.
+- `trace`: which guards and stages touched record X, what each decided, the same for its
+  ancestors (`parent_record_ids`, followed recursively), and whether each batch its hops are
+  in is intact.
 - `leaks`: did any record from TEST/STAGING, or with failed provenance, reach a production
-  destination (must be none while the guard is in place)? And which such attempts did the guard
-  block?
-- `verify`: the first broken link in any chain, or None.
+  destination (must be none while the guard is in place)? Only deliveries the destination
+  acknowledged count as reached; sends with no acknowledgement are listed apart. And which
+  such attempts did the guard block?
+- `verify`: the first broken link in any chain (and, with a public key, any checkpoint), or
+  None.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from lineage_guard.lineage.chain import BrokenLink
+from lineage_guard.lineage.chain import BrokenLink, Verification
 from lineage_guard.lineage.events import Decision, Reason, Stage, StoredEvent, format_time
+from lineage_guard.lineage.hops import Delivery, Outcome
 from lineage_guard.lineage.store import LineageStore, order_key
 
 PRODUCTION = "PRODUCTION"  # the only `origin_env` that may reach a production destination
@@ -27,11 +31,11 @@ CHECK_CHUNK = 1000  # delivered events whose validation is looked up per query
 
 @dataclass(frozen=True, kw_only=True)
 class ChainStatus:
-    """Whether a chain was walked, and where it first breaks (None: intact)."""
+    """Whether a batch (entry `seq` of chain `chain_id`) was checked, and where it breaks."""
 
     chain_id: str
-    verified: bool  # False: not walked (`trace(..., verify_chains=False)`)
-    events: int  # events walked
+    seq: int
+    verified: bool  # False: not checked (`trace(..., verify_chains=False)`)
     broken: BrokenLink | None
 
     @property
@@ -46,17 +50,18 @@ class ChainStatus:
         return "ok" if self.broken is None else "broken"
 
     def describe(self) -> str:
+        where = f"chain `{self.chain_id}` batch {self.seq}"
         if not self.verified:
-            return f"chain `{self.chain_id}`: not verified"
+            return f"{where}: not verified"
         if self.broken is None:
-            return f"chain `{self.chain_id}`: verified ok ({self.events} events)"
-        return f"chain `{self.chain_id}`: BROKEN: {self.broken.description}"
+            return f"{where}: verified ok (Merkle root and link)"
+        return f"{where}: BROKEN: {self.broken.description}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "chain_id": self.chain_id,
+            "seq": self.seq,
             "status": self.status,
-            "events": self.events,
             "broken": self.broken.to_dict() if self.broken is not None else None,
         }
 
@@ -66,16 +71,22 @@ class TracedEvent:
     stored: StoredEvent
     depth: int  # 0: the traced record; 1: a parent; 2: a grandparent; …
     chain: ChainStatus
+    redelivery: bool = False  # the same bytes from the same source position passed before
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.stored.to_dict(), "depth": self.depth, "chain_status": self.chain.status}
+        return {
+            **self.stored.to_dict(),
+            "depth": self.depth,
+            "chain_status": self.chain.status,
+            "redelivery": self.redelivery,
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
 class Trace:
     record_id: str
     events: tuple[TracedEvent, ...]  # the record's and its ancestors' events, in time order
-    chains: tuple[ChainStatus, ...]  # every chain those events are in
+    chains: tuple[ChainStatus, ...]  # every batch those events are in
     missing_ancestors: tuple[str, ...]  # parent ids named by events, with no events of their own
 
     @property
@@ -103,7 +114,7 @@ class Trace:
 class Leak:
     """A record delivered to a production destination that must never have reached it."""
 
-    stored: StoredEvent  # the `delivered` event
+    stored: StoredEvent  # the `write` event: `delivered`, or `sending` (no acknowledgement)
     why: tuple[Reason, ...]  # rules `origin_not_production`, `failed_validation`
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,7 +126,8 @@ class LeakReport:
     since: datetime | None
     until: datetime | None
     production_destinations: frozenset[str] | None  # None: every delivery counts
-    leaks: tuple[Leak, ...]  # real leaks, in time order: none while the guard works
+    leaks: tuple[Leak, ...]  # acknowledged deliveries, in time order: none while the guard works
+    unconfirmed: tuple[Leak, ...]  # sent there, never acknowledged: maybe arrived, maybe not
     blocked: tuple[StoredEvent, ...]  # leak attempts the guard blocked, in time order
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,16 +137,14 @@ class LeakReport:
             "until": format_time(self.until) if self.until is not None else None,
             "production_destinations": sorted(destinations) if destinations is not None else None,
             "leaks": [leak.to_dict() for leak in self.leaks],
+            "unconfirmed": [leak.to_dict() for leak in self.unconfirmed],
             "blocked": [stored.to_dict() for stored in self.blocked],
         }
 
 
 def trace(store: LineageStore, record_id: str, *, verify_chains: bool = True) -> Trace:
-    """Every event of `record_id` and of its ancestors (cycle-safe), with each chain's status.
-
-    With `verify_chains`, each chain the events are in is walked in full: on long chains that
-    takes a while (about a second per 100,000 events); without, statuses are `unverified`.
-    """
+    """Every event of `record_id` and of its ancestors (cycle-safe), with the status of each
+    batch they are in (its rows against its Merkle root, its link to the batch before)."""
     depth_of: dict[str, int] = {record_id: 0}
     found: list[StoredEvent] = []
     missing: list[str] = []
@@ -154,25 +164,34 @@ def trace(store: LineageStore, record_id: str, *, verify_chains: bool = True) ->
                     depth_of[parent] = depth
                     frontier.append(parent)
 
-    statuses: dict[str, ChainStatus] = {}
-    for chain_id in sorted({stored.chain_id for stored in found}):
-        if verify_chains:
-            result = store.verify(chain_id)
-            statuses[chain_id] = ChainStatus(
-                chain_id=chain_id, verified=True, events=result.events, broken=result.broken
+    batches: dict[str, set[int]] = defaultdict(set)
+    for stored in found:
+        batches[stored.chain_id].add(stored.seq)
+    statuses: dict[tuple[str, int], ChainStatus] = {}
+    for chain_id in sorted(batches):
+        seqs = batches[chain_id]
+        results = store.verify_batches(chain_id, seqs) if verify_chains else {}
+        for seq in sorted(seqs):
+            statuses[(chain_id, seq)] = ChainStatus(
+                chain_id=chain_id, seq=seq, verified=verify_chains, broken=results.get(seq)
             )
-        else:
-            statuses[chain_id] = ChainStatus(
-                chain_id=chain_id, verified=False, events=0, broken=None
+    passes: dict[tuple[Any, ...], tuple[str, int, int]] = {}
+    traced = []
+    for stored in sorted(found, key=order_key):
+        event = stored.event
+        # A re-delivery: the same bytes from the same source position, in another batch.
+        key = (event.record_id, stored.digest, event.pipeline, event.source_topic,
+               event.source_partition, event.source_offset)  # fmt: skip
+        where = (stored.chain_id, stored.seq, stored.index)
+        first = passes.setdefault(key, where)
+        traced.append(
+            TracedEvent(
+                stored=stored,
+                depth=depth_of[str(event.record_id)],
+                chain=statuses[(stored.chain_id, stored.seq)],
+                redelivery=first != where,
             )
-    traced = [
-        TracedEvent(
-            stored=stored,
-            depth=depth_of[str(stored.event.record_id)],
-            chain=statuses[stored.chain_id],
         )
-        for stored in sorted(found, key=order_key)
-    ]
     return Trace(
         record_id=record_id,
         events=tuple(traced),
@@ -188,56 +207,72 @@ def leaks(
     until: datetime | None = None,
     production_destinations: Collection[str] | None = None,
 ) -> LeakReport:
-    """Real leaks and blocked leak attempts with `since <= at < until`.
+    """Real leaks and blocked leak attempts in batches written with `since <= at < until`.
 
-    A real leak is a `delivered` event to a production destination (any destination when
+    A real leak is a delivery to a production destination (any destination when
     `production_destinations` is None: under the production policy the guard's allowed topic
-    is the production sink) of a record whose `origin_env` is not PRODUCTION, or whose
-    validation failed for the same source message (topic, partition, offset). A blocked attempt
-    is an `enforce` event decided `blocked` with a `leak_…` reason or a non-PRODUCTION origin.
+    is the production sink) of a record whose `origin_env` is not PRODUCTION, or whose same
+    bytes failed validation in any guard. Deliveries the destination acknowledged are `leaks`;
+    sends never acknowledged are `unconfirmed`. The same record re-delivered after a crash is
+    one leak, not two. A blocked attempt is a hop blocked at `enforce` with a `leak_…` reason
+    or a non-PRODUCTION origin.
     """
     destinations = None if production_destinations is None else frozenset(production_destinations)
     found: list[Leak] = []
     pending: list[StoredEvent] = []
-    for stored in store.events(since=since, until=until, decision=Decision.DELIVERED):
-        if destinations is not None and stored.event.destination not in destinations:
+    for hop in store.scan(since=since, until=until, outcome=Outcome.DELIVERED):
+        if destinations is not None and hop.destination not in destinations:
             continue
-        pending.append(stored)
+        if hop.delivery is Delivery.FAILED:
+            continue  # refused by the destination: it is not there
+        pending.append(hop.events()[-1])
         if len(pending) >= CHECK_CHUNK:
             found.extend(_leaks_among(store, pending))
             pending = []
     found.extend(_leaks_among(store, pending))
-
+    confirmed: dict[tuple[Any, ...], Leak] = {}
+    unconfirmed: dict[tuple[Any, ...], Leak] = {}
+    for leak in found:
+        event = leak.stored.event
+        key = (event.record_id, leak.stored.digest, event.destination)
+        if leak.stored.event.decision is Decision.DELIVERED:
+            confirmed.setdefault(key, leak)
+        else:
+            unconfirmed.setdefault(key, leak)
     blocked = [
         stored
-        for stored in store.events(
-            since=since, until=until, stage=Stage.ENFORCE, decision=Decision.BLOCKED
+        for hop in store.scan(since=since, until=until, outcome=Outcome.BLOCKED)
+        for stored in hop.events()
+        if stored.event.stage == Stage.ENFORCE
+        and (
+            stored.event.origin_env != PRODUCTION
+            or any(reason.rule.startswith(LEAK_RULE_PREFIX) for reason in stored.event.reasons)
         )
-        if stored.event.origin_env != PRODUCTION
-        or any(reason.rule.startswith(LEAK_RULE_PREFIX) for reason in stored.event.reasons)
     ]
     return LeakReport(
         since=since,
         until=until,
         production_destinations=destinations,
-        leaks=tuple(found),
+        leaks=tuple(confirmed.values()),
+        unconfirmed=tuple(leak for k, leak in unconfirmed.items() if k not in confirmed),
         blocked=tuple(blocked),
     )
 
 
-def verify(store: LineageStore) -> BrokenLink | None:
-    """The first broken link of any chain in `store`, or None when every chain is intact."""
-    return store.verify().broken
+def verify(store: LineageStore, *, public_key: Any = None) -> Verification:
+    """Every chain walked (and, with an Ed25519 `public_key`, every checkpoint it signed)."""
+    return store.verify(public_key=public_key)
 
 
 def _leaks_among(store: LineageStore, delivered: list[StoredEvent]) -> Iterable[Leak]:
-    """The leaks among `delivered` production deliveries."""
+    """The leaks among `delivered` production deliveries (write events)."""
     ids = {stored.event.record_id for stored in delivered if stored.event.record_id is not None}
-    failed: dict[tuple[str | None, str, int, int], list[str]] = defaultdict(list)
-    not_passed = [decision for decision in Decision if decision is not Decision.PASSED]
-    for stored in store.trace_many(ids, stage=Stage.VALIDATE, decisions=not_passed) if ids else ():
+    failed: dict[tuple[str | None, str], list[str]] = defaultdict(list)
+    for stored in (
+        store.trace_many(ids, stage=Stage.VALIDATE, decisions=[Decision.QUARANTINED]) if ids else ()
+    ):
         rules = [reason.rule for reason in stored.event.reasons]
-        failed[_message_of(stored)].extend(rules or [str(stored.event.decision)])
+        failed[(stored.event.record_id, stored.digest)].extend(rules or ["quarantined"])
     for stored in delivered:
         event = stored.event
         why: list[Reason] = []
@@ -251,7 +286,7 @@ def _leaks_among(store: LineageStore, delivered: list[StoredEvent]) -> Iterable[
                     ),
                 )
             )
-        if failed_rules := failed.get(_message_of(stored)):
+        if failed_rules := failed.get((event.record_id, stored.digest)):
             why.append(
                 Reason(
                     rule="failed_validation",
@@ -264,9 +299,3 @@ def _leaks_among(store: LineageStore, delivered: list[StoredEvent]) -> Iterable[
             )
         if why:
             yield Leak(stored=stored, why=tuple(why))
-
-
-def _message_of(stored: StoredEvent) -> tuple[str | None, str, int, int]:
-    """The source message an event is about: the same for every stage it passed."""
-    event = stored.event
-    return (event.record_id, event.source_topic, event.source_partition, event.source_offset)

@@ -109,7 +109,11 @@ def build_report(
             if e.stage != Stage.WRITE:
                 _outcome(report, e, str(e.decision))
         elif e.stage == Stage.WRITE and e.decision == Decision.DELIVERED:
-            _outcome(report, e, "delivered")
+            _outcome(report, e, "delivered")  # acknowledged by the destination
+        elif e.stage == Stage.WRITE and e.decision == Decision.SENDING:
+            _outcome(report, e, "sent, unacknowledged")
+        elif e.stage == Stage.WRITE and e.decision == Decision.FAILED:
+            _outcome(report, e, "refused by destination")
     return report
 
 

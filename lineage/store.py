@@ -1,4 +1,4 @@
-"""The `LineageStore` port, the URL that selects an implementation, and the stored row format.
+"""The `LineageStore` port, and the URL that selects an implementation.
 
 Two implementations stand behind one contract test suite (`tests/lineage_contract.py`):
 
@@ -6,77 +6,37 @@ Two implementations stand behind one contract test suite (`tests/lineage_contrac
   absolute path); see `lineage.stores.sqlite`.
 - `postgresql://user@host:port/db`: a shared server; see `lineage.stores.postgres`.
 
-Both keep two tables, `lineage_events` (one row per event, with its chain link) and
-`lineage_chains` (each chain's head), so tampering can be shown with plain SQL.
+Both keep the same tables (`lineage.stores.sql`): one row per record per pass through a guard
+(a hop), one chain entry per written batch or delivery confirmation, chain heads and signed
+checkpoints, so tampering can be shown with plain SQL.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
-from lineage_guard.lineage.chain import ChainHead, UnreadableEvent, Verification
-from lineage_guard.lineage.errors import ConfigError, CorruptLineageError
-from lineage_guard.lineage.events import (
-    STAGE_ORDER,
-    Decision,
-    LineageEvent,
-    Reason,
-    Stage,
-    StoredEvent,
-    parse_time,
-)
+from lineage_guard.lineage.errors import ConfigError
+from lineage_guard.lineage.events import STAGE_ORDER, Decision, Stage, StoredEvent
+
+if TYPE_CHECKING:
+    from lineage_guard.lineage.chain import BrokenLink, ChainHead, Entry, Failure, Verification
+    from lineage_guard.lineage.checkpoints import Checkpoint
+    from lineage_guard.lineage.hops import HopBatch, Outcome, StoredHop
 
 DEFAULT_STORE_URL = "sqlite:///.lineage-guard/lineage.db"
 
-EVENT_COLUMNS: tuple[str, ...] = (
-    "chain_id",
-    "seq",
-    "record_id",
-    "stage",
-    "pipeline",
-    "run_id",
-    "at",
-    "decision",
-    "reasons",
-    "content_class",
-    "origin_env",
-    "tenant_id",
-    "source_system",
-    "generator",
-    "parent_record_ids",
-    "source_topic",
-    "source_partition",
-    "source_offset",
-    "destination",
-    "prev_hash",
-    "hash",
-)
-
-
-def event_row(stored: StoredEvent, *, at: Any, reasons: Any, parents: Any) -> tuple[Any, ...]:
-    """A stored event's values in `EVENT_COLUMNS` order; each store passes its own encoding of
-    the time, the reasons and the parents."""
-    event = stored.event
-    return (
-        stored.chain_id, stored.seq, event.record_id, str(event.stage), event.pipeline,
-        event.run_id, at, str(event.decision), reasons, event.content_class, event.origin_env,
-        event.tenant_id, event.source_system, event.generator, parents, event.source_topic,
-        event.source_partition, event.source_offset, event.destination, stored.prev_hash,
-        stored.hash,
-    )  # fmt: skip
-
 
 class LineageStore(Protocol):
-    """Where lineage events are kept, chained by hash. Implementations are thread-safe.
+    """Where lineage is kept: hops in batches, chained by hash. Implementations are
+    thread-safe.
 
     Reads and writes that fail because the database is unreachable or refuses them raise
-    `ServiceUnavailableError`; a stored row that is no valid event raises `CorruptLineageError`
+    `ServiceUnavailableError`; a stored row that is no valid hop raises `CorruptLineageError`
     (`verify` reports it as a broken link instead).
     """
 
@@ -85,14 +45,27 @@ class LineageStore(Protocol):
         """The store's URL, without any password."""
         ...
 
-    def append(self, events: Sequence[LineageEvent], *, chain_id: str) -> None:
-        """Append `events`, in order, to chain `chain_id`: all of them in one transaction, or
-        none. Links are computed under a lock on the chain's head, so concurrent writers
-        never fork a chain."""
+    def append(self, batch: HopBatch) -> Entry:
+        """Write `batch` as the next entry of its chain (`pipeline/topic/partition`): header,
+        rows and head in one transaction, or nothing. The head is locked meanwhile, so
+        concurrent writers never fork a chain."""
+        ...
+
+    def confirm(
+        self, confirmations: Sequence[tuple[Entry, int, Sequence[Failure]]], *, at: datetime
+    ) -> list[Entry]:
+        """Record what destinations acknowledged: per (hops entry, records answered,
+        refusals), a delivery entry in the same chain. One transaction."""
+        ...
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> None: ...
+
+    def hops(self, record_ids: Collection[str]) -> list[StoredHop]:
+        """Every hop of `record_ids`, in time order, with batch and delivery status."""
         ...
 
     def trace(self, record_id: str) -> list[StoredEvent]:
-        """Every event of `record_id`, in order (time, then stage, chain and seq); [] if none."""
+        """Every per-stage event of `record_id`'s hops, in order; [] if none."""
         ...
 
     def trace_many(
@@ -101,9 +74,16 @@ class LineageStore(Protocol):
         *,
         stage: Stage | None = None,
         decisions: Collection[Decision] | None = None,
-    ) -> list[StoredEvent]:
-        """The events of all `record_ids`, in order; only those of `stage` and with one of
-        `decisions`, when given."""
+    ) -> list[StoredEvent]: ...
+
+    def scan(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        outcome: Outcome | None = None,
+    ) -> Iterator[StoredHop]:
+        """Stream hops of batches written with `since <= at < until`, in time order."""
         ...
 
     def events(
@@ -114,21 +94,28 @@ class LineageStore(Protocol):
         stage: Stage | None = None,
         decision: Decision | None = None,
     ) -> Iterator[StoredEvent]:
-        """Stream events with `since <= at < until` (and the given stage/decision), ordered by
-        time, chain and seq. Reads through its own connection; rows are fetched in batches."""
+        """The per-stage events of `scan`'s hops, with the given stage and decision."""
         ...
 
-    def chains(self) -> Iterator[str]:
-        """Every chain id: those with a recorded head and those with events."""
+    def content_classes(self, record_ids: Collection[str]) -> dict[str, str]:
+        """The highest content class recorded for each known id of `record_ids`."""
         ...
 
-    def head(self, chain_id: str) -> ChainHead | None:
-        """The chain's recorded head, or None when the store has no such chain."""
+    def chains(self) -> Iterator[str]: ...
+
+    def head(self, chain_id: str) -> ChainHead | None: ...
+
+    def heads(self) -> list[ChainHead]: ...
+
+    def checkpoints(self) -> list[Checkpoint]: ...
+
+    def verify(self, chain_id: str | None = None, *, public_key: Any = None) -> Verification:
+        """Walk one chain (or every chain) from one snapshot; with an Ed25519 `public_key`,
+        also the checkpoints it signed."""
         ...
 
-    def verify(self, chain_id: str | None = None) -> Verification:
-        """Walk one chain (or every chain) from one consistent snapshot and report the first
-        broken link."""
+    def verify_batches(self, chain_id: str, seqs: Collection[int]) -> dict[int, BrokenLink | None]:
+        """Check only the given entries of a chain (rows, own hash, link to predecessor)."""
         ...
 
     def close(self) -> None: ...
@@ -267,171 +254,15 @@ def redact_text(text: str, url: str) -> str:
     return text
 
 
-def order_key(stored: StoredEvent) -> tuple[datetime, int, str, int]:
-    """The order of a record's events: time, then stage, then chain position."""
-    return (stored.event.at, STAGE_ORDER[stored.event.stage], stored.chain_id, stored.seq)
-
-
-class _RowError(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-def stored_from_row(row: Sequence[Any]) -> StoredEvent:
-    """A `StoredEvent` from a row of `EVENT_COLUMNS`, as either driver returns it (times as
-    datetime or text; reasons and parents as lists or JSON text). Raises `CorruptLineageError`
-    for a value no writer writes."""
-    found = read_row(row)
-    if isinstance(found, UnreadableEvent):
-        raise CorruptLineageError(
-            f"Lineage event chain `{found.chain_id}` seq {found.seq} (record"
-            f" `{found.record_id}`) cannot be read: {found.error}. The store was altered;"
-            " run `lineage-guard lineage verify`."
-        )
-    return found
-
-
-_STAGES = {str(stage): stage for stage in Stage}
-_DECISIONS = {str(decision): decision for decision in Decision}
-_STR, _OPT, _INT = (str,), (str, type(None)), (int,)
-_KINDS: tuple[tuple[type, ...], ...] = (
-    _STR,  # chain_id
-    _INT,  # seq
-    _OPT,  # record_id
-    _STR,  # stage
-    _STR,  # pipeline
-    _STR,  # run_id
-    (str, datetime),  # at
-    _STR,  # decision
-    (str, list),  # reasons: JSON text or a list
-    _OPT,  # content_class
-    _OPT,  # origin_env
-    _OPT,  # tenant_id
-    _OPT,  # source_system
-    _OPT,  # generator
-    (str, list),  # parent_record_ids: JSON text or a list
-    _STR,  # source_topic
-    _INT,  # source_partition
-    _INT,  # source_offset
-    _OPT,  # destination
-    _STR,  # prev_hash
-    _STR,  # hash
-)
-
-
-def read_row(row: Sequence[Any]) -> StoredEvent | UnreadableEvent:
-    """Like `stored_from_row`, but an unreadable row comes back as an `UnreadableEvent`."""
-    (
-        chain_id,
-        seq,
-        record_id,
-        stage,
-        pipeline,
-        run_id,
-        at,
-        decision,
-        reasons,
-        content_class,
-        origin_env,
-        tenant_id,
-        source_system,
-        generator,
-        parent_record_ids,
-        source_topic,
-        source_partition,
-        source_offset,
-        destination,
-        prev_hash,
-        hash_,
-    ) = row
-    try:
-        for column, value, kinds in zip(EVENT_COLUMNS, row, _KINDS, strict=True):
-            if type(value) not in kinds:
-                raise _RowError(f"`{column}` is {value!r}, not a {kinds[0].__name__}")
-        if stage not in _STAGES:
-            raise _RowError(f"`stage` is {stage!r}, not one of {', '.join(_STAGES)}")
-        if decision not in _DECISIONS:
-            raise _RowError(f"`decision` is {decision!r}, not one of {', '.join(_DECISIONS)}")
-        event = LineageEvent(
-            record_id=record_id,
-            stage=_STAGES[stage],
-            pipeline=pipeline,
-            run_id=run_id,
-            at=parse_time(at) if type(at) is str else at,
-            decision=_DECISIONS[decision],
-            reasons=_reasons(reasons),
-            content_class=content_class,
-            origin_env=origin_env,
-            tenant_id=tenant_id,
-            source_system=source_system,
-            generator=generator,
-            parent_record_ids=_str_tuple(parent_record_ids),
-            source_topic=source_topic,
-            source_partition=source_partition,
-            source_offset=source_offset,
-            destination=destination,
-        )
-        return StoredEvent(event=event, chain_id=chain_id, seq=seq, prev_hash=prev_hash, hash=hash_)
-    except (_RowError, ValueError, TypeError) as exc:
-        return UnreadableEvent(
-            chain_id=str(chain_id),
-            seq=seq if type(seq) is int else None,
-            record_id=record_id if type(record_id) is str else None,
-            error=exc.message if isinstance(exc, _RowError) else str(exc).splitlines()[0],
-        )
-
-
-def _json(value: Any, column: str) -> Any:
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            raise _RowError(f"`{column}` is not JSON: {value[:40]!r}") from None
-    return value
-
-
-def _reasons(value: Any) -> tuple[Reason, ...]:
-    if value == "[]" or value == []:
-        return ()
-    items = _json(value, "reasons")
-    if not isinstance(items, list):
-        raise _RowError(f"`reasons` is {items!r}, not a list")
-    reasons = []
-    for item in items:
-        if not (
-            isinstance(item, dict)
-            and item.keys() == {"rule", "message"}
-            and isinstance(item["rule"], str)
-            and isinstance(item["message"], str)
-        ):
-            raise _RowError(f"`reasons` holds {item!r}, not a {{rule, message}} pair")
-        reasons.append(Reason(rule=item["rule"], message=item["message"]))
-    return tuple(reasons)
-
-
-def _str_tuple(value: Any) -> tuple[str, ...]:
-    if value == "[]" or value == []:
-        return ()
-    items = _json(value, "parent_record_ids")
-    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
-        raise _RowError(f"`parent_record_ids` is {items!r}, not a list of strings")
-    return tuple(items)
-
-
-def reasons_json(stored: StoredEvent) -> str:
-    """The event's reasons as compact JSON text (SQLite keeps them as text)."""
-    reasons = stored.event.reasons
-    return _COMPACT.encode([reason.to_dict() for reason in reasons]) if reasons else "[]"
-
-
-def parents_json(stored: StoredEvent) -> str:
-    parents = stored.event.parent_record_ids
-    return _COMPACT.encode(list(parents)) if parents else "[]"
-
-
-# One encoder for every row: `json.dumps` with options builds a new encoder per call.
-_COMPACT = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def order_key(stored: StoredEvent) -> tuple[datetime, str, int, int, int]:
+    """The order of a record's events: time, then chain position, then stage."""
+    return (
+        stored.event.at,
+        stored.chain_id,
+        stored.seq,
+        stored.index,
+        STAGE_ORDER[stored.event.stage],
+    )
 
 
 def first_line(exc: BaseException) -> str:

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -36,6 +36,9 @@ from lineage_guard.io.kafka import KafkaSettings, KafkaSink, PartitionRange, rea
 from lineage_guard.items import Batch
 from lineage_guard.recorder import LineageRecorder
 from lineage_guard.stop import stop_requested
+
+if TYPE_CHECKING:
+    from lineage_guard.lineage.checkpoints import Checkpoint
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("lineage_guard.progress")
@@ -67,6 +70,7 @@ class GuardConfig:
     schema_registry: str | None = None
     lineage_store: str | None = None  # None: lineage off
     lineage_retry_s: float = 300.0
+    signing_key: str | None = None  # an Ed25519 PEM file: sign the chain heads at the end
     batch_size: int = 2000
     engine: str = "compiled"
     pipeline_name: str = "lineage-guard"
@@ -153,12 +157,6 @@ class WriteBatches(beam.DoFn):
 
     def setup(self) -> None:
         io = self.config.io
-        if isinstance(io, KafkaIO):
-            self.sink: KafkaSink | FileSink = KafkaSink(
-                io.settings, output_topic=io.output_topic, quarantine_topic=io.quarantine_topic
-            )
-        else:
-            self.sink = FileSink(io.out_dir, io.names)
         self.recorder = (
             LineageRecorder(
                 self.config.lineage_store,
@@ -169,6 +167,16 @@ class WriteBatches(beam.DoFn):
             if self.config.lineage_store
             else None
         )
+        answered = self.recorder.confirm if self.recorder is not None else None
+        if isinstance(io, KafkaIO):
+            self.sink: KafkaSink | FileSink = KafkaSink(
+                io.settings,
+                output_topic=io.output_topic,
+                quarantine_topic=io.quarantine_topic,
+                on_answered=answered,
+            )
+        else:
+            self.sink = FileSink(io.out_dir, io.names, on_answered=answered)
         self.counters: dict[str, Any] = {}
         self.written = 0
         self.started = self.last_report = time.monotonic()
@@ -176,14 +184,15 @@ class WriteBatches(beam.DoFn):
     def process(self, batch: Batch) -> None:
         if stop_requested():  # a stop signal: deliver nothing more, commit nothing past here
             return
+        receipt = None
         if self.recorder is not None:
             allowed_to, quarantined_to = self._destinations(batch)
-            recorded = self.recorder.record(
+            receipt = self.recorder.record(
                 batch, allowed_to=allowed_to, quarantined_to=quarantined_to, stop=stop_requested
             )
-            if not recorded:  # stopped while the store was being retried
+            if receipt is None:  # stopped while the store was being retried
                 return
-        self.sink.write(batch)
+        self.sink.write(batch, receipt)
         self._count(batch)
 
     def finish_bundle(self) -> None:
@@ -322,6 +331,25 @@ def run_once(config: GuardConfig) -> Summary:
     result = pipeline.run()
     result.wait_until_finish()
     return _summary(result)
+
+
+def sign_checkpoint(config: GuardConfig) -> Checkpoint | None:
+    """With `config.signing_key`, sign the lineage store's chain heads now (at the end of a
+    run, on the launcher) and keep the checkpoint in the store; None without a key."""
+    if not (config.signing_key and config.lineage_store):
+        return None
+    from lineage_guard.lineage.checkpoints import load_private_key
+
+    recorder = LineageRecorder(
+        config.lineage_store,
+        pipeline=config.pipeline_name,
+        run_id=config.run_id,
+        retry_s=config.lineage_retry_s,
+    )
+    try:
+        return recorder.sign(load_private_key(config.signing_key))
+    finally:
+        recorder.close()
 
 
 def _summary(result: Any) -> Summary:

@@ -1,23 +1,36 @@
-"""The write step's lineage: a batch's lineage is recorded before its records are produced.
+"""The write step's lineage: hops before the records are produced, deliveries after.
 
-`LineageRecorder` is the one place the pipeline writes to a `LineageStore`. It opens the store
-lazily, inside its retry loop, and retries an unreachable store for up to `retry_s` seconds,
-delivering nothing meanwhile (a store that refuses its settings, e.g. a read-only or
-non-database file, raises `ConfigError` at once: waiting would not help): if lineage cannot be
-recorded, the records it covers are not produced and their offsets are not committed (the
-guard fails closed).
+`LineageRecorder` is the one place the pipeline writes to a `LineageStore`:
+
+1. `record(batch)` writes the batch's hops (what the guard decided, where each record is
+   going) before any of its records is produced. If that fails, nothing is produced and no
+   offset is committed: the guard fails closed.
+2. `confirm(...)` writes, once the destination answered (Kafka delivery reports, a flushed
+   file), which records it acknowledged and which it refused, before their offsets are
+   committed. Until then `trace` shows those records as `sending`, never as `delivered`: the
+   store never claims a delivery that did not happen.
+
+It opens the store lazily, inside its retry loop, and retries an unreachable store for up to
+`retry_s` seconds, delivering nothing meanwhile. A store that refuses its settings (a
+read-only or non-database file, a refused login) raises `ConfigError` at once: waiting would
+not help.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from lineage_guard import stages
 from lineage_guard.items import Batch
+from lineage_guard.lineage.chain import Entry, Failure
 from lineage_guard.lineage.errors import ServiceUnavailableError
+
+if TYPE_CHECKING:
+    from lineage_guard.lineage.checkpoints import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -37,29 +50,52 @@ class LineageRecorder:
         allowed_to: str,
         quarantined_to: str,
         stop: Callable[[], bool] = lambda: False,
-    ) -> bool:
-        """Record what the stages decided about `batch`, and where its records are going.
-
-        False when `stop()` turned true while an unavailable store was being retried: then
-        nothing was recorded, and the batch must not be delivered."""
-        events = stages.lineage_events(
+    ) -> Entry | None:
+        """Record what the stages decided about `batch`, and where its records are going;
+        returns the chain entry to `confirm` once the destination answered. None when
+        `stop()` turned true while an unavailable store was being retried: nothing was
+        recorded, and the batch must not be delivered."""
+        hops = stages.lineage_hops(
             batch,
             pipeline=self.pipeline,
             run_id=self.run_id,
             allowed_to=allowed_to,
             quarantined_to=quarantined_to,
         )
-        first = batch.items[0].source.offset
-        # One chain per batch: `trace` verifies a chain of one batch, not of a whole run.
-        chain_id = f"{self.run_id}/{batch.topic}/{batch.partition}/{first}"
-        return self._retrying(lambda store: store.append(events, chain_id=chain_id), stop)
+        try:
+            entry: Entry = self._retrying(lambda store: store.append(hops), stop)
+        except _Stopped:
+            return None
+        return entry
+
+    def confirm(self, answered: Sequence[tuple[Entry, int, Sequence[Failure]]]) -> None:
+        """Record, per batch entry, how many records the destination answered and which it
+        refused (source offset, error)."""
+        if answered:
+            at = datetime.now(UTC)
+            self._retrying(lambda store: store.confirm(answered, at=at))
+
+    def sign(self, key: Any) -> Checkpoint:
+        """Sign the heads of every chain in the store (`lineage.checkpoints`) and keep the
+        checkpoint there too."""
+        from lineage_guard.lineage.checkpoints import sign
+
+        def write(store: Any) -> Checkpoint:
+            checkpoint = sign(key, at=datetime.now(UTC), run_id=self.run_id, heads=store.heads())
+            store.add_checkpoint(checkpoint)
+            return checkpoint
+
+        checkpoint: Checkpoint = self._retrying(write)
+        return checkpoint
 
     def close(self) -> None:
         if self.store is not None:
             self.store.close()
             self.store = None
 
-    def _retrying(self, write: Callable[[Any], None], stop: Callable[[], bool]) -> bool:
+    def _retrying(
+        self, write: Callable[[Any], Any], stop: Callable[[], bool] = lambda: False
+    ) -> Any:
         from lineage_guard.lineage.store import open_store
 
         deadline = time.monotonic() + self.retry_s
@@ -68,8 +104,7 @@ class LineageRecorder:
             try:
                 if self.store is None:
                     self.store = open_store(self.store_url)
-                write(self.store)
-                return True
+                return write(self.store)
             except ServiceUnavailableError as exc:
                 if time.monotonic() + delay > deadline:
                     raise ServiceUnavailableError(
@@ -80,6 +115,10 @@ class LineageRecorder:
                 until = time.monotonic() + delay
                 while time.monotonic() < until:  # wake up for a stop signal
                     if stop():
-                        return False
+                        raise _Stopped from None
                     time.sleep(min(0.2, max(until - time.monotonic(), 0)))
                 delay = min(delay * 2, 10.0)
+
+
+class _Stopped(Exception):
+    """A stop signal arrived while the store was being retried (never leaves this module)."""

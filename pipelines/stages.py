@@ -7,17 +7,19 @@ the tests, so there is one implementation of what each stage decides.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from lineage_guard.contract.policies import Policy, judge
-from lineage_guard.contract.records import as_mapping, provenance_of, record_id_of
 from lineage_guard.contract.validate import SuiteValidator
 from lineage_guard.contract.verdicts import Violation
 from lineage_guard.io.decode import Decoded, Decoder
 from lineage_guard.items import Batch, Item
-from lineage_guard.lineage.events import Decision, LineageEvent, Reason, Stage
+from lineage_guard.lineage.events import Reason, Stage
+from lineage_guard.lineage.hops import Hop, HopBatch, Outcome
 
 
 def decode(batch: Batch, decoder: Decoder) -> Batch:
@@ -71,7 +73,7 @@ def enforce(batch: Batch, policies: Sequence[Policy]) -> Batch:
     return dataclasses.replace(batch, items=tuple(items))
 
 
-def lineage_events(
+def lineage_hops(
     batch: Batch,
     *,
     pipeline: str,
@@ -79,58 +81,65 @@ def lineage_events(
     allowed_to: str,
     quarantined_to: str,
     at: datetime | None = None,
-) -> list[LineageEvent]:
-    """One event per record per stage it passed, ending with where it was written."""
-    at = at or datetime.now(UTC)
-    events = []
+) -> HopBatch:
+    """One hop per record: where it came from, what the guard decided, and its provenance."""
+    hops = []
     for item in batch.items:
-        common = _describe(item, pipeline=pipeline, run_id=run_id, at=at)
-        reasons = tuple(Reason(rule=v.rule, message=clean(v.message)) for v in item.violations)
-        for stage in (Stage.SOURCE, Stage.DECODE, Stage.VALIDATE, Stage.ENFORCE):
-            if stage == item.stopped_at:
-                decision = Decision.BLOCKED if item.blocked else Decision.QUARANTINED
-                events.append(
-                    LineageEvent(stage=stage, decision=decision, reasons=reasons, **common)
-                )
-                break
-            events.append(LineageEvent(stage=stage, decision=Decision.PASSED, **common))
         if item.allowed:
-            events.append(
-                LineageEvent(
-                    stage=Stage.WRITE, decision=Decision.DELIVERED, destination=allowed_to, **common
-                )
-            )
+            outcome = Outcome.DELIVERED
         else:
-            events.append(
-                LineageEvent(
-                    stage=Stage.WRITE,
-                    decision=Decision.QUARANTINED,
-                    reasons=reasons,
-                    destination=quarantined_to,
-                    **common,
-                )
+            outcome = Outcome.BLOCKED if item.blocked else Outcome.QUARANTINED
+        hops.append(
+            Hop(
+                outcome=outcome,
+                stopped_at=Stage(item.stopped_at) if item.stopped_at is not None else None,
+                reasons=tuple(
+                    Reason(rule=v.rule, message=clean(v.message)) for v in item.violations
+                ),
+                digest=received_digest(item),
+                **_describe(item),
             )
-    return events
+        )
+    return HopBatch(
+        pipeline=pipeline,
+        run_id=run_id,
+        at=at or datetime.now(UTC),
+        source_topic=clean(batch.topic),
+        source_partition=batch.partition,
+        allowed_to=allowed_to,
+        quarantined_to=quarantined_to,
+        hops=tuple(hops),
+    )
 
 
-def _describe(item: Item, **run: Any) -> dict[str, Any]:
-    record = item.record or {}
-    provenance = provenance_of(record)
-    generator = as_mapping(provenance.get("generator"))
+def received_digest(item: Item) -> str:
+    """SHA-256 of the record's bytes as received: the Kafka message value; for a record read
+    from a file (no message bytes), its canonical JSON (sorted keys, compact, UTF-8)."""
+    if item.source.value is not None or item.record is None:
+        return hashlib.sha256(item.source.value or b"").hexdigest()
+    canonical = json.dumps(
+        item.record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    )
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _describe(item: Item) -> dict[str, Any]:
+    # Plain dict checks, not `Mapping` ones: this runs once per record on the hot path.
+    record = item.record if isinstance(item.record, dict) else {}
+    provenance = record.get("provenance")
+    provenance = provenance if isinstance(provenance, dict) else {}
+    generator = provenance.get("generator")
     parents = provenance.get("parent_record_ids")
     return {
-        **run,
-        "record_id": _text(record_id_of(record)),
+        "record_id": _text(record.get("record_id")),
         "content_class": _text(provenance.get("content_class")),
         "origin_env": _text(provenance.get("origin_env")),
         "tenant_id": _text(record.get("tenant_id")),
         "source_system": _text(provenance.get("source_system")),
-        "generator": _text(generator.get("name")),
+        "generator": _text(generator.get("name")) if isinstance(generator, dict) else None,
         "parent_record_ids": tuple(clean(p) for p in parents if isinstance(p, str))
-        if isinstance(parents, list)
+        if isinstance(parents, list) and parents
         else (),
-        "source_topic": clean(item.source.topic),
-        "source_partition": item.source.partition,
         "source_offset": item.source.offset,
     }
 

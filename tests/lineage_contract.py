@@ -8,707 +8,538 @@ three fixtures:
 - `run_sql`: runs one SQL statement directly on that database, outside lineage-guard (how an
   intruder would edit the evidence), and returns the rows it produced.
 
-Tamper tests edit the tables `lineage_events` and `lineage_chains` with plain SQL that both
-SQLite and PostgreSQL accept.
+Tamper tests edit `lineage_hops`, `lineage_entries`, `lineage_chains` and
+`lineage_checkpoints` with plain SQL that both SQLite and PostgreSQL accept; the intruder who
+recomputes hashes uses the same public hashing code an attacker could read.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lineage_guard.lineage import queries
-from lineage_guard.lineage.chain import BreakKind
-from lineage_guard.lineage.errors import ServiceUnavailableError
-from lineage_guard.lineage.events import (
-    GENESIS_HASH,
-    Decision,
-    LineageEvent,
-    Reason,
-    Stage,
-    StoredEvent,
-    event_hash,
-)
+from lineage_guard.lineage.chain import BreakKind, Failure
+from lineage_guard.lineage.checkpoints import sign
+from lineage_guard.lineage.events import Decision, Reason, Stage
+from lineage_guard.lineage.hops import Delivery, Hop, HopBatch, Outcome, merkle_root
 from lineage_guard.lineage.store import LineageStore, open_store
+from lineage_guard.lineage.stores.sql import ENTRY_COLUMNS, HOP_COLUMNS, read_entry, read_hop
 
 RunSql = Callable[[str], list[tuple[Any, ...]]]
 
 __all__ = [
-    "test_a_failing_batch_leaves_nothing",
-    "test_an_unreadable_edit_breaks_the_chain_at_that_event",
-    "test_append_continues_the_chain_across_batches_and_reopening",
+    "test_a_batch_is_one_transaction",
     "test_append_then_trace_round_trips_every_field",
-    "test_chains_lists_every_chain",
+    "test_chains_continue_across_runs_and_reopening",
     "test_concurrent_appends_never_fork_a_chain",
-    "test_deleting_a_chain_head_is_detected",
-    "test_deleting_an_event_in_the_middle_is_detected",
-    "test_deleting_the_last_event_is_detected",
-    "test_editing_one_column_breaks_the_chain_at_that_event",
-    "test_events_filters_by_time_stage_and_decision",
-    "test_events_streams_one_snapshot_while_appends_go_on",
-    "test_inserting_a_forged_event_at_the_end_is_detected",
-    "test_inserting_a_well_hashed_forged_event_in_the_middle_is_detected",
-    "test_leaks_found_when_test_data_or_invalid_records_reached_production",
+    "test_content_classes_gives_the_highest_recorded_class",
+    "test_deleting_a_hop_row_is_detected",
+    "test_deleting_a_whole_batch_is_detected",
+    "test_deleting_a_whole_chain_is_detected_only_with_a_key",
+    "test_deleting_checkpoints_fails_a_verify_with_a_key",
+    "test_deleting_the_tail_and_rewinding_the_head_is_detected_only_with_a_key",
+    "test_deleting_the_tail_is_detected",
+    "test_deliveries_show_sending_until_confirmed_and_failures_as_failed",
+    "test_editing_a_batch_header_is_detected",
+    "test_editing_a_hop_row_is_detected_with_and_without_a_key",
+    "test_events_and_scan_filter_by_time_stage_and_decision",
+    "test_forged_checkpoint_is_detected",
+    "test_inserting_a_hop_row_is_detected",
+    "test_leaks_count_only_acknowledged_deliveries_and_dedupe_redeliveries",
     "test_leaks_none_when_the_guard_blocked_the_attempts",
+    "test_recomputed_chain_is_detected_only_with_a_key",
     "test_trace_follows_ancestors_through_a_cycle",
-    "test_trace_many_filters_by_stage_and_decisions",
     "test_trace_of_an_unknown_record_is_empty",
-    "test_trace_orders_by_time_then_stage",
-    "test_trace_shows_the_chain_status_of_each_event",
-    "test_verify_clean_store",
+    "test_trace_shows_hops_across_guards_in_order",
+    "test_trace_shows_the_batch_status_of_each_hop",
+    "test_unreadable_edit_is_detected",
+    "test_verify_clean_store_with_and_without_a_key",
 ]
 
 T0 = datetime(2026, 11, 27, 12, 0, 0, 123000, tzinfo=UTC)
 PIPELINE = "crm-guard"
-RUN = "run-7f3a"
+RUN = "2f0c6c2e-8a4f-4d7b-9a51-6f3c1d2e7b10"
 TOPIC = "crm.contacts"
-CHAIN = f"{RUN}/{TOPIC}/0"
-OTHER_CHAIN = f"{RUN}/{TOPIC}/1"
+CHAIN = f"{PIPELINE}/{TOPIC}/0"
 ALLOWED = "crm.contacts.prod"
 QUARANTINE = "crm.contacts.quarantine"
+KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+OTHER_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
 
 
-def event(
-    record_id: str | None,
-    stage: Stage,
-    decision: Decision = Decision.PASSED,
-    *,
-    at: datetime = T0,
-    offset: int = 0,
-    partition: int = 0,
-    **fields: Any,
-) -> LineageEvent:
+def hop(record_id: str | None, offset: int, **fields: Any) -> Hop:
     values: dict[str, Any] = {
         "record_id": record_id,
-        "stage": stage,
-        "pipeline": PIPELINE,
-        "run_id": RUN,
-        "at": at,
-        "decision": decision,
+        "source_offset": offset,
+        "outcome": Outcome.DELIVERED,
         "content_class": "SYNTHETIC",
         "origin_env": "PRODUCTION",
         "tenant_id": "acme",
         "source_system": "outreach-assistant",
-        "generator": "email-assistant/gpt-4o@2024-08-06",
-        "source_topic": TOPIC,
-        "source_partition": partition,
-        "source_offset": offset,
+        "generator": "email-assistant",
+        "digest": f"{offset:064x}",
     }
     values.update(fields)
-    return LineageEvent(**values)
+    return Hop(**values)
 
 
-def journey(
-    record_id: str,
+def batch(
+    hops: list[Hop],
     *,
-    offset: int,
     at: datetime = T0,
-    final: Decision = Decision.DELIVERED,
-    **fields: Any,
-) -> list[LineageEvent]:
-    """A record's five stages, 1 ms apart; the write stage decides `final`."""
-    events = []
-    for index, stage in enumerate(Stage):
-        decision = final if stage is Stage.WRITE else Decision.PASSED
-        destination = None
-        if stage is Stage.WRITE:
-            destination = ALLOWED if final is Decision.DELIVERED else QUARANTINE
-        events.append(
-            event(
-                record_id,
-                stage,
-                decision,
-                at=at + timedelta(milliseconds=index),
-                offset=offset,
-                destination=destination,
-                **fields,
-            )
-        )
-    return events
-
-
-def chain_events(store: LineageStore, chain_id: str) -> list[StoredEvent]:
-    return sorted(
-        (stored for stored in store.events() if stored.chain_id == chain_id),
-        key=lambda stored: stored.seq,
+    pipeline: str = PIPELINE,
+    run_id: str = RUN,
+    partition: int = 0,
+    topic: str = TOPIC,
+) -> HopBatch:
+    return HopBatch(
+        pipeline=pipeline,
+        run_id=run_id,
+        at=at,
+        source_topic=topic,
+        source_partition=partition,
+        allowed_to=ALLOWED,
+        quarantined_to=QUARANTINE,
+        hops=tuple(hops),
     )
 
 
-def filled(store: LineageStore) -> list[StoredEvent]:
-    """Chain CHAIN holds 6 events of records r0..r5 (seq 1..6); OTHER_CHAIN holds 3."""
-    store.append(
-        [event(f"r{i}", Stage.SOURCE, offset=i, at=T0 + timedelta(seconds=i)) for i in range(6)],
-        chain_id=CHAIN,
-    )
-    store.append(
-        [event(f"o{i}", Stage.SOURCE, offset=i, partition=1) for i in range(3)],
-        chain_id=OTHER_CHAIN,
-    )
-    stored = chain_events(store, CHAIN)
-    assert [s.seq for s in stored] == [1, 2, 3, 4, 5, 6]
+def filled(store: LineageStore, *, batches: int = 3, size: int = 4) -> list[Any]:
+    """CHAIN holds `batches` batches of `size` hops (records r0…), each confirmed."""
+    entries = []
+    for b in range(batches):
+        hops = [hop(f"r{b * size + i}", b * size + i) for i in range(size)]
+        entry = store.append(batch(hops, at=T0 + timedelta(seconds=b)))
+        store.confirm([(entry, size, [])], at=T0 + timedelta(seconds=b, milliseconds=500))
+        entries.append(entry)
     assert store.verify().ok
-    return stored
+    return entries
 
 
-# -- append, trace, order -------------------------------------------------------------------
+def signed(store: LineageStore, key: Ed25519PrivateKey = KEY) -> None:
+    store.add_checkpoint(sign(key, at=T0, run_id=RUN, heads=store.heads()))
+
+
+def entry_id(run_sql: RunSql, seq: int, chain: str = CHAIN) -> int:
+    rows = run_sql(f"SELECT id FROM lineage_entries WHERE chain_id = '{chain}' AND seq = {seq}")
+    return int(rows[0][0])
+
+
+def recompute(run_sql: RunSql, chain: str = CHAIN) -> None:
+    """What an intruder with write access does after an edit: recompute every Merkle root and
+    link hash of the chain and its head, with lineage-guard's own (public) hashing code."""
+    rows = run_sql(
+        f"SELECT id, {', '.join(ENTRY_COLUMNS)} FROM lineage_entries"
+        f" WHERE chain_id = '{chain}' ORDER BY seq"
+    )
+    prev = "0" * 64
+    last = None
+    for expected_seq, row in enumerate(rows, start=1):
+        db_id, entry = row[0], read_entry(row[1:])
+        assert not isinstance(entry, Exception) and hasattr(entry, "hash")
+        changes: dict[str, Any] = {"prev_hash": prev, "seq": expected_seq}
+        if str(entry.kind) == "hops":  # type: ignore[union-attr]
+            hop_rows = run_sql(
+                f"SELECT {', '.join(HOP_COLUMNS[1:])} FROM lineage_hops"
+                f" WHERE entry_id = {db_id} ORDER BY idx"
+            )
+            hops = [read_hop(r, chain, entry.seq) for r in hop_rows]  # type: ignore[union-attr]
+            changes["root"] = merkle_root([h.canonical() for h in hops])  # type: ignore[union-attr]
+            changes["count"] = len(hops)
+        fixed = dataclasses.replace(entry, **changes)  # type: ignore[type-var]
+        fixed = dataclasses.replace(fixed, hash=fixed.computed_hash())
+        root = f"'{fixed.root}'" if fixed.root else "NULL"
+        run_sql(
+            f"UPDATE lineage_entries SET seq = {fixed.seq}, root = {root}, count = {fixed.count},"
+            f" prev_hash = '{fixed.prev_hash}', hash = '{fixed.hash}' WHERE id = {db_id}"
+        )
+        prev, last = fixed.hash, fixed
+    assert last is not None
+    run_sql(
+        f"UPDATE lineage_chains SET seq = {last.seq}, hash = '{last.hash}'"
+        f" WHERE chain_id = '{chain}'"
+    )
+
+
+def broken_kind(store: LineageStore, **kwargs: Any) -> BreakKind | None:
+    result = store.verify(**kwargs)
+    return result.broken.kind if result.broken is not None else None
+
+
+# -- append, trace, deliveries --------------------------------------------------------------
 
 
 def test_append_then_trace_round_trips_every_field(store: LineageStore) -> None:
-    full = LineageEvent(
-        record_id="3f2b8a1e-9c4d-4e5f-8a7b-1c2d3e4f5a6b",
-        stage=Stage.ENFORCE,
-        pipeline=PIPELINE,
-        run_id=RUN,
-        at=datetime(2026, 11, 27, 13, 0, 0, 456789, tzinfo=timezone(timedelta(hours=2))),
-        decision=Decision.BLOCKED,
+    full = hop(
+        "3f2b8a1e-9c4d-4e5f-8a7b-1c2d3e4f5a6b",
+        9_000_000_001,
+        outcome=Outcome.BLOCKED,
+        stopped_at=Stage.ENFORCE,
         reasons=(
             Reason(rule="leak_test_origin", message="Record from `TEST` may not reach prod."),
             Reason(rule="tenant_mismatch", message="Tenant `globex` ≠ sink tenant `acme`."),
         ),
-        content_class="SYNTHETIC",
         origin_env="TEST",
         tenant_id="globex",
         source_system="faker-seed «test»",
         generator="profile-faker@3.1",
         parent_record_ids=("p-1", "p-2"),
-        source_topic=TOPIC,
-        source_partition=3,
-        source_offset=9_000_000_001,
-        destination=None,
     )
-    sparse = LineageEvent(
-        record_id="3f2b8a1e-9c4d-4e5f-8a7b-1c2d3e4f5a6b",
-        stage=Stage.WRITE,
-        pipeline=PIPELINE,
-        run_id=RUN,
-        at=datetime(2026, 11, 27, 10, 59, 59, tzinfo=UTC),
-        decision=Decision.QUARANTINED,
-        source_topic=TOPIC,
-        source_partition=3,
-        source_offset=9_000_000_001,
-        destination=QUARANTINE,
+    undecodable = hop(
+        None,
+        17,
+        outcome=Outcome.QUARANTINED,
+        stopped_at=Stage.DECODE,
+        reasons=(Reason(rule="undecodable", message="not Avro"),),
+        content_class=None,
+        origin_env=None,
+        tenant_id=None,
+        source_system=None,
+        generator=None,
     )
-    undecodable = event(None, Stage.DECODE, Decision.QUARANTINED, offset=17, content_class=None)
-    store.append([full, sparse, undecodable], chain_id=CHAIN)
+    at = datetime(2026, 11, 27, 13, 0, 0, 456789, tzinfo=UTC)
+    entry = store.append(batch([full, undecodable], at=at, partition=3))
+    assert (entry.chain_id, entry.seq, entry.count) == (f"{PIPELINE}/{TOPIC}/3", 1, 2)
 
-    traced = store.trace("3f2b8a1e-9c4d-4e5f-8a7b-1c2d3e4f5a6b")
-
-    assert [stored.event for stored in traced] == [sparse, full]  # time order
-    assert full.at == datetime(2026, 11, 27, 11, 0, 0, 456000, tzinfo=UTC)  # UTC, to the ms
-    assert traced[1].event.reasons == full.reasons
-    assert traced[1].event.parent_record_ids == ("p-1", "p-2")
-    assert [(stored.chain_id, stored.seq) for stored in traced] == [(CHAIN, 2), (CHAIN, 1)]
-    first, second = traced[1], traced[0]
-    assert first.prev_hash == GENESIS_HASH
-    assert first.hash == event_hash(full, chain_id=CHAIN, seq=1, prev_hash=GENESIS_HASH)
-    assert second.prev_hash == first.hash
-    assert second.hash == event_hash(sparse, chain_id=CHAIN, seq=2, prev_hash=first.hash)
-    [stored_undecodable] = [s for s in store.events() if s.event.record_id is None]
-    assert stored_undecodable.event == undecodable
-    assert stored_undecodable.seq == 3
-    head = store.head(CHAIN)
-    assert head is not None
-    assert (head.seq, head.hash) == (3, stored_undecodable.hash)
-
-
-def test_trace_orders_by_time_then_stage(store: LineageStore) -> None:
-    same_ms = T0
-    # Appended out of order, over two chains and three batches.
-    store.append([event("r", Stage.WRITE, Decision.DELIVERED, at=same_ms)], chain_id=CHAIN)
-    store.append(
-        [
-            event("r", Stage.VALIDATE, at=same_ms, partition=1),
-            event("r", Stage.SOURCE, at=same_ms - timedelta(milliseconds=5), partition=1),
-        ],
-        chain_id=OTHER_CHAIN,
+    [stored] = store.hops(["3f2b8a1e-9c4d-4e5f-8a7b-1c2d3e4f5a6b"])
+    assert stored.hop == full
+    assert stored.at == at.replace(microsecond=456000)
+    assert (stored.pipeline, stored.run_id, stored.source_topic, stored.source_partition) == (
+        PIPELINE,
+        RUN,
+        TOPIC,
+        3,
     )
-    store.append(
-        [event("r", Stage.ENFORCE, at=same_ms), event("r", Stage.DECODE, at=same_ms)],
-        chain_id=CHAIN,
+    assert (stored.destination, stored.delivery, stored.index) == (
+        QUARANTINE,
+        Delivery.UNCONFIRMED,
+        0,
     )
-
-    traced = store.trace("r")
-
-    assert [stored.event.stage for stored in traced] == list(Stage)
-    assert [(stored.chain_id, stored.seq) for stored in traced] == [
-        (OTHER_CHAIN, 2),
-        (CHAIN, 3),
-        (OTHER_CHAIN, 1),
-        (CHAIN, 2),
-        (CHAIN, 1),
+    events = store.trace("3f2b8a1e-9c4d-4e5f-8a7b-1c2d3e4f5a6b")
+    assert [(e.event.stage, e.event.decision) for e in events] == [
+        (Stage.SOURCE, Decision.PASSED),
+        (Stage.DECODE, Decision.PASSED),
+        (Stage.VALIDATE, Decision.PASSED),
+        (Stage.ENFORCE, Decision.BLOCKED),
+        (Stage.WRITE, Decision.SENDING),
     ]
+    assert events[3].event.reasons == full.reasons
+    assert events[3].event.parent_record_ids == ("p-1", "p-2")
+    assert events[-1].event.destination == QUARANTINE
+    assert {e.digest for e in events} == {full.digest}
 
 
-def test_append_continues_the_chain_across_batches_and_reopening(
-    store: LineageStore, store_url: str
+def test_trace_of_an_unknown_record_is_empty(store: LineageStore) -> None:
+    filled(store, batches=1)
+    assert store.trace("nobody") == []
+    assert store.hops(["nobody"]) == []
+
+
+def test_deliveries_show_sending_until_confirmed_and_failures_as_failed(
+    store: LineageStore,
 ) -> None:
-    store.append(journey("a", offset=0), chain_id=CHAIN)
-    store.close()
-    with open_store(store_url) as reopened:
-        reopened.append(journey("b", offset=1, at=T0 + timedelta(seconds=1)), chain_id=CHAIN)
-        stored = chain_events(reopened, CHAIN)
-        assert [s.seq for s in stored] == list(range(1, 11))
-        assert [s.event.record_id for s in stored] == ["a"] * 5 + ["b"] * 5
-        assert all(s.prev_hash == p.hash for p, s in itertools.pairwise(stored))
-        head = reopened.head(CHAIN)
-        assert head is not None
-        assert (head.seq, head.hash) == (10, stored[-1].hash)
-        assert reopened.verify().ok
+    entry = store.append(
+        batch([hop("ok", 0), hop("refused", 1), hop("bad", 2, outcome=Outcome.QUARANTINED,
+              stopped_at=Stage.VALIDATE, reasons=(Reason(rule="x", message="m"),))])
+    )  # fmt: skip
+    assert [h.delivery for h in store.hops(["ok", "refused", "bad"])] == [Delivery.UNCONFIRMED] * 3
+    assert store.trace("ok")[-1].event.decision is Decision.SENDING
+
+    store.confirm([(entry, 3, [Failure(offset=1, error="MSG_SIZE_TOO_LARGE")])], at=T0)
+    assert store.trace("ok")[-1].event.decision is Decision.DELIVERED
+    assert store.trace("bad")[-1].event.decision is Decision.QUARANTINED
+    refused = store.trace("refused")[-1].event
+    assert refused.decision is Decision.FAILED
+    assert refused.reasons == (Reason(rule="delivery_failed", message="MSG_SIZE_TOO_LARGE"),)
+    assert store.verify().ok
+    assert store.head(CHAIN) is not None and store.head(CHAIN).seq == 2  # type: ignore[union-attr]
 
 
-def test_a_failing_batch_leaves_nothing(store: LineageStore, run_sql: RunSql) -> None:
-    store.append([event("kept-1", Stage.SOURCE), event("kept-2", Stage.SOURCE)], chain_id=CHAIN)
-    head_before = store.head(CHAIN)
-    # A row already at seq 5 makes the database refuse the batch's third event (seq 5).
-    run_sql(
-        "INSERT INTO lineage_events SELECT chain_id, 5, 'squatter', stage, pipeline, run_id, at,"
-        " decision, reasons, content_class, origin_env, tenant_id, source_system, generator,"
-        " parent_record_ids, source_topic, source_partition, source_offset, destination,"
-        f" prev_hash, hash FROM lineage_events WHERE chain_id = '{CHAIN}' AND seq = 1"
-    )
-    batch = [event(f"lost-{i}", Stage.SOURCE, offset=i) for i in range(4)]
-
-    with pytest.raises(ServiceUnavailableError) as raised:
-        store.append(batch, chain_id=CHAIN)
-
-    assert f"`{store.url}`" in raised.value.message
-    assert "Nothing of this batch was written" in raised.value.message
-    assert all(store.trace(f"lost-{i}") == [] for i in range(4))
-    assert store.head(CHAIN) == head_before
-    assert run_sql(f"SELECT count(*) FROM lineage_events WHERE chain_id = '{CHAIN}'") == [(3,)]
-    # The store is still usable for other chains.
-    store.append([event("next", Stage.SOURCE, partition=1)], chain_id=OTHER_CHAIN)
-    assert [s.seq for s in store.trace("next")] == [1]
+def test_chains_continue_across_runs_and_reopening(store: LineageStore, store_url: str) -> None:
+    first = store.append(batch([hop("a", 0)]))
+    with open_store(store_url) as again:
+        second = again.append(batch([hop("b", 1)], run_id="another-run"))
+    assert (first.seq, second.seq) == (1, 2)
+    assert second.prev_hash == first.hash
+    assert list(store.chains()) == [CHAIN]
+    assert store.verify().ok
 
 
 def test_concurrent_appends_never_fork_a_chain(store: LineageStore, store_url: str) -> None:
-    writers, batches, size = 4, 10, 25
     errors: list[BaseException] = []
 
-    def write(writer: int) -> None:
+    def writer(name: str) -> None:
         try:
             with open_store(store_url) as own:
-                for batch in range(batches):
-                    own.append(
-                        [
-                            event(f"w{writer}-{batch}-{i}", Stage.SOURCE, offset=i)
-                            for i in range(size)
-                        ],
-                        chain_id=CHAIN,
-                    )
-        except BaseException as exc:  # reported below, in the test's thread
+                for i in range(10):
+                    own.append(batch([hop(f"{name}-{i}", i)]))
+        except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+    threads = [threading.Thread(target=writer, args=(f"w{n}",)) for n in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-
     assert errors == []
-    stored = chain_events(store, CHAIN)
-    assert [s.seq for s in stored] == list(range(1, writers * batches * size + 1))
-    # Each batch stays contiguous: a writer's batch is never interleaved with another's.
-    for start in range(0, len(stored), size):
-        batch_ids = {
-            (s.event.record_id or "").rsplit("-", 1)[0] for s in stored[start : start + size]
-        }
-        assert len(batch_ids) == 1
-    assert store.verify() == store.verify(CHAIN)
+    result = store.verify()
+    assert result.ok, result.broken
+    assert (result.batches, result.hops) == (30, 30)
+    assert store.head(CHAIN).seq == 30  # type: ignore[union-attr]
+
+
+def test_a_batch_is_one_transaction(store: LineageStore, run_sql: RunSql) -> None:
+    filled(store, batches=1)
+    run_sql("CREATE UNIQUE INDEX intruder ON lineage_hops (record_id)")  # makes r0 collide
+    with pytest.raises(Exception, match="Nothing of this batch was written"):
+        store.append(batch([hop("fresh", 10), hop("r0", 11)]))
+    assert store.hops(["fresh"]) == []
+    assert store.head(CHAIN).seq == 2  # type: ignore[union-attr]
     assert store.verify().ok
-    assert store.verify().events == writers * batches * size
 
 
-def test_trace_many_filters_by_stage_and_decisions(store: LineageStore) -> None:
-    invalid = journey("bad", offset=1, at=T0 + timedelta(seconds=1), final=Decision.QUARANTINED)
-    invalid[2] = dataclasses.replace(invalid[2], decision=Decision.QUARANTINED)
+def test_content_classes_gives_the_highest_recorded_class(store: LineageStore) -> None:
     store.append(
-        [*journey("good", offset=0), *invalid, *journey("other", offset=2)], chain_id=CHAIN
+        batch([hop("p", 0, content_class="AI_ASSISTED"), hop("h", 1, content_class="HUMAN")])
     )
-    ids = ["good", "bad", "missing"]
-
-    every = store.trace_many(ids)
-    validations = store.trace_many(ids, stage=Stage.VALIDATE)
-    failed = store.trace_many(
-        ids, stage=Stage.VALIDATE, decisions=[Decision.QUARANTINED, Decision.BLOCKED]
-    )
-
-    assert [(s.event.record_id, s.event.stage) for s in every] == [
-        *(("good", stage) for stage in Stage),
-        *(("bad", stage) for stage in Stage),
-    ]
-    assert [s.event.record_id for s in validations] == ["good", "bad"]
-    assert [(s.event.record_id, s.seq) for s in failed] == [("bad", 8)]
-    assert [s.event.stage for s in store.trace_many(ids, decisions=[Decision.QUARANTINED])] == [
-        Stage.VALIDATE,
-        Stage.WRITE,
-    ]
-    assert store.trace_many(ids, decisions=[]) == []
-    assert store.trace_many([]) == []
+    store.append(batch([hop("p", 2, content_class="SYNTHETIC")], pipeline="enrich"))
+    assert store.content_classes(["p", "h", "unknown"]) == {"p": "SYNTHETIC", "h": "HUMAN"}
 
 
-def test_trace_of_an_unknown_record_is_empty(store: LineageStore) -> None:
-    store.append(journey("known", offset=0), chain_id=CHAIN)
-    assert store.trace("unknown") == []
-    result = queries.trace(store, "unknown")
-    assert not result.found
-    assert result.events == ()
-    assert result.chains == ()
-
-
-# -- ancestry and chain status ---------------------------------------------------------------
+def test_trace_shows_hops_across_guards_in_order(store: LineageStore) -> None:
+    store.append(batch([hop("x", 5)], pipeline="enrich", at=T0))
+    store.append(batch([hop("x", 9)], pipeline="production-sink", at=T0 + timedelta(seconds=1)))
+    result = queries.trace(store, "x")
+    pipelines = [(t.stored.event.pipeline, t.stored.event.stage) for t in result.events]
+    assert pipelines == [("enrich", s) for s in Stage] + [("production-sink", s) for s in Stage]
+    assert {c.status for c in result.chains} == {"ok"}
 
 
 def test_trace_follows_ancestors_through_a_cycle(store: LineageStore) -> None:
-    # child <- parent <- grandparent <- child (a cycle), and parent also names a missing record.
     store.append(
-        journey("grandparent", offset=0, parent_record_ids=("child",))
-        + journey("parent", offset=1, parent_record_ids=("grandparent", "never-seen"))
-        + journey("child", offset=2, parent_record_ids=("parent",))
-        + journey("stranger", offset=3),
-        chain_id=CHAIN,
-    )
-
+        batch([
+            hop("child", 0, parent_record_ids=("parent",)),
+            hop("parent", 1, parent_record_ids=("grandparent", "child")),
+            hop("grandparent", 2, parent_record_ids=("lost",)),
+        ])
+    )  # fmt: skip
     result = queries.trace(store, "child")
-
-    assert result.found
     depths = {(t.stored.event.record_id, t.depth) for t in result.events}
     assert depths == {("child", 0), ("parent", 1), ("grandparent", 2)}
-    assert len(result.events) == 15
-    assert result.missing_ancestors == ("never-seen",)
-    ats = [t.stored.event.at for t in result.events]
-    assert ats == sorted(ats)
-    assert [chain.chain_id for chain in result.chains] == [CHAIN]
-    assert result.chains[0].ok
-    assert result.chains[0].events == 20
-    assert result.intact
+    assert result.missing_ancestors == ("lost",)
 
 
-def test_trace_shows_the_chain_status_of_each_event(store: LineageStore, run_sql: RunSql) -> None:
-    store.append(journey("p", offset=0), chain_id=OTHER_CHAIN)
-    store.append(journey("c", offset=1, parent_record_ids=("p",)), chain_id=CHAIN)
-    run_sql(f"UPDATE lineage_events SET decision = 'passed' WHERE chain_id = '{CHAIN}' AND seq = 5")
-
-    result = queries.trace(store, "c")
-
-    status = {t.stored.event.record_id: t.chain.status for t in result.events}
-    assert status == {"c": "broken", "p": "ok"}
-    broken = {chain.chain_id: chain.broken for chain in result.chains}
-    assert broken[OTHER_CHAIN] is None
-    link = broken[CHAIN]
-    assert link is not None
-    assert (link.seq, link.record_id, link.kind) == (5, "c", BreakKind.EDITED)
-    assert not result.intact
-    quick = queries.trace(store, "c", verify_chains=False)
-    assert {t.chain.status for t in quick.events} == {"unverified"}
-    assert [t.stored for t in quick.events] == [t.stored for t in result.events]
+def test_trace_shows_the_batch_status_of_each_hop(store: LineageStore, run_sql: RunSql) -> None:
+    filled(store, batches=2)
+    run_sql("UPDATE lineage_hops SET tenant_id = 'globex' WHERE record_id = 'r1'")
+    edited = queries.trace(store, "r1")
+    assert [c.status for c in edited.chains] == ["broken"]
+    assert not edited.intact
+    clean = queries.trace(store, "r5")  # another batch of the same chain
+    assert [c.status for c in clean.chains] == ["ok"]
 
 
-# -- streaming and chains --------------------------------------------------------------------
+def test_events_and_scan_filter_by_time_stage_and_decision(store: LineageStore) -> None:
+    filled(store, batches=3, size=2)
+    later = list(store.scan(since=T0 + timedelta(seconds=1)))
+    assert [h.hop.record_id for h in later] == ["r2", "r3", "r4", "r5"]
+    window = list(store.scan(since=T0 + timedelta(seconds=1), until=T0 + timedelta(seconds=2)))
+    assert [h.hop.record_id for h in window] == ["r2", "r3"]
+    delivered = list(store.events(stage=Stage.WRITE, decision=Decision.DELIVERED))
+    assert [e.event.record_id for e in delivered] == [f"r{i}" for i in range(6)]
+    assert list(store.events(decision=Decision.BLOCKED)) == []
 
 
-def test_events_filters_by_time_stage_and_decision(store: LineageStore) -> None:
-    times = [T0 + timedelta(minutes=m) for m in range(5)]
-    store.append(
-        [
-            event("a", Stage.SOURCE, at=times[3]),
-            event("b", Stage.ENFORCE, Decision.BLOCKED, at=times[1]),
-            event("c", Stage.ENFORCE, Decision.PASSED, at=times[2]),
-            event("d", Stage.SOURCE, at=times[0]),
-        ],
-        chain_id=CHAIN,
-    )
-    store.append([event("e", Stage.ENFORCE, Decision.BLOCKED, at=times[4])], chain_id=OTHER_CHAIN)
-
-    def ids(**filters: Any) -> list[str | None]:
-        return [stored.event.record_id for stored in store.events(**filters)]
-
-    assert ids() == ["d", "b", "c", "a", "e"]
-    assert ids(since=times[1], until=times[3]) == ["b", "c"]  # since inclusive, until exclusive
-    assert ids(since=times[3]) == ["a", "e"]
-    assert ids(until=times[1]) == ["d"]
-    assert ids(since=times[1] + timedelta(milliseconds=1), until=times[2]) == []
-    assert ids(stage=Stage.ENFORCE) == ["b", "c", "e"]
-    assert ids(stage=Stage.ENFORCE, decision=Decision.BLOCKED, until=times[4]) == ["b"]
-    assert ids(decision=Decision.DELIVERED) == []
+# -- leaks ----------------------------------------------------------------------------------
 
 
-def test_events_streams_one_snapshot_while_appends_go_on(store: LineageStore) -> None:
-    count = 12_000  # more than one fetch of rows
-    store.append(
-        [
-            event(f"r{i}", Stage.SOURCE, offset=i, at=T0 + timedelta(milliseconds=i))
-            for i in range(count)
-        ],
-        chain_id=CHAIN,
-    )
-    stream = store.events()
-    first = next(stream)
-    # Appending while a stream is open neither blocks nor shows up in that stream.
-    store.append([event("late", Stage.SOURCE, partition=1)], chain_id=OTHER_CHAIN)
-    rest = list(stream)
-    assert [first.event.record_id, *(s.event.record_id for s in rest)] == [
-        f"r{i}" for i in range(count)
-    ]
-    assert [s.event.record_id for s in store.events(stage=Stage.SOURCE)][-1] == f"r{count - 1}"
-    assert [s.chain_id for s in store.trace("late")] == [OTHER_CHAIN]
+def test_leaks_count_only_acknowledged_deliveries_and_dedupe_redeliveries(
+    store: LineageStore,
+) -> None:
+    test_profile = hop("t1", 0, origin_env="TEST", digest="aa" * 32)
+    first = store.append(batch([test_profile, hop("fine", 1)]))
+    store.confirm([(first, 2, [])], at=T0)
+    again = store.append(batch([test_profile], at=T0 + timedelta(seconds=5)))  # re-delivered
+    store.confirm([(again, 1, [])], at=T0)
+    unacknowledged = store.append(batch([hop("t2", 2, origin_env="STAGING")]))
+    refused = store.append(batch([hop("t3", 3, origin_env="TEST")]))
+    store.confirm([(refused, 1, [Failure(offset=3, error="refused")])], at=T0)
+    assert unacknowledged.seq == 5
 
-
-def test_chains_lists_every_chain(store: LineageStore) -> None:
-    assert list(store.chains()) == []
-    store.append([], chain_id=CHAIN)
-    assert store.head(CHAIN) is None
-    store.append([event("a", Stage.SOURCE)], chain_id=CHAIN)
-    store.append([event("b", Stage.SOURCE, partition=1)], chain_id=OTHER_CHAIN)
-    store.append([event("c", Stage.SOURCE)], chain_id="run-0/crm.emails/4")
-    assert sorted(store.chains()) == sorted([CHAIN, OTHER_CHAIN, "run-0/crm.emails/4"])
-
-
-# -- leaks -----------------------------------------------------------------------------------
+    report = queries.leaks(store)
+    assert [leak.stored.event.record_id for leak in report.leaks] == ["t1"]
+    assert [r.rule for r in report.leaks[0].why] == ["origin_not_production"]
+    assert [leak.stored.event.record_id for leak in report.unconfirmed] == ["t2"]
+    assert report.blocked == ()
+    trace = queries.trace(store, "t1")
+    writes = [t for t in trace.events if t.stored.event.stage is Stage.WRITE]
+    assert [t.redelivery for t in writes] == [False, True]
 
 
 def test_leaks_none_when_the_guard_blocked_the_attempts(store: LineageStore) -> None:
-    def blocked_at_enforce(record_id: str, offset: int, reason: Reason, **fields: Any) -> list:
-        stopped = event(
-            record_id,
-            Stage.ENFORCE,
-            Decision.BLOCKED,
-            at=T0 + timedelta(milliseconds=3),
-            offset=offset,
-            reasons=(reason,),
-            **fields,
-        )
-        return [*journey(record_id, offset=offset, **fields)[:3], stopped]
-
-    leak = Reason(rule="leak_test_origin", message="`TEST` may not reach production.")
-    tenant = Reason(rule="tenant_mismatch", message="Tenant `globex` is not `acme`.")
-    blocked_test = blocked_at_enforce("test-profile", 1, leak, origin_env="TEST")
-    blocked_tenant = blocked_at_enforce("other-tenant", 2, tenant, tenant_id="globex")
-    store.append(
-        [*journey("prod", offset=0), *blocked_test, *blocked_tenant],
-        chain_id=CHAIN,
+    blocked = hop(
+        "t1",
+        0,
+        origin_env="TEST",
+        outcome=Outcome.BLOCKED,
+        stopped_at=Stage.ENFORCE,
+        reasons=(Reason(rule="leak_test_origin", message="no"),),
     )
-
+    entry = store.append(batch([blocked, hop("ok", 1)]))
+    store.confirm([(entry, 2, [])], at=T0)
     report = queries.leaks(store)
-
-    assert report.leaks == ()
-    assert [stored.event.record_id for stored in report.blocked] == ["test-profile"]
-    assert report.blocked[0].event.stage is Stage.ENFORCE
+    assert report.leaks == () and report.unconfirmed == ()
+    assert [b.event.record_id for b in report.blocked] == ["t1"]
 
 
-def test_leaks_found_when_test_data_or_invalid_records_reached_production(
-    store: LineageStore,
-) -> None:
-    later = T0 + timedelta(hours=1)
-    invalid = journey("stripped", offset=2)
-    invalid[2] = dataclasses.replace(
-        invalid[2],
-        decision=Decision.QUARANTINED,
-        reasons=(Reason(rule="generator_required", message="No generator."),),
-    )
-    store.append(
-        journey("prod", offset=0)
-        + journey("staging-leak", offset=1, origin_env="STAGING")
-        + invalid
-        + journey("sandbox", offset=3, origin_env="TEST", final=Decision.DELIVERED)
-        + journey("late-leak", offset=4, origin_env="TEST", at=later),
-        chain_id=CHAIN,
-    )
-    # `sandbox` went to a non-production destination.
-    store.append(
-        [
-            dataclasses.replace(e, destination="crm.contacts.sandbox") if e.destination else e
-            for e in journey("sandbox-2", offset=5, origin_env="TEST")
-        ],
-        chain_id=OTHER_CHAIN,
-    )
-
-    everything = queries.leaks(store)
-    window = queries.leaks(store, until=later)
-    scoped = queries.leaks(store, production_destinations={ALLOWED}, until=later)
-
-    assert [leak.stored.event.record_id for leak in everything.leaks] == [
-        "staging-leak",
-        "stripped",
-        "sandbox",
-        "sandbox-2",  # same time, next chain
-        "late-leak",
-    ]
-    assert [leak.stored.event.record_id for leak in window.leaks] == [
-        "staging-leak",
-        "stripped",
-        "sandbox",
-        "sandbox-2",
-    ]
-    assert [leak.stored.event.record_id for leak in scoped.leaks] == [
-        "staging-leak",
-        "stripped",
-        "sandbox",
-    ]
-    why = {leak.stored.event.record_id: [r.rule for r in leak.why] for leak in scoped.leaks}
-    assert why == {
-        "staging-leak": ["origin_not_production"],
-        "stripped": ["failed_validation"],
-        "sandbox": ["origin_not_production"],
-    }
-    stripped = next(leak for leak in scoped.leaks if leak.stored.event.record_id == "stripped")
-    assert "generator_required" in stripped.why[0].message
-    assert all(leak.stored.event.decision is Decision.DELIVERED for leak in everything.leaks)
-    assert everything.blocked == ()
+# -- tampering without and with a key -------------------------------------------------------
 
 
-# -- verify and tampering --------------------------------------------------------------------
-
-
-def test_verify_clean_store(store: LineageStore) -> None:
-    empty = store.verify()
-    assert (empty.ok, empty.chains, empty.events) == (True, 0, 0)
+def test_verify_clean_store_with_and_without_a_key(store: LineageStore) -> None:
     filled(store)
+    signed(store)
+    plain = store.verify()
+    assert (plain.ok, plain.chains, plain.batches, plain.hops) == (True, 1, 6, 12)
+    keyed = store.verify(public_key=KEY.public_key())
+    assert (keyed.ok, keyed.signed_checkpoints) == (True, 1)
+
+
+def test_editing_a_hop_row_is_detected_with_and_without_a_key(
+    store: LineageStore, run_sql: RunSql
+) -> None:
+    filled(store)
+    signed(store)
+    run_sql("UPDATE lineage_hops SET origin_env = 'TEST' WHERE record_id = 'r5'")
     result = store.verify()
-    assert (result.ok, result.chains, result.events, result.broken) == (True, 2, 9, None)
-    assert queries.verify(store) is None
-    single = store.verify(OTHER_CHAIN)
-    assert (single.ok, single.chains, single.events) == (True, 1, 3)
+    assert result.broken is not None and result.broken.kind is BreakKind.EDITED
+    assert result.broken.seq == 3  # r5 is in the second hops batch (entries 1,2 | 3,4 | 5,6)
+    assert broken_kind(store, public_key=KEY.public_key()) is BreakKind.EDITED
 
 
-@pytest.mark.parametrize(
-    ("column", "value"),
-    [
-        ("decision", "'delivered'"),
-        ("origin_env", "'TEST'"),
-        ("record_id", "'r9'"),
-        ("at", "'2020-01-01T00:00:00.000Z'"),
-        ("reasons", """'[{"message": "ok", "rule": "all_good"}]'"""),
-        ("destination", "'crm.contacts.prod'"),
-        ("source_offset", "41"),
-        ("hash", "'" + "f" * 64 + "'"),
-    ],
-)
-def test_editing_one_column_breaks_the_chain_at_that_event(
-    store: LineageStore, run_sql: RunSql, column: str, value: str
-) -> None:
+def test_deleting_a_hop_row_is_detected(store: LineageStore, run_sql: RunSql) -> None:
     filled(store)
-    run_sql(f"UPDATE lineage_events SET {column} = {value} WHERE chain_id = '{CHAIN}' AND seq = 3")
-
-    broken = queries.verify(store)
-
-    assert broken is not None
-    record = "r9" if column == "record_id" else "r2"  # the record id as the row now reads
-    assert (broken.chain_id, broken.seq, broken.record_id) == (CHAIN, 3, record)
-    assert broken.kind is BreakKind.EDITED
-    assert broken.description == (
-        f"chain `{CHAIN}` seq 3 (record `{record}`) does not match its hash: the event was"
-        " edited after it was written"
-    )
-    assert "\n" not in broken.description
-    assert store.verify(OTHER_CHAIN).ok
+    run_sql("DELETE FROM lineage_hops WHERE record_id = 'r6'")
+    assert broken_kind(store) is BreakKind.DELETED
 
 
-def test_an_unreadable_edit_breaks_the_chain_at_that_event(
-    store: LineageStore, run_sql: RunSql
-) -> None:
+def test_inserting_a_hop_row_is_detected(store: LineageStore, run_sql: RunSql) -> None:
     filled(store)
-    run_sql(f"UPDATE lineage_events SET stage = 'teleport' WHERE chain_id = '{CHAIN}' AND seq = 4")
-
-    broken = queries.verify(store)
-
-    assert broken is not None
-    assert (broken.chain_id, broken.seq, broken.record_id) == (CHAIN, 4, "r3")
-    assert broken.kind is BreakKind.UNREADABLE
-    assert "teleport" in broken.description
-
-
-def test_deleting_an_event_in_the_middle_is_detected(store: LineageStore, run_sql: RunSql) -> None:
-    filled(store)
-    run_sql(f"DELETE FROM lineage_events WHERE chain_id = '{CHAIN}' AND seq = 3")
-
-    broken = queries.verify(store)
-
-    assert broken is not None
-    assert (broken.chain_id, broken.seq, broken.kind) == (CHAIN, 3, BreakKind.DELETED)
-    assert broken.description == (
-        f"chain `{CHAIN}` seq 3 is missing: the chain jumps from seq 2 (record `r1`) to seq 4"
-        " (record `r3`); deleted"
-    )
-
-
-def test_deleting_the_last_event_is_detected(store: LineageStore, run_sql: RunSql) -> None:
-    filled(store)
-    run_sql(f"DELETE FROM lineage_events WHERE chain_id = '{CHAIN}' AND seq = 6")
-
-    broken = queries.verify(store)
-
-    assert broken is not None
-    assert (broken.chain_id, broken.seq, broken.kind) == (CHAIN, 6, BreakKind.DELETED)
-    assert broken.description == (
-        f"chain `{CHAIN}` seq 6 is missing: the chain's head records seq 6 but its last event"
-        " is seq 5 (record `r4`); deleted"
-    )
-
-
-def test_inserting_a_forged_event_at_the_end_is_detected(
-    store: LineageStore, run_sql: RunSql
-) -> None:
-    stored = filled(store)
+    first = entry_id(run_sql, 1)
     run_sql(
-        "INSERT INTO lineage_events SELECT chain_id, 7, 'forged', stage, pipeline, run_id, at,"
-        " 'delivered', reasons, content_class, origin_env, tenant_id, source_system, generator,"
-        " parent_record_ids, source_topic, source_partition, source_offset, destination,"
-        f" '{stored[5].hash}', '{'a' * 64}'"
-        f" FROM lineage_events WHERE chain_id = '{CHAIN}' AND seq = 6"
+        "INSERT INTO lineage_hops (entry_id, idx, record_id, source_offset, outcome, digest)"
+        f" SELECT {first}, 99, 'forged', 99, 'delivered', digest FROM lineage_hops"
+        " WHERE record_id = 'r0'"
     )
+    assert broken_kind(store) is BreakKind.INSERTED
 
-    broken = queries.verify(store)
 
-    assert broken is not None
-    assert (broken.chain_id, broken.seq, broken.record_id) == (CHAIN, 7, "forged")
-    assert broken.kind is BreakKind.INSERTED
-    assert broken.description.startswith(
-        f"chain `{CHAIN}` seq 7 (record `forged`) lies beyond the chain's recorded head (seq 6)"
+def test_editing_a_batch_header_is_detected(store: LineageStore, run_sql: RunSql) -> None:
+    filled(store)
+    run_sql(
+        f"UPDATE lineage_entries SET allowed_to = 'elsewhere' WHERE id = {entry_id(run_sql, 3)}"
     )
+    assert broken_kind(store) is BreakKind.EDITED
 
 
-def test_inserting_a_well_hashed_forged_event_in_the_middle_is_detected(
+def test_unreadable_edit_is_detected(store: LineageStore, run_sql: RunSql) -> None:
+    filled(store)
+    run_sql("UPDATE lineage_hops SET reasons = 'not json' WHERE record_id = 'r2'")
+    result = store.verify()
+    assert result.broken is not None and result.broken.kind is BreakKind.UNREADABLE
+    assert (result.broken.seq, result.broken.index) == (1, 2)
+
+
+def test_deleting_a_whole_batch_is_detected(store: LineageStore, run_sql: RunSql) -> None:
+    filled(store)
+    doomed = entry_id(run_sql, 3)
+    run_sql(f"DELETE FROM lineage_hops WHERE entry_id = {doomed}")
+    run_sql(f"DELETE FROM lineage_entries WHERE id = {doomed}")
+    assert broken_kind(store) is BreakKind.DELETED  # seq 3 is missing between 2 and 4
+    # and the intruder who renumbers the later entries breaks the next link instead
+    # (through +1000 first: neither database may see two rows with one seq on the way)
+    run_sql(f"UPDATE lineage_entries SET seq = seq + 1000 WHERE chain_id = '{CHAIN}' AND seq > 3")
+    run_sql(
+        f"UPDATE lineage_entries SET seq = seq - 1001 WHERE chain_id = '{CHAIN}' AND seq > 1000"
+    )
+    run_sql(f"UPDATE lineage_chains SET seq = seq - 1 WHERE chain_id = '{CHAIN}'")
+    assert broken_kind(store) is BreakKind.RELINKED
+
+
+def test_deleting_the_tail_is_detected(store: LineageStore, run_sql: RunSql) -> None:
+    filled(store)
+    last = entry_id(run_sql, 6)
+    run_sql(f"DELETE FROM lineage_entries WHERE id = {last}")
+    assert broken_kind(store) is BreakKind.DELETED  # the head still names batch 6
+
+
+def test_deleting_the_tail_and_rewinding_the_head_is_detected_only_with_a_key(
     store: LineageStore, run_sql: RunSql
 ) -> None:
-    stored = filled(store)
-    # The intruder knows the scheme: the forged event links to seq 2 and carries a correct hash.
-    forged = dataclasses.replace(stored[2].event, record_id="forged")
-    forged_hash = event_hash(forged, chain_id=CHAIN, seq=3, prev_hash=stored[1].hash)
-    run_sql(f"UPDATE lineage_events SET seq = seq + 1000 WHERE chain_id = '{CHAIN}' AND seq >= 3")
-    run_sql(f"UPDATE lineage_events SET seq = seq - 999 WHERE chain_id = '{CHAIN}' AND seq > 1000")
-    run_sql(
-        "INSERT INTO lineage_events SELECT chain_id, 3, 'forged', stage, pipeline, run_id, at,"
-        " decision, reasons, content_class, origin_env, tenant_id, source_system, generator,"
-        " parent_record_ids, source_topic, source_partition, source_offset, destination,"
-        f" '{stored[1].hash}', '{forged_hash}'"
-        f" FROM lineage_events WHERE chain_id = '{CHAIN}' AND seq = 4"
-    )
-
-    broken = queries.verify(store)
-
-    assert broken is not None
-    assert (broken.chain_id, broken.seq, broken.record_id) == (CHAIN, 4, "r2")
-    assert broken.kind is BreakKind.RELINKED
-    assert broken.description.startswith(
-        f"chain `{CHAIN}` seq 4 (record `r2`) does not link to seq 3 (record `forged`)"
-    )
-
-
-def test_deleting_a_chain_head_is_detected(store: LineageStore, run_sql: RunSql) -> None:
     filled(store)
-    run_sql(f"DELETE FROM lineage_chains WHERE chain_id = '{OTHER_CHAIN}'")
+    signed(store)
+    for seq in (6, 5):
+        doomed = entry_id(run_sql, seq)
+        run_sql(f"DELETE FROM lineage_hops WHERE entry_id = {doomed}")
+        run_sql(f"DELETE FROM lineage_entries WHERE id = {doomed}")
+    [(hash_,)] = run_sql(f"SELECT hash FROM lineage_entries WHERE chain_id = '{CHAIN}' AND seq = 4")
+    run_sql(f"UPDATE lineage_chains SET seq = 4, hash = '{hash_}' WHERE chain_id = '{CHAIN}'")
+    assert store.verify().ok  # what the hash chain alone cannot see
+    assert broken_kind(store, public_key=KEY.public_key()) is BreakKind.UNSIGNED
 
-    broken = queries.verify(store)
 
-    assert broken is not None
-    assert (broken.chain_id, broken.seq, broken.record_id) == (OTHER_CHAIN, 3, "o2")
-    assert broken.kind is BreakKind.HEAD
-    assert "no recorded head" in broken.description
-    assert OTHER_CHAIN in list(store.chains())
+def test_recomputed_chain_is_detected_only_with_a_key(store: LineageStore, run_sql: RunSql) -> None:
+    filled(store)
+    signed(store)
+    run_sql("UPDATE lineage_hops SET origin_env = 'TEST' WHERE record_id = 'r1'")
+    recompute(run_sql)
+    assert store.verify().ok  # the intruder's recomputed chain links up
+    result = store.verify(public_key=KEY.public_key())
+    assert result.broken is not None and result.broken.kind is BreakKind.UNSIGNED
+    assert result.broken.chain_id == CHAIN
+
+
+def test_deleting_a_whole_chain_is_detected_only_with_a_key(
+    store: LineageStore, run_sql: RunSql
+) -> None:
+    filled(store)
+    store.append(batch([hop("other", 0)], partition=1))
+    signed(store)
+    run_sql(
+        "DELETE FROM lineage_hops WHERE entry_id IN"
+        f" (SELECT id FROM lineage_entries WHERE chain_id = '{CHAIN}')"
+    )
+    run_sql(f"DELETE FROM lineage_entries WHERE chain_id = '{CHAIN}'")
+    run_sql(f"DELETE FROM lineage_chains WHERE chain_id = '{CHAIN}'")
+    assert store.verify().ok
+    assert broken_kind(store, public_key=KEY.public_key()) is BreakKind.UNSIGNED
+
+
+def test_forged_checkpoint_is_detected(store: LineageStore, run_sql: RunSql) -> None:
+    filled(store)
+    signed(store)
+    run_sql("UPDATE lineage_checkpoints SET heads = REPLACE(heads, '\"seq\":6', '\"seq\":5')")
+    assert broken_kind(store, public_key=KEY.public_key()) is BreakKind.SIGNATURE
+
+
+def test_deleting_checkpoints_fails_a_verify_with_a_key(
+    store: LineageStore, run_sql: RunSql
+) -> None:
+    filled(store)
+    signed(store, OTHER_KEY)  # a checkpoint by another key vouches for nothing
+    signed(store)
+    assert store.verify(public_key=KEY.public_key()).signed_checkpoints == 1
+    run_sql(f"DELETE FROM lineage_checkpoints WHERE key_id <> '{_other_key_id()}'")
+    assert broken_kind(store, public_key=KEY.public_key()) is BreakKind.UNSIGNED
+
+
+def _other_key_id() -> str:
+    from lineage_guard.lineage.checkpoints import key_id
+
+    return key_id(OTHER_KEY.public_key())

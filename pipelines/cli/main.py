@@ -175,6 +175,11 @@ def validate(paths: tuple[Path, ...], output_format: str, batch_size: int, engin
     help="Records per micro-batch.",
 )
 @ENGINE_OPTION
+@click.option(
+    "--signing-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Ed25519 private key (PEM): sign the lineage chain heads when the run ends.",
+)
 @click.option("--pipeline-name", default="lineage-guard", show_default=True)
 @click.option(
     "--openlineage",
@@ -227,7 +232,7 @@ def run(**options: Any) -> None:
     type=click.Path(path_type=Path),
     default=Path("lineage-guard-demo"),
     show_default=True,
-    help="Where the demo writes its data, lineage store and report (replaced).",
+    help="A new or empty folder, or an earlier demo's (its files are replaced; nothing else is).",
 )
 def demo(records: int, folder: Path) -> None:
     """Generate CRM traffic, guard it on the embedded default, write the evidence report."""

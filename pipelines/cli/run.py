@@ -14,9 +14,10 @@ import click
 
 from lineage_guard import stop
 from lineage_guard.contract.policies import parse_policy
-from lineage_guard.guard import FilesIO, GuardConfig, KafkaIO, Summary, run_once
+from lineage_guard.guard import FilesIO, GuardConfig, KafkaIO, Summary, run_once, sign_checkpoint
 from lineage_guard.io.file_io import output_names
 from lineage_guard.io.kafka import KafkaSettings
+from lineage_guard.lineage.checkpoints import load_private_key
 from lineage_guard.lineage.errors import (
     ConfigError,
     LineageGuardError,
@@ -58,10 +59,16 @@ def run_guard(**o: Any) -> None:
             raise
         finally:
             signal_name = stop.stopped_by()
+            checkpoint = None
+            if error is None:
+                checkpoint = sign_checkpoint(config)  # what was written is signed, even if stopped
             if emitter is not None:
                 # Stopping an endless run is its normal end; a bounded run stopped is unfinished.
                 unfinished = signal_name is not None and bounded
-                emitter.finish(error or (KeyboardInterrupt() if unfinished else None))
+                emitter.finish(
+                    error or (KeyboardInterrupt() if unfinished else None),
+                    checkpoint=checkpoint.to_dict() if checkpoint else None,
+                )
     print_summary(total, config, time.monotonic() - started)
     if signal_name is not None:
         click.echo(
@@ -115,6 +122,10 @@ def _emitter(o: dict[str, Any], config: GuardConfig, total: Summary) -> RunEmitt
 def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
     if o["openlineage"]:
         transport_config(o["openlineage"])  # a bad target fails now, not at the first event
+    if o["signing_key"]:
+        if o["no_lineage"]:
+            raise ConfigError("--signing-key signs the lineage store's chains: drop --no-lineage.")
+        load_private_key(o["signing_key"])  # a bad key fails now, not after the run
     for policy in o["policies"]:
         parse_policy(policy)  # fail now, with the policy's message, not inside a worker
     if "training" in o["policies"] and o["bootstrap_servers"] and not o["until_caught_up"]:
@@ -171,6 +182,7 @@ def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
         batch_size=o["batch_size"],
         engine=o["engine"],
         pipeline_name=o["pipeline_name"],
+        signing_key=str(o["signing_key"]) if o["signing_key"] else None,
         runner=o["runner"],
         beam_args=tuple(o["beam_args"]),
     )

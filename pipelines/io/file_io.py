@@ -9,7 +9,8 @@ records to `<name>.allowed.jsonl` and the quarantined ones, with their reasons, 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,16 +44,26 @@ def output_names(paths: Sequence[str]) -> dict[str, str]:
 
 
 class FileSink:
-    def __init__(self, out_dir: str, names: dict[str, str]) -> None:
+    """Appends guarded records to per-input JSON Lines files; once a flush has put them on
+    disk, reports each written batch as answered (`on_answered`, as `KafkaSink` does)."""
+
+    def __init__(
+        self,
+        out_dir: str,
+        names: dict[str, str],
+        on_answered: Callable[[list[tuple[Any, int, list[Any]]]], None] | None = None,
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.names = names
+        self.on_answered = on_answered
         self._handles: dict[str, IO[str]] = {}
+        self._written: list[tuple[Any, int, list[Any]]] = []
 
     def destinations(self, source: str) -> tuple[str, str]:
         base = self.out_dir / self.names[source]
         return f"{base}.allowed.jsonl", f"{base}.quarantine.jsonl"
 
-    def write(self, batch: Batch) -> None:
+    def write(self, batch: Batch, receipt: Any = None) -> None:
         allowed_path, quarantine_path = self.destinations(batch.topic)
         for item in batch.items:
             if item.allowed:
@@ -64,9 +75,16 @@ class FileSink:
                     + "\n"
                 )
 
+        if receipt is not None:
+            self._written.append((receipt, len(batch.items), []))
+
     def flush(self) -> None:
         for handle in self._handles.values():
             handle.flush()
+            os.fsync(handle.fileno())
+        written, self._written = self._written, []
+        if written and self.on_answered is not None:
+            self.on_answered(written)
 
     def close(self) -> None:
         for handle in self._handles.values():

@@ -27,6 +27,7 @@ from confluent_kafka import (
 
 from lineage_guard.contract.verdicts import Violation
 from lineage_guard.items import Batch, Item, Source
+from lineage_guard.lineage.chain import Failure
 from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,14 @@ def read_range(
 class _Pending:
     next_offset: int
     remaining: int
-    errors: list[str] = field(default_factory=list)
+    count: int
+    receipt: Any = None  # the batch's lineage entry, confirmed once every record is answered
+    failures: list[Failure] = field(default_factory=list)
+
+
+# Called with (receipt, records answered, refusals) of each batch whose every record the
+# broker answered, in offset order per partition, before those offsets are committed.
+Answered = Callable[[list[tuple[Any, int, list[Failure]]]], None]
 
 
 class KafkaSink:
@@ -236,8 +244,10 @@ class KafkaSink:
         output_topic: str,
         quarantine_topic: str,
         commit_interval_s: float = 1.0,
+        on_answered: Answered | None = None,
     ) -> None:
         self.settings = settings
+        self.on_answered = on_answered
         self.output_topic = output_topic
         self.quarantine_topic = quarantine_topic
         self._producer = settings.producer()
@@ -247,17 +257,26 @@ class KafkaSink:
         self._commit_interval_s = commit_interval_s
         self._last_commit = time.monotonic()
 
-    def write(self, batch: Batch) -> None:
-        pending = _Pending(next_offset=batch.next_offset, remaining=len(batch.items))
+    def write(self, batch: Batch, receipt: Any = None) -> None:
+        pending = _Pending(
+            next_offset=batch.next_offset,
+            remaining=len(batch.items),
+            count=len(batch.items),
+            receipt=receipt,
+        )
         self._pending.setdefault((batch.topic, batch.partition), deque()).append(pending)
 
-        def delivered(err: KafkaError | None, _msg: Any) -> None:
-            pending.remaining -= 1
-            if err is not None:
-                pending.errors.append(err.str())
+        def answer(offset: int) -> Callable[[KafkaError | None, Any], None]:
+            def delivered(err: KafkaError | None, _msg: Any) -> None:
+                pending.remaining -= 1
+                if err is not None:
+                    pending.failures.append(Failure(offset=offset, error=err.str()))
+
+            return delivered
 
         for item in batch.items:
             s = item.source
+            delivered = answer(s.offset)
             if item.allowed:
                 self._produce(
                     self.output_topic, s.key, s.value, s.headers, s.timestamp_ms, delivered
@@ -313,16 +332,27 @@ class KafkaSink:
                 self._producer.poll(0.05)
 
     def _advance(self) -> None:
+        answered: list[tuple[Any, int, list[Failure]]] = []
+        refused: tuple[tuple[str, int], _Pending] | None = None
         for key, queue in self._pending.items():
             while queue and queue[0].remaining == 0:
                 done = queue.popleft()
-                if done.errors:
-                    raise ServiceUnavailableError(
-                        f"Kafka did not accept records from `{key[0]}`[{key[1]}] "
-                        f"before offset {done.next_offset}: {done.errors[0]}; their offsets "
-                        "are not committed."
-                    )
+                answered.append((done.receipt, done.count, done.failures))
+                if done.failures:
+                    refused = refused or (key, done)
+                    queue.clear()  # nothing after a refusal is committed in this run
+                    break
                 self._to_commit[key] = done.next_offset
+        if answered and self.on_answered is not None:
+            # What the broker acknowledged (and refused) is recorded before any commit.
+            self.on_answered([a for a in answered if a[0] is not None])
+        if refused is not None:
+            (topic, partition), done = refused
+            raise ServiceUnavailableError(
+                f"Kafka did not accept records from `{topic}`[{partition}] "
+                f"before offset {done.next_offset}: {done.failures[0].error}; their offsets "
+                "are not committed."
+            )
 
     def _commit(self) -> None:
         if self._to_commit:

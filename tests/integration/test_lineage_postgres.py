@@ -20,7 +20,7 @@ from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError  #
 from lineage_guard.lineage.store import LineageStore, open_store  # noqa: E402
 from lineage_guard.lineage.stores.postgres import PostgresStore  # noqa: E402
 from tests.lineage_contract import *  # noqa: E402, F403 (the contract suite runs here)
-from tests.lineage_contract import CHAIN, OTHER_CHAIN, RunSql, journey  # noqa: E402
+from tests.lineage_contract import CHAIN, RunSql, batch, hop  # noqa: E402
 
 
 @pytest.fixture
@@ -67,37 +67,45 @@ def test_tables_and_indexes_are_created_in_the_urls_schema(
     tables = run_sql(
         f"SELECT tablename FROM pg_tables WHERE schemaname = '{schema}' ORDER BY tablename"
     )
-    assert tables == [("lineage_chains",), ("lineage_events",)]
+    assert tables == [
+        ("lineage_chains",),
+        ("lineage_checkpoints",),
+        ("lineage_entries",),
+        ("lineage_hops",),
+    ]
     indexes = run_sql(
         f"SELECT indexname FROM pg_indexes WHERE schemaname = '{schema}'"
-        " AND tablename = 'lineage_events' ORDER BY indexname"
+        " AND tablename IN ('lineage_entries', 'lineage_hops') ORDER BY indexname"
     )
     assert indexes == [
-        ("lineage_events_at",),
-        ("lineage_events_pkey",),
-        ("lineage_events_record_id",),
+        ("lineage_entries_at",),
+        ("lineage_entries_chain_id_seq_key",),
+        ("lineage_entries_confirms",),
+        ("lineage_entries_pkey",),
+        ("lineage_hops_pkey",),
+        ("lineage_hops_record_id",),
     ]
 
 
 def test_trace_uses_the_record_id_index(store: LineageStore, pg_dsn: str, schema: str) -> None:
-    store.append(journey("a", offset=0), chain_id=CHAIN)
+    store.append(batch([hop("a", 0)]))
     with psycopg.connect(pg_dsn, autocommit=True, options=f"-c search_path={schema}") as conn:
-        conn.execute("ANALYZE lineage_events")
+        conn.execute("ANALYZE lineage_hops")
         # A tiny table is best read whole; without that choice the plan must use the index.
         conn.execute("SET enable_seqscan = off")
         plan = conn.execute(
-            "EXPLAIN SELECT * FROM lineage_events WHERE record_id = ANY(ARRAY['a', 'b'])"
+            "EXPLAIN SELECT * FROM lineage_hops WHERE record_id IN ('a', 'b')"
         ).fetchall()
     text = "\n".join(row[0] for row in plan)
-    assert "Index Scan using lineage_events_record_id" in text or (
-        "Bitmap Index Scan on lineage_events_record_id" in text
+    assert "Index Scan using lineage_hops_record_id" in text or (
+        "Bitmap Index Scan on lineage_hops_record_id" in text
     ), text
 
 
 def test_the_store_reconnects_after_its_connection_is_killed(
     store: LineageStore, run_sql: RunSql, app_name: str
 ) -> None:
-    store.append(journey("before", offset=0), chain_id=CHAIN)
+    store.append(batch([hop("before", 0)]))
     killed = run_sql(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
         f" WHERE application_name = '{app_name}'"
@@ -105,12 +113,12 @@ def test_the_store_reconnects_after_its_connection_is_killed(
     assert killed == [(True,)]
 
     with pytest.raises(ServiceUnavailableError) as raised:
-        store.append(journey("lost", offset=1), chain_id=CHAIN)
-    assert raised.value.message.startswith(f"Cannot write 5 lineage events to chain `{CHAIN}`")
+        store.append(batch([hop("lost", 1)]))
+    assert raised.value.message.startswith(f"Cannot write 1 lineage hops to chain `{CHAIN}`")
 
-    store.append(journey("after", offset=2), chain_id=CHAIN)  # reconnected
+    store.append(batch([hop("after", 2)]))  # reconnected
     assert store.trace("lost") == []
-    assert [s.seq for s in store.trace("after")] == [6, 7, 8, 9, 10]
+    assert [h.seq for h in store.hops(["after"])] == [2]
     assert store.verify().ok
 
 
@@ -138,18 +146,18 @@ def test_an_unknown_url_option_is_a_config_error(pg_dsn: str) -> None:
 def test_audits_do_not_create_tables(store_url: str, run_sql: RunSql) -> None:
     with pytest.raises(ConfigError, match="holds no lineage tables"):
         open_store(store_url, create=False)
-    assert run_sql("SELECT to_regclass('lineage_events') IS NULL") == [(True,)]
+    assert run_sql("SELECT to_regclass('lineage_hops') IS NULL") == [(True,)]
 
 
 def test_two_stores_on_one_database_share_chains(store: LineageStore, store_url: str) -> None:
     with open_store(store_url) as second:
-        store.append(journey("a", offset=0), chain_id=CHAIN)
-        second.append(journey("b", offset=1), chain_id=CHAIN)
-        store.append(journey("c", offset=0, partition=1), chain_id=OTHER_CHAIN)
-        assert [s.seq for s in second.trace("a")] == [1, 2, 3, 4, 5]
-        assert [s.seq for s in store.trace("b")] == [6, 7, 8, 9, 10]
-        assert second.verify().ok
-        assert second.verify().events == 15
+        store.append(batch([hop("a", 0)]))
+        second.append(batch([hop("b", 1)]))
+        store.append(batch([hop("c", 0)], partition=1))
+        assert [h.seq for h in second.hops(["a"])] == [1]
+        assert [h.seq for h in store.hops(["b"])] == [2]
+        result = second.verify()
+        assert (result.ok, result.chains, result.batches, result.hops) == (True, 2, 3, 3)
 
 
 @pytest.fixture

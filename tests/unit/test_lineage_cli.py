@@ -13,6 +13,7 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -25,18 +26,26 @@ from lineage_guard.lineage.cli import lineage, render_table  # noqa: E402
 from lineage_guard.lineage.errors import ConfigError, ExitCode, UnusableInputError  # noqa: E402
 from lineage_guard.lineage.events import Stage  # noqa: E402
 from lineage_guard.lineage.store import open_store  # noqa: E402
-from tests.lineage_contract import ALLOWED, CHAIN, OTHER_CHAIN, T0, journey  # noqa: E402
+from tests.lineage_contract import ALLOWED, CHAIN, KEY, T0, batch, hop  # noqa: E402
+
+OTHER_CHAIN = CHAIN[:-1] + "1"
+
+
+def delivered(store: Any, hops: list[Any], **kwargs: Any) -> None:
+    entry = store.append(batch(hops, **kwargs))
+    store.confirm([(entry, len(hops), [])], at=kwargs.get("at", T0))
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
-    """A store with a record and its parent, a leak, and a blocked attempt-free history."""
+    """A store with a record (partition 0) and its parent (partition 1), both delivered."""
     path = tmp_path / "lineage.db"
     with open_store(f"sqlite:///{path}") as store:
-        store.append(journey("parent", offset=0), chain_id=OTHER_CHAIN)
-        store.append(
-            journey("child", offset=1, at=T0 + timedelta(seconds=1), parent_record_ids=("parent",)),
-            chain_id=CHAIN,
+        delivered(store, [hop("parent", 0)], partition=1)
+        delivered(
+            store,
+            [hop("child", 1, parent_record_ids=("parent",))],
+            at=T0 + timedelta(seconds=1),
         )
     return path
 
@@ -48,27 +57,51 @@ def run(*args: str) -> Result:
 def test_verify_clean(db: Path) -> None:
     result = run("verify", "--lineage-store", f"sqlite:///{db}")
     assert result.exit_code == ExitCode.OK
-    assert result.stdout == "ok: 2 chains, 10 events verified\n"
+    assert result.stdout == "ok: 2 chains, 4 batches, 2 hops\n"
     assert result.stderr == ""
+
+
+def test_verify_with_a_public_key(db: Path, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from lineage_guard.lineage.checkpoints import sign
+
+    public = tmp_path / "guard.pub"
+    public.write_bytes(
+        KEY.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    unsigned = run("verify", "--lineage-store", f"sqlite:///{db}", "--public-key", str(public))
+    assert unsigned.exit_code == ExitCode.VIOLATIONS
+    assert "no checkpoint signed by this public key" in unsigned.stderr
+    with open_store(f"sqlite:///{db}") as store:
+        store.add_checkpoint(sign(KEY, at=T0, run_id="r", heads=store.heads()))
+    result = run("verify", "--lineage-store", f"sqlite:///{db}", "--public-key", str(public))
+    assert result.exit_code == ExitCode.OK, result.output
+    assert result.stdout == ("ok: 2 chains, 4 batches, 2 hops, 1 signed checkpoints verified\n")
+    not_a_key = run("verify", "--lineage-store", f"sqlite:///{db}", "--public-key", str(db))
+    assert isinstance(not_a_key.exception, ConfigError)
+    assert "is not a PEM public key" in not_a_key.exception.message
 
 
 def test_verify_names_the_first_broken_link_in_one_line(db: Path) -> None:
     conn = sqlite3.connect(db)
     with conn:
-        conn.execute(f"DELETE FROM lineage_events WHERE chain_id = '{CHAIN}' AND seq = 2")
+        conn.execute("DELETE FROM lineage_hops WHERE record_id = 'child'")
     conn.close()
 
     result = run("verify", "--lineage-store", f"sqlite:///{db}", "--format", "json")
 
     assert result.exit_code == ExitCode.VIOLATIONS
     assert result.stderr == (
-        f"lineage-guard: chain `{CHAIN}` seq 2 is missing: the chain jumps from seq 1"
-        " (record `child`) to seq 3 (record `child`); deleted\n"
+        f"lineage-guard: chain `{CHAIN}` batch 1 holds 0 hop rows, 1 were written:"
+        " rows were deleted\n"
     )
     document = json.loads(result.stdout)
     assert document["ok"] is False
     assert document["broken"]["chain_id"] == CHAIN
-    assert document["broken"]["seq"] == 2
+    assert document["broken"]["seq"] == 1
     assert document["broken"]["kind"] == "deleted"
 
 
@@ -80,9 +113,12 @@ def test_verify_csv(db: Path) -> None:
         {
             "ok": "True",
             "chains": "2",
-            "events": "10",
+            "batches": "4",
+            "hops": "2",
+            "signed_checkpoints": "",
             "chain_id": "",
             "seq": "",
+            "index": "",
             "record_id": "",
             "kind": "",
             "description": "",
@@ -103,7 +139,9 @@ def test_trace_json_has_the_record_and_its_ancestor_in_order(db: Path) -> None:
     assert {e["chain_status"] for e in document["events"]} == {"ok"}
     assert document["events"][-1]["decision"] == "delivered"
     assert document["events"][-1]["destination"] == ALLOWED
-    assert [c["chain_id"] for c in document["chains"]] == sorted([CHAIN, OTHER_CHAIN])
+    assert [(c["chain_id"], c["seq"]) for c in document["chains"]] == sorted(
+        [(CHAIN, 1), (OTHER_CHAIN, 1)]
+    )
     assert document["missing_ancestors"] == []
 
 
@@ -112,7 +150,7 @@ def test_trace_table_and_csv(db: Path) -> None:
     assert table.exit_code == ExitCode.OK
     assert "Lineage of record child" in table.stdout
     assert "parent (ancestor 1)" in table.stdout
-    assert f"chain `{CHAIN}`: verified ok (5 events)" in table.stdout
+    assert f"chain `{CHAIN}` batch 1: verified ok (Merkle root and link)" in table.stdout
     assert "\x1b[" not in table.stdout  # no colour codes off a terminal
 
     result = run("trace", "child", "--lineage-store", f"sqlite:///{db}", "--format", "csv")
@@ -129,14 +167,14 @@ def test_trace_table_and_csv(db: Path) -> None:
 def test_trace_of_an_edited_record_exits_1_and_names_the_link(db: Path) -> None:
     conn = sqlite3.connect(db)
     with conn:
-        conn.execute(f"UPDATE lineage_events SET origin_env = 'TEST' WHERE chain_id = '{CHAIN}'")
+        conn.execute("UPDATE lineage_hops SET origin_env = 'TEST' WHERE record_id = 'child'")
     conn.close()
     result = run("trace", "child", "--lineage-store", f"sqlite:///{db}", "--format", "json")
     assert result.exit_code == ExitCode.VIOLATIONS
     assert json.loads(result.stdout)["intact"] is False
     assert result.stderr == (
-        f"lineage-guard: chain `{CHAIN}` seq 1 (record `child`) does not match its hash:"
-        " the event was edited after it was written\n"
+        f"lineage-guard: chain `{CHAIN}` batch 1 does not match its Merkle root:"
+        " a hop row was edited or reordered\n"
     )
 
 
@@ -155,10 +193,7 @@ def test_leaks_clean_then_found(db: Path) -> None:
     assert json.loads(clean.stdout)["leaks"] == []
 
     with open_store(f"sqlite:///{db}") as store:
-        store.append(
-            journey("test-profile", offset=9, at=T0 + timedelta(hours=1), origin_env="TEST"),
-            chain_id=CHAIN,
-        )
+        delivered(store, [hop("test-profile", 9, origin_env="TEST")], at=T0 + timedelta(hours=1))
     found = run("leaks", "--lineage-store", f"sqlite:///{db}", "--format", "json")
     assert found.exit_code == ExitCode.VIOLATIONS
     document = json.loads(found.stdout)
@@ -225,7 +260,7 @@ def test_the_default_store_is_under_the_working_directory(db: Path, tmp_path: Pa
         Path(".lineage-guard/lineage.db").write_bytes(db.read_bytes())
         result = runner.invoke(lineage, ["verify"])
     assert result.exit_code == ExitCode.OK
-    assert result.stdout == "ok: 2 chains, 10 events verified\n"
+    assert result.stdout == "ok: 2 chains, 4 batches, 2 hops\n"
 
 
 def test_plain_tables_align_their_columns() -> None:
@@ -246,14 +281,16 @@ def lineage_guard(*args: str) -> subprocess.CompletedProcess[str]:
 def test_through_lineage_guard_a_broken_chain_exits_1_and_a_bad_time_2(db: Path) -> None:
     conn = sqlite3.connect(db)
     with conn:
-        conn.execute(f"UPDATE lineage_events SET hash = 'x' WHERE chain_id = '{CHAIN}' AND seq = 5")
+        conn.execute(
+            f"UPDATE lineage_entries SET hash = 'x' WHERE chain_id = '{CHAIN}' AND seq = 2"
+        )
     conn.close()
 
     broken = lineage_guard("verify", "--lineage-store", f"sqlite:///{db}")
     assert broken.returncode == 1
     assert broken.stderr == (
-        f"lineage-guard: chain `{CHAIN}` seq 5 (record `child`) does not match its hash:"
-        " the event was edited after it was written\n"
+        f"lineage-guard: chain `{CHAIN}` batch 2 does not match its hash:"
+        " the entry was edited after it was written\n"
     )
 
     bad_time = lineage_guard("leaks", "--lineage-store", f"sqlite:///{db}", "--since", "soon")

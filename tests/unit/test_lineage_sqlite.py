@@ -13,11 +13,10 @@ import pytest
 pytest.register_assert_rewrite("tests.lineage_contract")
 
 from lineage_guard.lineage.errors import ConfigError  # noqa: E402
-from lineage_guard.lineage.events import Stage  # noqa: E402
 from lineage_guard.lineage.store import LineageStore, open_store  # noqa: E402
 from lineage_guard.lineage.stores.sqlite import SqliteStore  # noqa: E402
 from tests.lineage_contract import *  # noqa: E402, F403 (the contract suite runs here)
-from tests.lineage_contract import CHAIN, RunSql, event, journey  # noqa: E402
+from tests.lineage_contract import CHAIN, RunSql, batch, hop  # noqa: E402
 
 
 @pytest.fixture
@@ -56,14 +55,20 @@ def test_opening_creates_the_file_and_its_folders_in_wal_mode(
     assert db_path.is_file()
     assert run_sql("PRAGMA journal_mode") == [("wal",)]
     tables = run_sql("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-    assert tables == [("lineage_chains",), ("lineage_events",)]
+    assert tables == [
+        ("lineage_chains",),
+        ("lineage_checkpoints",),
+        ("lineage_entries",),
+        ("lineage_hops",),
+    ]
     indexes = run_sql(
         "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name"
     )
     assert indexes == [
-        ("lineage_events_at",),
-        ("lineage_events_chain_seq",),
-        ("lineage_events_record_id",),
+        ("lineage_entries_at",),
+        ("lineage_entries_chain_seq",),
+        ("lineage_entries_confirms",),
+        ("lineage_hops_record_id",),
     ]
 
 
@@ -72,17 +77,17 @@ def test_a_relative_url_is_relative_to_the_working_directory(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     with open_store("sqlite:///.lineage-guard/lineage.db") as store:
-        store.append(journey("a", offset=0), chain_id=CHAIN)
+        store.append(batch([hop("a", 0)]))
         assert store.url == "sqlite:///.lineage-guard/lineage.db"
     assert (tmp_path / ".lineage-guard" / "lineage.db").is_file()
     with open_store("sqlite:///.lineage-guard/lineage.db", create=False) as again:
-        assert len(again.trace("a")) == 5
+        assert len(again.trace("a")) == 5  # the five stages, derived from one hop
 
 
 def test_trace_uses_the_record_id_index(store: LineageStore, run_sql: RunSql) -> None:
-    store.append(journey("a", offset=0), chain_id=CHAIN)
-    plan = run_sql("EXPLAIN QUERY PLAN SELECT * FROM lineage_events WHERE record_id IN ('a', 'b')")
-    assert any("USING INDEX lineage_events_record_id" in str(row[-1]) for row in plan), plan
+    store.append(batch([hop("a", 0)]))
+    plan = run_sql("EXPLAIN QUERY PLAN SELECT * FROM lineage_hops WHERE record_id IN ('a', 'b')")
+    assert any("USING INDEX lineage_hops_record_id" in str(row[-1]) for row in plan), plan
 
 
 def test_audits_do_not_create_a_missing_store(tmp_path: Path) -> None:
@@ -116,17 +121,17 @@ def test_a_folder_in_the_way_is_a_config_error(tmp_path: Path) -> None:
 
 def test_a_store_read_only_to_its_writer_fails_the_append(store_url: str, db_path: Path) -> None:
     with open_store(store_url) as store:
-        store.append([event("a", Stage.SOURCE), event("a", Stage.DECODE)], chain_id=CHAIN)
+        store.append(batch([hop("a", 0), hop("a2", 1)]))
     reader = SqliteStore(db_path)
     try:
         reader._conn.execute("PRAGMA query_only = ON")  # the connection refuses writes
         with pytest.raises(ConfigError) as raised:  # SQLITE_READONLY: not an outage
-            reader.append([event("b", Stage.SOURCE)], chain_id=CHAIN)
+            reader.append(batch([hop("b", 2)]))
         assert raised.value.message.startswith(
-            f"Cannot write 1 lineage events to chain `{CHAIN}` in `{store_url}`: "
+            f"Cannot write 1 lineage hops to chain `{CHAIN}` in `{store_url}`: "
         )
         assert reader.trace("b") == []
-        assert [s.seq for s in reader.trace("a")] == [1, 2]
+        assert [(h.seq, h.index) for h in reader.hops(["a", "a2"])] == [(1, 0), (1, 1)]
     finally:
         reader.close()
 

@@ -132,3 +132,51 @@ def test_lineage_report_matches_the_run(tmp_path: Path) -> None:
     assert html.count("<svg") == 4
     # Self-contained: no script, no stylesheet or image fetched from anywhere.
     assert "<script" not in html and "<link" not in html and "src=" not in html
+
+
+def test_a_signed_run_verifies_with_its_public_key_and_fails_after_a_recompute(
+    tmp_path: Path,
+) -> None:
+    """`--signing-key` signs the chain heads at the end of the run (store and OpenLineage
+    COMPLETE); `verify --public-key` then catches an intruder who recomputed the chain."""
+    import sqlite3
+    import subprocess
+
+    key, public = tmp_path / "guard.pem", tmp_path / "guard.pub"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", key], check=True)
+    subprocess.run(["openssl", "pkey", "-in", key, "-pubout", "-out", public], check=True)
+    source = tmp_path / "sync.jsonl"
+    write_json_lines(source, (g.record for g in generate(120, seed=44)))
+    store, events = f"sqlite:///{tmp_path}/lineage.db", tmp_path / "ol.jsonl"
+    ran = run_cli(
+        "run", "--input", source, "--output-dir", tmp_path / "out", "--lineage-store", store,
+        "--batch-size", "50", "--signing-key", key, "--openlineage", f"file:{events}",
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    complete = [json.loads(line) for line in events.open()][-1]
+    assert complete["eventType"] == "COMPLETE"
+    checkpoint = complete["run"]["facets"]["lineageGuard_checkpoint"]
+    # three batches of hops, each followed by its delivery entry
+    assert [(h["chain_id"].rsplit("/", 1)[-1], h["seq"]) for h in checkpoint["heads"]] == [("0", 6)]
+    ok = run_cli("lineage", "verify", "--lineage-store", store, "--public-key", public)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == "ok: 1 chains, 6 batches, 120 hops, 1 signed checkpoints verified\n"
+
+    # An intruder edits a hop and recomputes every root and link, head included.
+    from tests.lineage_contract import recompute
+
+    def run_sql(statement: str) -> list[tuple[object, ...]]:
+        conn = sqlite3.connect(tmp_path / "lineage.db")
+        try:
+            with conn:
+                return conn.execute(statement).fetchall()
+        finally:
+            conn.close()
+
+    run_sql("UPDATE lineage_hops SET tenant_id = 'intruder' WHERE idx = 3")
+    recompute(run_sql, chain=checkpoint["heads"][0]["chain_id"])
+    unkeyed = run_cli("lineage", "verify", "--lineage-store", store)
+    assert unkeyed.returncode == 0  # the hash chain alone cannot see a recompute
+    keyed = run_cli("lineage", "verify", "--lineage-store", store, "--public-key", public)
+    assert keyed.returncode == 1
+    assert "is not the batch a signed checkpoint covers" in keyed.stderr

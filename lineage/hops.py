@@ -1,0 +1,234 @@
+"""The lineage hop: one row per record per pass through a guard, and a batch's Merkle root.
+
+A guard (a pipeline, named by `--pipeline-name` or by the data engineer's stage name) passes
+each record once through its fixed sequence of stages (`events.Stage`): a `Hop` says where the
+record came from, what the guard decided (delivered to the allowed destination, quarantined or
+blocked), at which stage it stopped and why, the record's provenance, and the SHA-256 of its
+bytes as received. The per-stage events an auditor reads are derived from it
+(`StoredHop.events`).
+
+The hops of one written micro-batch share a `HopBatch` header (pipeline, run, time, source
+partition, destinations) and are bound by a Merkle root over their leaves (RFC 6962's tree:
+`leaf = sha256(0x00 || canonical hop)`, `node = sha256(0x01 || left || right)`), which the
+batch's chain entry carries (`lineage.chain`).
+
+Pure: no database driver, no Beam, no Kafka.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from lineage_guard.lineage.events import (
+    Decision,
+    LineageEvent,
+    Reason,
+    Stage,
+    StoredEvent,
+)
+
+
+class Outcome(StrEnum):
+    """Where the guard sent the record (whether it arrived is the delivery entry's to say)."""
+
+    DELIVERED = "delivered"  # to the allowed (production) destination
+    QUARANTINED = "quarantined"  # to quarantine: undecodable, invalid provenance, refused
+    BLOCKED = "blocked"  # to quarantine: a sink policy refused it (leak, tenant, training)
+
+
+class Delivery(StrEnum):
+    """What the destination acknowledged for a hop's record."""
+
+    CONFIRMED = "confirmed"  # acknowledged (Kafka delivery report, file flushed)
+    UNCONFIRMED = "unconfirmed"  # sent, no acknowledgement recorded: a crash, a stop
+    FAILED = "failed"  # refused by the destination: the record is not there
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hop:
+    record_id: str | None  # None: undecodable bytes (the source position identifies them)
+    source_offset: int
+    outcome: Outcome
+    stopped_at: Stage | None = None  # the stage that quarantined or blocked it
+    reasons: tuple[Reason, ...] = field(default=())
+    content_class: str | None = None
+    origin_env: str | None = None
+    tenant_id: str | None = None
+    source_system: str | None = None
+    generator: str | None = None
+    parent_record_ids: tuple[str, ...] = field(default=())
+    digest: str  # SHA-256 (hex) of the record's bytes as received
+
+    def __post_init__(self) -> None:
+        # Accept the plain strings a database returns; keep the closed sets closed.
+        if type(self.outcome) is not Outcome:
+            object.__setattr__(self, "outcome", Outcome(self.outcome))
+        if self.stopped_at is not None and type(self.stopped_at) is not Stage:
+            object.__setattr__(self, "stopped_at", Stage(self.stopped_at))
+        if type(self.reasons) is not tuple:
+            object.__setattr__(self, "reasons", tuple(self.reasons))
+        if type(self.parent_record_ids) is not tuple:
+            object.__setattr__(self, "parent_record_ids", tuple(self.parent_record_ids))
+
+    def canonical(self) -> bytes:
+        """The bytes a Merkle leaf hashes: the hop's fields as a compact JSON array, in the
+        order of the dataclass. Never change it for hops already written."""
+        return _CANONICAL.encode(
+            [
+                self.record_id,
+                self.source_offset,
+                str(self.outcome),
+                str(self.stopped_at) if self.stopped_at is not None else None,
+                [[reason.rule, reason.message] for reason in self.reasons],
+                self.content_class,
+                self.origin_env,
+                self.tenant_id,
+                self.source_system,
+                self.generator,
+                list(self.parent_record_ids),
+                self.digest,
+            ]
+        ).encode("utf-8")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HopBatch:
+    """What one guard did with one micro-batch of one source partition (or input file)."""
+
+    pipeline: str
+    run_id: str
+    at: datetime
+    source_topic: str
+    source_partition: int
+    allowed_to: str
+    quarantined_to: str
+    hops: tuple[Hop, ...]
+
+    def __post_init__(self) -> None:
+        if not self.hops:
+            raise ValueError("a HopBatch holds at least one hop")
+        at = self.at
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise ValueError(f"HopBatch.at must be timezone-aware, got `{at!r}`")
+        at = at.astimezone(UTC)
+        object.__setattr__(self, "at", at.replace(microsecond=at.microsecond // 1000 * 1000))
+
+    @property
+    def chain_id(self) -> str:
+        """Batches are chained per guard and source partition, across runs."""
+        return chain_id_of(self.pipeline, self.source_topic, self.source_partition)
+
+    def root(self) -> str:
+        return merkle_root([hop.canonical() for hop in self.hops])
+
+
+def chain_id_of(pipeline: str, source_topic: str, source_partition: int) -> str:
+    return f"{pipeline}/{source_topic}/{source_partition}"
+
+
+def record_digest(data: bytes | None) -> str:
+    return hashlib.sha256(data or b"").hexdigest()
+
+
+def merkle_root(leaves: list[bytes]) -> str:
+    """RFC 6962 Merkle tree hash of `leaves` (hex). An odd node is carried up unchanged, which
+    gives the same tree as RFC 6962's split at the largest power of two below n."""
+    if not leaves:
+        return hashlib.sha256(b"").hexdigest()
+    level = [hashlib.sha256(b"\x00" + leaf).digest() for leaf in leaves]
+    while len(level) > 1:
+        paired = [
+            hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest()
+            for i in range(0, len(level) - 1, 2)
+        ]
+        if len(level) % 2:
+            paired.append(level[-1])
+        level = paired
+    return level[0].hex()
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredHop:
+    """A hop as a store holds it, with its batch header and what the destination acknowledged."""
+
+    hop: Hop
+    pipeline: str
+    run_id: str
+    at: datetime
+    source_topic: str
+    source_partition: int
+    destination: str  # the batch's allowed or quarantine destination, by the hop's outcome
+    chain_id: str
+    seq: int  # the batch's position in its chain
+    index: int  # the hop's position in its batch
+    delivery: Delivery
+    delivery_error: str | None = None
+
+    def events(self) -> list[StoredEvent]:
+        """The stages the record passed, in order, ending with where it was written."""
+        hop = self.hop
+        common: dict[str, Any] = {
+            "record_id": hop.record_id,
+            "pipeline": self.pipeline,
+            "run_id": self.run_id,
+            "at": self.at,
+            "content_class": hop.content_class,
+            "origin_env": hop.origin_env,
+            "tenant_id": hop.tenant_id,
+            "source_system": hop.source_system,
+            "generator": hop.generator,
+            "parent_record_ids": hop.parent_record_ids,
+            "source_topic": self.source_topic,
+            "source_partition": self.source_partition,
+            "source_offset": hop.source_offset,
+        }
+        stopped = Decision.BLOCKED if hop.outcome is Outcome.BLOCKED else Decision.QUARANTINED
+        events = []
+        for stage in (Stage.SOURCE, Stage.DECODE, Stage.VALIDATE, Stage.ENFORCE):
+            if stage == hop.stopped_at:
+                events.append(
+                    LineageEvent(stage=stage, decision=stopped, reasons=hop.reasons, **common)
+                )
+                break
+            events.append(LineageEvent(stage=stage, decision=Decision.PASSED, **common))
+        if self.delivery is Delivery.CONFIRMED:
+            written = (
+                Decision.DELIVERED if hop.outcome is Outcome.DELIVERED else Decision.QUARANTINED
+            )
+        elif self.delivery is Delivery.FAILED:
+            written = Decision.FAILED
+        else:
+            written = Decision.SENDING
+        reasons = hop.reasons
+        if written is Decision.FAILED and self.delivery_error:
+            reasons = (*reasons, Reason(rule="delivery_failed", message=self.delivery_error))
+        events.append(
+            LineageEvent(
+                stage=Stage.WRITE,
+                decision=written,
+                reasons=reasons
+                if hop.outcome is not Outcome.DELIVERED or written is Decision.FAILED
+                else (),
+                destination=self.destination,
+                **common,
+            )
+        )
+        return [
+            StoredEvent(
+                event=event,
+                chain_id=self.chain_id,
+                seq=self.seq,
+                index=self.index,
+                digest=hop.digest,
+            )
+            for event in events
+        ]
+
+
+# One encoder for every hop: `json.dumps` with options builds a new encoder per call.
+_CANONICAL = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)

@@ -1,0 +1,684 @@
+"""What both SQL stores share: the tables, the queries, reading rows back, and verification.
+
+Four tables, the same in SQLite and PostgreSQL (times as epoch milliseconds, lists as compact
+JSON text, digests as raw bytes), so tampering can be shown with plain SQL on either:
+
+- `lineage_entries`: one row per chain entry (a written batch of hops, or a batch's delivery
+  facts), with its link hash (`lineage.chain`);
+- `lineage_hops`: one row per record per pass through a guard, keyed by (entry, index);
+- `lineage_chains`: each chain's head;
+- `lineage_checkpoints`: signed checkpoints of the heads (`lineage.checkpoints`).
+
+A subclass supplies the connection handling, the write transaction with its lock on the
+chain's head, and the bulk insert of hop rows.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Self
+
+from lineage_guard.lineage.chain import (
+    GENESIS_HASH,
+    BreakKind,
+    BrokenLink,
+    ChainHead,
+    Entry,
+    EntryKind,
+    Failure,
+    UnreadableRow,
+    Verification,
+    check_entry,
+    check_signed_heads,
+    delivery_entry,
+    hops_entry,
+    verify_chain,
+)
+from lineage_guard.lineage.checkpoints import Checkpoint, is_signed_by, key_id
+from lineage_guard.lineage.errors import LineageGuardError, ServiceUnavailableError
+from lineage_guard.lineage.events import Decision, Reason, Stage, StoredEvent
+from lineage_guard.lineage.hops import Delivery, Hop, HopBatch, Outcome, StoredHop
+from lineage_guard.lineage.store import first_line, order_key
+
+IN_CHUNK = 500  # record ids per `IN (…)` query
+FETCH_ROWS = 5000  # rows per fetch when streaming
+
+ENTRY_COLUMNS = (
+    "chain_id", "seq", "kind", "pipeline", "run_id", "at", "source_topic", "source_partition",
+    "first_offset", "last_offset", "count", "allowed_to", "quarantined_to", "root", "confirms",
+    "failed", "prev_hash", "hash",
+)  # fmt: skip
+HOP_COLUMNS = (
+    "entry_id", "idx", "record_id", "source_offset", "outcome", "stopped_at", "reasons",
+    "content_class", "origin_env", "tenant_id", "source_system", "generator", "parents", "digest",
+)  # fmt: skip
+
+_HOP_FIELDS = ", ".join(f"h.{c}" for c in HOP_COLUMNS[1:])
+# A hop with its batch header and its batch's delivery entry (if any).
+SELECT_HOPS = f"""
+SELECT e.chain_id, e.seq, e.pipeline, e.run_id, e.at, e.source_topic, e.source_partition,
+       e.allowed_to, e.quarantined_to, {_HOP_FIELDS}, d.seq, d.failed
+FROM lineage_hops h
+JOIN lineage_entries e ON e.id = h.entry_id
+LEFT JOIN lineage_entries d
+  ON d.kind = 'delivery' AND d.chain_id = e.chain_id AND d.confirms = e.seq
+"""
+SELECT_ENTRIES = f"SELECT {', '.join(ENTRY_COLUMNS)} FROM lineage_entries"
+ROWS_OF_ENTRY = (
+    f"SELECT {', '.join(HOP_COLUMNS[1:])} FROM lineage_hops h"
+    " WHERE h.entry_id = (SELECT id FROM lineage_entries WHERE chain_id = ? AND seq = ?)"
+    " ORDER BY h.idx"
+)
+INSERT_ENTRY = (
+    f"INSERT INTO lineage_entries ({', '.join(ENTRY_COLUMNS)})"
+    f" VALUES ({', '.join('?' for _ in ENTRY_COLUMNS)}) RETURNING id"
+)
+
+
+class SqlStore(ABC):
+    """The `LineageStore` logic over a DB-API connection; queries use `?` placeholders."""
+
+    _errors: tuple[type[BaseException], ...]
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def _error_class(self, exc: BaseException) -> type[LineageGuardError]:
+        """The error a failed write raises: an outage to retry unless the store says
+        otherwise (SQLite's read-only file is a configuration error)."""
+        return ServiceUnavailableError
+
+    @property
+    @abstractmethod
+    def url(self) -> str: ...
+
+    # -- what a dialect provides ------------------------------------------------------------
+
+    @abstractmethod
+    def _write(self) -> AbstractContextManager[Any]:
+        """A write transaction (under the store's lock): yields a cursor."""
+
+    @abstractmethod
+    def _lock_head(self, cursor: Any, chain_id: str) -> ChainHead | None:
+        """The chain's head, locked until the transaction ends (None: a new chain)."""
+
+    @abstractmethod
+    def _insert_hops(self, cursor: Any, entry_id: int, hops: Sequence[Hop]) -> None: ...
+
+    @abstractmethod
+    def _fetchall(self, query: str, params: Sequence[Any]) -> list[Any]: ...
+
+    @abstractmethod
+    def _snapshot(self) -> AbstractContextManager[Any]:
+        """A connection of its own, in one read-only snapshot, for long reads."""
+
+    @abstractmethod
+    def _stream(self, conn: Any, query: str, params: Sequence[Any]) -> Iterator[Any]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def _q(self, query: str) -> str:
+        return query
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def append(self, batch: HopBatch) -> Entry:
+        """Write `batch` as the next entry of its chain: header, rows and head in one
+        transaction, or nothing."""
+        try:
+            with self._write() as cursor:
+                head = self._lock_head(cursor, batch.chain_id)
+                entry = hops_entry(batch, head=head)
+                entry_id = self._insert_entry(cursor, entry)
+                self._insert_hops(cursor, entry_id, batch.hops)
+                self._set_head(cursor, entry)
+        except self._errors as exc:
+            raise self._error_class(exc)(
+                f"Cannot write {len(batch.hops)} lineage hops to chain `{batch.chain_id}` in"
+                f" `{self.url}`: {first_line(exc)}. Nothing of this batch was written."
+            ) from exc
+        return entry
+
+    def confirm(
+        self, confirmations: Sequence[tuple[Entry, int, Sequence[Failure]]], *, at: datetime
+    ) -> list[Entry]:
+        """Append, in one transaction, a delivery entry for each (hops entry, records
+        acknowledged or refused, refusals): written once the destination answered."""
+        if not confirmations:
+            return []
+        written = []
+        try:
+            with self._write() as cursor:
+                for confirmed, count, failed in confirmations:
+                    head = self._lock_head(cursor, confirmed.chain_id)
+                    assert head is not None, "a delivery entry follows its hops entry"
+                    entry = delivery_entry(confirmed, count=count, failed=failed, at=at, head=head)
+                    self._insert_entry(cursor, entry)
+                    self._set_head(cursor, entry)
+                    written.append(entry)
+        except self._errors as exc:
+            raise self._error_class(exc)(
+                f"Cannot record {len(confirmations)} delivery confirmations in `{self.url}`:"
+                f" {first_line(exc)}. Their offsets are not committed."
+            ) from exc
+        return written
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> None:
+        try:
+            with self._write() as cursor:
+                cursor.execute(
+                    self._q(
+                        "INSERT INTO lineage_checkpoints (at, run_id, heads, key_id, signature)"
+                        " VALUES (?, ?, ?, ?, ?)"
+                    ),
+                    (
+                        _millis(checkpoint.at),
+                        checkpoint.run_id,
+                        _json([head.to_dict() for head in checkpoint.heads]),
+                        checkpoint.key_id,
+                        checkpoint.signature,
+                    ),
+                )
+        except self._errors as exc:
+            raise self._error_class(exc)(
+                f"Cannot write a checkpoint to `{self.url}`: {first_line(exc)}."
+            ) from exc
+
+    def _insert_entry(self, cursor: Any, entry: Entry) -> int:
+        cursor.execute(self._q(INSERT_ENTRY), entry_row(entry))
+        return int(cursor.fetchone()[0])
+
+    def _set_head(self, cursor: Any, entry: Entry) -> None:
+        cursor.execute(
+            self._q(
+                "INSERT INTO lineage_chains (chain_id, seq, hash) VALUES (?, ?, ?)"
+                " ON CONFLICT (chain_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash"
+            ),
+            (entry.chain_id, entry.seq, entry.hash),
+        )
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def hops(self, record_ids: Collection[str]) -> list[StoredHop]:
+        """Every stored hop of `record_ids`, in time order."""
+        ids = list(dict.fromkeys(record_ids))
+        found: list[StoredHop] = []
+        for start in range(0, len(ids), IN_CHUNK):
+            chunk = ids[start : start + IN_CHUNK]
+            query = f"{SELECT_HOPS} WHERE h.record_id IN ({', '.join('?' for _ in chunk)})"
+            found.extend(stored_hop(row) for row in self._fetchall(self._q(query), chunk))
+        return sorted(found, key=lambda s: (s.at, s.chain_id, s.seq, s.index))
+
+    def trace(self, record_id: str) -> list[StoredEvent]:
+        return self.trace_many([record_id])
+
+    def trace_many(
+        self,
+        record_ids: Collection[str],
+        *,
+        stage: Stage | None = None,
+        decisions: Collection[Decision] | None = None,
+    ) -> list[StoredEvent]:
+        events = [
+            stored
+            for hop in self.hops(record_ids)
+            for stored in hop.events()
+            if (stage is None or stored.event.stage == stage)
+            and (decisions is None or stored.event.decision in decisions)
+        ]
+        return sorted(events, key=order_key)
+
+    def scan(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        outcome: Outcome | None = None,
+    ) -> Iterator[StoredHop]:
+        """Stream the hops of batches written with `since <= at < until`, in time order,
+        through a connection of their own (appends go on meanwhile)."""
+        where: list[str] = []
+        params: list[Any] = []
+        if since is not None:
+            where.append("e.at >= ?")
+            params.append(_millis(since))
+        if until is not None:
+            where.append("e.at < ?")
+            params.append(_millis(until))
+        if outcome is not None:
+            where.append("h.outcome = ?")
+            params.append(str(outcome))
+        query = SELECT_HOPS + (f" WHERE {' AND '.join(where)}" if where else "")
+        query += " ORDER BY e.at, e.chain_id, e.seq, h.idx"
+        with self._snapshot() as conn:
+            for row in self._stream(conn, self._q(query), params):
+                yield stored_hop(row)
+
+    def events(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        stage: Stage | None = None,
+        decision: Decision | None = None,
+    ) -> Iterator[StoredEvent]:
+        """The per-stage events of the hops `scan` yields, filtered by stage and decision."""
+        for hop in self.scan(since=since, until=until):
+            for stored in hop.events():
+                if (stage is None or stored.event.stage == stage) and (
+                    decision is None or stored.event.decision == decision
+                ):
+                    yield stored
+
+    def content_classes(self, record_ids: Collection[str]) -> dict[str, str]:
+        """The highest content class recorded for each of `record_ids` that the store knows
+        (HUMAN < AI_ASSISTED < SYNTHETIC), whichever guard, worker or run recorded it."""
+        ids = list(dict.fromkeys(record_ids))
+        found: dict[str, str] = {}
+        for start in range(0, len(ids), IN_CHUNK):
+            chunk = ids[start : start + IN_CHUNK]
+            query = (
+                "SELECT DISTINCT record_id, content_class FROM lineage_hops"
+                f" WHERE record_id IN ({', '.join('?' for _ in chunk)})"
+                " AND content_class IS NOT NULL"
+            )
+            for record_id, content_class in self._fetchall(self._q(query), chunk):
+                if CLASS_RANK.get(content_class, -1) > CLASS_RANK.get(found.get(record_id), -1):
+                    found[record_id] = content_class
+        return found
+
+    def chains(self) -> Iterator[str]:
+        rows = self._fetchall(
+            "SELECT chain_id FROM lineage_chains UNION"
+            " SELECT DISTINCT chain_id FROM lineage_entries ORDER BY 1",
+            [],
+        )
+        return iter([row[0] for row in rows])
+
+    def head(self, chain_id: str) -> ChainHead | None:
+        rows = self._fetchall(
+            self._q("SELECT seq, hash FROM lineage_chains WHERE chain_id = ?"), [chain_id]
+        )
+        return ChainHead(chain_id=chain_id, seq=rows[0][0], hash=rows[0][1]) if rows else None
+
+    def heads(self) -> list[ChainHead]:
+        rows = self._fetchall("SELECT chain_id, seq, hash FROM lineage_chains ORDER BY 1", [])
+        return [ChainHead(chain_id=r[0], seq=r[1], hash=r[2]) for r in rows]
+
+    def checkpoints(self) -> list[Checkpoint]:
+        rows = self._fetchall(
+            "SELECT at, run_id, heads, key_id, signature FROM lineage_checkpoints ORDER BY id", []
+        )
+        return [_checkpoint(row) for row in rows]
+
+    # -- verifying --------------------------------------------------------------------------
+
+    def verify(self, chain_id: str | None = None, *, public_key: Any = None) -> Verification:
+        """Walk one chain (or every chain) from one snapshot and report the first broken link.
+        With `public_key` (Ed25519), also check every checkpoint it signed, and that at least
+        one exists."""
+        with self._snapshot() as conn:
+            where, params = ("", []) if chain_id is None else (" WHERE chain_id = ?", [chain_id])
+            heads = {
+                row[0]: ChainHead(chain_id=row[0], seq=row[1], hash=row[2])
+                for row in self._stream(
+                    conn, self._q(f"SELECT chain_id, seq, hash FROM lineage_chains{where}"), params
+                )
+            }
+            entries = list(
+                self._stream(
+                    conn, self._q(f"{SELECT_ENTRIES}{where} ORDER BY chain_id, seq"), params
+                )
+            )
+
+            def rows_of(entry: Entry) -> list[Hop | UnreadableRow]:
+                rows = self._stream(conn, self._q(ROWS_OF_ENTRY), [entry.chain_id, entry.seq])
+                return [read_hop(row, entry.chain_id, entry.seq) for row in rows]
+
+            chains = batches = hops = 0
+            hashes: dict[str, dict[int, str]] = {}
+            by_chain: dict[str, list[Entry | UnreadableRow]] = {}
+            for row in entries:
+                by_chain.setdefault(str(row[0]), []).append(read_entry(row))
+            for name in sorted(by_chain.keys() | heads.keys()):
+                chains += 1
+                found, b, h, seen = verify_chain(
+                    name, by_chain.get(name, []), heads.get(name), rows_of
+                )
+                batches, hops = batches + b, hops + h
+                hashes[name] = seen
+                if found is not None:
+                    return Verification(chains=chains, batches=batches, hops=hops, broken=found)
+            signed = 0
+            if public_key is not None:
+                broken, signed = self._check_checkpoints(conn, public_key, hashes, chain_id)
+                if broken is not None:
+                    return Verification(
+                        chains=chains, batches=batches, hops=hops, broken=broken,
+                        signed_checkpoints=signed,
+                    )  # fmt: skip
+            return Verification(
+                chains=chains, batches=batches, hops=hops, broken=None, signed_checkpoints=signed
+            )
+
+    def _check_checkpoints(
+        self, conn: Any, public_key: Any, hashes: dict[str, dict[int, str]], chain_id: str | None
+    ) -> tuple[BrokenLink | None, int]:
+        rows = self._stream(
+            conn,
+            "SELECT at, run_id, heads, key_id, signature FROM lineage_checkpoints ORDER BY id",
+            [],
+        )
+        ours = key_id(public_key)
+        signed = 0
+        for row in rows:
+            try:
+                checkpoint = _checkpoint(row)
+            except (ValueError, TypeError, KeyError) as exc:
+                text = f"a checkpoint cannot be read ({exc}): it was edited"
+                return _checkpoint_break(BreakKind.SIGNATURE, text), signed
+            if checkpoint.key_id != ours:
+                continue  # signed by another key: it vouches for nothing here
+            if not is_signed_by(checkpoint, public_key):
+                text = (
+                    f"the checkpoint of run `{checkpoint.run_id}` does not verify with the"
+                    " public key: it was forged or edited"
+                )
+                return _checkpoint_break(BreakKind.SIGNATURE, text), signed
+            signed += 1
+            heads = {
+                head.chain_id: head
+                for head in checkpoint.heads
+                if chain_id is None or head.chain_id == chain_id
+            }
+            if broken := check_signed_heads(heads, hashes):
+                return broken, signed
+        if signed == 0:
+            text = (
+                "no checkpoint signed by this public key is in the store: checkpoints were"
+                " deleted, or no run was given `--signing-key`"
+            )
+            return _checkpoint_break(BreakKind.UNSIGNED, text), signed
+        return None, signed
+
+    def verify_batches(self, chain_id: str, seqs: Collection[int]) -> dict[int, BrokenLink | None]:
+        """Check only entries `seqs` of `chain_id`: each against its rows, its own hash and
+        its predecessor's (what `trace` shows per hop; `verify` walks everything)."""
+        result: dict[int, BrokenLink | None] = {}
+        with self._snapshot() as conn:
+            for seq in sorted(set(seqs)):
+                rows = list(
+                    self._stream(
+                        conn,
+                        self._q(f"{SELECT_ENTRIES} WHERE chain_id = ? AND seq IN (?, ?)"),
+                        [chain_id, seq - 1, seq],
+                    )
+                )
+                found = {int(r[1]): read_entry(r) for r in rows if isinstance(r[1], int)}
+                entry = found.get(seq)
+                if entry is None:
+                    text = f"chain `{chain_id}` batch {seq} is missing: deleted"
+                    result[seq] = BrokenLink(
+                        chain_id=chain_id, seq=seq, kind=BreakKind.DELETED, description=text
+                    )
+                    continue
+                prev = found.get(seq - 1)
+                if seq == 1:
+                    prev_hash = GENESIS_HASH
+                elif isinstance(prev, Entry):
+                    prev_hash = prev.hash
+                else:
+                    text = (
+                        f"chain `{chain_id}` batch {seq - 1}, before batch {seq}, is missing"
+                        " or unreadable: deleted or edited"
+                    )
+                    result[seq] = BrokenLink(
+                        chain_id=chain_id, seq=seq - 1, kind=BreakKind.DELETED, description=text
+                    )
+                    continue
+
+                def rows_of(e: Entry) -> list[Hop | UnreadableRow]:
+                    rows = self._stream(conn, self._q(ROWS_OF_ENTRY), [e.chain_id, e.seq])
+                    return [read_hop(row, e.chain_id, e.seq) for row in rows]
+
+                result[seq], _ = check_entry(
+                    entry, expected_seq=seq, prev_hash=prev_hash, rows_of=rows_of
+                )
+        return result
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+CLASS_RANK: dict[str | None, int] = {"HUMAN": 0, "AI_ASSISTED": 1, "SYNTHETIC": 2}
+
+
+def entry_row(entry: Entry) -> tuple[Any, ...]:
+    return (
+        entry.chain_id, entry.seq, str(entry.kind), entry.pipeline, entry.run_id,
+        _millis(entry.at), entry.source_topic, entry.source_partition, entry.first_offset,
+        entry.last_offset, entry.count, entry.allowed_to, entry.quarantined_to, entry.root,
+        entry.confirms, _json([f.to_list() for f in entry.failed]) if entry.failed else None,
+        entry.prev_hash, entry.hash,
+    )  # fmt: skip
+
+
+def hop_row(entry_id: int, index: int, hop: Hop) -> tuple[Any, ...]:
+    return (
+        entry_id, index, hop.record_id, hop.source_offset, str(hop.outcome),
+        str(hop.stopped_at) if hop.stopped_at is not None else None,
+        _json([[r.rule, r.message] for r in hop.reasons]) if hop.reasons else None,
+        hop.content_class, hop.origin_env, hop.tenant_id, hop.source_system, hop.generator,
+        _json(list(hop.parent_record_ids)) if hop.parent_record_ids else None,
+        bytes.fromhex(hop.digest),
+    )  # fmt: skip
+
+
+class _RowError(Exception):
+    pass
+
+
+def read_entry(row: Sequence[Any]) -> Entry | UnreadableRow:
+    (chain_id, seq, kind, pipeline, run_id, at, topic, partition, first, last, count,
+     allowed_to, quarantined_to, root, confirms, failed, prev_hash, hash_) = row  # fmt: skip
+    try:
+        _expect(chain_id, str, "chain_id")
+        _expect(seq, int, "seq")
+        for value, name in ((pipeline, "pipeline"), (run_id, "run_id"), (topic, "source_topic")):
+            _expect(value, str, name)
+        _expect(at, int, "at")
+        _expect(partition, int, "source_partition")
+        _expect(count, int, "count")
+        _expect(prev_hash, str, "prev_hash")
+        _expect(hash_, str, "hash")
+        return Entry(
+            chain_id=chain_id,
+            seq=seq,
+            kind=EntryKind(kind),
+            pipeline=pipeline,
+            run_id=run_id,
+            at=_time(at),
+            source_topic=topic,
+            source_partition=partition,
+            first_offset=first,
+            last_offset=last,
+            count=count,
+            allowed_to=allowed_to,
+            quarantined_to=quarantined_to,
+            root=root,
+            confirms=confirms,
+            failed=tuple(Failure(offset=o, error=e) for o, e in _loads(failed, "failed")),
+            prev_hash=prev_hash,
+            hash=hash_,
+        )
+    except (_RowError, ValueError, TypeError) as exc:
+        return UnreadableRow(
+            chain_id=str(chain_id), seq=seq if type(seq) is int else None, error=first_line(exc)
+        )
+
+
+def read_hop(row: Sequence[Any], chain_id: str, seq: int) -> Hop | UnreadableRow:
+    """A hop from `ROWS_OF_ENTRY`'s columns (index first), or why it cannot be one."""
+    (index, record_id, offset, outcome, stopped_at, reasons, content_class, origin_env,
+     tenant_id, source_system, generator, parents, digest) = row  # fmt: skip
+    try:
+        return _hop(
+            record_id, offset, outcome, stopped_at, reasons, content_class, origin_env,
+            tenant_id, source_system, generator, parents, digest,
+        )  # fmt: skip
+    except (_RowError, ValueError, TypeError) as exc:
+        return UnreadableRow(
+            chain_id=chain_id,
+            seq=seq,
+            index=index if type(index) is int else None,
+            error=first_line(exc),
+        )
+
+
+def stored_hop(row: Sequence[Any]) -> StoredHop:
+    """A hop with its batch and delivery status, from `SELECT_HOPS`' columns."""
+    (chain_id, seq, pipeline, run_id, at, topic, partition, allowed_to, quarantined_to, index,
+     record_id, offset, outcome, stopped_at, reasons, content_class, origin_env, tenant_id,
+     source_system, generator, parents, digest, delivery_seq, failed) = row  # fmt: skip
+    try:
+        hop = _hop(
+            record_id, offset, outcome, stopped_at, reasons, content_class, origin_env,
+            tenant_id, source_system, generator, parents, digest,
+        )  # fmt: skip
+    except (_RowError, ValueError, TypeError) as exc:
+        from lineage_guard.lineage.errors import CorruptLineageError
+
+        raise CorruptLineageError(
+            f"Lineage hop {index} of chain `{chain_id}` batch {seq} cannot be read"
+            f" ({first_line(exc)}): the store was edited. Run `lineage-guard lineage verify`."
+        ) from None
+    delivery, error = Delivery.UNCONFIRMED, None
+    if delivery_seq is not None:
+        delivery = Delivery.CONFIRMED
+        for failed_offset, failed_error in _loads(failed, "failed"):
+            if failed_offset == hop.source_offset:
+                delivery, error = Delivery.FAILED, failed_error
+                break
+    return StoredHop(
+        hop=hop,
+        pipeline=pipeline,
+        run_id=run_id,
+        at=_time(at),
+        source_topic=topic,
+        source_partition=partition,
+        destination=allowed_to if hop.outcome is Outcome.DELIVERED else quarantined_to,
+        chain_id=chain_id,
+        seq=seq,
+        index=index,
+        delivery=delivery,
+        delivery_error=error,
+    )
+
+
+def _hop(
+    record_id: Any, offset: Any, outcome: Any, stopped_at: Any, reasons: Any,
+    content_class: Any, origin_env: Any, tenant_id: Any, source_system: Any, generator: Any,
+    parents: Any, digest: Any,
+) -> Hop:  # fmt: skip
+    for value, name in (
+        (record_id, "record_id"), (content_class, "content_class"), (origin_env, "origin_env"),
+        (tenant_id, "tenant_id"), (source_system, "source_system"), (generator, "generator"),
+    ):  # fmt: skip
+        if value is not None:
+            _expect(value, str, name)
+    _expect(offset, int, "source_offset")
+    if not isinstance(digest, bytes | bytearray | memoryview):
+        raise _RowError(f"`digest` is {digest!r}, not bytes")
+    pairs = _loads(reasons, "reasons")
+    if not all(
+        isinstance(p, list) and len(p) == 2 and all(type(x) is str for x in p) for p in pairs
+    ):
+        raise _RowError(f"`reasons` is {reasons!r}, not a list of [rule, message] pairs")
+    parent_ids = _loads(parents, "parents")
+    if not all(type(p) is str for p in parent_ids):
+        raise _RowError(f"`parents` is {parents!r}, not a list of strings")
+    return Hop(
+        record_id=record_id,
+        source_offset=offset,
+        outcome=Outcome(outcome),
+        stopped_at=Stage(stopped_at) if stopped_at is not None else None,
+        reasons=tuple(Reason(rule=rule, message=message) for rule, message in pairs),
+        content_class=content_class,
+        origin_env=origin_env,
+        tenant_id=tenant_id,
+        source_system=source_system,
+        generator=generator,
+        parent_record_ids=tuple(parent_ids),
+        digest=bytes(digest).hex(),
+    )
+
+
+def _checkpoint(row: Sequence[Any]) -> Checkpoint:
+    at, run_id, heads, key, signature = row
+    return Checkpoint(
+        at=_time(at),
+        run_id=run_id,
+        heads=tuple(
+            ChainHead(chain_id=h["chain_id"], seq=h["seq"], hash=h["hash"])
+            for h in json.loads(heads)
+        ),
+        key_id=key,
+        signature=signature,
+    )
+
+
+def _checkpoint_break(kind: BreakKind, text: str) -> BrokenLink:
+    return BrokenLink(chain_id="*", seq=None, kind=kind, description=text)
+
+
+def _expect(value: Any, kind: type, name: str) -> None:
+    if type(value) is not kind:
+        raise _RowError(f"`{name}` is {value!r}, not a {kind.__name__}")
+
+
+def _loads(value: Any, name: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, str):
+        raise _RowError(f"`{name}` is {value!r}, not JSON text")
+    try:
+        items = json.loads(value)
+    except ValueError:
+        raise _RowError(f"`{name}` is not JSON: {value[:40]!r}") from None
+    if not isinstance(items, list):
+        raise _RowError(f"`{name}` is {items!r}, not a list")
+    return items
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def _millis(at: datetime) -> int:
+    return (at - _EPOCH) // _MS
+
+
+def _time(millis: int) -> datetime:
+    return _EPOCH + millis * _MS
+
+
+def _json(value: Any) -> str:
+    return _COMPACT.encode(value)
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)

@@ -1,0 +1,149 @@
+"""The integrity primitives against outside references: RFC 6962's Merkle tree hash vectors
+(as published with Certificate Transparency), and Ed25519 checkpoints verified by OpenSSL."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from lineage_guard.lineage.chain import (
+    GENESIS_HASH,
+    BreakKind,
+    ChainHead,
+    check_entry,
+    hops_entry,
+    verify_chain,
+)
+from lineage_guard.lineage.checkpoints import is_signed_by, load_private_key, sign
+from lineage_guard.lineage.errors import ConfigError
+from lineage_guard.lineage.hops import Hop, HopBatch, Outcome, merkle_root
+
+# RFC 6962 §2.1 test inputs d0…d7 and the Merkle Tree Hash of the first n of them.
+LEAVES = ["", "00", "10", "2021", "3031", "40414243", "5051525354555657",
+          "606162636465666768696a6b6c6d6e6f"]  # fmt: skip
+ROOTS = [
+    "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+    "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+    "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
+    "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+    "4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
+    "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
+    "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
+    "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
+]
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("size", range(1, 9))
+def test_merkle_root_matches_rfc_6962_vectors(size: int) -> None:
+    assert merkle_root([bytes.fromhex(leaf) for leaf in LEAVES[:size]]) == ROOTS[size - 1]
+
+
+def batch(*offsets: int) -> HopBatch:
+    hops = tuple(
+        Hop(record_id=f"r{o}", source_offset=o, outcome=Outcome.DELIVERED, digest="ab" * 32)
+        for o in offsets
+    )
+    return HopBatch(
+        pipeline="p",
+        run_id="run",
+        at=T0,
+        source_topic="t",
+        source_partition=0,
+        allowed_to="out",
+        quarantined_to="q",
+        hops=hops,
+    )
+
+
+def test_entries_link_and_each_break_is_named() -> None:
+    first = hops_entry(batch(0, 1), head=None)
+    second = hops_entry(batch(2), head=ChainHead(chain_id="p/t/0", seq=1, hash=first.hash))
+    assert (first.seq, first.prev_hash, second.seq, second.prev_hash) == (
+        1,
+        GENESIS_HASH,
+        2,
+        first.hash,
+    )
+    rows = {1: list(batch(0, 1).hops), 2: list(batch(2).hops)}
+    head = ChainHead(chain_id="p/t/0", seq=2, hash=second.hash)
+
+    def rows_of(entry):  # type: ignore[no-untyped-def]
+        return rows[entry.seq]
+
+    found, batches, hops, _ = verify_chain("p/t/0", [first, second], head, rows_of)
+    assert (found, batches, hops) == (None, 2, 3)
+
+    edited = dataclasses.replace(rows[1][0], tenant_id="globex")
+    broken, _ = check_entry(
+        first, expected_seq=1, prev_hash=GENESIS_HASH, rows_of=lambda e: [edited, rows[1][1]]
+    )
+    assert broken is not None and broken.kind is BreakKind.EDITED
+    swapped, _ = check_entry(
+        first, expected_seq=1, prev_hash=GENESIS_HASH, rows_of=lambda e: rows[1][::-1]
+    )
+    assert swapped is not None and swapped.kind is BreakKind.EDITED
+    relinked = dataclasses.replace(second, prev_hash="1" * 64)
+    found, *_ = verify_chain("p/t/0", [first, relinked], head, rows_of)
+    assert found is not None and found.kind is BreakKind.RELINKED
+    found, *_ = verify_chain("p/t/0", [second], head, rows_of)
+    assert found is not None and found.kind is BreakKind.DELETED and found.seq == 1
+
+
+def test_checkpoints_verify_with_openssl(tmp_path: Path) -> None:
+    """Our signature is a plain Ed25519 signature over the documented bytes: OpenSSL, an
+    implementation we do not share code with, verifies it."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("openssl is needed for this reference check (Debian package openssl)")
+    key_file = tmp_path / "guard.pem"
+    subprocess.run([openssl, "genpkey", "-algorithm", "ed25519", "-out", str(key_file)], check=True)
+    subprocess.run(
+        [openssl, "pkey", "-in", str(key_file), "-pubout", "-out", str(tmp_path / "guard.pub")],
+        check=True,
+    )
+    key = load_private_key(key_file)
+    checkpoint = sign(
+        key, at=T0, run_id="run-1", heads=[ChainHead(chain_id="p/t/0", seq=4, hash="cd" * 32)]
+    )
+    (tmp_path / "signed.bin").write_bytes(checkpoint.signed_bytes())
+    import base64
+
+    (tmp_path / "sig.bin").write_bytes(base64.b64decode(checkpoint.signature))
+    verified = subprocess.run(
+        [openssl, "pkeyutl", "-verify", "-pubin", "-inkey", str(tmp_path / "guard.pub"),
+         "-rawin", "-in", str(tmp_path / "signed.bin"), "-sigfile", str(tmp_path / "sig.bin")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "Signature Verified Successfully" in verified.stdout
+    assert checkpoint.signed_bytes() == (
+        b'{"at":"2026-11-27T12:00:00.000Z","heads":[{"chain_id":"p/t/0","hash":"'
+        + b"cd" * 32
+        + b'","seq":4}],"run_id":"run-1"}'
+    )
+    tampered = dataclasses.replace(checkpoint, run_id="run-2")
+    assert is_signed_by(checkpoint, key.public_key())
+    assert not is_signed_by(tampered, key.public_key())
+
+
+def test_a_key_that_is_not_ed25519_is_a_config_error(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path = tmp_path / "ec.pem"
+    path.write_bytes(pem)
+    with pytest.raises(ConfigError, match="not an Ed25519 private key"):
+        load_private_key(path)
+    with pytest.raises(ConfigError, match="Cannot read the signing key"):
+        load_private_key(tmp_path / "missing.pem")
