@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
 
 from lineage_guard import stop
 from lineage_guard.contract.policies import parse_policy
-from lineage_guard.guard import FilesIO, GuardConfig, KafkaIO, Summary, run_once, sign_checkpoint
-from lineage_guard.io.file_io import output_names
+from lineage_guard.guard import (
+    FilesIO,
+    GuardConfig,
+    KafkaIO,
+    Summary,
+    resolve_path,
+    resolve_store_url,
+    run_once,
+    sign_checkpoint,
+)
+from lineage_guard.io.file_io import clear_outputs, is_uri, output_names
 from lineage_guard.io.kafka import KafkaSettings
 from lineage_guard.lineage.checkpoints import load_private_key
 from lineage_guard.lineage.errors import (
@@ -43,27 +56,32 @@ def run_guard(**o: Any) -> None:
     emitter = _emitter(o, config, total) if o["openlineage"] else None
     bounded = until_caught_up or isinstance(config.io, FilesIO)
     error: BaseException | None = None
-    with stop.stop_on_signals():
+    signal_name: str | None = None
+    # A bounded run stops through the flag its stages check (`lineage_guard.stop`); the endless
+    # streaming job is cancelled through its runner on KeyboardInterrupt (`cli.endless`).
+    stopping = stop.stop_on_signals() if bounded else _interrupt_on_sigterm()
+    with stopping:
         if emitter is not None:
             emitter.start()
         try:
-            while not stop.stop_requested():
-                round_ = _guarded(run_once, config)
-                total.add(round_)
-                if bounded:
-                    break
-                if round_.read == 0:
-                    stop.wait(o["poll_interval"])
+            if not bounded:  # one streaming job on a streaming runner, not a loop of rounds
+                from lineage_guard.cli.endless import run_endless
+
+                run_endless(config, o["prism_location"], total)
+            else:
+                total.add(_guarded(run_once, config))
+        except KeyboardInterrupt:
+            signal_name = "a stop signal"  # stopping an endless run is its normal end
         except BaseException as exc:
             error = exc
             raise
         finally:
-            signal_name = stop.stopped_by()
+            signal_name = stop.stopped_by() or signal_name
             checkpoint = None
             if error is None:
                 checkpoint = sign_checkpoint(config)  # what was written is signed, even if stopped
             if emitter is not None:
-                # Stopping an endless run is its normal end; a bounded run stopped is unfinished.
+                # A bounded run stopped is unfinished: FAIL.
                 unfinished = signal_name is not None and bounded
                 emitter.finish(
                     error or (KeyboardInterrupt() if unfinished else None),
@@ -77,6 +95,19 @@ def run_guard(**o: Any) -> None:
             err=True,
         )
         sys.exit(EXIT_STOPPED)
+
+
+@contextmanager
+def _interrupt_on_sigterm() -> Iterator[None]:
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def check_store(url: str) -> None:
@@ -160,25 +191,25 @@ def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
     else:
         if not o["inputs"]:
             raise ConfigError("Give --input FILE (embedded default) or --bootstrap-servers.")
-        for path in o["inputs"]:
-            if not Path(path).is_file():
+        inputs = tuple(resolve_path(str(p)) for p in o["inputs"])  # here, on the launcher
+        for path, given in zip(inputs, o["inputs"], strict=True):
+            if not _is_file(path):
                 raise UnusableInputError(
-                    f"Cannot read `{path}`: it does not exist or is not a file."
+                    f"Cannot read `{given}`: it does not exist or is not a file."
                 )
-        inputs = tuple(str(p) for p in o["inputs"])
-        out_dir: Path = o["output_dir"]
-        output_dir(out_dir, "--output-dir")
+        out_dir = resolve_path(str(o["output_dir"]))
+        if not is_uri(out_dir):
+            output_dir(Path(out_dir), "--output-dir")
         names = output_names(inputs)
-        for name in names.values():  # a run's output replaces the previous run's
-            for suffix in (".allowed.jsonl", ".quarantine.jsonl"):
-                (out_dir / (name + suffix)).unlink(missing_ok=True)
-        io = FilesIO(inputs=inputs, out_dir=str(out_dir), names=names)
+        clear_outputs(out_dir, names)  # a run's output replaces the previous run's
+        io = FilesIO(inputs=inputs, out_dir=out_dir, names=names)
+    store = None if o["no_lineage"] else resolve_store_url(o["lineage_store"], o["runner"])
     config = GuardConfig(
         io=io,
         policies=tuple(o["policies"]),
         raw_schema=o["raw_schema"],
         schema_registry=o["schema_registry"],
-        lineage_store=None if o["no_lineage"] else o["lineage_store"],
+        lineage_store=store,
         batch_size=o["batch_size"],
         engine=o["engine"],
         pipeline_name=o["pipeline_name"],
@@ -202,6 +233,17 @@ def output_dir(path: Path, option: str) -> None:
         raise UnusableInputError(
             f"Cannot create `{option} {path}`: {exc.strerror or exc}."
         ) from None
+
+
+def _is_file(path: str) -> bool:
+    if not is_uri(path):
+        return Path(path).is_file()
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        return bool(FileSystems.exists(path))
+    except ValueError as exc:  # no filesystem for the scheme (e.g. gs:// without the gcp extra)
+        raise ConfigError(f"Cannot read `{path}`: {exc}. Install `lineage-guard[gcp]`?") from exc
 
 
 def _kafka_config(pairs: tuple[str, ...]) -> dict[str, str]:
