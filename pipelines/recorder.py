@@ -11,7 +11,9 @@
    store never claims a delivery that did not happen.
 
 It opens the store lazily, inside its retry loop, and retries an unreachable store for up to
-`retry_s` seconds, delivering nothing meanwhile.
+`retry_s` seconds, delivering nothing meanwhile. A store that refuses its settings (a
+read-only or non-database file, a refused login) raises `ConfigError` at once: waiting would
+not help.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ class RetryingStore:
         self.retry_s = retry_s
         self.store: Any = None  # opened at the first call, inside the retry loop
 
-    def call(self, use: Callable[[Any], Any]) -> Any:
+    def call(self, use: Callable[[Any], Any], stop: Callable[[], bool] = lambda: False) -> Any:
+        """`use(store)`, retried while the store is unreachable; `_Stopped` when `stop()`
+        turns true during a wait."""
         from lineage_guard.lineage.store import open_store
 
         deadline = time.monotonic() + self.retry_s
@@ -59,7 +63,11 @@ class RetryingStore:
                         "covers were not delivered and their offsets not committed."
                     ) from exc
                 log.warning("lineage store unavailable, retrying in %.1f s: %s", delay, exc.message)
-                time.sleep(delay)
+                until = time.monotonic() + delay
+                while time.monotonic() < until:  # wake up for a stop signal
+                    if stop():
+                        raise _Stopped from None
+                    time.sleep(min(0.2, max(until - time.monotonic(), 0)))
                 delay = min(delay * 2, 10.0)
 
     def close(self) -> None:
@@ -76,9 +84,18 @@ class LineageRecorder:
         self.retry_s = retry_s
         self.connection = RetryingStore(store_url, retry_s=retry_s)
 
-    def record(self, batch: Batch, *, allowed_to: str, quarantined_to: str) -> Entry:
+    def record(
+        self,
+        batch: Batch,
+        *,
+        allowed_to: str,
+        quarantined_to: str,
+        stop: Callable[[], bool] = lambda: False,
+    ) -> Entry | None:
         """Record what the stages decided about `batch`, and where its records are going;
-        returns the chain entry to `confirm` once the destination answered."""
+        returns the chain entry to `confirm` once the destination answered. None when
+        `stop()` turned true while an unavailable store was being retried: nothing was
+        recorded, and the batch must not be delivered."""
         hops = stages.lineage_hops(
             batch,
             pipeline=self.pipeline,
@@ -86,7 +103,10 @@ class LineageRecorder:
             allowed_to=allowed_to,
             quarantined_to=quarantined_to,
         )
-        entry: Entry = self.connection.call(lambda store: store.append(hops))
+        try:
+            entry: Entry = self.connection.call(lambda store: store.append(hops), stop)
+        except _Stopped:
+            return None
         return entry
 
     def confirm(self, answered: Sequence[tuple[Entry, int, Sequence[Failure]]]) -> None:
@@ -111,3 +131,7 @@ class LineageRecorder:
 
     def close(self) -> None:
         self.connection.close()
+
+
+class _Stopped(Exception):
+    """A stop signal arrived while the store was being retried (never leaves this module)."""

@@ -322,14 +322,21 @@ class GroupMembership:
 
 
 def read_range(
-    consumer: Consumer, part: PartitionRange, batch_size: int, timeout_s: float
+    consumer: Consumer,
+    part: PartitionRange,
+    batch_size: int,
+    timeout_s: float,
+    stop: Callable[[], bool] = lambda: False,
 ) -> Iterator[Batch]:
-    """Reads `part` into batches of up to `batch_size` messages, in offset order."""
+    """Reads `part` into batches of up to `batch_size` messages, in offset order, until its
+    end or until `stop()` is true. Raises when Kafka sends nothing for `timeout_s` while this
+    reader waits (time spent downstream of a `yield`, e.g. retrying the lineage store, is not
+    waiting for Kafka)."""
     consumer.assign([TopicPartition(part.topic, part.partition, part.start)])
     try:
         next_offset = part.start
         idle_since = time.monotonic()
-        while next_offset < part.end:
+        while next_offset < part.end and not stop():
             messages = consumer.consume(
                 num_messages=min(batch_size, part.end - next_offset), timeout=1.0
             )
