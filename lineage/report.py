@@ -8,7 +8,6 @@ no network) that opens offline.
 
 from __future__ import annotations
 
-import csv
 import html
 import io
 import json
@@ -18,7 +17,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from lineage_guard.lineage import csv_cells
+from lineage_guard.lineage.errors import UnusableInputError
 from lineage_guard.lineage.events import Decision, Stage
+from lineage_guard.lineage.private import private_dir, write_private
 from lineage_guard.lineage.store import LineageStore
 
 STOPPING = {Decision.QUARANTINED, Decision.BLOCKED}
@@ -124,19 +126,39 @@ def _outcome(report: Report, e: Any, outcome: str) -> None:
 
 
 def write_report(report: Report, out_dir: Path) -> dict[str, Path]:
-    """Writes report.json, one CSV per table and report.html; returns their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Writes report.json, one CSV per table and report.html; returns their paths.
+
+    The folder (and any parent it creates) is `0700`, the files `0600`: a report names
+    tenants, generators and what happened to their records. CSV cells are neutralised
+    against formula injection (`csv_cells`). Raises `UnusableInputError` when `out_dir`
+    cannot be a folder."""
+    try:
+        private_dir(out_dir)
+    except FileExistsError:
+        raise UnusableInputError(
+            f"Cannot write the report to `{out_dir}`: it exists and is not a folder."
+        ) from None
+    except OSError as exc:
+        raise UnusableInputError(
+            f"Cannot create the report folder `{out_dir}`: {exc.strerror or exc}."
+        ) from None
     written = {"json": out_dir / "report.json", "html": out_dir / "report.html"}
-    written["json"].write_text(
-        json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
-    for name, (header, rows) in report.tables().items():
-        path = written[f"csv:{name}"] = out_dir / f"{name}.csv"
-        with path.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
+    try:
+        write_private(
+            written["json"], json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n"
+        )
+        for name, (header, rows) in report.tables().items():
+            path = written[f"csv:{name}"] = out_dir / f"{name}.csv"
+            text = io.StringIO()
+            writer = csv_cells.writer(text)
             writer.writerow(header)
             writer.writerows(rows)
-    written["html"].write_text(render_html(report), encoding="utf-8")
+            write_private(path, text.getvalue())
+        write_private(written["html"], render_html(report))
+    except OSError as exc:
+        raise UnusableInputError(
+            f"Cannot write the report to `{out_dir}`: {exc.strerror or exc}."
+        ) from None
     return written
 
 

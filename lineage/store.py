@@ -13,11 +13,12 @@ checkpoints, so tampering can be shown with plain SQL.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from lineage_guard.lineage.errors import ConfigError
 from lineage_guard.lineage.events import STAGE_ORDER, Decision, Stage, StoredEvent
@@ -142,12 +143,30 @@ def open_store(url: str, *, create: bool = True) -> LineageStore:
 
         return SqliteStore(sqlite_path(url), create=create)
     if scheme in ("postgresql", "postgres"):
-        if not url.lower().startswith(f"{scheme}://") or not _port_ok(url):
-            raise ConfigError(f"Bad lineage store URL `{redact_url(url)}`: {_URL_HELP}")
+        check_postgres_url(url)
         from lineage_guard.lineage.stores.postgres import PostgresStore
 
         return PostgresStore(url, create=create)
     raise ConfigError(f"Unknown lineage store URL `{redact_url(url)}`: {_URL_HELP}")
+
+
+def check_postgres_url(url: str) -> None:
+    """Raises `ConfigError` (one line, password hidden) for a PostgreSQL URL that libpq or
+    Python cannot parse: bad percent-encoding, an unclosed `[IPv6` host, a bad port, an
+    unknown parameter."""
+    if not url.lower().startswith(("postgresql://", "postgres://")) or not _port_ok(url):
+        raise ConfigError(f"Bad lineage store URL `{redact_url(url)}`: {_URL_HELP}")
+    from psycopg import Error as PsycopgError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(url)
+    except PsycopgError as exc:
+        raise ConfigError(
+            f"Bad lineage store URL `{redact_url(url)}`: {redact_text(first_line(exc), url)}."
+            " Use `postgresql://user@host:port/database` (percent-encode `@`, `:`, `/`, `%`"
+            " in the user name and password)."
+        ) from None
 
 
 def no_lineage_error(url: str) -> ConfigError:
@@ -165,9 +184,13 @@ _URL_HELP = (
 
 def _port_ok(url: str) -> bool:
     try:
-        urlsplit(url).port  # noqa: B018 (parsing it is the check)
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed `[IPv6` host: libpq names what is wrong
+        return True
+    try:
+        parts.port  # noqa: B018 (parsing it is the check)
     except ValueError:  # not a number, or out of range
-        return "," in urlsplit(url).netloc  # libpq's multi-host form: libpq checks it
+        return "," in parts.netloc  # libpq's multi-host form: libpq checks it
     return True
 
 
@@ -181,11 +204,14 @@ def sqlite_path(url: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """`url` with any password (in the user info or a `password=` parameter) replaced by `***`."""
+    """`url` with any password (in the user info or a `password=` parameter) replaced by `***`.
+
+    Works on URLs that do not parse too (the user info is found by its `user:password@`
+    shape), so an error about a malformed URL can show it."""
     try:
         parts = urlsplit(url)
     except ValueError:
-        return "<unparsable URL>"
+        return _redact_unparsed(url)
     userinfo, at, hostinfo = parts.netloc.rpartition("@")
     query = parts.query
     hidden_user = at and ":" in userinfo
@@ -199,6 +225,33 @@ def redact_url(url: str) -> str:
         query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs])
     shown = f"{parts.scheme}://{userinfo}{at}{hostinfo}{parts.path}"
     return shown + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+
+
+_USERINFO_PASSWORD = re.compile(r"(?P<head>://[^:/?#@]*:)(?P<password>[^/?#]*)@")
+_PARAM_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<password>[^&#]*)", re.IGNORECASE)
+
+
+def _redact_unparsed(url: str) -> str:
+    url = _USERINFO_PASSWORD.sub(r"\g<head>***@", url, count=1)
+    return _PARAM_PASSWORD.sub(r"\g<head>***", url)
+
+
+def _passwords(url: str) -> list[str]:
+    """The passwords written in `url`, as written and percent-decoded (longest first)."""
+    found = [m["password"] for m in _USERINFO_PASSWORD.finditer(url)]
+    found += [m["password"] for m in _PARAM_PASSWORD.finditer(url)]
+    found += [unquote(p) for p in found] + [unquote(p.replace("+", " ")) for p in found]
+    return sorted({p for p in found if p}, key=len, reverse=True)
+
+
+def redact_text(text: str, url: str) -> str:
+    """`text` (e.g. a driver's error message) with `url` and every password in it hidden:
+    libpq quotes the URL, or the token it could not parse, in its messages."""
+    if url and url in text:
+        text = text.replace(url, redact_url(url))
+    for password in _passwords(url):
+        text = text.replace(password, "***")
+    return text
 
 
 def order_key(stored: StoredEvent) -> tuple[datetime, str, int, int, int]:

@@ -101,7 +101,10 @@ def build(
     ).valid | "ParentClasses" >> ParentClasses()
     decoded = pipeline | source("Read", "read") | "Decode" >> DecodeRecords(**decode)
     validated = decoded.guarded | "Validate" >> ValidateProvenance(
-        config.engine, parents=parents, lineage_store=config.lineage_store
+        config.engine,
+        parents=parents,
+        lineage_store=config.lineage_store,
+        lineage_retry_s=config.lineage_retry_s,
     )
     enforced = validated.guarded | "Enforce" >> EnforcePolicies(config.policies)
     lineage = (

@@ -167,7 +167,7 @@ class DeliverAndCommit(beam.DoFn):
         waiting_state: Any = WAITING_STATE,
     ) -> None:
         _key, part = element
-        batch = part.batch
+        batch = self.sink.prepare(part.batch)  # where each record fits, before its lineage
         receipt = None
         if self.recorder is not None:
             receipt = self.recorder.record(

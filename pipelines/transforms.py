@@ -43,7 +43,8 @@ from lineage_guard.io.decode import Decoder, registry_lookup
 from lineage_guard.io.file_io import FileSink, read_file
 from lineage_guard.io.kafka import KafkaSettings, KafkaSink, PartitionRange, read_range
 from lineage_guard.items import Batch
-from lineage_guard.recorder import LineageRecorder
+from lineage_guard.recorder import LineageRecorder, RetryingStore
+from lineage_guard.stop import stop_requested
 
 VALID = "valid"
 QUARANTINE = "quarantine"
@@ -95,7 +96,8 @@ class _ReadKafka(beam.DoFn):
         self.read = Metrics.counter(NAMESPACE, self.counter) if self.counter else None
 
     def process(self, part: PartitionRange) -> Iterator[Batch]:
-        for batch in read_range(self.consumer, part, self.batch_size, self.settings.timeout_s):
+        timeout_s = self.settings.timeout_s
+        for batch in read_range(self.consumer, part, self.batch_size, timeout_s, stop_requested):
             if self.read is not None:
                 self.read.inc(len(batch.items))
             yield batch
@@ -144,6 +146,8 @@ class _ReadFiles(beam.DoFn):
 
     def process(self, path: str) -> Iterator[Batch]:
         for batch in read_file(path, self.batch_size):
+            if stop_requested():  # a stop signal: read no further
+                return
             if self.read is not None:
                 self.read.inc(len(batch.items))
             yield batch
@@ -238,25 +242,29 @@ class ParentClasses(beam.PTransform):
 
 
 class _Validate(_Stage):
-    def __init__(self, engine: str, lineage_store: str | None) -> None:
+    def __init__(self, engine: str, lineage_store: str | None, retry_s: float) -> None:
         self.engine = engine
         self.lineage_store = lineage_store
+        self.retry_s = retry_s
 
     def setup(self) -> None:
         self.validator = SuiteValidator(engine=self.engine)  # suites: once per worker
-        self.store: Any = None
+        self.store = (
+            RetryingStore(self.lineage_store, retry_s=self.retry_s)
+            if self.lineage_store is not None
+            else None
+        )
 
     def check(self, batch: Batch, side: Any) -> Batch:
         return stages.validate(batch, self.validator, side, self._lookup)
 
     def _lookup(self, record_ids: Iterable[str]) -> dict[str, str]:
-        if self.lineage_store is None:
-            return {}
         if self.store is None:
-            from lineage_guard.lineage.store import open_store
-
-            self.store = open_store(self.lineage_store)
-        found: dict[str, str] = self.store.content_classes(list(record_ids))
+            return {}
+        ids = list(record_ids)  # an outage is waited out, as the write step waits it out
+        found: dict[str, str] = self.store.call(
+            lambda store: store.content_classes(ids), stop_requested
+        )
         return found
 
     def teardown(self) -> None:
@@ -277,15 +285,18 @@ class ValidateProvenance(_StageTransform):
         *,
         parents: PCollection[tuple[str, int]] | None = None,
         lineage_store: str | None = None,
+        lineage_retry_s: float = 300.0,
     ) -> None:
         super().__init__()
         self.engine = engine
         self.parents = parents
         self.lineage_store = lineage_store
+        self.lineage_retry_s = lineage_retry_s
 
     def expand(self, batches: PCollection[Batch]) -> Any:
         side = [AsDict(self.parents)] if self.parents is not None else []
-        return self._apply(batches, _Validate(self.engine, self.lineage_store), *side)
+        validate = _Validate(self.engine, self.lineage_store, self.lineage_retry_s)
+        return self._apply(batches, validate, *side)
 
 
 class _Enforce(_Stage):
@@ -339,6 +350,7 @@ class _RecordHop(beam.DoFn):
     def process(self, batch: Batch) -> Iterator[Batch]:
         allowed_to, quarantined_to = _destinations(self.destinations, batch)
         entry = self.recorder.record(batch, allowed_to=allowed_to, quarantined_to=quarantined_to)
+        assert entry is not None  # None only when a `stop` is given
         yield batch
         # handed on to the next transform: the hop's records are answered
         self.recorder.confirm([(entry, len(batch.items), [])])
@@ -435,12 +447,18 @@ class _Write(beam.DoFn):
         self.started = self.last_report = time.monotonic()
 
     def process(self, batch: Batch) -> None:
+        if stop_requested():  # a stop signal: deliver nothing more, commit nothing past here
+            return
+        if isinstance(self.sink, KafkaSink):
+            batch = self.sink.prepare(batch)  # where each record fits, before its lineage
         receipt = None
         if self.recorder is not None:
             allowed_to, quarantined_to = _destinations(self.io, batch)
             receipt = self.recorder.record(
-                batch, allowed_to=allowed_to, quarantined_to=quarantined_to
+                batch, allowed_to=allowed_to, quarantined_to=quarantined_to, stop=stop_requested
             )
+            if receipt is None:  # stopped while the store was being retried
+                return
         self.sink.write(batch, receipt)
         self._count(batch)
 

@@ -14,6 +14,7 @@ so a guard that keeps retrying resumes once the database is back.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -23,10 +24,15 @@ import psycopg
 from lineage_guard.lineage.chain import GENESIS_HASH, ChainHead
 from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError
 from lineage_guard.lineage.hops import Hop
-from lineage_guard.lineage.store import first_line, no_lineage_error, redact_url
+from lineage_guard.lineage.store import first_line, no_lineage_error, redact_text, redact_url
 from lineage_guard.lineage.stores.sql import FETCH_ROWS, HOP_COLUMNS, SqlStore, hop_row
 
 CONNECT_TIMEOUT_S = 10
+# libpq's answers that name a setting, not an outage (no SQLSTATE comes with them).
+_REFUSED_SETTINGS = re.compile(
+    r"invalid \w+ value|password authentication failed|role \"[^\"]*\" does not exist"
+    r"|database \"[^\"]*\" does not exist|no pg_hba\.conf entry|does not support SSL"
+)
 
 _COPY = f"COPY lineage_hops ({', '.join(HOP_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _COPY_TYPES = [
@@ -210,11 +216,16 @@ class PostgresStore(SqlStore):
             return psycopg.connect(self._dsn, autocommit=autocommit, **options)
         except psycopg.ProgrammingError as exc:  # a malformed URL or an unknown option
             raise ConfigError(
-                f"Bad lineage store URL `{self._url}`: {first_line(exc)}."
+                f"Bad lineage store URL `{self._url}`: {redact_text(first_line(exc), self._dsn)}."
                 " Use `postgresql://user@host:port/database`."
-            ) from exc
+            ) from None
         except psycopg.Error as exc:
-            raise self._unavailable("reach", exc) from exc
+            if _REFUSED_SETTINGS.search(str(exc)):  # waiting would not help: exit 3 at once
+                raise ConfigError(
+                    f"The lineage store `{self._url}` refused the connection:"
+                    f" {redact_text(first_line(exc), self._dsn)}. Check `--lineage-store`."
+                ) from None
+            raise self._unavailable("reach", exc) from None
 
     def _connection(self) -> psycopg.Connection[Any]:
         """The shared connection (autocommit), reopened when the last one broke."""
@@ -235,6 +246,7 @@ class PostgresStore(SqlStore):
 
     def _unavailable(self, action: str, exc: BaseException) -> ServiceUnavailableError:
         return ServiceUnavailableError(
-            f"Cannot {action} the lineage store `{self._url}`: {first_line(exc)}."
+            f"Cannot {action} the lineage store `{self._url}`:"
+            f" {redact_text(first_line(exc), self._dsn)}."
             " Check `--lineage-store` and that PostgreSQL is running."
         )

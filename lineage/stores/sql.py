@@ -41,7 +41,7 @@ from lineage_guard.lineage.chain import (
     verify_chain,
 )
 from lineage_guard.lineage.checkpoints import Checkpoint, is_signed_by, key_id
-from lineage_guard.lineage.errors import ServiceUnavailableError
+from lineage_guard.lineage.errors import LineageGuardError, ServiceUnavailableError
 from lineage_guard.lineage.events import Decision, Reason, Stage, StoredEvent
 from lineage_guard.lineage.hops import Delivery, Hop, HopBatch, Outcome, StoredHop
 from lineage_guard.lineage.store import first_line, order_key
@@ -89,6 +89,11 @@ class SqlStore(ABC):
     def __init__(self) -> None:
         self._lock = threading.Lock()
 
+    def _error_class(self, exc: BaseException) -> type[LineageGuardError]:
+        """The error a failed write raises: an outage to retry unless the store says
+        otherwise (SQLite's read-only file is a configuration error)."""
+        return ServiceUnavailableError
+
     @property
     @abstractmethod
     def url(self) -> str: ...
@@ -135,7 +140,7 @@ class SqlStore(ABC):
                 self._insert_hops(cursor, entry_id, batch.hops)
                 self._set_head(cursor, entry)
         except self._errors as exc:
-            raise ServiceUnavailableError(
+            raise self._error_class(exc)(
                 f"Cannot write {len(batch.hops)} lineage hops to chain `{batch.chain_id}` in"
                 f" `{self.url}`: {first_line(exc)}. Nothing of this batch was written."
             ) from exc
@@ -159,7 +164,7 @@ class SqlStore(ABC):
                     self._set_head(cursor, entry)
                     written.append(entry)
         except self._errors as exc:
-            raise ServiceUnavailableError(
+            raise self._error_class(exc)(
                 f"Cannot record {len(confirmations)} delivery confirmations in `{self.url}`:"
                 f" {first_line(exc)}. Their offsets are not committed."
             ) from exc
@@ -182,7 +187,7 @@ class SqlStore(ABC):
                     ),
                 )
         except self._errors as exc:
-            raise ServiceUnavailableError(
+            raise self._error_class(exc)(
                 f"Cannot write a checkpoint to `{self.url}`: {first_line(exc)}."
             ) from exc
 

@@ -9,6 +9,7 @@ record-id index, and nothing else.
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from lineage_guard.lineage.chain import ChainHead
-from lineage_guard.lineage.errors import ServiceUnavailableError
+from lineage_guard.lineage.errors import ConfigError, LineageGuardError, ServiceUnavailableError
 from lineage_guard.lineage.hops import Hop
+from lineage_guard.lineage.private import create_private_file, private_dir
 from lineage_guard.lineage.store import first_line, no_lineage_error
 from lineage_guard.lineage.stores.sql import FETCH_ROWS, HOP_COLUMNS, SqlStore, hop_row
 
@@ -100,7 +102,9 @@ class SqliteStore(SqlStore):
         if not create and not self._path.is_file():
             raise no_lineage_error(self._url)
         try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
+            if create:  # a new store, and its new folders, only for its owner
+                private_dir(self._path.parent)
+                create_private_file(self._path)
         except OSError as exc:
             raise self._unavailable("open", exc) from exc
         self._conn = self._connect()
@@ -205,8 +209,23 @@ class SqliteStore(SqlStore):
         except sqlite3.Error as exc:
             raise self._unavailable("open", exc) from exc
 
-    def _unavailable(self, action: str, exc: BaseException) -> ServiceUnavailableError:
-        return ServiceUnavailableError(
+    def _error_class(self, exc: BaseException) -> type[LineageGuardError]:
+        return ConfigError if _is_setting(exc) else ServiceUnavailableError
+
+    def _unavailable(self, action: str, exc: BaseException) -> LineageGuardError:
+        return self._error_class(exc)(
             f"Cannot {action} the lineage store `{self._url}`: {first_line(exc)}."
             " Check `--lineage-store` and that the file is a readable SQLite database."
         )
+
+
+# SQLite's answers that no amount of waiting changes: a read-only or non-database file, a path
+# that cannot be opened. They are configuration errors (exit 3), not outages to retry.
+_SETTING_ERRORS = ("SQLITE_READONLY", "SQLITE_NOTADB", "SQLITE_CANTOPEN", "SQLITE_PERM")
+
+
+def _is_setting(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):  # the store's folder or file cannot be made
+        return exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST)
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(_SETTING_ERRORS)

@@ -7,12 +7,13 @@ default with lineage and OpenLineage on, writes the evidence report, and prints 
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import click
 
-from lineage_guard.cli.run import print_summary
+from lineage_guard.cli.run import output_dir, print_summary
 from lineage_guard.generate import Faults, generate
 from lineage_guard.guard import (
     DEFAULT_RUNNER,
@@ -24,14 +25,52 @@ from lineage_guard.guard import (
 )
 from lineage_guard.io.file_io import output_names
 from lineage_guard.io.files import write_json_lines
+from lineage_guard.lineage.errors import UnusableInputError
 from lineage_guard.lineage.report import build_report, write_report
 from lineage_guard.lineage.store import open_store
 
+MARKER = ".lineage-guard-demo"  # written into every folder the demo creates
+# What a demo run writes into its folder; a rerun removes only these, never anything else.
+DEMO_FILES = ("crm_sync.jsonl", "lineage.db", "lineage.db-wal", "lineage.db-shm")
+DEMO_FOLDERS = ("out", "report")
+
+
+def prepare_folder(folder: Path) -> None:
+    """Make `folder` the demo's: create it (0700, with a marker), or clear an earlier demo's
+    own files from it. Refuses the current folder or one of its parents, a file, and a
+    non-empty folder without the marker: the demo never deletes what it did not write."""
+    try:
+        resolved = folder.resolve()
+        cwd = Path.cwd().resolve()
+    except OSError as exc:
+        raise UnusableInputError(f"Cannot use `--dir {folder}`: {exc.strerror or exc}.") from None
+    if resolved == cwd or resolved in cwd.parents:
+        raise UnusableInputError(
+            f"`--dir {folder}` is the current folder or one of its parents: give the demo a"
+            " folder of its own, e.g. `--dir lineage-guard-demo`."
+        )
+    if folder.exists() or folder.is_symlink():
+        if not folder.is_dir() or folder.is_symlink():
+            raise UnusableInputError(f"`--dir {folder}` exists and is not a folder.")
+        if any(folder.iterdir()) and not (folder / MARKER).is_file():
+            raise UnusableInputError(
+                f"`--dir {folder}` is not empty and was not made by `lineage-guard demo`:"
+                " nothing was changed. Choose a new or empty folder."
+            )
+        for name in DEMO_FILES:
+            (folder / name).unlink(missing_ok=True)
+        for name in DEMO_FOLDERS:
+            if (folder / name).is_dir() and not (folder / name).is_symlink():
+                shutil.rmtree(folder / name)
+    else:
+        output_dir(folder, "--dir")
+    (folder / MARKER).write_text("made by `lineage-guard demo`; reruns replace its files\n")
+    os.chmod(folder / MARKER, 0o600)
+
 
 def run_demo(records: int, folder: Path) -> None:
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    prepare_folder(folder)
+    os.umask(0o077)  # everything the demo writes is for its user only (0600 files, 0700 folders)
     source = folder / "crm_sync.jsonl"
     generated = list(
         generate(

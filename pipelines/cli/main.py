@@ -42,11 +42,28 @@ def cli(verbose: int) -> None:
     logging.getLogger("apache_beam.runners.common").setLevel(level if verbose else logging.CRITICAL)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_drop_beam_gcp_notice)
+        if verbose < 2:
+            handler.addFilter(_drop_errors_we_report)
 
 
 def _drop_beam_gcp_notice(record: logging.LogRecord) -> bool:
     """Beam warns at import that Google Cloud clients are missing; we use none of them."""
     return not str(record.msg).startswith("apitools not found")
+
+
+def _drop_errors_we_report(record: logging.LogRecord) -> bool:
+    """Beam logs a step's exception with its traceback before passing it on; when it is one of
+    ours, the entry point prints it as one line, so the traceback is noise (`-vv` shows it)."""
+    if not record.name.startswith("apache_beam") or not record.exc_info:
+        return True
+    seen = set()
+    current: BaseException | None = record.exc_info[1]
+    while current is not None and id(current) not in seen:
+        if isinstance(current, LineageGuardError):
+            return False
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return True
 
 
 @cli.command()
@@ -101,6 +118,12 @@ def validate(paths: tuple[Path, ...], output_format: str, batch_size: int, engin
     default="lineage-guard",
     show_default=True,
     help="Consumer group whose committed offsets mark what is guarded.",
+)
+@click.option(
+    "--exactly-once",
+    is_flag=True,
+    help="Kafka transactions: outputs and input offsets commit together (read_committed "
+    "readers see each record once). Default: at-least-once.",
 )
 @click.option(
     "--kafka-config",
@@ -224,7 +247,7 @@ def run(**options: Any) -> None:
     type=click.Path(path_type=Path),
     default=Path("lineage-guard-demo"),
     show_default=True,
-    help="Where the demo writes its data, lineage store and report (replaced).",
+    help="A new or empty folder, or an earlier demo's (its files are replaced; nothing else is).",
 )
 def demo(records: int, folder: Path) -> None:
     """Generate CRM traffic, guard it on the embedded default, write the evidence report."""

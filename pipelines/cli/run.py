@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import click
 
+from lineage_guard import stop
 from lineage_guard.contract.policies import parse_policy
 from lineage_guard.contract.validate import suite_rules
 from lineage_guard.guard import (
@@ -25,52 +30,99 @@ from lineage_guard.guard import (
     sign_checkpoint,
 )
 from lineage_guard.io.file_io import clear_outputs, is_uri, output_names
-from lineage_guard.io.kafka import KafkaSettings
+from lineage_guard.io.kafka import GroupMembership, KafkaSettings
 from lineage_guard.lineage.checkpoints import load_private_key
-from lineage_guard.lineage.errors import ConfigError, LineageGuardError, UnusableInputError
+from lineage_guard.lineage.errors import (
+    ConfigError,
+    LineageGuardError,
+    ServiceUnavailableError,
+    UnusableInputError,
+)
 from lineage_guard.lineage.openlineage import RunEmitter, kafka_dataset_namespace, transport_config
+from lineage_guard.lineage.private import private_dir
+from lineage_guard.lineage.store import open_store, redact_url
 
 log = logging.getLogger(__name__)
+EXIT_STOPPED = 130  # 128 + SIGINT, as shells report an interrupted command
 
 
 def run_guard(**o: Any) -> None:
     config, until_caught_up = _config(o)
     if sys.stderr.isatty():
         logging.getLogger("lineage_guard.progress").setLevel(logging.INFO)
+    if config.lineage_store:
+        check_store(config.lineage_store)
     total = Summary()
-    signal.signal(signal.SIGTERM, _stop)
     started = time.monotonic()
     bounded = until_caught_up or isinstance(config.io, FilesIO)
     emitter = _emitter(o, config, total, bounded) if o["openlineage"] else None
-    if emitter is not None:
-        emitter.start()
     error: BaseException | None = None
-    try:
-        if not bounded:  # one streaming job on a streaming runner, not a loop of rounds
-            from lineage_guard.cli.endless import run_endless
+    signal_name: str | None = None
+    # A bounded run stops through the flag its stages check (`lineage_guard.stop`); the endless
+    # streaming job is cancelled through its runner on KeyboardInterrupt (`cli.endless`).
+    stopping = stop.stop_on_signals() if bounded else _interrupt_on_sigterm()
+    with stopping, contextlib.ExitStack() as members:
+        if emitter is not None:
+            emitter.start()
+        try:
+            if isinstance(config.io, KafkaIO):  # the group's only guard while it runs, or exit 3
+                members.enter_context(
+                    GroupMembership(config.io.settings, list(config.io.input_topics))
+                )
+            if not bounded:  # one streaming job on a streaming runner, not a loop of rounds
+                from lineage_guard.cli.endless import run_endless
 
-            run_endless(config, o["prism_location"], total)
-        else:
-            total.add(_guarded(run_once, config))
-    except KeyboardInterrupt as exc:
-        # Stopping an endless run is its normal end; stopping a bounded run leaves it unfinished.
-        error = exc if bounded else None
+                run_endless(config, o["prism_location"], total)
+            else:
+                total.add(_guarded(run_once, config))
+        except KeyboardInterrupt:
+            signal_name = "a stop signal"  # stopping an endless run is its normal end
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            signal_name = stop.stopped_by() or signal_name
+            checkpoint = None
+            if error is None:
+                checkpoint = sign_checkpoint(config)  # what was written is signed, even if stopped
+            if emitter is not None:
+                # A bounded run stopped is unfinished: FAIL.
+                unfinished = signal_name is not None and bounded
+                emitter.finish(
+                    error or (KeyboardInterrupt() if unfinished else None),
+                    checkpoint=checkpoint.to_dict() if checkpoint else None,
+                )
+    print_summary(total, config, time.monotonic() - started)
+    if signal_name is not None:
         click.echo(
-            "lineage-guard: stopped; offsets are committed up to the last delivered batch.",
+            f"lineage-guard: stopped by {signal_name}: nothing was delivered after it; offsets"
+            " are committed only behind delivered records.",
             err=True,
         )
-    except BaseException as exc:
-        error = exc
-        raise
+        sys.exit(EXIT_STOPPED)
+
+
+@contextmanager
+def _interrupt_on_sigterm() -> Iterator[None]:
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
     finally:
-        checkpoint = None
-        if error is None or isinstance(error, KeyboardInterrupt):
-            checkpoint = sign_checkpoint(config)  # what was written is signed, even if stopped
-        if emitter is not None:
-            emitter.finish(error, checkpoint=checkpoint.to_dict() if checkpoint else None)
-    print_summary(total, config, time.monotonic() - started)
-    if error is not None:
-        sys.exit(130)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def check_store(url: str) -> None:
+    """Opens the lineage store once before the pipeline starts: a store that cannot work
+    (bad URL, read-only or non-database file, refused settings) stops the run now, with exit 3.
+    An unreachable one is only warned about: the write stage retries it."""
+    try:
+        open_store(url).close()
+    except ServiceUnavailableError as exc:
+        log.warning("%s The guard retries it before delivering anything.", exc.message)
 
 
 def _emitter(o: dict[str, Any], config: GuardConfig, total: Summary, bounded: bool) -> RunEmitter:
@@ -110,10 +162,6 @@ def _emitter(o: dict[str, Any], config: GuardConfig, total: Summary, bounded: bo
     )
 
 
-def _stop(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
     if o["openlineage"]:
         transport_config(o["openlineage"])  # a bad target fails now, not at the first event
@@ -132,6 +180,11 @@ def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
         log.warning(
             "no `production` sink policy: TEST and STAGING records may pass"
         )  # fail now, with the policy's message, not inside a worker
+    if o["exactly_once"] and not o["until_caught_up"]:
+        raise ConfigError(
+            "--exactly-once runs bounded rounds (add --until-caught-up): the endless streaming "
+            "job commits offsets from its own state, outside Kafka transactions."
+        )
     if o["bootstrap_servers"]:
         missing = [
             name for name in ("input_topics", "output_topic", "quarantine_topic") if not o[name]
@@ -145,6 +198,7 @@ def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
             bootstrap_servers=o["bootstrap_servers"],
             group_id=o["group_id"],
             client=_kafka_config(o["kafka_config"]),
+            exactly_once=bool(o["exactly_once"]),
         )
         io: KafkaIO | FilesIO = KafkaIO(
             settings=settings,
@@ -163,7 +217,7 @@ def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
                 )
         out_dir = resolve_path(str(o["output_dir"]))
         if not is_uri(out_dir):
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            output_dir(Path(out_dir), "--output-dir")
         names = output_names(inputs)
         clear_outputs(out_dir, names)  # a run's output replaces the previous run's
         io = FilesIO(inputs=inputs, out_dir=out_dir, names=names)
@@ -182,6 +236,21 @@ def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
         beam_args=tuple(o["beam_args"]),
     )
     return config, bool(o["until_caught_up"])
+
+
+def output_dir(path: Path, option: str) -> None:
+    """Creates an output folder (0700, with its missing parents) or raises a one-line
+    `UnusableInputError` that says why it cannot be one."""
+    try:
+        private_dir(path)
+    except FileExistsError:
+        raise UnusableInputError(
+            f"Cannot write to `{option} {path}`: it exists and is not a folder."
+        ) from None
+    except OSError as exc:
+        raise UnusableInputError(
+            f"Cannot create `{option} {path}`: {exc.strerror or exc}."
+        ) from None
 
 
 def _is_file(path: str) -> bool:
@@ -210,13 +279,14 @@ def _guarded(function: Any, *args: Any) -> Summary:
     try:
         result: Summary = function(*args)
         return result
-    except LineageGuardError:
-        raise
     except Exception as exc:
         cause = _our_error(exc)
         if cause is None:
             raise
-        raise cause from exc
+        raise cause from None
+
+
+_BEAM_SUFFIX = re.compile(r"( \[while running '[^']*'\])+$")
 
 
 def _our_error(exc: BaseException) -> LineageGuardError | None:
@@ -224,7 +294,8 @@ def _our_error(exc: BaseException) -> LineageGuardError | None:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         if isinstance(current, LineageGuardError):
-            return current
+            # Beam appends the step's name to an error it passes on: the user needs ours.
+            return type(current)(_BEAM_SUFFIX.sub("", current.message))
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
@@ -249,5 +320,5 @@ def print_summary(total: Summary, config: GuardConfig, seconds: float | None) ->
     if isinstance(config.io, FilesIO):
         lines.append(f"  output in `{config.io.out_dir}`")
     if config.lineage_store:
-        lines.append(f"  lineage in `{config.lineage_store}`")
+        lines.append(f"  lineage in `{redact_url(config.lineage_store)}`")
     click.echo("\n".join(lines), err=True)

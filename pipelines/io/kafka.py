@@ -4,12 +4,30 @@ No Java expansion service: the source reads assigned partitions from the group's
 offsets, the sink produces allowed records byte-for-byte and quarantined ones with reason
 headers, and commits a partition's offset only once every record before it has been delivered
 (at-least-once: nothing is acknowledged that was not written).
+
+Poison records never stop a partition: a record its destination cannot take (larger than the
+producer's `message.max.bytes` or the topic's `max.message.bytes`) is sent to quarantine with
+the rule `output_refused`, decided by `KafkaSink.prepare` before its lineage is recorded; one
+that quarantine cannot take either is replaced there by a small reference (source position and
+the SHA-256 of its value, rule `quarantine_refused`). A refusal the broker reports only
+afterwards is handled the same way, and the lineage records that delivery as failed.
+
+With `KafkaSettings.exactly_once`, each batch is one Kafka transaction (a transactional
+producer per input partition, `transactional.id` stable across runs): its allowed and
+quarantined records and its input offset commit together or not at all, and lineage confirms
+the batch only after the commit.
+
+`GroupMembership` makes a guard the only one of its consumer group (see its docstring).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
+import hashlib
 import json
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -24,11 +42,13 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from lineage_guard.contract.verdicts import Violation
 from lineage_guard.items import Batch, Item, Source
 from lineage_guard.lineage.chain import Failure
 from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError
+from lineage_guard.lineage.events import Stage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,6 +82,7 @@ class KafkaSettings:
     group_id: str
     client: Mapping[str, Any] = field(default_factory=dict)  # extra librdkafka settings
     timeout_s: float = 30.0
+    exactly_once: bool = False  # one transaction per batch: outputs and offsets together
 
     def consumer(self, **overrides: Any) -> Consumer:
         config = {
@@ -70,18 +91,40 @@ class KafkaSettings:
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest",
+            # Never read what an upstream transaction may still abort (librdkafka's default,
+            # spelled out: exactly-once depends on it).
+            "isolation.level": "read_committed",
             "logger": client_log,
             **self.client,
             **overrides,
         }
         return Consumer(config)
 
-    def producer(self) -> Producer:
+    def producer(self, **overrides: Any) -> Producer:
         return Producer(
-            {"bootstrap.servers": self.bootstrap_servers, **PRODUCER_DEFAULTS, **self.client}
+            {
+                "bootstrap.servers": self.bootstrap_servers,
+                "logger": client_log,
+                **PRODUCER_DEFAULTS,
+                **self.client,
+                **overrides,
+            }
         )
 
+    def admin(self) -> AdminClient:
+        # No `logger` (an AdminClient given one answers only while someone polls it), and
+        # quiet: its failures reach the user as our one-line errors.
+        return AdminClient(
+            {"bootstrap.servers": self.bootstrap_servers, "log_level": 0, **self.client}
+        )
 
+    def transactional_id(self, topic: str, partition: int) -> str:
+        """Stable per guard (group) and input partition, so a restarted guard fences the
+        producer of a killed one and aborts its open transaction."""
+        return f"lineage-guard.{self.group_id}.{topic}.{partition}"
+
+
+BROKER_DOWN = {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN}
 COORDINATOR_BUSY = {
     KafkaError.NOT_COORDINATOR,
     KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
@@ -123,25 +166,33 @@ class PartitionRange:
         return self.end - self.start
 
 
+def input_partitions(
+    consumer: Consumer, settings: KafkaSettings, topics: list[str]
+) -> list[TopicPartition]:
+    """Every partition of `topics`; a missing topic is a configuration error."""
+    try:
+        metadata = consumer.list_topics(timeout=settings.timeout_s)
+    except KafkaException as exc:
+        raise ServiceUnavailableError(
+            f"Kafka at `{settings.bootstrap_servers}` did not answer: {exc.args[0]}. "
+            "Check `--bootstrap-servers`."
+        ) from exc
+    partitions = []
+    for topic in topics:
+        info = metadata.topics.get(topic)
+        if info is None or info.error is not None:
+            raise ConfigError(
+                f"Input topic `{topic}` does not exist on `{settings.bootstrap_servers}`."
+            )
+        partitions += [TopicPartition(topic, p) for p in sorted(info.partitions)]
+    return partitions
+
+
 def plan_ranges(settings: KafkaSettings, topics: list[str]) -> list[PartitionRange]:
     """From each partition's committed offset (or its start) to its end offset right now."""
     consumer = settings.consumer()
     try:
-        try:
-            metadata = consumer.list_topics(timeout=settings.timeout_s)
-        except KafkaException as exc:
-            raise ServiceUnavailableError(
-                f"Kafka at `{settings.bootstrap_servers}` did not answer: {exc.args[0]}. "
-                "Check `--bootstrap-servers`."
-            ) from exc
-        partitions = []
-        for topic in topics:
-            info = metadata.topics.get(topic)
-            if info is None or info.error is not None:
-                raise ConfigError(
-                    f"Input topic `{topic}` does not exist on `{settings.bootstrap_servers}`."
-                )
-            partitions += [TopicPartition(topic, p) for p in sorted(info.partitions)]
+        partitions = input_partitions(consumer, settings, topics)
         committed = retrying(
             lambda: consumer.committed(partitions, timeout=settings.timeout_s), settings.timeout_s
         )
@@ -160,15 +211,132 @@ def plan_ranges(settings: KafkaSettings, topics: list[str]) -> list[PartitionRan
         consumer.close()
 
 
+class GroupMembership:
+    """Makes a guard the only one of its consumer group while it runs, or refuses to start.
+
+    A guard reads the partition ranges it planned and commits its group's offsets itself, as
+    the group's memberless user (Kafka accepts such commits only while the group has no
+    active member). Two guards sharing a `group.id` would each read everything, so instead of
+    splitting partitions between them (which would need Kafka's rebalancing inside Beam's
+    bundles), a guard joins a companion group, `GROUP.lineage-guard-members`, with
+    `subscribe` to its input topics, and keeps that membership alive from a background thread
+    (its partitions are paused: it fetches nothing). Once the join settled, another member in
+    that group means another guard is running: `ConfigError` (exit 3). A guard killed with
+    SIGKILL stays a member until its session times out (`session.timeout.ms`, 6 s here), so a
+    restart waits up to that long for the rebalance that removes it, then runs. Two guards
+    started in the same instant may both refuse; neither reads anything twice.
+    """
+
+    SUFFIX = ".lineage-guard-members"
+    SESSION_TIMEOUT_MS = 6_000  # the broker's minimum by default
+
+    def __init__(self, settings: KafkaSettings, topics: list[str]) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.group = settings.group_id + self.SUFFIX
+        self._consumer: Consumer | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> GroupMembership:
+        group = self.settings.group_id
+        others = self._members(group)
+        if others:
+            raise ConfigError(
+                f"Consumer group `{group}` has {len(others)} active member(s) "
+                f"({', '.join(sorted(others))}): lineage-guard commits that group's offsets "
+                "itself and needs it to itself. Give the guard its own `--group-id`."
+            )
+        consumer = self._consumer = self.settings.consumer(
+            **{
+                "group.id": self.group,
+                "session.timeout.ms": self.SESSION_TIMEOUT_MS,
+                "heartbeat.interval.ms": 1000,
+                "enable.partition.eof": False,
+            }
+        )
+        joined = threading.Event()
+
+        def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
+            c.assign(partitions)
+            c.pause(partitions)  # membership only: never fetch
+            joined.set()
+
+        try:
+            input_partitions(consumer, self.settings, self.topics)  # they exist, or exit 3
+            consumer.subscribe(list(self.topics), on_assign=on_assign)
+            deadline = time.monotonic() + self.settings.timeout_s + self.SESSION_TIMEOUT_MS / 1000
+            while not joined.is_set():
+                consumer.poll(0.2)
+                if time.monotonic() > deadline:
+                    raise ServiceUnavailableError(
+                        f"Kafka at `{self.settings.bootstrap_servers}` did not let the guard "
+                        f"join consumer group `{self.group}` in time."
+                    )
+            members = self._members(self.group)
+            if len(members) > 1:
+                raise ConfigError(
+                    f"Another lineage-guard is already running with `--group-id {group}` "
+                    f"({len(members) - 1} other member(s) in `{self.group}`): stop it, or "
+                    "give this guard its own `--group-id`."
+                )
+        except BaseException:
+            self._close()
+            raise
+        self._thread = threading.Thread(target=self._keep, name="group-membership", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._close()
+
+    def _keep(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        while not self._stop.wait(0.5):
+            consumer.poll(0)  # serves heartbeats' rebalances; partitions are paused
+
+    def _close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()  # leaves the group at once
+            self._consumer = None
+
+    def _members(self, group: str) -> list[str]:
+        """The ids of `group`'s active members' clients (hosts)."""
+        admin = self.settings.admin()  # kept alive until its future is answered
+        future = admin.describe_consumer_groups([group], request_timeout=self.settings.timeout_s)[
+            group
+        ]
+        try:
+            description = future.result(timeout=self.settings.timeout_s)
+        except (KafkaException, concurrent.futures.TimeoutError) as exc:
+            raise ServiceUnavailableError(
+                f"Kafka at `{self.settings.bootstrap_servers}` did not describe consumer group "
+                f"`{group}`: {exc.args[0] if exc.args else 'no answer'}. "
+                "Check `--bootstrap-servers`."
+            ) from exc
+        return [f"{m.client_id}@{m.host}" for m in description.members or ()]
+
+
 def read_range(
-    consumer: Consumer, part: PartitionRange, batch_size: int, timeout_s: float
+    consumer: Consumer,
+    part: PartitionRange,
+    batch_size: int,
+    timeout_s: float,
+    stop: Callable[[], bool] = lambda: False,
 ) -> Iterator[Batch]:
-    """Reads `part` into batches of up to `batch_size` messages, in offset order."""
+    """Reads `part` into batches of up to `batch_size` messages, in offset order, until its
+    end or until `stop()` is true. Raises when Kafka sends nothing for `timeout_s` while this
+    reader waits (time spent downstream of a `yield`, e.g. retrying the lineage store, is not
+    waiting for Kafka)."""
     consumer.assign([TopicPartition(part.topic, part.partition, part.start)])
     try:
         next_offset = part.start
         idle_since = time.monotonic()
-        while next_offset < part.end:
+        while next_offset < part.end and not stop():
             messages = consumer.consume(
                 num_messages=min(batch_size, part.end - next_offset), timeout=1.0
             )
@@ -180,6 +348,8 @@ def read_range(
                     if error.code() == KafkaError._PARTITION_EOF:
                         reached_eof = True
                         continue
+                    if error.retriable() or error.code() in BROKER_DOWN:
+                        continue  # librdkafka reconnects; the idle timeout bounds the wait
                     raise ServiceUnavailableError(
                         f"Reading `{part.topic}`[{part.partition}] failed: {error.str()}"
                     )
@@ -203,8 +373,10 @@ def read_range(
                 )
                 next_offset = offset + 1
             if items:
-                idle_since = time.monotonic()
                 yield Batch(topic=part.topic, partition=part.partition, items=tuple(items))
+                # From when the stages downstream gave control back: time they spent (e.g.
+                # retrying the lineage store) is not Kafka being idle.
+                idle_since = time.monotonic()
             if reached_eof:
                 break
             if time.monotonic() - idle_since > timeout_s:
@@ -216,13 +388,103 @@ def read_range(
         consumer.unassign()
 
 
+# Errors with which a broker (or the client, before sending) refuses one record for good: the
+# record is poison for that topic, not a sign of an outage.
+REFUSALS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.POLICY_VIOLATION,
+    }
+)
+OUTPUT_REFUSED = "output_refused"  # the output topic cannot take it: quarantined instead
+QUARANTINE_REFUSED = "quarantine_refused"  # quarantine cannot take it: a reference instead
+FRAMING_BYTES = 1024  # Kafka's record batch and record framing, with room to spare
+KAFKA_MAX_MESSAGE_BYTES = 1_048_588  # the broker's default `max.message.bytes`
+LIBRDKAFKA_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's default `message.max.bytes`
+
+
+def message_size(key: bytes | None, value: bytes | None, headers: Any) -> int:
+    """Bytes of a message as a producer counts them: key, value, header names and values
+    (with a few bytes of framing per header)."""
+    size = len(key or b"") + len(value or b"")
+    for name, data in headers or ():
+        size += len(name.encode() if isinstance(name, str) else name) + len(data or b"") + 8
+    return size
+
+
+def topic_limits(settings: KafkaSettings, topics: list[str]) -> dict[str, int]:
+    """The largest message each topic takes: the smaller of the producer's
+    `message.max.bytes` and the topic's `max.message.bytes` (less framing), read with the
+    AdminClient. A topic that does not exist yet gets the broker's default."""
+    local = int(settings.client.get("message.max.bytes", LIBRDKAFKA_MESSAGE_MAX_BYTES))
+    admin = settings.admin()  # kept alive until its futures are answered
+    futures = admin.describe_configs(
+        [ConfigResource(ResourceType.TOPIC, topic) for topic in topics],
+        request_timeout=settings.timeout_s,
+    )
+    limits = {}
+    for resource, future in futures.items():
+        try:
+            entry = future.result(timeout=settings.timeout_s).get("max.message.bytes")
+            topic_max = int(entry.value) if entry is not None and entry.value else None
+        except concurrent.futures.TimeoutError as exc:
+            raise ServiceUnavailableError(
+                f"Kafka at `{settings.bootstrap_servers}` did not describe topic "
+                f"`{resource.name}` within {settings.timeout_s:.0f} s."
+            ) from exc
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if not (
+                isinstance(error, KafkaError) and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+            ):
+                raise ServiceUnavailableError(
+                    f"Kafka at `{settings.bootstrap_servers}` did not describe topic "
+                    f"`{resource.name}`: {error}."
+                ) from exc
+            topic_max = None
+        limits[resource.name] = min(local, (topic_max or KAFKA_MAX_MESSAGE_BYTES) - FRAMING_BYTES)
+    return limits
+
+
+def refuse(item: Item, rule: str, message: str) -> Item:
+    """`item`, stopped at the write stage (unless an earlier stage stopped it) with `rule`."""
+    return dataclasses.replace(
+        item,
+        stopped_at=item.stopped_at or Stage.WRITE,
+        violations=(*item.violations, Violation(rule=rule, column=None, message=message)),
+    )
+
+
+def is_reference(item: Item) -> bool:
+    """Quarantine holds only a reference to this record (`reference_value`)."""
+    return any(v.rule == QUARANTINE_REFUSED for v in item.violations)
+
+
+def reference_value(item: Item) -> bytes:
+    """What quarantine holds for a record too large for it: where it is, and its digest."""
+    s = item.source
+    return json.dumps(
+        {
+            "source_topic": s.topic,
+            "source_partition": s.partition,
+            "source_offset": s.offset,
+            "value_sha256": hashlib.sha256(s.value or b"").hexdigest(),
+            "value_bytes": len(s.value or b""),
+            "key_sha256": hashlib.sha256(s.key).hexdigest() if s.key is not None else None,
+        }
+    ).encode()
+
+
 @dataclass(kw_only=True)
 class _Pending:
     next_offset: int
     remaining: int
     count: int
     receipt: Any = None  # the batch's lineage entry, confirmed once every record is answered
-    failures: list[Failure] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)  # records not in their destination
+    fatal: Failure | None = None  # a failure that must stop the run (an outage, not a refusal)
 
 
 # Called with (receipt, records answered, refusals) of each batch whose every record the
@@ -231,7 +493,12 @@ Answered = Callable[[list[tuple[Any, int, list[Failure]]]], None]
 
 
 class KafkaSink:
-    """Produces guarded batches and commits each partition once all before it is delivered."""
+    """Produces guarded batches and commits each partition once all before it is delivered.
+
+    `prepare` decides, before lineage is recorded, where a record too large for its topic
+    goes; `write` produces; `flush` waits for the broker and commits. With
+    `settings.exactly_once`, `write` is one transaction per batch, offsets included.
+    """
 
     def __init__(
         self,
@@ -250,14 +517,56 @@ class KafkaSink:
         self.commits = commits
         self.output_topic = output_topic
         self.quarantine_topic = quarantine_topic
-        self._producer = settings.producer()
+        self.limits = topic_limits(settings, [output_topic, quarantine_topic])
+        # A batch of records must fit the smallest topic too, not only each record.
+        batch_bytes = int(settings.client.get("batch.size", PRODUCER_DEFAULTS["batch.size"]))
+        self._producer_config = {"batch.size": min(batch_bytes, *self.limits.values())}
+        self._producer = settings.producer(**self._producer_config)
+        self._transactional: dict[tuple[str, int], Producer] = {}
         self._committer = settings.consumer()
         self._pending: dict[tuple[str, int], deque[_Pending]] = {}
+        self._reroutes: list[tuple[Item, _Pending]] = []
         self._to_commit: dict[tuple[str, int], int] = {}
         self._commit_interval_s = commit_interval_s
         self._last_commit = time.monotonic()
 
+    def prepare(self, batch: Batch) -> Batch:
+        """`batch` with every record routed where it fits, decided before lineage is recorded:
+        a record the output topic cannot take is quarantined (`output_refused`); one that
+        quarantine cannot take either is marked `quarantine_refused`, and only a reference to
+        it (`reference_value`) is written there."""
+        items = list(batch.items)
+        for n, item in enumerate(items):
+            s = item.source
+            where = f"Message `{s.topic}`[{s.partition}]@{s.offset}"
+            if item.allowed:
+                size = message_size(s.key, s.value, s.headers)
+                limit = self.limits[self.output_topic]
+                if size <= limit:
+                    continue
+                item = refuse(
+                    item,
+                    OUTPUT_REFUSED,
+                    f"{where} has {size} bytes; output topic `{self.output_topic}` takes at "
+                    f"most {limit}.",
+                )
+            size = self._quarantine_size(item)
+            limit = self.limits[self.quarantine_topic]
+            if size > limit:
+                item = refuse(
+                    item,
+                    QUARANTINE_REFUSED,
+                    f"{where} would have {size} bytes in quarantine topic "
+                    f"`{self.quarantine_topic}`, which takes at most {limit}: only its source "
+                    "position and SHA-256 are there.",
+                )
+            items[n] = item
+        return dataclasses.replace(batch, items=tuple(items))
+
     def write(self, batch: Batch, receipt: Any = None) -> None:
+        if self.settings.exactly_once:
+            self._write_transaction(batch, receipt)
+            return
         pending = _Pending(
             next_offset=batch.next_offset,
             remaining=len(batch.items),
@@ -265,39 +574,24 @@ class KafkaSink:
             receipt=receipt,
         )
         self._pending.setdefault((batch.topic, batch.partition), deque()).append(pending)
-
-        def answer(offset: int) -> Callable[[KafkaError | None, Any], None]:
-            def delivered(err: KafkaError | None, _msg: Any) -> None:
-                pending.remaining -= 1
-                if err is not None:
-                    pending.failures.append(Failure(offset=offset, error=err.str()))
-
-            return delivered
-
         for item in batch.items:
-            s = item.source
-            delivered = answer(s.offset)
-            if item.allowed:
-                self._produce(
-                    self.output_topic, s.key, s.value, s.headers, s.timestamp_ms, delivered
-                )
-            else:
-                self._produce(
-                    self.quarantine_topic,
-                    s.key,
-                    s.value,
-                    [*(s.headers or []), *quarantine_headers(item)],
-                    s.timestamp_ms,
-                    delivered,
-                )
+            self._send(self._producer, item, pending)
         self._producer.poll(0)
+        self._reroute()
         self._advance()
         if time.monotonic() - self._last_commit >= self._commit_interval_s:
             self._commit()
 
     def flush(self) -> None:
         """Waits for every produced record, then commits what is delivered."""
-        remaining = self._producer.flush(self.settings.timeout_s)
+        if self.settings.exactly_once:
+            return  # every batch was committed by its own transaction
+        deadline = time.monotonic() + self.settings.timeout_s
+        while True:
+            remaining = self._producer.flush(max(deadline - time.monotonic(), 0.0))
+            if not self._reroutes:
+                break
+            self._reroute()
         self._advance()
         if remaining:
             raise ServiceUnavailableError(
@@ -310,8 +604,132 @@ class KafkaSink:
     def close(self) -> None:
         self._committer.close()
 
+    def _quarantine_size(self, item: Item) -> int:
+        s = item.source
+        return message_size(s.key, s.value, [*(s.headers or []), *quarantine_headers(item)])
+
+    def _send(self, producer: Producer, item: Item, pending: _Pending) -> None:
+        s = item.source
+        if item.allowed:
+            topic, key, value, headers = self.output_topic, s.key, s.value, s.headers
+        elif is_reference(item):
+            topic, value = self.quarantine_topic, reference_value(item)
+            key = s.key if s.key is None or len(s.key) <= 1024 else None
+            headers = [*quarantine_headers(item), (HEADER_PREFIX + "reference", b"true")]
+        else:
+            topic, key, value = self.quarantine_topic, s.key, s.value
+            headers = [*(s.headers or []), *quarantine_headers(item)]
+
+        def delivered(err: KafkaError | None, _msg: Any) -> None:
+            if err is None:
+                pending.remaining -= 1
+                return
+            failure = Failure(offset=s.offset, error=f"`{topic}` refused it: {err.str()}")
+            fallback = self._fallback(item, err) if err.code() in REFUSALS else None
+            if fallback is not None and not self.settings.exactly_once:
+                pending.failures.append(failure)  # not where its lineage said it would go
+                self._reroutes.append((fallback, pending))  # answered once the fallback is
+                return
+            pending.remaining -= 1
+            pending.failures.append(failure)
+            pending.fatal = pending.fatal or failure
+
+        self._produce(producer, topic, key, value, headers, s.timestamp_ms, delivered)
+
+    def _fallback(self, item: Item, err: KafkaError) -> Item | None:
+        """Where a record goes that its topic refused: from the output topic to quarantine,
+        from quarantine to a reference in quarantine; None for a refused reference."""
+        s = item.source
+        where = f"Message `{s.topic}`[{s.partition}]@{s.offset}"
+        if item.allowed:
+            item = refuse(
+                item, OUTPUT_REFUSED, f"{where}: `{self.output_topic}` refused it: {err.str()}."
+            )
+            if self._quarantine_size(item) <= self.limits[self.quarantine_topic]:
+                return item
+        elif is_reference(item):
+            return None
+        return refuse(
+            item,
+            QUARANTINE_REFUSED,
+            f"{where}: `{self.quarantine_topic}` refused it ({err.str()}): only its source "
+            "position and SHA-256 are there.",
+        )
+
+    def _reroute(self) -> None:
+        while self._reroutes:
+            item, pending = self._reroutes.pop(0)
+            self._send(self._producer, item, pending)
+        self._producer.poll(0)
+
+    def _write_transaction(self, batch: Batch, receipt: Any) -> None:
+        """One transaction: the batch's records and its input offset, committed together;
+        lineage confirms the batch only after the commit."""
+        producer = self._transaction_producer(batch.topic, batch.partition)
+        pending = _Pending(
+            next_offset=batch.next_offset,
+            remaining=len(batch.items),
+            count=len(batch.items),
+            receipt=receipt,
+        )
+        timeout = self.settings.timeout_s
+        where = f"`{batch.topic}`[{batch.partition}]"
+        try:
+            producer.begin_transaction()
+            for item in batch.items:
+                self._send(producer, item, pending)
+            unanswered = producer.flush(timeout)
+            if unanswered or pending.failures:
+                why = pending.failures[0].error if pending.failures else "no answer"
+                self._abort(producer)
+                raise ServiceUnavailableError(
+                    f"Kafka did not accept records from {where} before offset "
+                    f"{batch.next_offset} ({why}); their transaction was aborted and their "
+                    "offsets are not committed."
+                )
+            offsets = [TopicPartition(batch.topic, batch.partition, batch.next_offset)]
+            producer.send_offsets_to_transaction(
+                offsets, self._committer.consumer_group_metadata(), timeout
+            )
+            producer.commit_transaction(timeout)
+        except KafkaException as exc:
+            self._abort(producer)
+            raise ServiceUnavailableError(
+                f"Kafka transaction for {where} failed: {exc.args[0]}; nothing of it is "
+                "visible to read_committed readers and its offsets are not committed."
+            ) from exc
+        if receipt is not None and self.on_answered is not None:
+            self.on_answered([(receipt, pending.count, [])])
+
+    def _transaction_producer(self, topic: str, partition: int) -> Producer:
+        producer = self._transactional.get((topic, partition))
+        if producer is None:
+            producer = self.settings.producer(
+                **self._producer_config,
+                **{
+                    "transactional.id": self.settings.transactional_id(topic, partition),
+                    "linger.ms": 5,
+                },
+            )
+            try:  # fences a killed run's producer of this partition, aborting its transaction
+                producer.init_transactions(self.settings.timeout_s)
+            except KafkaException as exc:
+                raise ServiceUnavailableError(
+                    f"Kafka at `{self.settings.bootstrap_servers}` did not start a transactional"
+                    f" producer for `{topic}`[{partition}]: {exc.args[0]}."
+                ) from exc
+            self._transactional[(topic, partition)] = producer
+        return producer
+
+    def _abort(self, producer: Producer) -> None:
+        try:
+            producer.abort_transaction(self.settings.timeout_s)
+        except KafkaException as exc:  # the next run's init_transactions aborts it anyway
+            log.warning("aborting a Kafka transaction failed: %s", exc)
+
     def _produce(
         self,
+        producer: Producer,
         topic: str,
         key: bytes | None,
         value: bytes | None,
@@ -326,10 +744,16 @@ class KafkaSink:
             kwargs["timestamp"] = timestamp_ms
         while True:
             try:
-                self._producer.produce(topic, **kwargs)
+                producer.produce(topic, **kwargs)
                 return
             except BufferError:  # the local queue is full: let deliveries drain it
-                self._producer.poll(0.05)
+                producer.poll(0.05)
+            except KafkaException as exc:  # refused before sending (size): a delivery report
+                error = exc.args[0] if exc.args else None
+                if not isinstance(error, KafkaError):
+                    raise
+                callback(error, None)
+                return
 
     def _advance(self) -> None:
         answered: list[tuple[Any, int, list[Failure]]] = []
@@ -338,9 +762,9 @@ class KafkaSink:
             while queue and queue[0].remaining == 0:
                 done = queue.popleft()
                 answered.append((done.receipt, done.count, done.failures))
-                if done.failures:
+                if done.fatal is not None:
                     refused = refused or (key, done)
-                    queue.clear()  # nothing after a refusal is committed in this run
+                    queue.clear()  # nothing after a failure is committed in this run
                     break
                 self._to_commit[key] = done.next_offset
         if answered and self.on_answered is not None:
@@ -348,9 +772,10 @@ class KafkaSink:
             self.on_answered([a for a in answered if a[0] is not None])
         if refused is not None:
             (topic, partition), done = refused
+            assert done.fatal is not None
             raise ServiceUnavailableError(
                 f"Kafka did not accept records from `{topic}`[{partition}] "
-                f"before offset {done.next_offset}: {done.failures[0].error}; their offsets "
+                f"before offset {done.next_offset}: {done.fatal.error}; their offsets "
                 "are not committed."
             )
 

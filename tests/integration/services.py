@@ -25,16 +25,19 @@ class ServiceError(RuntimeError):
 
 
 @contextmanager
-def local_kafka() -> Iterator[str]:
-    """Run a single-node Kafka broker; yield its bootstrap address, `127.0.0.1:PORT`."""
-    with _service(KAFKA_SH, "KAFKA_DATA_DIR", "KAFKA_BOOTSTRAP_SERVERS") as servers:
+def local_kafka(port: int | None = None) -> Iterator[str]:
+    """Run a single-node Kafka broker; yield its bootstrap address, `127.0.0.1:PORT`.
+    With `port`, on that port and the next (controller): an instance of the caller's own."""
+    ports = {"KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(port + 1)} if port else {}
+    with _service(KAFKA_SH, "KAFKA_DATA_DIR", "KAFKA_BOOTSTRAP_SERVERS", ports) as servers:
         yield servers
 
 
 @contextmanager
-def local_postgres() -> Iterator[str]:
+def local_postgres(port: int | None = None) -> Iterator[str]:
     """Run a PostgreSQL server; yield the DSN of its `lineage_guard` database."""
-    with _service(POSTGRES_SH, "PG_DATA_DIR", "LINEAGE_GUARD_PG_DSN") as dsn:
+    ports = {"PG_PORT": str(port)} if port else {}
+    with _service(POSTGRES_SH, "PG_DATA_DIR", "LINEAGE_GUARD_PG_DSN", ports) as dsn:
         yield dsn
 
 
@@ -60,10 +63,12 @@ def control(address: str) -> Control | None:
 
 
 @contextmanager
-def _service(script: Path, data_dir_var: str, use_instead_var: str) -> Iterator[str]:
+def _service(
+    script: Path, data_dir_var: str, use_instead_var: str, extra: dict[str, str] | None = None
+) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="lineage-guard-") as tmp:
         os.chmod(tmp, 0o755)  # as root, postgres.sh runs the server as `postgres`: let it in
-        env = {**os.environ, data_dir_var: str(Path(tmp) / "data")}
+        env = {**os.environ, **(extra or {}), data_dir_var: str(Path(tmp) / "data")}
         try:  # stop even when start failed half-way or was interrupted
             address = _start(script, env, use_instead_var)
             _controls[address] = Control(script, env)

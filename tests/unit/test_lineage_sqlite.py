@@ -12,7 +12,7 @@ import pytest
 # The contract suite is a plain module: have pytest rewrite its asserts for clear failures.
 pytest.register_assert_rewrite("tests.lineage_contract")
 
-from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError  # noqa: E402
+from lineage_guard.lineage.errors import ConfigError  # noqa: E402
 from lineage_guard.lineage.store import LineageStore, open_store  # noqa: E402
 from lineage_guard.lineage.stores.sqlite import SqliteStore  # noqa: E402
 from tests.lineage_contract import *  # noqa: E402, F403 (the contract suite runs here)
@@ -101,18 +101,21 @@ def test_audits_do_not_create_a_missing_store(tmp_path: Path) -> None:
     assert not missing.parent.exists()
 
 
-def test_a_file_that_is_no_database_is_unavailable(tmp_path: Path) -> None:
+def test_a_file_that_is_no_database_is_a_config_error(tmp_path: Path) -> None:
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not an SQLite database, just some bytes" * 100)
-    with pytest.raises(ServiceUnavailableError) as raised:
+    with pytest.raises(ConfigError) as raised:  # waiting would not help: no retries
         open_store(f"sqlite:///{junk}")
-    assert raised.value.message.startswith(f"Cannot open the lineage store `sqlite:///{junk}`: ")
-    assert "\n" not in raised.value.message
+    assert raised.value.message == (
+        f"Cannot open the lineage store `sqlite:///{junk}`: file is not a database."
+        " Check `--lineage-store` and that the file is a readable SQLite database."
+    )
+    assert raised.value.exit_code == 3
 
 
-def test_a_folder_in_the_way_is_unavailable(tmp_path: Path) -> None:
+def test_a_folder_in_the_way_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "lineage.db").mkdir()
-    with pytest.raises(ServiceUnavailableError, match="Cannot open the lineage store"):
+    with pytest.raises(ConfigError, match="Cannot open the lineage store"):
         open_store(f"sqlite:///{tmp_path / 'lineage.db'}")
 
 
@@ -122,7 +125,7 @@ def test_a_store_read_only_to_its_writer_fails_the_append(store_url: str, db_pat
     reader = SqliteStore(db_path)
     try:
         reader._conn.execute("PRAGMA query_only = ON")  # the connection refuses writes
-        with pytest.raises(ServiceUnavailableError) as raised:
+        with pytest.raises(ConfigError) as raised:  # SQLITE_READONLY: not an outage
             reader.append(batch([hop("b", 2)]))
         assert raised.value.message.startswith(
             f"Cannot write 1 lineage hops to chain `{CHAIN}` in `{store_url}`: "
