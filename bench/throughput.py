@@ -19,7 +19,8 @@ Modes (each measured in its own process, so each has its own peak memory):
 
 `--partitions N …` gives the topic the Kafka modes read N partitions (each count is measured in
 the same run); with N > 1 the guard gets N Beam workers (`--direct_num_workers N
---direct_running_mode {multi_processing,multi_threading}`, `--running-mode`), which the
+--direct_running_mode MODE`; `--running-mode`, default `multi_threading`, which measured faster
+than `multi_processing` on this 2-core machine), which the
 FnApiRunner spreads the partitions over.
 
 Each row also shows the lineage store's size per record (the SQLite file with its WAL after a
@@ -471,7 +472,7 @@ def main() -> None:
         help="partitions of the topic the Kafka modes read (one guard worker per partition)",
     )  # fmt: skip
     parser.add_argument(
-        "--running-mode", choices=RUNNING_MODES, default="multi_processing",
+        "--running-mode", choices=RUNNING_MODES, default="multi_threading",
         help="how the FnApiRunner runs more than one worker",
     )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=2000)
