@@ -24,7 +24,9 @@ than `multi_processing` on this 2-core machine), which the
 FnApiRunner spreads the partitions over.
 
 Each row also shows the lineage store's size per record (the SQLite file with its WAL after a
-checkpoint; `pg_total_relation_size` of the lineage tables) and the peak resident memory of the
+checkpoint; `pg_total_relation_size` of the lineage tables), the CPU seconds the mode's process
+tree used (user + system, from `wait4`; the broker's and PostgreSQL's own CPU are not in it),
+which a busy shared machine disturbs less than the wall clock, and the peak resident memory of the
 mode's whole process tree (Beam's worker processes included), sampled every 50 ms and never
 below the mode process's own high-water mark. The run checks that every mode that decides
 (`core` and the guards, on any number of partitions and workers) sent exactly the same record
@@ -450,7 +452,8 @@ def measure(
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        code = process.wait()
+        _, status, usage = os.wait4(process.pid, 0)  # its CPU time, waited-for children's too
+        code = process.returncode = os.waitstatus_to_exitcode(status)
         stop.set()
         sampler.join()
         out.seek(0)
@@ -460,6 +463,7 @@ def measure(
                              f"{err.read()[-3000:]}")  # fmt: skip
         row: dict[str, Any] = json.loads(out.read().strip().splitlines()[-1])
     row["peak_rss_mib"] = max(row["own_peak_rss_mib"], peak[0] / 1024)
+    row["cpu_seconds"] = usage.ru_utime + usage.ru_stime
     return row
 
 
@@ -546,20 +550,24 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str | None:
     ratios: dict[str, dict[str, float]] = {}
     for size in args.sizes:
 
-        def rate(mode: str, partitions: int = 0, size: int = size) -> float | None:
+        def rate(mode: str, partitions: int = 0, cpu: bool = False, size: int = size) -> float:
             row = by.get((mode, size, partitions))
-            return row["records_per_second"] if row else None
+            if not row:
+                return 0.0
+            return row["records"] / row["cpu_seconds"] if cpu else row["records_per_second"]
 
         values: dict[str, float] = {}
-        core, decode = rate("core"), rate("decode")
-        if core and decode:
-            values["core/decode"] = core / decode
-        for partitions in args.partitions:
-            passthrough = rate("kafka-passthrough", partitions)
-            for mode in ("kafka-guard", "kafka-guard-postgres", "kafka-guard-no-lineage"):
-                guard = rate(mode, partitions)
-                if guard and passthrough:
-                    values[f"{mode}/kafka-passthrough {partitions}p"] = guard / passthrough
+        for cpu, suffix in ((False, ""), (True, " (per CPU-second)")):
+            core, decode = rate("core", cpu=cpu), rate("decode", cpu=cpu)
+            if core and decode:
+                values[f"core/decode{suffix}"] = core / decode
+            for partitions in args.partitions:
+                passthrough = rate("kafka-passthrough", partitions, cpu)
+                for mode in ("kafka-guard", "kafka-guard-postgres", "kafka-guard-no-lineage"):
+                    guard = rate(mode, partitions, cpu)
+                    if guard and passthrough:
+                        name = f"{mode}/kafka-passthrough {partitions}p{suffix}"
+                        values[name] = guard / passthrough
         ratios[str(size)] = values
     growth: dict[str, float] = {}
     if len(args.sizes) >= 2:
@@ -576,8 +584,9 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str | None:
         print(json.dumps({"rows": rows, "ratios": ratios, "peak_rss_growth": growth}, indent=2))
         return failed
     print(
-        f"{'mode':<28} {'records':>9} {'seconds':>8} {'records/s':>10} {'peak RSS MiB':>13}"
-        f" {'store B/rec':>12}  decisions (allowed/quarantined, digest)"
+        f"{'mode':<28} {'records':>9} {'seconds':>8} {'records/s':>10} {'CPU s':>7}"
+        f" {'rec/CPU-s':>10} {'peak RSS MiB':>13} {'store B/rec':>12}"
+        "  decisions (allowed/quarantined, digest)"
     )
     for r in rows:
         per_record = f"{r['store_bytes'] / r['records']:.0f}" if "store_bytes" in r else "-"
@@ -585,7 +594,9 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str | None:
         shown = f"{d['allowed']}/{d['quarantined']} {d['digest']}" if d else "-"
         print(
             f"{label(r):<28} {r['size']:>9} {r['seconds']:>8.1f} "
-            f"{r['records_per_second']:>10.0f} {r['peak_rss_mib']:>13.0f} {per_record:>12}  {shown}"
+            f"{r['records_per_second']:>10.0f} {r['cpu_seconds']:>7.1f}"
+            f" {r['records'] / r['cpu_seconds']:>10.0f} {r['peak_rss_mib']:>13.0f} {per_record:>12}"
+            f"  {shown}"
         )
     for size, values in ratios.items():
         for name, value in values.items():
