@@ -21,9 +21,10 @@ Then it times, over SAMPLES random record ids after WARMUP others:
 - `store.verify_batches(chain, [seq])` of one random batch (what each trace does per batch);
 
 and prints p50 / p95 / max in milliseconds, of the wall clock and of this process's CPU time
-(which a busy shared machine disturbs less; PostgreSQL's own CPU is not in it), the store's size per record (SQLite: the file with
-its WAL after a checkpoint; PostgreSQL: `pg_total_relation_size` of the lineage tables), and,
-with `--verify-all`, the time of `lineage verify` over the whole store. Progress goes to
+(which a busy shared machine disturbs less; PostgreSQL's own CPU is not in it), the store's
+size per record (SQLite: the file with its WAL after a checkpoint; PostgreSQL:
+`pg_total_relation_size` of the lineage tables), and, with `--verify-all`, the time of
+`lineage verify` over the whole store. Progress goes to
 stderr, figures to stdout.
 """
 
