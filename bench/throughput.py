@@ -525,15 +525,11 @@ def main() -> None:
                 runs.extend((mode, partitions, topic) for mode in kafka_modes)
             for mode, partitions, topic in runs:
                 where = f" on {partitions} partitions" if partitions else ""
-                print(f"  {mode} at {size}{where}…", file=sys.stderr)
+                print(f"  {mode} at {size}{where}…", file=sys.stderr, flush=True)
                 row = measure(mode, size, partitions, messages, topic, args)
                 row["size"], row["partitions"] = size, partitions
                 rows.append(row)
-                print(
-                    f"    {row['records_per_second']:.0f} records/s, peak RSS "
-                    f"{row['peak_rss_mib']:.0f} MiB",
-                    file=sys.stderr,
-                )
+                print(f"    {json.dumps(row)}", file=sys.stderr, flush=True)
             messages.unlink()
     failed = report(rows, args)
     if failed:
