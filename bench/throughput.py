@@ -108,27 +108,24 @@ def read_messages(path: Path, batch: int) -> Iterator[list[tuple[bytes, bytes]]]
 
 
 class Decisions:
-    """The keys sent to the allowed and to the quarantine destination, as two counts and one
-    digest over both sorted lists."""
+    """Which keys went to the allowed and which to the quarantine destination: two counts and
+    a multiset hash (the sum of each key's SHA-256, so order does not matter), kept without
+    holding the keys, so it adds nothing to the mode's peak memory."""
 
     def __init__(self) -> None:
-        self.allowed: list[bytes] = []
-        self.quarantined: list[bytes] = []
+        self.counts = {"allowed": 0, "quarantined": 0}
+        self.sum = 0
+
+    def add(self, side: str, key: bytes) -> None:
+        self.counts[side] += 1
+        digest = hashlib.sha256(side.encode() + b"\n" + key).digest()
+        self.sum = (self.sum + int.from_bytes(digest, "big")) % 2**256
 
     def summary(self) -> dict[str, Any]:
-        digest = hashlib.sha256()
-        for name, keys in (("allowed", self.allowed), ("quarantined", self.quarantined)):
-            digest.update(name.encode() + b"\n")
-            for key in sorted(keys):
-                digest.update(key + b"\n")
-        return {
-            "allowed": len(self.allowed),
-            "quarantined": len(self.quarantined),
-            "digest": digest.hexdigest()[:16],
-        }
+        return {**self.counts, "digest": f"{self.sum:064x}"[:16]}
 
 
-def topic_keys(bootstrap: str, topic: str) -> list[bytes]:
+def add_topic_keys(decisions: Decisions, side: str, bootstrap: str, topic: str) -> None:
     """Every message key in `topic`, read from each partition's low to high watermark."""
     from confluent_kafka import Consumer, TopicPartition
 
@@ -139,20 +136,19 @@ def topic_keys(bootstrap: str, topic: str) -> list[bytes]:
     try:
         metadata = consumer.list_topics(topic, timeout=30).topics[topic]
         if metadata.error is not None:
-            return []  # never created: nothing was sent there
+            return  # never created: nothing was sent there
         assignment, remaining = [], 0
         for partition in metadata.partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), 30)
             if high > low:
                 assignment.append(TopicPartition(topic, partition, low))
                 remaining += high - low
-        keys: list[bytes] = []
         consumer.assign(assignment)
-        while len(keys) < remaining:
+        while remaining > 0:
             for message in consumer.consume(10_000, timeout=5.0):
                 if message.error() is None:
-                    keys.append(message.key() or b"")
-        return keys
+                    decisions.add(side, message.key() or b"")
+                    remaining -= 1
     finally:
         consumer.close()
 
@@ -206,9 +202,7 @@ def mode_core(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         entry = store.append(hops)
         store.confirm([(entry, len(items), [])], at=hops.at)  # as the sink does once answered
         for item in batch.items:
-            (decisions.allowed if item.allowed else decisions.quarantined).append(
-                item.source.key or b""
-            )
+            decisions.add("allowed" if item.allowed else "quarantined", item.source.key or b"")
         count += len(items)
     store.close()
     return {"records": count, "decisions": decisions, "sqlite": db}
@@ -369,8 +363,8 @@ def child(args: argparse.Namespace) -> None:
         row["decisions"] = out["decisions"].summary()
     if "topics" in out:
         decisions = Decisions()
-        decisions.allowed = topic_keys(args.bootstrap_servers, out["topics"][0])
-        decisions.quarantined = topic_keys(args.bootstrap_servers, out["topics"][1])
+        add_topic_keys(decisions, "allowed", args.bootstrap_servers, out["topics"][0])
+        add_topic_keys(decisions, "quarantined", args.bootstrap_servers, out["topics"][1])
         row["decisions"] = decisions.summary()
     print(json.dumps(row))
 
