@@ -189,6 +189,13 @@ def validate(paths: tuple[Path, ...], output_format: str, batch_size: int, engin
     show_default=True,
     help="Beam runner (never the downloading DirectRunner by default).",
 )
+@click.option(
+    "--prism-location",
+    envvar="LINEAGE_GUARD_PRISM",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Endless mode: the Prism binary (default: `prism` on PATH); see infra/prism/.",
+)
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
 def run(**options: Any) -> None:
     """Run the guard: Kafka topics in, allowed and quarantine topics out, lineage recorded.

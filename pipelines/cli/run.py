@@ -37,13 +37,12 @@ def run_guard(**o: Any) -> None:
     bounded = until_caught_up or isinstance(config.io, FilesIO)
     error: BaseException | None = None
     try:
-        while True:
-            round_ = _guarded(run_once, config)
-            total.add(round_)
-            if bounded:
-                break
-            if round_.read == 0:
-                time.sleep(o["poll_interval"])
+        if not bounded:  # one streaming job on a streaming runner, not a loop of rounds
+            from lineage_guard.cli.endless import run_endless
+
+            run_endless(config, o["prism_location"], total)
+        else:
+            total.add(_guarded(run_once, config))
     except KeyboardInterrupt as exc:
         # Stopping an endless run is its normal end; stopping a bounded run leaves it unfinished.
         error = exc if bounded else None

@@ -233,9 +233,13 @@ class KafkaSink:
         quarantine_topic: str,
         commit_interval_s: float = 1.0,
         on_answered: Answered | None = None,
+        commits: bool = True,
     ) -> None:
+        """`commits=False`: the caller commits offsets itself (the streaming write step does,
+        from keyed state); `flush()` then only waits for delivery."""
         self.settings = settings
         self.on_answered = on_answered
+        self.commits = commits
         self.output_topic = output_topic
         self.quarantine_topic = quarantine_topic
         self._producer = settings.producer()
@@ -343,6 +347,8 @@ class KafkaSink:
             )
 
     def _commit(self) -> None:
+        if not self.commits:
+            self._to_commit.clear()
         if self._to_commit:
             offsets = [TopicPartition(t, p, o) for (t, p), o in self._to_commit.items()]
             try:

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Beam's Flink job server (embedded local Flink cluster) on 127.0.0.1, assembled from Beam's
+# runner jars on Maven Central (no job-server jar is published there for these versions).
+#
+#   flink.sh fetch     download the runner jars with Maven (once)
+#   flink.sh start     fetch if needed, start, wait until the job port answers; prints the job
+#                      endpoint (127.0.0.1:PORT) as its last line
+#   flink.sh stop      stop it
+#
+# Use: lineage-guard run … --runner PortableRunner -- --job_endpoint=127.0.0.1:PORT
+#      (the guard adds --streaming and --environment_type=LOOPBACK for the endless mode)
+# Environment: BEAM_FLINK_VERSION (2.62.0, the newest runner on Maven Central), FLINK_JOB_PORT
+# (18099), LINEAGE_GUARD_CACHE (~/.cache/lineage-guard), FLINK_START_TIMEOUT (120 s).
+# Note: Beam's job server binds its job and artifact ports on every interface (--job-host
+# only names the address it reports); run it on a machine whose firewall keeps them local.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+version="${BEAM_FLINK_VERSION:-2.62.0}"   # keep in step with pom.xml
+port="${FLINK_JOB_PORT:-18099}"
+cache="${LINEAGE_GUARD_CACHE:-$HOME/.cache/lineage-guard}"
+libs="$cache/beam-flink-$version/libs"
+run_dir="$cache/beam-flink-run"
+pid_file="$run_dir/job-server.pid"
+
+die() { echo "flink.sh: $*" >&2; exit 1; }
+
+fetch() {
+    [[ -f "$libs/.complete" ]] && return 0
+    command -v mvn >/dev/null || die "fetching Beam's Flink runner needs Maven: apt-get install -y maven"
+    echo "flink.sh: fetching Beam $version Flink runner jars into $libs" >&2
+    rm -rf "$libs.partial"
+    local out
+    out="$(mvn -B -q -f "$here/pom.xml" dependency:copy-dependencies -Dbeam.version="$version" \
+        -DincludeScope=runtime -DoutputDirectory="$libs.partial" 2>&1)" \
+        || { echo "$out" >&2; die "Maven could not fetch org.apache.beam:beam-runners-flink-1.19:$version"; }
+    touch "$libs.partial/.complete"
+    rm -rf "$libs" && mv "$libs.partial" "$libs"
+}
+
+running_pid() {
+    local pid
+    pid="$(cat "$pid_file" 2>/dev/null)" || return 0
+    if [[ -n "$pid" ]] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q 'FlinkJobServerDriver'; then
+        echo "$pid"
+    fi
+}
+
+start() {
+    fetch
+    mkdir -p "$run_dir"
+    if [[ -z "$(running_pid)" ]]; then
+        (exec 3>&- ; nohup java -cp "$libs/*" org.apache.beam.runners.flink.FlinkJobServerDriver \
+            --job-host=127.0.0.1 --job-port="$port" --artifact-port=0 --expansion-port=0 \
+            --flink-master='[local]' >"$run_dir/job-server.log" 2>&1 </dev/null &
+         echo $! >"$pid_file")
+    fi
+    local deadline=$((SECONDS + ${FLINK_START_TIMEOUT:-120}))
+    until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+        [[ -n "$(running_pid)" ]] || { tail -20 "$run_dir/job-server.log" >&2; die "the job server exited"; }
+        ((SECONDS < deadline)) || die "the job server did not answer on 127.0.0.1:$port"
+        sleep 1
+    done
+    echo "127.0.0.1:$port"
+}
+
+stop() {
+    local pid
+    pid="$(running_pid)"
+    [[ -n "$pid" ]] || return 0
+    kill "$pid"
+    for _ in $(seq 30); do [[ -z "$(running_pid)" ]] && return 0; sleep 1; done
+    kill -9 "$pid"
+}
+
+case "${1:-}" in
+    fetch) fetch ;;
+    start) start ;;
+    stop) stop ;;
+    *) die "usage: flink.sh fetch|start|stop" ;;
+esac

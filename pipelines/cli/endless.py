@@ -1,0 +1,94 @@
+"""`lineage-guard run` without `--until-caught-up`: the guard as one streaming Beam job.
+
+The in-process `FnApiRunner` runs bounded pipelines only, so the endless mode picks a streaming
+runner (Prism, from `--prism-location`, `LINEAGE_GUARD_PRISM` or `prism` on PATH) and says so on
+stderr; `--runner PortableRunner` (with `-- --job_endpoint=…`, e.g. from `infra/flink/flink.sh`)
+or any other streaming runner is taken as given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import shutil
+from typing import Any
+
+import click
+
+from lineage_guard.guard import GuardConfig, Summary, _summary
+from lineage_guard.lineage.errors import (
+    ConfigError,
+    LineageGuardError,
+    ServiceUnavailableError,
+    UnusableInputError,
+)
+
+log = logging.getLogger(__name__)
+
+BOUNDED_ONLY = ("FnApiRunner", "BundleBasedDirectRunner")
+OUR_ERRORS = {
+    "ServiceUnavailableError": ServiceUnavailableError,
+    "ConfigError": ConfigError,
+    "UnusableInputError": UnusableInputError,
+}
+
+
+def streaming_config(config: GuardConfig, prism_location: str | None) -> tuple[GuardConfig, str]:
+    """The config with a streaming runner, and the Prism binary to use (if Prism)."""
+    prism = prism_location or shutil.which("prism") or ""
+    runner = config.runner
+    if runner in BOUNDED_ONLY:
+        runner = "PrismRunner"
+        click.echo(
+            f"lineage-guard: the endless mode runs as one streaming job on PrismRunner "
+            f"(`{config.runner}` runs bounded pipelines only; `--runner` picks another).",
+            err=True,
+        )
+    if runner == "PrismRunner" and not prism:
+        raise ConfigError(
+            "The endless mode needs a streaming runner: give `--prism-location PATH` "
+            "(build it with `infra/prism/prism.sh build`), or `--runner PortableRunner` "
+            "with `-- --job_endpoint=HOST:PORT` (e.g. `infra/flink/flink.sh start`), "
+            "or `--until-caught-up` for a bounded run."
+        )
+    return dataclasses.replace(config, runner=runner), prism
+
+
+def run_endless(config: GuardConfig, prism_location: str | None, total: Summary) -> None:
+    """Runs until stopped (Ctrl-C / SIGTERM cancel the job) or until the job fails."""
+    from lineage_guard.streaming import run_streaming
+
+    config, prism = streaming_config(config, prism_location)
+    result = run_streaming(config, prism_location=prism or None)
+    try:
+        result.wait_until_finish()
+    except KeyboardInterrupt:
+        try:
+            result.cancel()
+        except Exception:  # the runner went down with us (e.g. SIGTERM to the process group)
+            log.info("the streaming job could not be cancelled: its runner is gone")
+        total.add(_final(result))
+        raise
+    except LineageGuardError:
+        raise
+    except Exception as exc:
+        raise _our_error(str(exc)) from exc
+    total.add(_final(result))
+
+
+def _final(result: Any) -> Summary:
+    try:
+        return _summary(result)
+    except Exception:  # a cancelled job may no longer answer for its metrics
+        return Summary()
+
+
+def _our_error(text: str) -> LineageGuardError:
+    """A worker's error comes back from a portable runner as text: find ours in it."""
+    found = re.findall(r"\b(\w+Error): ([^\n]+)", text)
+    for name, message in reversed(found):
+        if name in OUR_ERRORS:
+            return OUR_ERRORS[name](message.strip())
+    first = text.strip().splitlines()[0] if text.strip() else "unknown error"
+    return ServiceUnavailableError(f"The streaming job failed: {first[:500]}")

@@ -1,0 +1,309 @@
+"""An unbounded Kafka source for Beam streaming runners: a splittable DoFn on confluent-kafka.
+
+    PeriodicImpulse ──► DiscoverPartitions ──► (topic, partition), each once ──► ReadPartitions
+
+Each element of `ReadPartitions` is one topic-partition; its restriction is the offset range
+`[committed, ∞)`, starting at the consumer group's committed offset (or the partition's first
+offset when the group has none). A `process()` call polls for a short while, claims each offset
+it emits, then defers the rest of the range (a checkpoint): the runner resumes it later, on any
+worker, from the first unclaimed offset. Only checkpoints split a partition's range: its records
+are read by one reader at a time, in offset order.
+
+The output is `Chunk`s: records of one partition plus the offset span they cover, including
+offsets the broker skipped (transaction markers, compacted records). The write step commits a
+partition's offset only up to the end of a gap-free run of delivered spans (`Frontier`).
+
+The watermark follows the records' own timestamps (never backwards); an idle partition moves it
+to the wall clock so that a quiet partition does not hold the others back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.transforms.periodicsequence import PeriodicImpulse
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Duration, Timestamp
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
+
+from lineage_guard.io.kafka import KafkaSettings, retrying
+from lineage_guard.items import Batch, Item, Source
+from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError
+
+log = logging.getLogger(__name__)
+
+UNBOUNDED = 2**63 - 1  # the end of a partition's range: Kafka offsets are signed 64-bit
+NAMESPACE = "lineage_guard"
+
+TopicPartitionKey = tuple[str, int]
+# Beam's DoFn parameters are declared as defaults; module-level, as ruff's B008 asks.
+RESTRICTION = beam.DoFn.RestrictionParam()  # the DoFn is its own restriction provider
+WATERMARK = beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider())
+SEEN = ReadModifyWriteStateSpec("seen", beam.coders.BooleanCoder())
+SEEN_STATE = beam.DoFn.StateParam(SEEN)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Chunk:
+    """Records of one partition in offset order, covering offsets `[start, stop)`."""
+
+    start: int
+    stop: int
+    batch: Batch
+
+
+def start_offset(consumer: Consumer, topic: str, partition: int, timeout_s: float) -> int:
+    """Where the group resumes `topic`[`partition`]: its committed offset, else the first one."""
+    tp = TopicPartition(topic, partition)
+    try:
+        [committed] = retrying(lambda: consumer.committed([tp], timeout=timeout_s), timeout_s)
+        if committed.offset != OFFSET_INVALID and committed.offset >= 0:
+            return int(committed.offset)
+        low, _high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
+        return int(low)
+    except KafkaException as exc:
+        raise ServiceUnavailableError(
+            f"Kafka did not tell where to resume `{topic}`[{partition}]: {exc.args[0]}"
+        ) from exc
+
+
+def partitions_of(consumer: Consumer, topics: Sequence[str], timeout_s: float) -> list[Any]:
+    try:
+        metadata = consumer.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise ServiceUnavailableError(f"Kafka did not answer: {exc.args[0]}") from exc
+    found = []
+    for topic in topics:
+        info = metadata.topics.get(topic)
+        if info is None or info.error is not None:
+            raise ConfigError(f"Input topic `{topic}` does not exist.")
+        found += [(topic, p) for p in sorted(info.partitions)]
+    return found
+
+
+class PartitionTracker(OffsetRestrictionTracker):
+    """An offset range that may be endless; it splits only at checkpoints (fraction 0), so one
+    partition is never read by two readers at once and its records stay in offset order."""
+
+    def try_split(self, fraction_of_remainder: float) -> Any:
+        if fraction_of_remainder != 0:
+            return None
+        return super().try_split(0)
+
+    def is_bounded(self) -> bool:
+        return bool(self.current_restriction().stop != UNBOUNDED)
+
+
+class ReadPartitions(beam.DoFn, RestrictionProvider):
+    """Reads each topic-partition element from its committed offset, forever; its own
+    restriction provider: `[committed, ∞)` per topic-partition."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        max_chunk: int = 500,
+        poll_s: float = 0.05,
+        process_s: float = 1.0,
+        idle_resume_s: float = 0.1,
+    ) -> None:
+        self.settings = settings
+        self.max_chunk = max_chunk
+        self.poll_s = poll_s
+        self.process_s = process_s
+        self.idle_resume_s = idle_resume_s
+
+    def setup(self) -> None:
+        self.consumers: dict[TopicPartitionKey, tuple[Consumer, list[int]]] = {}
+        self.read = Metrics.counter(NAMESPACE, "read")
+
+    def teardown(self) -> None:
+        for consumer, _next in self.consumers.values():
+            consumer.close()
+        self.consumers.clear()
+
+    def _consumer_at(self, topic: str, partition: int, offset: int) -> tuple[Consumer, list[int]]:
+        """A consumer of this one partition, positioned at `offset` (kept between calls)."""
+        key = (topic, partition)
+        entry = self.consumers.get(key)
+        if entry is None:
+            consumer = self.settings.consumer()
+            consumer.assign([TopicPartition(topic, partition, offset)])
+            entry = self.consumers[key] = (consumer, [offset])
+        elif entry[1][0] != offset:  # resumed elsewhere meanwhile, or retried: go back
+            entry[0].seek(TopicPartition(topic, partition, offset))
+            entry[1][0] = offset
+        return entry
+
+    def initial_restriction(self, element: TopicPartitionKey) -> OffsetRange:
+        topic, partition = element
+        consumer = self.settings.consumer()
+        try:
+            start = start_offset(consumer, topic, partition, self.settings.timeout_s)
+        finally:
+            consumer.close()
+        return OffsetRange(start, UNBOUNDED)
+
+    def create_tracker(self, restriction: OffsetRange) -> PartitionTracker:
+        return PartitionTracker(restriction)
+
+    def split(self, element: TopicPartitionKey, restriction: OffsetRange) -> Iterator[OffsetRange]:
+        yield restriction  # a partition's records keep their order: never split up front
+
+    def restriction_size(self, element: TopicPartitionKey, restriction: OffsetRange) -> int:
+        if restriction.stop == UNBOUNDED:
+            return 1  # unknown backlog; every partition weighs the same
+        return int(restriction.size())
+
+    def truncate(self, element: TopicPartitionKey, restriction: OffsetRange) -> None:
+        return None  # on drain, an endless partition has nothing left that must be read
+
+    @beam.DoFn.unbounded_per_element()
+    def process(
+        self,
+        element: TopicPartitionKey,
+        tracker: Any = RESTRICTION,
+        watermark: Any = WATERMARK,
+    ) -> Iterator[Any]:
+        topic, partition = element
+        position = tracker.current_restriction().start
+        consumer, next_offset = self._consumer_at(topic, partition, position)
+        deadline = time.monotonic() + self.process_s
+        idle = True
+        stopped = False
+        while time.monotonic() < deadline:
+            messages = consumer.consume(num_messages=self.max_chunk, timeout=self.poll_s)
+            items = []
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise ServiceUnavailableError(
+                        f"Reading `{topic}`[{partition}] failed: {error.str()}"
+                    )
+                offset = message.offset()
+                assert offset is not None  # data messages always carry their offset
+                if not tracker.try_claim(offset):
+                    # The runner checkpointed this element meanwhile: the rest is not ours.
+                    # The consumer read past it, so the next call must seek.
+                    stopped = True
+                    next_offset[0] = -1
+                    break
+                items.append(
+                    Item(
+                        source=Source(
+                            topic=topic,
+                            partition=partition,
+                            offset=offset,
+                            key=message.key(),
+                            value=message.value(),
+                            headers=message.headers(),  # type: ignore[arg-type]
+                            timestamp_ms=message.timestamp()[1],
+                        )
+                    )
+                )
+            if items:
+                idle = False
+                stop = items[-1].source.offset + 1
+                chunk = Chunk(
+                    start=position,
+                    stop=stop,
+                    batch=Batch(topic=topic, partition=partition, items=tuple(items)),
+                )
+                position = stop
+                if not stopped:
+                    next_offset[0] = stop
+                self.read.inc(len(items))
+                yield TimestampedValue(chunk, self._advance(watermark, items))
+            if stopped:
+                return  # the residual is already the runner's
+            if not items:
+                break  # caught up: give the runner a checkpoint
+        if idle:
+            # Nothing new: an idle partition must not hold back the pipeline's watermark.
+            now = Timestamp.now() - Duration(seconds=1)
+            current = watermark.current_watermark()
+            if current is None or now > current:
+                watermark.set_watermark(now)
+        tracker.defer_remainder(Duration(seconds=self.idle_resume_s if idle else 0))
+
+    @staticmethod
+    def _advance(watermark: Any, items: list[Item]) -> Timestamp:
+        """The chunk's event time (its newest record, never before the watermark)."""
+        newest = max((i.source.timestamp_ms or 0) for i in items)
+        stamp = Timestamp(micros=newest * 1000)
+        current = watermark.current_watermark()
+        if current is not None and stamp < current:
+            stamp = current
+        watermark.set_watermark(stamp)
+        return stamp
+
+
+class DiscoverPartitions(beam.DoFn):
+    """On every tick, lists the input topics' partitions (new ones included)."""
+
+    def __init__(self, settings: KafkaSettings, topics: Sequence[str]) -> None:
+        self.settings = settings
+        self.topics = tuple(topics)
+
+    def setup(self) -> None:
+        self.consumer = self.settings.consumer()
+
+    def teardown(self) -> None:
+        self.consumer.close()
+
+    def process(self, _tick: Any) -> Iterator[tuple[str, TopicPartitionKey]]:
+        for topic, partition in partitions_of(self.consumer, self.topics, self.settings.timeout_s):
+            yield f"{topic}/{partition}", (topic, partition)
+
+
+class FirstSighting(beam.DoFn):
+    """Passes each topic-partition on once: the first time discovery reports it."""
+
+    def process(
+        self,
+        element: tuple[str, TopicPartitionKey],
+        seen: Any = SEEN_STATE,
+    ) -> Iterator[TopicPartitionKey]:
+        if not seen.read():
+            seen.write(True)
+            yield element[1]
+
+
+class ReadFromKafka(beam.PTransform):
+    """Unbounded `Chunk`s from `topics`, from the group's committed offsets on; partitions
+    added later are found within `discovery_interval_s`."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topics: Sequence[str],
+        *,
+        max_chunk: int = 500,
+        discovery_interval_s: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.topics = tuple(topics)
+        self.max_chunk = max_chunk
+        self.discovery_interval_s = discovery_interval_s
+
+    def expand(self, pbegin: Any) -> Any:
+        return (
+            pbegin
+            | "Tick" >> PeriodicImpulse(fire_interval=self.discovery_interval_s)
+            | "Discover" >> beam.ParDo(DiscoverPartitions(self.settings, self.topics))
+            | "FirstSighting" >> beam.ParDo(FirstSighting())
+            | "Read" >> beam.ParDo(ReadPartitions(self.settings, max_chunk=self.max_chunk))
+        )

@@ -1,0 +1,271 @@
+"""The endless guard as one unbounded Beam pipeline, for streaming runners (Prism, Flink…).
+
+    ReadFromKafka ──► GroupIntoBatches per topic-partition ──► Reshuffle
+        ──► Decode ──► Validate ──► Enforce ──► DeliverAndCommit (keyed by topic-partition)
+
+The source emits `Chunk`s (records of one partition + the offset span they cover). Chunks are
+grouped into micro-batches per partition (at most `batch_size` records, buffered at most
+`max_buffering_s`), then reshuffled so that the validation of one hot partition can run on
+several workers at once, in any order.
+
+Offsets are committed by the write step from keyed state, never by relying on fusion: the
+write step is keyed by topic-partition, so the runner hands it one partition's batches one at a
+time. For each batch it records lineage, produces the records and waits until Kafka has
+acknowledged all of them; only then it adds the batch's spans to the partition's state and
+commits the end of the gap-free run of delivered spans that starts at the last commit. A batch
+that arrives early (its predecessor still being validated) is delivered but not committed past
+the gap; a crash loses nothing, it only replays what was not yet committed (at-least-once).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.coders import PickleCoder, VarIntCoder
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from confluent_kafka import KafkaException, TopicPartition
+
+from lineage_guard import stages
+from lineage_guard.contract.policies import parse_policy
+from lineage_guard.contract.validate import SuiteValidator
+from lineage_guard.guard import NAMESPACE, GuardConfig, KafkaIO
+from lineage_guard.io.decode import Decoder, registry_lookup
+from lineage_guard.io.kafka import KafkaSink, retrying
+from lineage_guard.io.kafka_source import Chunk, ReadFromKafka, start_offset
+from lineage_guard.items import Batch
+from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError
+from lineage_guard.recorder import LineageRecorder
+
+log = logging.getLogger(__name__)
+
+Span = tuple[int, int]  # offsets [start, stop) of one partition
+FRONTIER = ReadModifyWriteStateSpec("frontier", VarIntCoder())  # the last committed offset
+WAITING = ReadModifyWriteStateSpec("waiting", PickleCoder())  # delivered spans after a gap
+FRONTIER_STATE = beam.DoFn.StateParam(FRONTIER)
+WAITING_STATE = beam.DoFn.StateParam(WAITING)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Part:
+    """A micro-batch of one partition and the offset spans its records were read from."""
+
+    key: str  # "topic/partition"
+    spans: tuple[Span, ...]
+    batch: Batch
+
+
+def merge_spans(spans: Iterable[Span]) -> list[Span]:
+    """Sorted, with touching or overlapping spans joined."""
+    merged: list[Span] = []
+    for start, stop in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], stop))
+        else:
+            merged.append((start, stop))
+    return merged
+
+
+def advance(frontier: int, delivered: Iterable[Span]) -> tuple[int, list[Span]]:
+    """The new commit point: `frontier` moved over every delivered span that joins it without
+    a gap; the spans still waiting for an earlier one are returned."""
+    waiting = []
+    for start, stop in merge_spans(delivered):
+        if start <= frontier:
+            frontier = max(frontier, stop)
+        else:
+            waiting.append((start, stop))
+    return frontier, waiting
+
+
+def to_part(element: tuple[str, Iterable[Chunk]]) -> Part:
+    key, chunks = element
+    ordered = sorted(chunks, key=lambda c: c.start)
+    first = ordered[0].batch
+    items = tuple(item for chunk in ordered for item in chunk.batch.items)
+    return Part(
+        key=key,
+        spans=tuple(merge_spans((c.start, c.stop) for c in ordered)),
+        batch=Batch(topic=first.topic, partition=first.partition, items=items),
+    )
+
+
+class _Stage(beam.DoFn):
+    """Runs one of the guard's stages on a `Part`'s batch (the stages are plain functions)."""
+
+    def __init__(self, config: GuardConfig, stage: str) -> None:
+        self.config = config
+        self.stage = stage
+
+    def setup(self) -> None:
+        if self.stage == "decode":
+            lookup = (
+                registry_lookup(self.config.schema_registry)
+                if self.config.schema_registry
+                else None
+            )
+            decoder = Decoder(raw_schema=self.config.raw_schema, registry_lookup=lookup)
+            self.run = lambda batch: stages.decode(batch, decoder)
+        elif self.stage == "validate":
+            validator = SuiteValidator(engine=self.config.engine)  # suites: once per worker
+            self.run = lambda batch: stages.validate(batch, validator)
+        else:
+            policies = [parse_policy(text) for text in self.config.policies]
+            self.run = lambda batch: stages.enforce(batch, policies)
+
+    def process(self, part: Part) -> Iterator[Part]:
+        yield replace(part, batch=self.run(part.batch))
+
+
+class DeliverAndCommit(beam.DoFn):
+    """Lineage, then the records, then the partition's offset: only behind delivered records.
+
+    Keyed by topic-partition; its state holds the last committed offset (`frontier`) and the
+    delivered spans that wait for an earlier batch (`waiting`)."""
+
+    def __init__(self, config: GuardConfig) -> None:
+        assert isinstance(config.io, KafkaIO)
+        self.config = config
+        self.io: KafkaIO = config.io
+
+    def setup(self) -> None:
+        self.recorder = (
+            LineageRecorder(
+                self.config.lineage_store,
+                pipeline=self.config.pipeline_name,
+                run_id=self.config.run_id,
+                retry_s=self.config.lineage_retry_s,
+            )
+            if self.config.lineage_store
+            else None
+        )
+        self.sink = KafkaSink(
+            self.io.settings,
+            output_topic=self.io.output_topic,
+            quarantine_topic=self.io.quarantine_topic,
+            on_answered=self.recorder.confirm if self.recorder is not None else None,
+            commits=False,
+        )
+        self.committer = self.io.settings.consumer()
+        self.counters: dict[str, Any] = {}
+
+    def teardown(self) -> None:
+        self.sink.close()
+        self.committer.close()
+        if self.recorder is not None:
+            self.recorder.close()
+
+    def process(
+        self,
+        element: tuple[str, Part],
+        frontier_state: Any = FRONTIER_STATE,
+        waiting_state: Any = WAITING_STATE,
+    ) -> None:
+        _key, part = element
+        batch = part.batch
+        receipt = None
+        if self.recorder is not None:
+            receipt = self.recorder.record(
+                batch, allowed_to=self.io.output_topic, quarantined_to=self.io.quarantine_topic
+            )
+        self.sink.write(batch, receipt)
+        self.sink.flush()  # raises unless Kafka acknowledged every record of the batch
+        self._count(batch)
+
+        frontier = frontier_state.read()
+        if frontier is None:  # first batch of this partition in this run: where the source began
+            frontier = start_offset(
+                self.committer, batch.topic, batch.partition, self.io.settings.timeout_s
+            )
+        waiting = waiting_state.read() or []
+        moved, still_waiting = advance(frontier, [*waiting, *part.spans])
+        if moved > frontier:
+            self._commit(batch.topic, batch.partition, moved)
+        frontier_state.write(moved)
+        waiting_state.write(still_waiting)
+
+    def _commit(self, topic: str, partition: int, offset: int) -> None:
+        offsets = [TopicPartition(topic, partition, offset)]
+        timeout_s = self.io.settings.timeout_s
+        try:
+            retrying(lambda: self.committer.commit(offsets=offsets, asynchronous=False), timeout_s)
+        except KafkaException as exc:
+            raise ServiceUnavailableError(f"Committing offsets failed: {exc}") from exc
+
+    def _count(self, batch: Batch) -> None:
+        for item in batch.items:
+            if item.allowed:
+                name = "outcome:allowed"
+            else:
+                decision = "blocked" if item.blocked else "quarantined"
+                rules = ",".join(sorted({v.rule for v in item.violations}))
+                name = f"outcome:{decision}:{item.stopped_at}:{rules}"
+            counter = self.counters.get(name)
+            if counter is None:
+                counter = self.counters[name] = Metrics.counter(NAMESPACE, name)
+            counter.inc()
+
+
+def build_streaming(
+    pipeline: beam.Pipeline,
+    config: GuardConfig,
+    *,
+    max_chunk: int = 500,
+    max_buffering_s: float = 0.2,
+    discovery_interval_s: float = 10.0,
+) -> None:
+    io = config.io
+    if not isinstance(io, KafkaIO):
+        raise ConfigError("The streaming guard reads Kafka: give --bootstrap-servers.")
+    max_chunk = max(1, min(max_chunk, config.batch_size))
+    chunks_per_batch = max(1, config.batch_size // max_chunk)
+    _ = (
+        pipeline
+        | "ReadKafka"
+        >> ReadFromKafka(
+            io.settings,
+            io.input_topics,
+            max_chunk=max_chunk,
+            discovery_interval_s=discovery_interval_s,
+        )
+        | "KeyByPartition" >> beam.Map(lambda c: (f"{c.batch.topic}/{c.batch.partition}", c))
+        | "MicroBatches"
+        >> beam.GroupIntoBatches(chunks_per_batch, max_buffering_duration_secs=max_buffering_s)
+        | "ToPart" >> beam.Map(to_part)
+        | "Spread" >> beam.Reshuffle()
+        | "Decode" >> beam.ParDo(_Stage(config, "decode"))
+        | "Validate" >> beam.ParDo(_Stage(config, "validate"))
+        | "Enforce" >> beam.ParDo(_Stage(config, "enforce"))
+        | "KeyForWrite" >> beam.Map(lambda part: (part.key, part))
+        | "Write" >> beam.ParDo(DeliverAndCommit(config))
+    )
+
+
+def streaming_options(config: GuardConfig, prism_location: str | None) -> PipelineOptions:
+    args = [f"--runner={config.runner}", "--streaming"]
+    given = " ".join(config.beam_args)
+    portable = config.runner in ("PrismRunner", "FlinkRunner", "PortableRunner")
+    if portable and "--environment_type" not in given:
+        args.append("--environment_type=LOOPBACK")
+    if config.runner == "PrismRunner":
+        if prism_location and "--prism_location" not in given:
+            args.append(f"--prism_location={prism_location}")
+        # Prism 2.77 splits a slow bundle by handing its unstarted elements to a new bundle
+        # and releases their keys, even a key the running half still holds: two bundles of
+        # one topic-partition then run at once and one's state writes are lost. Our reader
+        # checkpoints itself, so Prism's progress-based splits are turned off.
+        args.append("--experiments=prism_disable_sdf_split")
+    return PipelineOptions([*args, *config.beam_args])
+
+
+def run_streaming(config: GuardConfig, *, prism_location: str | None = None) -> Any:
+    """Starts the endless guard as one streaming job and returns Beam's `PipelineResult`
+    (the caller waits for it, or cancels it)."""
+    pipeline = beam.Pipeline(options=streaming_options(config, prism_location))
+    build_streaming(pipeline, config)
+    return pipeline.run()
