@@ -4,28 +4,62 @@ A run emits START, RUNNING every `interval_s` (a stream never completes, so watc
 heartbeat), and COMPLETE or FAIL, through openlineage-python's own transports (console, file,
 http, kafka). Kafka topics are datasets named as OpenLineage's naming spec says: namespace
 `kafka://{host}:{port}` of the first bootstrap server, name = the topic. Files are `file`
-datasets named by absolute path. Each event carries the custom run facet
-`lineageGuard_counts`: records by content class, by origin environment and by decision.
+datasets named by absolute path.
+
+Facets, standard ones through openlineage-python's own classes:
+- job `jobType`: processingType `STREAMING` for an endless run, `BATCH` for a bounded one;
+  integration `LINEAGE_GUARD`; jobType `JOB`;
+- run `lineageGuard_counts` (custom, every event): records by content class, origin environment
+  and decision; its JSON schema ships in the package (`facets/LineageGuardCountsRunFacet.json`)
+  and `_schemaURL` names it by its versioned `$id`; likewise `lineageGuard_checkpoint` on the
+  last event of a run with a signing key;
+- run `errorMessage` on FAIL;
+- input `dataQualityAssertions` on COMPLETE: one assertion per contract rule (name, column,
+  success = no record of the run broke it).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any
 
 import attr
 from openlineage.client import OpenLineageClient
 from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState
+from openlineage.client.facet_v2 import (
+    data_quality_assertions_dataset,
+    error_message_run,
+    job_type_job,
+)
 from openlineage.client.generated.base import RunFacet
 
-from lineage_guard.lineage.errors import ConfigError
+from lineage_guard.lineage.errors import ConfigError, LineageGuardError
 
 log = logging.getLogger(__name__)
 PRODUCER = "urn:lineage-guard:0.1"
 FACET = "lineageGuard_counts"
+INTEGRATION = "LINEAGE_GUARD"
+UNKNOWN = "UNKNOWN"  # the key for records without a readable class / origin
+# Where the custom facets' JSON schemas are published (their `$id`); the same files ship in
+# the package, in `lineage_guard/lineage/facets/`.
+FACET_SCHEMA_BASE = "https://lineage-guard.dev/spec/facets/1-0-0/"
+FACET_SCHEMA_ID = FACET_SCHEMA_BASE + "LineageGuardCountsRunFacet.json"
+CHECKPOINT_SCHEMA_ID = FACET_SCHEMA_BASE + "LineageGuardCheckpointRunFacet.json"
+
+
+def facet_schemas() -> list[dict[str, Any]]:
+    """The custom facets' JSON schemas, as shipped in the package."""
+    folder = resources.files("lineage_guard.lineage").joinpath("facets")
+    return [
+        json.loads(entry.read_text(encoding="utf-8"))
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".json")
+    ]
 
 
 @attr.define
@@ -38,7 +72,7 @@ class LineageGuardCountsRunFacet(RunFacet):
 
     @staticmethod
     def _get_schema() -> str:
-        return "urn:lineage-guard:facets:LineageGuardCountsRunFacet:1"
+        return FACET_SCHEMA_ID + "#/$defs/LineageGuardCountsRunFacet"
 
 
 @attr.define
@@ -54,7 +88,7 @@ class LineageGuardCheckpointRunFacet(RunFacet):
 
     @staticmethod
     def _get_schema() -> str:
-        return "urn:lineage-guard:facets:LineageGuardCheckpointRunFacet:1"
+        return CHECKPOINT_SCHEMA_ID + "#/$defs/LineageGuardCheckpointRunFacet"
 
 
 CHECKPOINT_FACET = "lineageGuard_checkpoint"
@@ -87,7 +121,12 @@ def kafka_dataset_namespace(bootstrap_servers: str) -> str:
 
 
 class RunEmitter:
-    """Emits one run's START / RUNNING… / COMPLETE or FAIL events."""
+    """Emits one run's START / RUNNING… / COMPLETE or FAIL events.
+
+    `counts()` returns the run's counters so far: `content_class`, `origin_env` and `decision`
+    (name → records) and `rules` (rule → records it stopped); `assertions` are the contract's
+    rules with their columns, reported on COMPLETE as data-quality assertions on each input.
+    """
 
     def __init__(
         self,
@@ -99,15 +138,24 @@ class RunEmitter:
         inputs: list[tuple[str, str]],
         outputs: list[tuple[str, str]],
         counts: Callable[[], Mapping[str, Mapping[str, int]]],
+        bounded: bool,
+        assertions: Sequence[tuple[str, str | None]] = (),
         interval_s: float = 60.0,
         client: OpenLineageClient | None = None,
     ) -> None:
         self.client = client or OpenLineageClient(config={"transport": transport_config(target)})
-        self.job = Job(namespace=job_namespace, name=job_name)
+        job_type = job_type_job.JobTypeJobFacet(
+            processingType="BATCH" if bounded else "STREAMING",
+            integration=INTEGRATION,
+            jobType="JOB",
+            producer=PRODUCER,
+        )
+        self.job = Job(namespace=job_namespace, name=job_name, facets={"jobType": job_type})
         self.run_id = run_id
-        self.inputs = [InputDataset(namespace=ns, name=name) for ns, name in inputs]
+        self.inputs = inputs
         self.outputs = [OutputDataset(namespace=ns, name=name) for ns, name in outputs]
         self.counts = counts
+        self.assertions = list(assertions)
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -133,30 +181,84 @@ class RunEmitter:
                 signature=checkpoint["signature"],
                 producer=PRODUCER,
             )
-        self._emit(RunState.FAIL if error is not None else RunState.COMPLETE, extra)
+        self._emit(RunState.FAIL if error is not None else RunState.COMPLETE, extra, error)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval_s):
             self._emit(RunState.RUNNING)
 
-    def _emit(self, state: RunState, extra: Mapping[str, RunFacet] | None = None) -> None:
+    def _emit(
+        self,
+        state: RunState,
+        extra: Mapping[str, RunFacet] | None = None,
+        error: BaseException | None = None,
+    ) -> None:
         try:  # lineage metadata must never stop the guard, nor end the heartbeat
             counts = self.counts()
-            facet = LineageGuardCountsRunFacet(
-                byContentClass=dict(counts.get("content_class", {})),
-                byOriginEnv=dict(counts.get("origin_env", {})),
-                byDecision=dict(counts.get("decision", {})),
-                producer=PRODUCER,
-            )
+            facets: dict[str, RunFacet] = {
+                FACET: LineageGuardCountsRunFacet(
+                    byContentClass=_known(counts.get("content_class", {})),
+                    byOriginEnv=_known(counts.get("origin_env", {})),
+                    byDecision=dict(counts.get("decision", {})),
+                    producer=PRODUCER,
+                )
+            }
+            if state == RunState.FAIL and error is not None:
+                facets["errorMessage"] = error_message_run.ErrorMessageRunFacet(
+                    message=_describe(error), programmingLanguage="PYTHON", producer=PRODUCER
+                )
+            input_facets: dict[str, Any] = {}
+            if state == RunState.COMPLETE:
+                input_facets["dataQualityAssertions"] = self._assertions(counts.get("rules", {}))
             event = RunEvent(
                 eventType=state,
                 eventTime=datetime.now(UTC).isoformat(),
-                run=Run(runId=self.run_id, facets={FACET: facet, **(extra or {})}),
+                run=Run(runId=self.run_id, facets={**facets, **(extra or {})}),
                 job=self.job,
-                inputs=self.inputs,
+                inputs=[
+                    InputDataset(namespace=ns, name=name, inputFacets=dict(input_facets))
+                    for ns, name in self.inputs
+                ],
                 outputs=self.outputs,
                 producer=PRODUCER,
             )
             self.client.emit(event)
         except Exception as exc:
             log.warning("OpenLineage %s event not emitted: %s", state.value, exc)
+
+    def _assertions(
+        self, failed: Mapping[str, int]
+    ) -> data_quality_assertions_dataset.DataQualityAssertionsDatasetFacet:
+        """One assertion per rule: the contract's rules, then any other rule that stopped a
+        record (a sink policy's, `undecodable`). Judged over the whole run, all inputs."""
+        Assertion = data_quality_assertions_dataset.Assertion
+        listed = [
+            Assertion(assertion=rule, success=not failed.get(rule), column=column)
+            for rule, column in self.assertions
+        ]
+        named = {rule for rule, _ in self.assertions}
+        extra = [
+            Assertion(assertion=rule, success=False)
+            for rule in sorted(failed)
+            if rule not in named and failed[rule]
+        ]
+        return data_quality_assertions_dataset.DataQualityAssertionsDatasetFacet(
+            assertions=listed + extra, producer=PRODUCER
+        )
+
+
+def _known(counts: Mapping[str, int]) -> dict[str, int]:
+    """Counts with records that had no value (counted under `None`) named `UNKNOWN`."""
+    named: dict[str, int] = {}
+    for key, n in counts.items():
+        name = UNKNOWN if key in ("None", "") else key
+        named[name] = named.get(name, 0) + n
+    return named
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, LineageGuardError):
+        return error.message
+    if isinstance(error, KeyboardInterrupt):
+        return "The run was stopped (SIGINT or SIGTERM) before it finished."
+    return f"{type(error).__name__}: {error}"

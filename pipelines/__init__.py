@@ -23,23 +23,63 @@ _EXPORTS: dict[str, str] = {
     "Decoder": "lineage_guard.io.decode",
     "encode_single_object": "lineage_guard.io.decode",
     "GuardConfig": "lineage_guard.guard",
-    "KafkaIO": "lineage_guard.guard",
-    "FilesIO": "lineage_guard.guard",
+    "KafkaIO": "lineage_guard.transforms",
+    "FilesIO": "lineage_guard.transforms",
+    "Guard": "lineage_guard.stages",
+    "Checked": "lineage_guard.stages",
+    "Batch": "lineage_guard.items",
+    "Item": "lineage_guard.items",
+    "Source": "lineage_guard.items",
+    "BatchCoder": "lineage_guard.coders",
+    "VALID": "lineage_guard.transforms",
+    "QUARANTINE": "lineage_guard.transforms",
+    "GUARDED": "lineage_guard.transforms",
+    "ReadKafka": "lineage_guard.transforms",
+    "ReadFiles": "lineage_guard.transforms",
+    "DecodeRecords": "lineage_guard.transforms",
+    "ParentClasses": "lineage_guard.transforms",
+    "ValidateProvenance": "lineage_guard.transforms",
+    "EnforcePolicies": "lineage_guard.transforms",
+    "RecordHop": "lineage_guard.transforms",
+    "WriteGuarded": "lineage_guard.transforms",
+    "Records": "lineage_guard.transforms",
+    "KafkaSettings": "lineage_guard.io.kafka",
+    "PartitionRange": "lineage_guard.io.kafka",
     "LineageStore": "lineage_guard.lineage.store",
     "open_store": "lineage_guard.lineage.store",
     "LineageGuardError": "lineage_guard.lineage.errors",
 }
 
 __all__ = [
+    "GUARDED",
+    "QUARANTINE",
+    "VALID",
+    "Batch",
+    "BatchCoder",
+    "Checked",
+    "DecodeRecords",
     "Decoder",
+    "EnforcePolicies",
     "FilesIO",
+    "Guard",
     "GuardConfig",
+    "Item",
     "KafkaIO",
+    "KafkaSettings",
     "LineageGuardError",
     "LineageStore",
+    "ParentClasses",
+    "PartitionRange",
+    "ReadFiles",
+    "ReadKafka",
+    "RecordHop",
+    "Records",
+    "Source",
     "SuiteValidator",
+    "ValidateProvenance",
     "Verdict",
     "Violation",
+    "WriteGuarded",
     "encode_single_object",
     "load_schema",
     "open_store",
@@ -47,14 +87,34 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from lineage_guard.coders import BatchCoder
     from lineage_guard.contract.policies import parse_policy
     from lineage_guard.contract.schemas import load_schema
     from lineage_guard.contract.validate import SuiteValidator
     from lineage_guard.contract.verdicts import Verdict, Violation
-    from lineage_guard.guard import FilesIO, GuardConfig, KafkaIO
+    from lineage_guard.guard import GuardConfig
     from lineage_guard.io.decode import Decoder, encode_single_object
+    from lineage_guard.io.kafka import KafkaSettings, PartitionRange
+    from lineage_guard.items import Batch, Item, Source
     from lineage_guard.lineage.errors import LineageGuardError
     from lineage_guard.lineage.store import LineageStore, open_store
+    from lineage_guard.stages import Checked, Guard
+    from lineage_guard.transforms import (
+        GUARDED,
+        QUARANTINE,
+        VALID,
+        DecodeRecords,
+        EnforcePolicies,
+        FilesIO,
+        KafkaIO,
+        ParentClasses,
+        ReadFiles,
+        ReadKafka,
+        RecordHop,
+        Records,
+        ValidateProvenance,
+        WriteGuarded,
+    )
 
 
 def __getattr__(name: str) -> Any:

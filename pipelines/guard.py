@@ -1,6 +1,7 @@
-"""Builds and runs the guard's Beam pipeline.
+"""Builds and runs the guard's Beam pipeline from the library's transforms
+(`lineage_guard.transforms`).
 
-    source ──► Decode ──► Validate ──► Enforce ──► Write (allowed | quarantine, + lineage)
+    source ──► Decode ──► Validate ──► Enforce ──► Write (allowed | quarantine, + lineage hop)
 
 The elements are micro-batches of one partition (`lineage_guard.items.Batch`): GX runs once per
 batch, and a record that a stage stops stays in its batch, marked, so the write stage sees every
@@ -8,57 +9,54 @@ partition's records in offset order and can commit offsets only behind delivered
 Lineage events are written before the records they cover are produced: if the store cannot be
 written, nothing is delivered and no offset is committed (the guard fails closed).
 
-The runner is always explicit (default: Beam's in-process `FnApiRunner`); Flink, Spark or
-Dataflow take the same graph through `--runner` and Beam's own options.
+The runner is always explicit (default: Beam's in-process `FnApiRunner`); Prism, Flink, Spark
+or Dataflow take the same graph through `--runner` and Beam's own options. Paths and URLs in
+`GuardConfig` are resolved on the launcher (`lineage_guard.cli.run`), never on a worker.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from lineage_guard import stages
-from lineage_guard.contract.policies import parse_policy
-from lineage_guard.contract.records import provenance_of
-from lineage_guard.contract.validate import SuiteValidator
-from lineage_guard.io.decode import Decoder, registry_lookup
-from lineage_guard.io.file_io import FileSink, read_file
-from lineage_guard.io.kafka import KafkaSettings, KafkaSink, PartitionRange, read_range
-from lineage_guard.items import Batch
+from lineage_guard.io.file_io import finalize_files
+from lineage_guard.io.kafka import PartitionRange
+from lineage_guard.lineage.errors import (
+    ConfigError,
+    LineageGuardError,
+    ServiceUnavailableError,
+)
+from lineage_guard.lineage.store import first_line
 from lineage_guard.recorder import LineageRecorder
+from lineage_guard.transforms import (
+    NAMESPACE,
+    DecodeRecords,
+    EnforcePolicies,
+    FilesIO,
+    KafkaIO,
+    Lineage,
+    ParentClasses,
+    ReadFiles,
+    ReadKafka,
+    ValidateProvenance,
+    WriteGuarded,
+)
 
 if TYPE_CHECKING:
     from lineage_guard.lineage.checkpoints import Checkpoint
 
 log = logging.getLogger(__name__)
-progress_log = logging.getLogger("lineage_guard.progress")
 
 DEFAULT_RUNNER = "FnApiRunner"
-NAMESPACE = "lineage_guard"
-
-
-@dataclass(frozen=True, kw_only=True)
-class KafkaIO:
-    settings: KafkaSettings
-    input_topics: tuple[str, ...]
-    output_topic: str
-    quarantine_topic: str
-
-
-@dataclass(frozen=True, kw_only=True)
-class FilesIO:
-    inputs: tuple[str, ...]
-    out_dir: str
-    names: dict[str, str]
+__all__ = ["DEFAULT_RUNNER", "NAMESPACE", "FilesIO", "GuardConfig", "KafkaIO", "Summary", "build"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,191 +71,87 @@ class GuardConfig:
     batch_size: int = 2000
     engine: str = "compiled"
     pipeline_name: str = "lineage-guard"
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    run_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     runner: str = DEFAULT_RUNNER
     beam_args: tuple[str, ...] = ()
-
-
-class ReadKafka(beam.DoFn):
-    def __init__(self, io: KafkaIO, batch_size: int) -> None:
-        self.io = io
-        self.batch_size = batch_size
-
-    def setup(self) -> None:
-        self.consumer = self.io.settings.consumer()
-        self.read = Metrics.counter(NAMESPACE, "read")
-
-    def process(self, part: PartitionRange) -> Iterator[Batch]:
-        for batch in read_range(self.consumer, part, self.batch_size, self.io.settings.timeout_s):
-            self.read.inc(len(batch.items))
-            yield batch
-
-    def teardown(self) -> None:
-        self.consumer.close()
-
-
-class ReadFiles(beam.DoFn):
-    def __init__(self, batch_size: int) -> None:
-        self.batch_size = batch_size
-
-    def setup(self) -> None:
-        self.read = Metrics.counter(NAMESPACE, "read")
-
-    def process(self, path: str) -> Iterator[Batch]:
-        for batch in read_file(path, self.batch_size):
-            self.read.inc(len(batch.items))
-            yield batch
-
-
-class DecodeBatches(beam.DoFn):
-    def __init__(self, raw_schema: str | None, schema_registry: str | None) -> None:
-        self.raw_schema = raw_schema
-        self.schema_registry = schema_registry
-
-    def setup(self) -> None:
-        lookup = registry_lookup(self.schema_registry) if self.schema_registry else None
-        self.decoder = Decoder(raw_schema=self.raw_schema, registry_lookup=lookup)
-
-    def process(self, batch: Batch) -> Iterator[Batch]:
-        yield stages.decode(batch, self.decoder)
-
-
-class ValidateBatches(beam.DoFn):
-    def __init__(self, engine: str) -> None:
-        self.engine = engine
-
-    def setup(self) -> None:
-        self.validator = SuiteValidator(engine=self.engine)  # suites: once per worker
-
-    def process(self, batch: Batch) -> Iterator[Batch]:
-        yield stages.validate(batch, self.validator)
-
-
-class EnforcePolicies(beam.DoFn):
-    def __init__(self, policies: Sequence[str]) -> None:
-        self.policy_texts = tuple(policies)
-
-    def setup(self) -> None:
-        self.policies = [parse_policy(text) for text in self.policy_texts]
-
-    def process(self, batch: Batch) -> Iterator[Batch]:
-        yield stages.enforce(batch, self.policies)
-
-
-class WriteBatches(beam.DoFn):
-    """Records lineage, then writes allowed and quarantined records, then commits."""
-
-    def __init__(self, config: GuardConfig, expected: int | None) -> None:
-        self.config = config
-        self.expected = expected
-
-    def setup(self) -> None:
-        io = self.config.io
-        self.recorder = (
-            LineageRecorder(
-                self.config.lineage_store,
-                pipeline=self.config.pipeline_name,
-                run_id=self.config.run_id,
-                retry_s=self.config.lineage_retry_s,
-            )
-            if self.config.lineage_store
-            else None
-        )
-        answered = self.recorder.confirm if self.recorder is not None else None
-        if isinstance(io, KafkaIO):
-            self.sink: KafkaSink | FileSink = KafkaSink(
-                io.settings,
-                output_topic=io.output_topic,
-                quarantine_topic=io.quarantine_topic,
-                on_answered=answered,
-            )
-        else:
-            self.sink = FileSink(io.out_dir, io.names, on_answered=answered)
-        self.counters: dict[str, Any] = {}
-        self.written = 0
-        self.started = self.last_report = time.monotonic()
-
-    def process(self, batch: Batch) -> None:
-        receipt = None
-        if self.recorder is not None:
-            allowed_to, quarantined_to = self._destinations(batch)
-            receipt = self.recorder.record(
-                batch, allowed_to=allowed_to, quarantined_to=quarantined_to
-            )
-        self.sink.write(batch, receipt)
-        self._count(batch)
-
-    def finish_bundle(self) -> None:
-        self.sink.flush()
-
-    def teardown(self) -> None:
-        self.sink.close()
-        if self.recorder is not None:
-            self.recorder.close()
-
-    def _destinations(self, batch: Batch) -> tuple[str, str]:
-        if isinstance(self.sink, KafkaSink):
-            return self.sink.output_topic, self.sink.quarantine_topic
-        return self.sink.destinations(batch.topic)
-
-    def _count(self, batch: Batch) -> None:
-        """Counters named `outcome:…`, `content_class:…` and `origin_env:…` (see `Summary`)."""
-        for item in batch.items:
-            if item.allowed:
-                outcome = "outcome:allowed"
-            else:
-                decision = "blocked" if item.blocked else "quarantined"
-                rules = ",".join(sorted({v.rule for v in item.violations}))
-                outcome = f"outcome:{decision}:{item.stopped_at}:{rules}"
-            provenance = provenance_of(item.record)
-            content_class = provenance.get("content_class")
-            names = [
-                outcome,
-                f"content_class:{content_class}",
-                f"origin_env:{provenance.get('origin_env')}",
-            ]
-            if item.allowed:  # what a training export received: its synthetic ratio
-                names.append(f"allowed_class:{content_class}")
-            for name in names:
-                counter = self.counters.get(name)
-                if counter is None:
-                    counter = self.counters[name] = Metrics.counter(NAMESPACE, name)
-                counter.inc()
-        self.written += len(batch.items)
-        now = time.monotonic()
-        if now - self.last_report >= 2.0:
-            self.last_report = now
-            rate = self.written / max(now - self.started, 1e-9)
-            total = f"/{self.expected}" if self.expected is not None else ""
-            progress_log.info("guarded %d%s records (%.0f records/s)", self.written, total, rate)
 
 
 def build(
     pipeline: beam.Pipeline, config: GuardConfig, ranges: Sequence[PartitionRange] = ()
 ) -> None:
+    """The guard's graph, from the library's transforms::
+
+        source ─► Decode ─► ParentClasses ─────────────┐ (side input: the run's generated records)
+        source ─► Decode ─► ValidateProvenance ◄───────┘ ─► EnforcePolicies ─► Write (+ hop)
+
+    The source is read twice: once to learn the class of every generated record in the run,
+    once to guard it. A child is judged only after every partition's parents are known, so its
+    verdict does not depend on which worker read its parent, or when.
+    """
     io = config.io
-    if isinstance(io, KafkaIO):
-        expected: int | None = sum(r.size for r in ranges)
-        batches = (
-            pipeline
-            | "Partitions" >> beam.Create(list(ranges))
-            | "Spread" >> beam.Reshuffle()
-            | "ReadKafka" >> beam.ParDo(ReadKafka(io, config.batch_size))
-        )
-    else:
-        expected = None
-        batches = (
-            pipeline
-            | "Files" >> beam.Create(list(io.inputs))
-            | "ReadFiles" >> beam.ParDo(ReadFiles(config.batch_size))
-        )
-    _ = (
-        batches
-        | "Decode" >> beam.ParDo(DecodeBatches(config.raw_schema, config.schema_registry))
-        | "Validate" >> beam.ParDo(ValidateBatches(config.engine))
-        | "Enforce" >> beam.ParDo(EnforcePolicies(config.policies))
-        | "Write" >> beam.ParDo(WriteBatches(config, expected))
+
+    def source(label: str, counter: str | None) -> beam.PTransform:
+        if isinstance(io, KafkaIO):
+            return label >> ReadKafka(io.settings, ranges, config.batch_size, counter=counter)
+        return label >> ReadFiles(io.inputs, config.batch_size, counter=counter)
+
+    decode = {"raw_schema": config.raw_schema, "schema_registry": config.schema_registry}
+    parents = (
+        pipeline | source("IndexRead", None) | "IndexDecode" >> DecodeRecords(**decode)
+    ).valid | "ParentClasses" >> ParentClasses()
+    decoded = pipeline | source("Read", "read") | "Decode" >> DecodeRecords(**decode)
+    validated = decoded.guarded | "Validate" >> ValidateProvenance(
+        config.engine, parents=parents, lineage_store=config.lineage_store
     )
+    enforced = validated.guarded | "Enforce" >> EnforcePolicies(config.policies)
+    lineage = (
+        Lineage(
+            store_url=config.lineage_store,
+            stage=config.pipeline_name,
+            run_id=config.run_id,
+            retry_s=config.lineage_retry_s,
+        )
+        if config.lineage_store
+        else None
+    )
+    expected = sum(r.size for r in ranges) if isinstance(io, KafkaIO) else None
+    _ = enforced.guarded | "Write" >> WriteGuarded(io, expected, lineage=lineage)
+
+
+# Runners whose workers run in this process or on this machine, in this working directory.
+LOCAL_RUNNERS = frozenset(
+    {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"}
+)
+
+
+def is_local(runner: str) -> bool:
+    return runner.rsplit(".", 1)[-1] in LOCAL_RUNNERS
+
+
+def resolve_path(path: str) -> str:
+    """A local path made absolute here, on the launcher; a URI (`gs://…`) as it is."""
+    from lineage_guard.io.file_io import is_uri
+
+    return path if is_uri(path) else str(Path(path).expanduser().resolve())
+
+
+def resolve_store_url(url: str, runner: str) -> str:
+    """A relative `sqlite:///path` made absolute on the launcher for an in-process runner;
+    refused for any other runner, whose workers would each create their own file."""
+    from lineage_guard.lineage.store import sqlite_path
+
+    if not url.lower().startswith("sqlite:"):
+        return url
+    path = sqlite_path(url)
+    if Path(path).is_absolute():
+        return url
+    if not is_local(runner):
+        raise ConfigError(
+            f"The lineage store `{url}` is a relative SQLite path, which each `{runner}` worker "
+            "would resolve in its own directory: give an absolute one (`sqlite:////abs/path.db`)"
+            " on a shared disk, or a `postgresql://…` store."
+        )
+    return f"sqlite:///{Path(path).resolve()}"
 
 
 @dataclass(kw_only=True)
@@ -318,11 +212,46 @@ def run_once(config: GuardConfig) -> Summary:
         if not ranges:
             return Summary()
     options = PipelineOptions([f"--runner={config.runner}", *config.beam_args])
-    pipeline = beam.Pipeline(options=options)
+    try:
+        pipeline = beam.Pipeline(options=options)
+    except ValueError as exc:  # an unknown runner name
+        raise ConfigError(f"Cannot use `--runner {config.runner}`: {first_line(exc)}") from exc
     build(pipeline, config, ranges)
-    result = pipeline.run()
-    result.wait_until_finish()
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except Exception as exc:
+        if is_local(config.runner) or _ours(exc):
+            raise  # a worker's own error (handled by the CLI), or a bug
+        raise ServiceUnavailableError(
+            f"The `{config.runner}` runner could not run the job: {_cause(exc)}. Check the "
+            "runner's options after `--` (job server, cluster, workers with lineage-guard)."
+        ) from exc
+    if isinstance(config.io, FilesIO):
+        finalize_files(config.io.out_dir, config.io.names)
     return _summary(result)
+
+
+def _cause(exc: BaseException) -> str:
+    """One line: a worker's traceback, as runners relay it, shortened to its last line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if any("Traceback (most recent call last)" in line for line in lines):
+        head = lines[0].split("Traceback (most recent call last)")[0].strip(" :")
+        return f"{head}: {lines[-1]}" if head else lines[-1]
+    return lines[0].rstrip(".")
+
+
+def _ours(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, LineageGuardError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def sign_checkpoint(config: GuardConfig) -> Checkpoint | None:

@@ -1,7 +1,13 @@
 """The guard's stages as plain code: decode, validate, enforce, and the lineage they leave.
 
-The Beam transforms in `pipelines/guard.py` call these; so do the benchmark's `core` path and
-the tests, so there is one implementation of what each stage decides.
+The Beam transforms (`lineage_guard.transforms`) call these; so do `Guard` (the plain-Python
+entry for non-Beam consumers), the benchmark's `core` path and the tests, so there is one
+implementation of what each stage decides.
+
+A derived record's parents (`class_below_parent`) are looked up, never remembered by one
+worker: first among the records of the same run (`class_index` over everything the run read),
+then in the lineage store (`LineageStore.content_classes`), which holds every record any
+worker, round or earlier run recorded.
 """
 
 from __future__ import annotations
@@ -9,15 +15,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from lineage_guard.contract.policies import Policy, judge
+from lineage_guard.contract.records import CLASS_RANK, provenance_of, record_id_of
 from lineage_guard.contract.validate import SuiteValidator
 from lineage_guard.contract.verdicts import Violation
 from lineage_guard.io.decode import Decoded, Decoder
-from lineage_guard.items import Batch, Item
+from lineage_guard.items import Batch, Item, Source
 from lineage_guard.lineage.events import Reason, Stage
 from lineage_guard.lineage.hops import Hop, HopBatch, Outcome
 
@@ -48,9 +56,71 @@ def decode(batch: Batch, decoder: Decoder) -> Batch:
     return dataclasses.replace(batch, items=tuple(items))
 
 
-def validate(batch: Batch, validator: SuiteValidator) -> Batch:
+ClassLookup = Callable[[Collection[str]], Mapping[str, str]]  # `LineageStore.content_classes`
+
+
+def class_index(batch: Batch) -> Iterator[tuple[str, int]]:
+    """(record id, class rank) of the batch's generated records (AI_ASSISTED, SYNTHETIC): the
+    only ones that can constrain a child. Whatever a later stage decides about them."""
+    for item in batch.items:
+        record = item.record
+        if record is None:
+            continue
+        record_id = record_id_of(record)
+        rank = CLASS_RANK.get(provenance_of(record).get("content_class"))  # type: ignore[arg-type]
+        if record_id is not None and rank:
+            yield record_id, rank
+
+
+def parent_ids(records: Iterable[Any]) -> set[str]:
+    found: set[str] = set()
+    for record in records:
+        parents = provenance_of(record).get("parent_record_ids")
+        if isinstance(parents, list):
+            found.update(p for p in parents if isinstance(p, str))
+    return found
+
+
+def parent_ranks(
+    records: Sequence[Any],
+    index: Mapping[str, int] | None = None,
+    lookup: ClassLookup | None = None,
+) -> dict[str, int]:
+    """The class rank of every parent of `records` that can be found: among `records`
+    themselves, in `index` (the run's generated records), then through `lookup` (the lineage
+    store) for the rest. A parent found nowhere is not checked."""
+    wanted = parent_ids(records)
+    if not wanted:
+        return {}
+    ranks: dict[str, int] = {}
+    for record in records:
+        record_id = record_id_of(record)
+        rank = CLASS_RANK.get(provenance_of(record).get("content_class"))  # type: ignore[arg-type]
+        if record_id in wanted and rank is not None:
+            ranks[record_id] = max(rank, ranks.get(record_id, 0))
+    if index:
+        for parent in wanted:
+            if parent in index:
+                ranks[parent] = max(index[parent], ranks.get(parent, 0))
+    missing = [p for p in wanted if p not in ranks or ranks[p] < 2]
+    if lookup is not None and missing:
+        for parent, content_class in lookup(missing).items():
+            rank = CLASS_RANK.get(content_class)
+            if rank is not None:
+                ranks[parent] = max(rank, ranks.get(parent, 0))
+    return ranks
+
+
+def validate(
+    batch: Batch,
+    validator: SuiteValidator,
+    index: Mapping[str, int] | None = None,
+    lookup: ClassLookup | None = None,
+) -> Batch:
+    """Validates the batch's records not stopped yet; parents as in `parent_ranks`."""
     pending = [i for i, item in enumerate(batch.items) if item.stopped_at is None]
-    verdicts = validator.validate([batch.items[i].record for i in pending])
+    records = [batch.items[i].record for i in pending]
+    verdicts = validator.validate(records, parent_ranks(records, index, lookup))
     items = list(batch.items)
     for i, verdict in zip(pending, verdicts, strict=True):
         if not verdict.passed:
@@ -154,3 +224,82 @@ def clean(text: str) -> str:
     if text.isascii() and "\x00" not in text:
         return text
     return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Checked:
+    """What the guard decided about one record (`Guard.check`)."""
+
+    record_id: str | None
+    decision: str  # "allowed", "quarantined" (invalid provenance) or "blocked" (a sink policy)
+    stage: str | None  # where it stopped: "decode", "validate" or "enforce"; None if allowed
+    violations: tuple[Violation, ...] = ()
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision == "allowed"
+
+
+class Guard:
+    """The guard without Beam: validate provenance and apply sink policies to records.
+
+        guard = Guard(policies=["production", "tenant:acme"])
+        for result in guard.check(records):      # decoded records: dicts
+            if not result.allowed:
+                print(result.record_id, result.decision, [v.rule for v in result.violations])
+
+    Each `check` call is one micro-batch (give it hundreds or thousands of records). Parents
+    of derived records are looked up among the records of the same call and, when
+    `lineage_store` is given, in that store (`LineageStore.content_classes`). Nothing is
+    recorded: `check` is a pure question.
+    """
+
+    def __init__(
+        self,
+        policies: Sequence[str] = ("production",),
+        *,
+        engine: str = "compiled",
+        lineage_store: str | None = None,
+    ) -> None:
+        from lineage_guard.contract.policies import parse_policy
+
+        self.policies = [parse_policy(text) for text in policies]
+        self.validator = SuiteValidator(engine=engine)
+        self.lineage_store = lineage_store
+        self._store: Any = None
+
+    def check(self, records: Iterable[Mapping[str, Any]]) -> list[Checked]:
+        items = tuple(
+            Item(source=Source(topic="check", partition=0, offset=n), record=dict(record))
+            for n, record in enumerate(records)
+        )
+        if not items:
+            return []
+        batch = Batch(topic="check", partition=0, items=items)
+        batch = enforce(validate(batch, self.validator, lookup=self._lookup()), self.policies)
+        return [
+            Checked(
+                record_id=record_id_of(item.record),
+                decision="allowed"
+                if item.allowed
+                else ("blocked" if item.blocked else "quarantined"),
+                stage=None if item.stopped_at is None else str(item.stopped_at),
+                violations=item.violations,
+            )
+            for item in batch.items
+        ]
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def _lookup(self) -> ClassLookup | None:
+        if self.lineage_store is None:
+            return None
+        if self._store is None:
+            from lineage_guard.lineage.store import open_store
+
+            self._store = open_store(self.lineage_store)
+        lookup: ClassLookup = self._store.content_classes
+        return lookup

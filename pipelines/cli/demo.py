@@ -14,7 +14,14 @@ import click
 
 from lineage_guard.cli.run import print_summary
 from lineage_guard.generate import Faults, generate
-from lineage_guard.guard import FilesIO, GuardConfig, run_once
+from lineage_guard.guard import (
+    DEFAULT_RUNNER,
+    FilesIO,
+    GuardConfig,
+    resolve_path,
+    resolve_store_url,
+    run_once,
+)
 from lineage_guard.io.file_io import output_names
 from lineage_guard.io.files import write_json_lines
 from lineage_guard.lineage.report import build_report, write_report
@@ -37,10 +44,11 @@ def run_demo(records: int, folder: Path) -> None:
     store_url = f"sqlite:///{folder / 'lineage.db'}"
     out = folder / "out"
     out.mkdir()
+    inputs = (resolve_path(str(source)),)
     config = GuardConfig(
-        io=FilesIO(inputs=(str(source),), out_dir=str(out), names=output_names([str(source)])),
+        io=FilesIO(inputs=inputs, out_dir=resolve_path(str(out)), names=output_names(inputs)),
         policies=("production", "tenant:acme"),
-        lineage_store=store_url,
+        lineage_store=resolve_store_url(store_url, DEFAULT_RUNNER),
         pipeline_name="crm-sync-guard",
     )
     summary = run_once(config)

@@ -38,6 +38,8 @@ def cli(verbose: int) -> None:
     # GX logs its own chatter at INFO/WARNING; keep it out of the user's stderr by default.
     logging.getLogger("great_expectations").setLevel(max(level, logging.ERROR))
     logging.getLogger("librdkafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
+    # Beam logs a failing DoFn's traceback before re-raising; the CLI prints our one line.
+    logging.getLogger("apache_beam.runners.common").setLevel(level if verbose else logging.CRITICAL)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_drop_beam_gcp_notice)
 

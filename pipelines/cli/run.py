@@ -6,7 +6,6 @@ import logging
 import signal
 import sys
 import time
-import uuid
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -14,8 +13,18 @@ from typing import Any
 import click
 
 from lineage_guard.contract.policies import parse_policy
-from lineage_guard.guard import FilesIO, GuardConfig, KafkaIO, Summary, run_once, sign_checkpoint
-from lineage_guard.io.file_io import output_names
+from lineage_guard.contract.validate import suite_rules
+from lineage_guard.guard import (
+    FilesIO,
+    GuardConfig,
+    KafkaIO,
+    Summary,
+    resolve_path,
+    resolve_store_url,
+    run_once,
+    sign_checkpoint,
+)
+from lineage_guard.io.file_io import clear_outputs, is_uri, output_names
 from lineage_guard.io.kafka import KafkaSettings
 from lineage_guard.lineage.checkpoints import load_private_key
 from lineage_guard.lineage.errors import ConfigError, LineageGuardError, UnusableInputError
@@ -31,10 +40,10 @@ def run_guard(**o: Any) -> None:
     total = Summary()
     signal.signal(signal.SIGTERM, _stop)
     started = time.monotonic()
-    emitter = _emitter(o, config, total) if o["openlineage"] else None
+    bounded = until_caught_up or isinstance(config.io, FilesIO)
+    emitter = _emitter(o, config, total, bounded) if o["openlineage"] else None
     if emitter is not None:
         emitter.start()
-    bounded = until_caught_up or isinstance(config.io, FilesIO)
     error: BaseException | None = None
     try:
         if not bounded:  # one streaming job on a streaming runner, not a loop of rounds
@@ -64,7 +73,7 @@ def run_guard(**o: Any) -> None:
         sys.exit(130)
 
 
-def _emitter(o: dict[str, Any], config: GuardConfig, total: Summary) -> RunEmitter:
+def _emitter(o: dict[str, Any], config: GuardConfig, total: Summary, bounded: bool) -> RunEmitter:
     """OpenLineage events for this run; datasets named per OpenLineage's naming spec."""
     io = config.io
     if isinstance(io, KafkaIO):
@@ -76,20 +85,27 @@ def _emitter(o: dict[str, Any], config: GuardConfig, total: Summary) -> RunEmitt
         outputs = [("file", str(Path(io.out_dir).resolve()))]
 
     def counts() -> dict[str, dict[str, int]]:
+        rules: dict[str, int] = {}
+        for key, n in total.stopped.items():  # `quarantined:STAGE:RULE,RULE…` → records
+            for rule in key.split(":", 2)[2].split(","):
+                rules[rule] = rules.get(rule, 0) + n
         return {
             "content_class": total.by("content_class"),
             "origin_env": total.by("origin_env"),
             "decision": total.decisions(),
+            "rules": rules,
         }
 
     return RunEmitter(
         target=o["openlineage"],
         job_namespace=o["openlineage_namespace"],
         job_name=config.pipeline_name,
-        run_id=str(uuid.UUID(config.run_id)),
+        run_id=config.run_id,
         inputs=inputs,
         outputs=outputs,
         counts=counts,
+        bounded=bounded,
+        assertions=suite_rules(),
         interval_s=o["openlineage_interval"],
     )
 
@@ -139,25 +155,25 @@ def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
     else:
         if not o["inputs"]:
             raise ConfigError("Give --input FILE (embedded default) or --bootstrap-servers.")
-        for path in o["inputs"]:
-            if not Path(path).is_file():
+        inputs = tuple(resolve_path(str(p)) for p in o["inputs"])  # here, on the launcher
+        for path, given in zip(inputs, o["inputs"], strict=True):
+            if not _is_file(path):
                 raise UnusableInputError(
-                    f"Cannot read `{path}`: it does not exist or is not a file."
+                    f"Cannot read `{given}`: it does not exist or is not a file."
                 )
-        inputs = tuple(str(p) for p in o["inputs"])
-        out_dir: Path = o["output_dir"]
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = resolve_path(str(o["output_dir"]))
+        if not is_uri(out_dir):
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
         names = output_names(inputs)
-        for name in names.values():  # a run's output replaces the previous run's
-            for suffix in (".allowed.jsonl", ".quarantine.jsonl"):
-                (out_dir / (name + suffix)).unlink(missing_ok=True)
-        io = FilesIO(inputs=inputs, out_dir=str(out_dir), names=names)
+        clear_outputs(out_dir, names)  # a run's output replaces the previous run's
+        io = FilesIO(inputs=inputs, out_dir=out_dir, names=names)
+    store = None if o["no_lineage"] else resolve_store_url(o["lineage_store"], o["runner"])
     config = GuardConfig(
         io=io,
         policies=tuple(o["policies"]),
         raw_schema=o["raw_schema"],
         schema_registry=o["schema_registry"],
-        lineage_store=None if o["no_lineage"] else o["lineage_store"],
+        lineage_store=store,
         batch_size=o["batch_size"],
         engine=o["engine"],
         pipeline_name=o["pipeline_name"],
@@ -166,6 +182,17 @@ def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
         beam_args=tuple(o["beam_args"]),
     )
     return config, bool(o["until_caught_up"])
+
+
+def _is_file(path: str) -> bool:
+    if not is_uri(path):
+        return Path(path).is_file()
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        return bool(FileSystems.exists(path))
+    except ValueError as exc:  # no filesystem for the scheme (e.g. gs:// without the gcp extra)
+        raise ConfigError(f"Cannot read `{path}`: {exc}. Install `lineage-guard[gcp]`?") from exc
 
 
 def _kafka_config(pairs: tuple[str, ...]) -> dict[str, str]:

@@ -17,7 +17,7 @@ parameters_sha256        str or None
 generated_at             epoch milliseconds (float) or None
 disclosure               str or None
 class_rank               0 HUMAN, 1 AI_ASSISTED, 2 SYNTHETIC, None otherwise
-max_parent_class_rank    highest rank among the parents seen so far, or None
+max_parent_class_rank    highest rank among the known parents, or None
 =======================  =================================================
 
 A value of the wrong type (a number where a string belongs, an unparseable timestamp) becomes
@@ -66,7 +66,10 @@ FIELD_OF_COLUMN = {
 
 
 class ParentRanks:
-    """Content-class ranks of records seen so far, to check `parent_record_ids`.
+    """Content-class ranks of records seen so far, to check `parent_record_ids` in one
+    sequential pass (`lineage-guard validate FILE…`). The pipeline does not use it: there, a
+    parent's class comes from the run's own records and the lineage store (`stages.Parents`),
+    so a verdict never depends on which worker saw the parent.
 
     Only AI_ASSISTED and SYNTHETIC records are kept (a HUMAN parent never constrains its
     child); the oldest entries are dropped past `capacity`, so memory stays bounded on
@@ -108,13 +111,25 @@ def record_id_of(record: Any) -> str | None:
     return None
 
 
+# 0001-01-01T00:00:00Z: no calendar (Python's, ISO-8601's) goes further back.
+EARLIEST_MILLIS = -62_135_596_800_000
+
+
 def to_epoch_millis(value: Any) -> float | None:
-    """Avro timestamp-millis as fastavro returns it (datetime), epoch millis, or ISO-8601."""
+    """Avro timestamp-millis as fastavro returns it (datetime), epoch millis, or ISO-8601.
+
+    Epoch millis are taken as they are, also past year 9999 (legal Avro longs, judged by the
+    contract's rules); before year 1, or past a float's range, they are no timestamp
+    (`ValueError`, `OverflowError`).
+    """
     if isinstance(value, datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=UTC)
         return float(round(moment.timestamp() * 1000))
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        millis = float(value)  # OverflowError past a float's range
+        if not millis >= EARLIEST_MILLIS:  # also NaN
+            raise ValueError(f"{value} is before year 1")
+        return millis
     if isinstance(value, str):
         text = value.strip()
         parsed = datetime.fromisoformat(text)  # ValueError for anything else
@@ -129,19 +144,24 @@ class Flattener:
         self.parents = parents if parents is not None else ParentRanks()
 
     def flatten(
-        self, records: Iterable[Any]
+        self, records: Iterable[Any], known: Mapping[str, int] | None = None
     ) -> tuple[dict[str, list[Any]], dict[int, list[Violation]]]:
+        """Columns and type errors of `records`. Parents' ranks come from `known` when given
+        (every parent the caller could find, wherever it was seen), else from the records this
+        flattener has seen so far, in order."""
         columns: dict[str, list[Any]] = {name: [] for name in COLUMNS}
         type_errors: dict[int, list[Violation]] = {}
         for index, record in enumerate(records):
-            row, errors = self._row(record)
+            row, errors = self._row(record, known)
             for name in COLUMNS:
                 columns[name].append(row.get(name))
             if errors:
                 type_errors[index] = errors
         return columns, type_errors
 
-    def _row(self, record: Any) -> tuple[dict[str, Any], list[Violation]]:
+    def _row(
+        self, record: Any, known: Mapping[str, int] | None
+    ) -> tuple[dict[str, Any], list[Violation]]:
         errors: list[Violation] = []
         rid = record_id_of(record)
 
@@ -180,12 +200,12 @@ class Flattener:
         if raw_time is not None:
             try:
                 row["generated_at"] = to_epoch_millis(raw_time)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 errors.append(
                     _wrong_type(
                         rid,
                         "provenance.generated_at",
-                        "a timestamp (epoch millis or ISO-8601)",
+                        "a timestamp (epoch millis or ISO-8601) from year 1 on",
                         raw_time,
                     )
                 )
@@ -199,6 +219,11 @@ class Flattener:
                 _wrong_type(rid, "provenance.parent_record_ids", "a list of strings", parent_ids)
             )
             parent_ids = None
+        if known is not None:
+            if parent_ids:
+                ranks = [known[p] for p in parent_ids if p in known]
+                row["max_parent_class_rank"] = max(ranks) if ranks else None
+            return row, errors
         if parent_ids:
             row["max_parent_class_rank"] = self.parents.max_rank(parent_ids)
         if rid is not None and rank is not None:

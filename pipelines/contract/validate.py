@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -65,6 +65,16 @@ def load_suite_documents() -> list[dict[str, Any]]:
     if not documents:
         raise ConfigError("No expectation suites found in `expectations/`.")
     return documents
+
+
+def suite_rules(documents: Sequence[dict[str, Any]] | None = None) -> list[tuple[str, str | None]]:
+    """Every rule the suites report, with the record field it checks, in suite order."""
+    rules: dict[str, str | None] = {}
+    for document in documents or load_suite_documents():
+        for expectation in document.get("expectations", []):
+            rule = _rule_of(expectation)
+            rules.setdefault(rule.rule, rule.field)
+    return list(rules.items())
 
 
 def _now_millis() -> float:
@@ -183,11 +193,17 @@ class SuiteValidator:
             for expectation in document.get("expectations", [])
         ]
 
-    def validate(self, records: Sequence[Any]) -> list[Verdict]:
-        """One verdict per record, in order. Records are decoded Avro/JSON values."""
+    def validate(
+        self, records: Sequence[Any], parent_ranks: Mapping[str, int] | None = None
+    ) -> list[Verdict]:
+        """One verdict per record, in order. Records are decoded Avro/JSON values.
+
+        `parent_ranks` (record id → class rank) are the parents the caller knows of; without
+        it, parents are the records this validator has seen before, in order.
+        """
         if not records:
             return []
-        columns, type_errors = self._flattener.flatten(records)
+        columns, type_errors = self._flattener.flatten(records, parent_ranks)
         parameters = {"latest_allowed_generated_at": self._clock() + FUTURE_TOLERANCE_MS}
         found: dict[int, list[Violation]] = {i: list(v) for i, v in type_errors.items()}
         for number, rows in self._engine.failures(columns, parameters):

@@ -4,18 +4,19 @@ Three framings occur in real deployments:
 
 - Confluent Schema Registry: magic byte `0x00`, a 4-byte big-endian schema id, then the Avro
   body. The id is resolved through a registry client (`--schema-registry URL`).
-- Avro single-object encoding: `0xC3 0x01`, the writer schema's 8-byte little-endian
-  CRC-64-AVRO fingerprint, then the body. Fingerprints are resolved against `schemas/`.
+- Avro single-object encoding: `0xC3 0x01`, the writer schema's CRC-64-AVRO fingerprint as
+  8 bytes little-endian, then the body, exactly as the Avro specification and Java's
+  `BinaryMessageEncoder` write it. Fingerprints are resolved against `schemas/`.
 - Raw schemaless Avro: the body alone, decoded with the schema named by `--schema`.
 
 A message that cannot be decoded is not an exception: `decode` returns a `DecodeFailure` with
-its reason, and the pipeline quarantines the message.
+its reason, and the pipeline quarantines the message. Values are read with lenient logical
+types (`io.avro`), so a legal but out-of-range timestamp reaches the contract, not an error.
 """
 
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -25,6 +26,7 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from lineage_guard.contract.schemas import ENTITY_FILES, Schema, load_schema
+from lineage_guard.io.avro import lenient
 
 CONFLUENT_MAGIC = b"\x00"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -42,10 +44,20 @@ class DecodeFailure:
     reason: str
 
 
-def rabin_fingerprint(schema: Schema) -> bytes:
-    """The schema's CRC-64-AVRO fingerprint as single-object encoding writes it."""
-    value = int(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"), 16)
-    return value.to_bytes(8, "little")
+def rabin_fingerprint(schema: Schema | str) -> bytes:
+    """The schema's CRC-64-AVRO fingerprint as single-object encoding writes it: 8 bytes,
+    little-endian (the spec's `"int"` → `8f 5c 39 3f 1a d5 75 72`).
+
+    fastavro's `fingerprint` already gives these bytes in wire order, as hex.
+    """
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+
+
+def fingerprint64(schema: Schema | str) -> int:
+    """The CRC-64-AVRO fingerprint as the signed 64-bit value Java's
+    `SchemaNormalization.parsingFingerprint64` returns (the spec's `"int"` → 8247732601305521295).
+    """
+    return int.from_bytes(rabin_fingerprint(schema), "little", signed=True)
 
 
 @cache
@@ -56,6 +68,12 @@ def _known_fingerprints() -> dict[bytes, str]:
 @cache
 def _fingerprint_of(schema_name: str) -> bytes:
     return rabin_fingerprint(load_schema(schema_name))
+
+
+@cache
+def _lenient_schema(schema_name: str) -> Schema:
+    parsed: Schema = lenient(load_schema(schema_name))
+    return parsed
 
 
 def encode_single_object(record: dict[str, Any], schema_name: str) -> bytes:
@@ -88,10 +106,10 @@ class Decoder:
         raw_schema: str | None = None,
         registry_lookup: Callable[[int], Schema] | None = None,
     ) -> None:
-        self._raw_schema = load_schema(raw_schema) if raw_schema else None
-        self._raw_name = raw_schema
+        self._raw_schema = _lenient_schema(raw_schema) if raw_schema else None
+        self._raw_name = load_schema(raw_schema)["name"] if raw_schema else None
         self._registry_lookup = registry_lookup
-        self._by_id: dict[int, Schema] = {}
+        self._by_id: dict[int, tuple[Schema, str]] = {}  # id → (lenient schema, its name)
 
     def decode(self, value: bytes | None) -> Decoded | DecodeFailure:
         if not value:
@@ -105,9 +123,9 @@ class Decoder:
                     reason=f"single-object encoding with unknown schema fingerprint "
                     f"`{value[2:10].hex()}`: not one of the schemas in `schemas/`"
                 )
-            return _read(value, 10, load_schema(name), name, "single-object")
+            return _read(value, 10, _lenient_schema(name), name, "single-object")
         if self._raw_schema is not None:
-            return _read(value, 0, self._raw_schema, str(self._raw_schema["name"]), "raw")
+            return _read(value, 0, self._raw_schema, str(self._raw_name), "raw")
         return DecodeFailure(
             reason="no Confluent or single-object framing, and no `--schema` was given for raw Avro"
         )
@@ -121,12 +139,13 @@ class Decoder:
             )
         if schema_id not in self._by_id:
             try:
-                self._by_id[schema_id] = self._registry_lookup(schema_id)
+                schema = self._registry_lookup(schema_id)
+                self._by_id[schema_id] = (lenient(schema), str(schema.get("name", schema_id)))
             except Exception as exc:  # the registry client raises its own error types
                 # Not cached: a registry outage must not poison later messages.
                 return DecodeFailure(reason=f"schema id {schema_id} could not be resolved: {exc}")
-        schema = self._by_id[schema_id]
-        return _read(value, 5, schema, str(schema.get("name", schema_id)), "confluent")
+        schema, name = self._by_id[schema_id]
+        return _read(value, 5, schema, name, "confluent")
 
 
 def _read(
@@ -151,17 +170,33 @@ def _read(
 
 
 def registry_lookup(url: str) -> Callable[[int], Schema]:
-    """A schema-id resolver backed by a Confluent Schema Registry (confluent-kafka's client)."""
+    """A schema-id resolver backed by a Confluent Schema Registry (confluent-kafka's client).
+
+    Schema references (an entity schema that refers to the separately registered
+    `lineage_guard.Provenance` subject, as Confluent's tools register it) are resolved
+    recursively with the client's own resolver, the one its `AvroDeserializer` uses; the
+    client caches every schema and subject version it fetched. `mock://…` URLs give
+    confluent-kafka's in-memory registry.
+    """
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    client = SchemaRegistryClient({"url": url})
+    return schema_resolver(SchemaRegistryClient({"url": url}))
+
+
+def schema_resolver(client: Any) -> Callable[[int], Schema]:
+    """`registry_lookup` for an existing `SchemaRegistryClient`."""
+    # The synchronous client's resolver (the package's `avro` module also exports the asyncio
+    # one under the same name).
+    from confluent_kafka.schema_registry._sync.avro import _resolve_named_schema
+    from confluent_kafka.schema_registry.common.avro import parse_schema_with_repo
 
     def lookup(schema_id: int) -> Schema:
         registered = client.get_schema(schema_id)
         if registered.schema_type not in (None, "AVRO") or not registered.schema_str:
             raise ValueError(f"schema id {schema_id} is not an Avro schema")
-        parsed = fastavro.parse_schema(json.loads(registered.schema_str))
-        if not isinstance(parsed, dict):
+        named = _resolve_named_schema(registered, client)
+        parsed = parse_schema_with_repo(registered.schema_str, named_schemas=named)
+        if not isinstance(parsed, dict) or parsed.get("type") != "record":
             raise ValueError(f"schema id {schema_id} is not an Avro record schema")
         return parsed
 

@@ -1,24 +1,42 @@
 """The embedded default's IO: Avro/JSON Lines files in, JSON Lines files out.
 
-Each input file is read into batches like a Kafka partition (topic = the file's path,
-partition 0, offset = the record's index). The sink writes, per input file, the allowed
-records to `<name>.allowed.jsonl` and the quarantined ones, with their reasons, to
-`<name>.quarantine.jsonl` in the output directory.
+Each input file is read into batches like a Kafka partition (topic = the file's path or URI,
+partition 0, offset = the record's index). Paths are resolved on the launcher; workers reach
+them through Beam's `FileSystems` (a local path, or any scheme Beam has a filesystem for).
+
+The sink writes each batch to its own part files, named by the batch's source position
+(`<out>/.parts/<name>/<first offset>.allowed.jsonl` and `.quarantine.jsonl`): a retried bundle
+rewrites the same parts, never appends twice. `finalize_files`, run on the launcher once the
+pipeline is done, joins each input's parts in offset order into `<name>.allowed.jsonl` (the
+allowed records) and `<name>.quarantine.jsonl` (the stopped ones, with their reasons).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from lineage_guard.io.files import json_default, read_records
 from lineage_guard.items import Batch, Item, Source
 
+PARTS = ".parts"
+KINDS = ("allowed", "quarantine")
+
+
+def is_uri(path: str) -> bool:
+    """True for `scheme://…` (gs://, s3://, hdfs://…); False for a local path."""
+    return "://" in path
+
 
 def read_file(path: str, batch_size: int) -> Iterator[Batch]:
+    if is_uri(path):
+        yield from _read_remote(path, batch_size)
+        return
     items: list[Item] = []
     for record in read_records(Path(path)):
         source = Source(topic=path, partition=0, offset=record.index)
@@ -30,11 +48,31 @@ def read_file(path: str, batch_size: int) -> Iterator[Batch]:
         yield Batch(topic=path, partition=0, items=tuple(items))
 
 
+def _read_remote(uri: str, batch_size: int) -> Iterator[Batch]:
+    """A `FileSystems` URI: copied to a local temporary file, then read like a local one."""
+    from apache_beam.io.filesystems import FileSystems
+
+    with tempfile.TemporaryDirectory(prefix="lineage-guard-") as folder:
+        local = os.path.join(folder, "input")
+        with FileSystems.open(uri) as source, open(local, "wb") as target:
+            shutil.copyfileobj(source, target)
+        for batch in read_file(local, batch_size):
+            items = tuple(
+                Item(
+                    source=Source(topic=uri, partition=0, offset=item.source.offset),
+                    record=item.record,
+                    error=item.error,
+                )
+                for item in batch.items
+            )
+            yield Batch(topic=uri, partition=0, items=items)
+
+
 def output_names(paths: Sequence[str]) -> dict[str, str]:
     """A distinct output base name per input file (`contacts`, `contacts-2`, …)."""
     names: dict[str, str] = {}
     for path in paths:
-        stem = Path(path).name.split(".")[0] or "input"
+        stem = path.rstrip("/").rsplit("/", 1)[-1].split(".")[0] or "input"
         name, n = stem, 1
         while name in names.values():
             n += 1
@@ -43,9 +81,16 @@ def output_names(paths: Sequence[str]) -> dict[str, str]:
     return names
 
 
+def join(folder: str, *names: str) -> str:
+    from apache_beam.io.filesystems import FileSystems
+
+    return str(FileSystems.join(folder, *names))
+
+
 class FileSink:
-    """Appends guarded records to per-input JSON Lines files; once a flush has put them on
-    disk, reports each written batch as answered (`on_answered`, as `KafkaSink` does)."""
+    """Writes each guarded batch to its own part files (see the module docstring); once a
+    flush has put them on disk, reports each written batch as answered (`on_answered`, as
+    `KafkaSink` does)."""
 
     def __init__(
         self,
@@ -53,48 +98,97 @@ class FileSink:
         names: dict[str, str],
         on_answered: Callable[[list[tuple[Any, int, list[Any]]]], None] | None = None,
     ) -> None:
-        self.out_dir = Path(out_dir)
+        self.out_dir = out_dir
         self.names = names
         self.on_answered = on_answered
-        self._handles: dict[str, IO[str]] = {}
         self._written: list[tuple[Any, int, list[Any]]] = []
 
     def destinations(self, source: str) -> tuple[str, str]:
-        base = self.out_dir / self.names[source]
+        base = join(self.out_dir, self.names[source])
         return f"{base}.allowed.jsonl", f"{base}.quarantine.jsonl"
 
     def write(self, batch: Batch, receipt: Any = None) -> None:
-        allowed_path, quarantine_path = self.destinations(batch.topic)
+        lines: dict[str, list[str]] = {kind: [] for kind in KINDS}
         for item in batch.items:
             if item.allowed:
-                line = json.dumps(item.record, ensure_ascii=False, default=json_default)
-                self._handle(allowed_path).write(line + "\n")
-            else:
-                self._handle(quarantine_path).write(
-                    json.dumps(quarantine_entry(item), ensure_ascii=False, default=json_default)
-                    + "\n"
+                lines["allowed"].append(
+                    json.dumps(item.record, ensure_ascii=False, default=json_default)
                 )
+            else:
+                lines["quarantine"].append(
+                    json.dumps(quarantine_entry(item), ensure_ascii=False, default=json_default)
+                )
+        folder = join(self.out_dir, PARTS, self.names[batch.topic])
+        first = batch.items[0].source.offset
+        for kind, text in lines.items():
+            if text:
+                part = join(folder, f"{first:012d}.{kind}.jsonl")
+                _write_part(part, ("\n".join(text) + "\n").encode("utf-8"))
 
         if receipt is not None:
             self._written.append((receipt, len(batch.items), []))
 
     def flush(self) -> None:
-        for handle in self._handles.values():
-            handle.flush()
-            os.fsync(handle.fileno())
         written, self._written = self._written, []
         if written and self.on_answered is not None:
             self.on_answered(written)
 
     def close(self) -> None:
-        for handle in self._handles.values():
-            handle.close()
-        self._handles.clear()
+        pass
 
-    def _handle(self, path: str) -> IO[str]:
-        if path not in self._handles:
-            self._handles[path] = open(path, "a", encoding="utf-8")  # noqa: SIM115
-        return self._handles[path]
+
+def _write_part(path: str, data: bytes) -> None:
+    """Writes (or replaces, for a retried batch) one part file, on disk before it returns."""
+    if is_uri(path):
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.create(path) as handle:  # an object store commits it on close
+            handle.write(data)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def finalize_files(out_dir: str, names: dict[str, str]) -> None:
+    """Joins each input's part files, in offset order, into its two output files."""
+    from apache_beam.io.filesystems import FileSystems
+
+    for name in names.values():
+        folder = join(out_dir, PARTS, name)
+        for kind in KINDS:
+            pattern = join(folder, f"*.{kind}.jsonl")
+            found = FileSystems.match([pattern])[0].metadata_list
+            parts = sorted(m.path for m in found)  # zero-padded offsets sort in offset order
+            if not parts:
+                continue
+            with FileSystems.create(join(out_dir, f"{name}.{kind}.jsonl")) as target:
+                for part in parts:
+                    with FileSystems.open(part) as source:
+                        shutil.copyfileobj(source, target)
+            FileSystems.delete(parts)
+    parts_root = join(out_dir, PARTS)
+    if not is_uri(out_dir):
+        shutil.rmtree(parts_root, ignore_errors=True)
+
+
+def clear_outputs(out_dir: str, names: dict[str, str]) -> None:
+    """Removes a previous run's outputs and parts for these inputs (launcher side)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    stale = [
+        path
+        for name in names.values()
+        for path in (
+            *(join(out_dir, f"{name}.{kind}.jsonl") for kind in KINDS),
+            join(out_dir, PARTS, name),
+        )
+        if FileSystems.exists(path)
+    ]
+    if stale:
+        FileSystems.delete(stale)
 
 
 def quarantine_entry(item: Item) -> dict[str, Any]:

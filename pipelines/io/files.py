@@ -2,7 +2,8 @@
 
 Nothing is loaded whole: records are yielded one at a time with their file and 0-based index,
 so a 2 GB file costs the memory of one Avro block or one line. A file that cannot be read at
-all (missing, corrupt header or block, not JSON Lines) raises `UnusableInputError`; a single
+all (missing, corrupt header or block, a block whose record count does not match its bytes,
+a codec whose library is missing, not JSON Lines) raises `UnusableInputError`; a single
 JSON line that is not a JSON object is a bad *record* and is yielded with its `error`.
 """
 
@@ -18,10 +19,15 @@ from typing import IO, Any
 from uuid import UUID
 
 import fastavro
+from fastavro.read import BLOCK_READERS
 
+from lineage_guard.io.avro import lenient
 from lineage_guard.lineage.errors import UnusableInputError
 
 AVRO_MAGIC = b"Obj\x01"
+# The codecs the Avro specification defines; fastavro reads each (with cramjam for snappy and
+# backports.zstd for zstandard, both dependencies of lineage-guard).
+AVRO_CODECS = ("null", "deflate", "bzip2", "snappy", "xz", "zstandard")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,22 +58,84 @@ def read_records(path: Path, *, position: list[int] | None = None) -> Iterator[F
 
 
 def _avro(path: Path, handle: IO[bytes], position: list[int] | None) -> Iterator[FileRecord]:
+    """Every record of an Avro container file, block by block.
+
+    Each block's record count is checked against its bytes: a negative count, or one that
+    does not match what the block holds, makes the file unusable (never a silent skip), so
+    the records yielded always add up to the records in the file. Values are read with
+    lenient logical types (`io.avro`): one record's year-10000 timestamp reaches the contract
+    as a raw value instead of ending the file.
+    """
     index = 0
+    header_read = False
     try:
-        for value in fastavro.reader(handle):
-            yield FileRecord(file=str(path), index=index, value=value)
-            index += 1
-            if position is not None and index % 1024 == 0:
+        blocks = fastavro.block_reader(handle)
+        header_read = True
+        codec = blocks.codec
+        if codec not in BLOCK_READERS:
+            raise UnusableInputError(
+                f"Cannot decode Avro file `{path}`: it uses the codec `{codec}`, which is not "
+                f"one that Avro defines ({', '.join(AVRO_CODECS)})."
+            )
+        schema = lenient(blocks.writer_schema)
+        for number, block in enumerate(_blocks(path, blocks, codec), start=1):
+            data, count = block.bytes_, block.num_records
+            size = len(data.getbuffer())
+            if count < 0:
+                raise UnusableInputError(
+                    f"Cannot decode Avro file `{path}`: block {number} (at byte {block.offset}) "
+                    f"has the impossible record count {count}. The file is corrupt."
+                )
+            for read in range(count):
+                if data.tell() >= size:
+                    raise UnusableInputError(
+                        f"Cannot decode Avro file `{path}`: block {number} (at byte "
+                        f"{block.offset}) claims {count} records but holds only {read}. "
+                        "The file is corrupt."
+                    )
+                value = fastavro.schemaless_reader(data, schema, None)
+                yield FileRecord(file=str(path), index=index, value=value)
+                index += 1
+            if data.tell() != size:
+                raise UnusableInputError(
+                    f"Cannot decode Avro file `{path}`: block {number} (at byte {block.offset}) "
+                    f"claims {count} records but holds {size - data.tell()} more bytes after "
+                    "them. The file is corrupt."
+                )
+            if position is not None:
                 position[0] = handle.tell()
     except UnusableInputError:
         raise
     except Exception as exc:  # fastavro raises ValueError, EOFError, SchemaResolutionError, …
-        where = "its header" if index == 0 else f"after record {index - 1}"
+        where = (
+            "its header"
+            if not header_read
+            else ("its first block" if index == 0 else f"after record {index - 1}")
+        )
         raise UnusableInputError(
             f"Cannot decode Avro file `{path}` at {where}: "
             f"{str(exc).rstrip('.?! ') or type(exc).__name__}. "
             "The file is corrupt or truncated."
         ) from exc
+
+
+def _blocks(path: Path, blocks: Iterable[Any], codec: str) -> Iterator[Any]:
+    """The file's blocks; a codec whose library is missing is said so, not called corrupt."""
+    iterator = iter(blocks)
+    while True:
+        try:
+            block = next(iterator)
+        except StopIteration:
+            return
+        except ValueError as exc:
+            if "need to install" in str(exc):  # fastavro's words for a missing codec library
+                raise UnusableInputError(
+                    f"Cannot decode Avro file `{path}`: its codec `{codec}` needs a library "
+                    f"that is not installed ({exc}). Install it, or re-write the file with "
+                    "another codec."
+                ) from exc
+            raise
+        yield block
 
 
 def _json_lines(path: Path, handle: IO[bytes], position: list[int] | None) -> Iterator[FileRecord]:

@@ -37,6 +37,14 @@ T = TypeVar("T")
 client_log = logging.getLogger("librdkafka")
 
 HEADER_PREFIX = "lineage-guard."
+# The headers Confluent's data-contract DLQ action sets (`confluent_kafka.schema_registry.rules
+# .dlq.DlqAction.RULE_*`; a unit test holds these equal to them without importing the
+# schema-registry package on the guard's hot path, which costs 0.3 s).
+DLQ_RULE_NAME = "__rule.name"
+DLQ_RULE_MODE = "__rule.mode"
+DLQ_RULE_SUBJECT = "__rule.subject"
+DLQ_RULE_TOPIC = "__rule.topic"
+DLQ_RULE_EXCEPTION = "__rule.exception"
 PRODUCER_DEFAULTS = {
     "acks": "all",
     "enable.idempotence": True,
@@ -386,12 +394,37 @@ def reasons_header(violations: tuple[Violation, ...]) -> bytes:
     return encoded[:MAX_REASONS_BYTES]
 
 
+MAX_EXCEPTION_BYTES = 4_096
+
+
 def quarantine_headers(item: Item) -> list[tuple[str, bytes]]:
+    """Our headers (every reason, the stage, the source position) and Confluent's DLQ headers.
+
+    Confluent's data-contract `DlqAction` marks a record it sends to a dead-letter queue with
+    `__rule.name` (the rule that failed), `__rule.mode` (`READ` when a consumer's check failed
+    and the original bytes are passed on verbatim, as here), `__rule.subject` (the value's
+    Schema Registry subject: `{topic}-value` under Confluent's default TopicNameStrategy),
+    `__rule.topic` (the topic the record was read from) and `__rule.exception` (why it failed).
+    One rule per record there: `__rule.name` is the first violation's rule, `__rule.exception`
+    carries every violation's message.
+    """
     s = item.source
+    first = item.violations[0].rule if item.violations else str(item.stopped_at)
+    exception = "; ".join(v.message for v in item.violations).encode()
     return [
         (HEADER_PREFIX + "reasons", reasons_header(item.violations)),
         (HEADER_PREFIX + "stage", str(item.stopped_at).encode()),
         (HEADER_PREFIX + "source-topic", s.topic.encode()),
         (HEADER_PREFIX + "source-partition", str(s.partition).encode()),
         (HEADER_PREFIX + "source-offset", str(s.offset).encode()),
+        (DLQ_RULE_NAME, first.encode()),
+        (DLQ_RULE_MODE, b"READ"),
+        (DLQ_RULE_SUBJECT, f"{s.topic}-value".encode()),
+        (DLQ_RULE_TOPIC, s.topic.encode()),
+        (DLQ_RULE_EXCEPTION, _cut(exception, MAX_EXCEPTION_BYTES)),
     ]
+
+
+def _cut(data: bytes, limit: int) -> bytes:
+    """`data` cut to at most `limit` bytes on a UTF-8 character boundary."""
+    return data if len(data) <= limit else data[:limit].decode("utf-8", "ignore").encode()

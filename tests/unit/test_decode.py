@@ -2,29 +2,60 @@
 
 from __future__ import annotations
 
+import io
+from datetime import UTC, datetime
+from importlib import resources
 from typing import Any
 
+import fastavro
 import pytest
+from confluent_kafka.schema_registry import Schema, SchemaReference, SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
 
 from lineage_guard.contract.schemas import load_schema
 from lineage_guard.generate import CONTACT, MEDIA_ASSET, generate
 from lineage_guard.io.decode import (
+    SINGLE_OBJECT_MAGIC,
     Decoded,
     DecodeFailure,
     Decoder,
     encode_confluent,
     encode_raw,
     encode_single_object,
+    fingerprint64,
     rabin_fingerprint,
+    schema_resolver,
 )
 
 RECORD = next(generate(1, seed=3, entities=(CONTACT,))).record
 
 
-def test_rabin_fingerprint_matches_the_avro_spec_vector() -> None:
-    # The Avro spec's CRC-64-AVRO of the schema "int" is 0x8f5c393f1ad57572,
-    # written little-endian in single-object encoding.
-    assert rabin_fingerprint("int") == bytes.fromhex("7275d51a3f395c8f")
+@pytest.mark.parametrize(
+    ("schema", "value", "wire"),
+    [  # the Avro specification's CRC-64-AVRO vectors, as Java's 64-bit values
+        ("int", 8247732601305521295, "8f5c393f1ad57572"),
+        ("null", 7195948357588979594, "8a8f25cce724dd63"),
+        ("string", -8142146995180207161, "c70345637248018f"),
+    ],
+)
+def test_fingerprints_match_the_avro_spec_vectors(schema: str, value: int, wire: str) -> None:
+    assert fingerprint64(schema) == value
+    assert rabin_fingerprint(schema) == value.to_bytes(8, "little", signed=True)
+    assert rabin_fingerprint(schema).hex() == wire
+
+
+def test_single_object_wire_bytes_match_the_spec_example() -> None:
+    # The spec (and Java's BinaryMessageEncoder) encode the int 1 as c3 01 8f5c393f1ad57572 02.
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, "int", 1)
+    message = SINGLE_OBJECT_MAGIC + rabin_fingerprint("int") + body.getvalue()
+    assert message == bytes.fromhex("c3018f5c393f1ad5757202")
+
+
+def test_encode_single_object_writes_the_contact_fingerprint_little_endian() -> None:
+    # Java's BinaryMessageEncoder writes this header for schemas/crm/contact.avsc.
+    assert encode_single_object(RECORD, CONTACT)[:10] == bytes.fromhex("c30108ec9fae658a3871")
 
 
 def test_single_object_encoding_resolves_against_schemas() -> None:
@@ -88,3 +119,54 @@ def test_undecodable_messages_get_a_reason(
 def test_raw_avro_with_a_named_schema() -> None:
     outcome = Decoder(raw_schema="contact").decode(encode_raw(RECORD, CONTACT))
     assert isinstance(outcome, Decoded) and outcome.framing == "raw" and outcome.record == RECORD
+
+
+YEAR_10000 = 253_402_300_800_000  # 10000-01-01T00:00:00Z in epoch millis: a legal Avro long
+
+
+@pytest.mark.parametrize("millis", [YEAR_10000, 2**62, -(2**63)])
+def test_out_of_range_timestamps_decode_to_their_raw_value(millis: int) -> None:
+    # fastavro writes an int for a timestamp-millis field as it is; Python's datetime cannot
+    # hold these, so the decoder hands the raw long on for the contract to judge.
+    record = {**RECORD, "provenance": {**RECORD["provenance"], "generated_at": millis}}
+    outcome = Decoder().decode(encode_single_object(record, CONTACT))
+    assert isinstance(outcome, Decoded)
+    assert outcome.record["provenance"]["generated_at"] == millis
+    assert outcome.record["created_at"] == RECORD["created_at"]  # in range: still a datetime
+    assert isinstance(outcome.record["created_at"], datetime)
+    assert outcome.record["created_at"].tzinfo == UTC
+
+
+def test_confluent_framing_from_avro_serializer_with_a_referenced_provenance_subject() -> None:
+    # confluent-kafka's own serializer and its in-memory registry (`mock://`): the entity
+    # schema is registered the standard way, with a reference to the Provenance subject.
+    client = SchemaRegistryClient.new_client({"url": "mock://lineage-guard-unit"})
+    schemas = resources.files("lineage_guard.schemas")
+    client.register_schema(
+        "lineage_guard.Provenance", Schema(schemas.joinpath("provenance.avsc").read_text(), "AVRO")
+    )
+    version = client.get_latest_version("lineage_guard.Provenance").version
+    reference = SchemaReference("lineage_guard.Provenance", "lineage_guard.Provenance", version)
+    serializer = AvroSerializer(
+        client, Schema(schemas.joinpath("crm/contact.avsc").read_text(), "AVRO", [reference])
+    )
+    context = SerializationContext("contacts", MessageField.VALUE)
+    asked: list[int] = []
+    resolve = schema_resolver(client)
+
+    def lookup(schema_id: int) -> dict[str, Any]:
+        asked.append(schema_id)
+        return resolve(schema_id)
+
+    decoder = Decoder(registry_lookup=lookup)
+    records = [g.record for g in generate(3, seed=5, entities=(CONTACT,))]
+    for record in records:
+        value = serializer(record, context)
+        assert value is not None and value[:1] == b"\x00"
+        outcome = decoder.decode(value)
+        assert isinstance(outcome, Decoded)
+        assert (outcome.framing, outcome.schema) == ("confluent", CONTACT)
+        assert outcome.record == record
+    entity_id = client.get_latest_version("contacts-value").schema_id
+    assert client.get_latest_version("contacts-value").schema.references == [reference]
+    assert asked == [entity_id]  # resolved once (with its reference), then cached by id

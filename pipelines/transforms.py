@@ -1,0 +1,523 @@
+"""The guard's stages as composable Beam transforms, for the CLI's graph and for your own.
+
+Elements are micro-batches (`Batch`: the records of one partition or file, in offset order),
+encoded with `BatchCoder` (deterministic, no pickle). Each checking stage has three outputs:
+
+- `valid` (main): per input batch, the records still allowed after this stage;
+- `quarantine`: the records this stage stopped, with their `violations`;
+- `guarded`: every input batch whole, its stopped records marked in place. Chain stages and
+  `RecordHop` / `WriteGuarded` on this one: it keeps each partition's records in offset order,
+  which the Kafka sink needs to commit an offset only behind records it wrote.
+
+A data engineer's own pipeline (see `examples/two_stage_pipeline.py`)::
+
+    batches = p | ReadFiles(["/data/emails.jsonl"])
+    decoded = batches | DecodeRecords()
+    checked = decoded.guarded | ValidateProvenance(lineage_store=store)
+    checked[QUARANTINE] | MyDeadLetter()                     # stopped records, with reasons
+    recorded = checked.guarded | RecordHop("enrich", store, destinations=("replies", "dlq"))
+    recorded | MyEnrichment()                                # after its lineage is recorded
+
+`class_below_parent` finds parents among the run's records (`ParentClasses`, a side input)
+and in the lineage store, never in one worker's memory: see `stages.parent_ranks`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import AsDict, PBegin, PCollection, TaggedOutput
+
+from lineage_guard import stages
+from lineage_guard.coders import BatchCoder
+from lineage_guard.contract.policies import parse_policy
+from lineage_guard.contract.records import provenance_of
+from lineage_guard.contract.validate import SuiteValidator
+from lineage_guard.io.decode import Decoder, registry_lookup
+from lineage_guard.io.file_io import FileSink, read_file
+from lineage_guard.io.kafka import KafkaSettings, KafkaSink, PartitionRange, read_range
+from lineage_guard.items import Batch
+from lineage_guard.recorder import LineageRecorder
+
+VALID = "valid"
+QUARANTINE = "quarantine"
+GUARDED = "guarded"
+NAMESPACE = "lineage_guard"
+
+beam.coders.registry.register_coder(Batch, BatchCoder)
+
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaIO:
+    settings: KafkaSettings
+    input_topics: tuple[str, ...]
+    output_topic: str
+    quarantine_topic: str
+
+    def destinations(self, source: str) -> tuple[str, str]:
+        return self.output_topic, self.quarantine_topic
+
+
+@dataclass(frozen=True, kw_only=True)
+class FilesIO:
+    inputs: tuple[str, ...]  # absolute paths or URIs (Beam `FileSystems`)
+    out_dir: str  # absolute path or URI
+    names: dict[str, str]  # input → output base name
+
+    def destinations(self, source: str) -> tuple[str, str]:
+        return FileSink(self.out_dir, self.names).destinations(source)
+
+
+def _typed(outputs: Any, *tags: str) -> Any:
+    """Declares every tagged output a PCollection of `Batch`, so Beam uses `BatchCoder`."""
+    for tag in tags:
+        outputs[tag].element_type = Batch
+    return outputs
+
+
+# -- sources ---------------------------------------------------------------------------------
+
+
+class _ReadKafka(beam.DoFn):
+    def __init__(self, settings: KafkaSettings, batch_size: int, counter: str | None) -> None:
+        self.settings = settings
+        self.batch_size = batch_size
+        self.counter = counter
+
+    def setup(self) -> None:
+        self.consumer = self.settings.consumer()
+        self.read = Metrics.counter(NAMESPACE, self.counter) if self.counter else None
+
+    def process(self, part: PartitionRange) -> Iterator[Batch]:
+        for batch in read_range(self.consumer, part, self.batch_size, self.settings.timeout_s):
+            if self.read is not None:
+                self.read.inc(len(batch.items))
+            yield batch
+
+    def teardown(self) -> None:
+        self.consumer.close()
+
+
+class ReadKafka(beam.PTransform):
+    """Bounded: the given partition ranges, each read in offset order by one worker.
+    `counter`: the Beam counter that counts records read (None: not counted)."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        ranges: Sequence[PartitionRange],
+        batch_size: int = 2000,
+        *,
+        counter: str | None = "read",
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.ranges = list(ranges)
+        self.batch_size = batch_size
+        self.counter = counter
+
+    def expand(self, pbegin: PBegin) -> PCollection[Batch]:
+        return (
+            pbegin
+            | "Partitions" >> beam.Create(self.ranges)
+            | "Spread" >> beam.Reshuffle()
+            | "Read"
+            >> beam.ParDo(
+                _ReadKafka(self.settings, self.batch_size, self.counter)
+            ).with_output_types(Batch)
+        )
+
+
+class _ReadFiles(beam.DoFn):
+    def __init__(self, batch_size: int, counter: str | None) -> None:
+        self.batch_size = batch_size
+        self.counter = counter
+
+    def setup(self) -> None:
+        self.read = Metrics.counter(NAMESPACE, self.counter) if self.counter else None
+
+    def process(self, path: str) -> Iterator[Batch]:
+        for batch in read_file(path, self.batch_size):
+            if self.read is not None:
+                self.read.inc(len(batch.items))
+            yield batch
+
+
+class ReadFiles(beam.PTransform):
+    """Avro container or JSON Lines files (paths or `FileSystems` URIs), one file per worker,
+    as batches whose position is (file, 0, record index)."""
+
+    def __init__(
+        self, paths: Sequence[str], batch_size: int = 2000, *, counter: str | None = "read"
+    ) -> None:
+        super().__init__()
+        self.paths = list(paths)
+        self.batch_size = batch_size
+        self.counter = counter
+
+    def expand(self, pbegin: PBegin) -> PCollection[Batch]:
+        return (
+            pbegin
+            | "Files" >> beam.Create(self.paths)
+            | "Spread" >> beam.Reshuffle()
+            | "Read"
+            >> beam.ParDo(_ReadFiles(self.batch_size, self.counter)).with_output_types(Batch)
+        )
+
+
+# -- checking stages -------------------------------------------------------------------------
+
+
+class _Stage(beam.DoFn):
+    """Applies one stage to a batch and emits its three outputs (see the module docstring)."""
+
+    def check(self, batch: Batch, side: Any) -> Batch:
+        raise NotImplementedError
+
+    def process(self, batch: Batch, side: Any = None) -> Iterator[Any]:
+        after = self.check(batch, side)
+        yield TaggedOutput(GUARDED, after)
+        valid = tuple(item for item in after.items if item.allowed)
+        if valid:
+            yield replace(after, items=valid)
+        stopped = tuple(
+            a for b, a in zip(batch.items, after.items, strict=True) if b.allowed and not a.allowed
+        )
+        if stopped:
+            yield TaggedOutput(QUARANTINE, replace(after, items=stopped))
+
+
+class _StageTransform(beam.PTransform):
+    def _apply(self, batches: PCollection[Batch], fn: _Stage, *side: Any) -> Any:
+        outputs = batches | beam.ParDo(fn, *side).with_outputs(GUARDED, QUARANTINE, main=VALID)
+        return _typed(outputs, VALID, GUARDED, QUARANTINE)
+
+
+class _Decode(_Stage):
+    def __init__(self, raw_schema: str | None, schema_registry: str | None) -> None:
+        self.raw_schema = raw_schema
+        self.schema_registry = schema_registry
+
+    def setup(self) -> None:
+        lookup = registry_lookup(self.schema_registry) if self.schema_registry else None
+        self.decoder = Decoder(raw_schema=self.raw_schema, registry_lookup=lookup)
+
+    def check(self, batch: Batch, side: Any) -> Batch:
+        return stages.decode(batch, self.decoder)
+
+
+class DecodeRecords(_StageTransform):
+    """Kafka messages' bytes → records (Confluent framing, single-object, or raw with
+    `raw_schema`); undecodable messages go to `quarantine`. Records read from files pass."""
+
+    def __init__(self, raw_schema: str | None = None, schema_registry: str | None = None):
+        super().__init__()
+        self.raw_schema = raw_schema
+        self.schema_registry = schema_registry
+
+    def expand(self, batches: PCollection[Batch]) -> Any:
+        return self._apply(batches, _Decode(self.raw_schema, self.schema_registry))
+
+
+class ParentClasses(beam.PTransform):
+    """(record id, highest class rank) of every generated record in `batches`: the side input
+    that lets `ValidateProvenance` see parents in any partition of the same run."""
+
+    def expand(self, batches: PCollection[Batch]) -> PCollection[tuple[str, int]]:
+        return (
+            batches
+            | "Generated" >> beam.FlatMap(stages.class_index)
+            | "Highest" >> beam.CombinePerKey(max)
+        )
+
+
+class _Validate(_Stage):
+    def __init__(self, engine: str, lineage_store: str | None) -> None:
+        self.engine = engine
+        self.lineage_store = lineage_store
+
+    def setup(self) -> None:
+        self.validator = SuiteValidator(engine=self.engine)  # suites: once per worker
+        self.store: Any = None
+
+    def check(self, batch: Batch, side: Any) -> Batch:
+        return stages.validate(batch, self.validator, side, self._lookup)
+
+    def _lookup(self, record_ids: Iterable[str]) -> dict[str, str]:
+        if self.lineage_store is None:
+            return {}
+        if self.store is None:
+            from lineage_guard.lineage.store import open_store
+
+            self.store = open_store(self.lineage_store)
+        found: dict[str, str] = self.store.content_classes(list(record_ids))
+        return found
+
+    def teardown(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+
+class ValidateProvenance(_StageTransform):
+    """Records in, three outputs: `valid`, `quarantine` (with reasons) and `guarded`.
+
+    `parents`: a `ParentClasses` PCollection (parents in the same run, any partition);
+    `lineage_store`: where parents recorded earlier (any worker, round or run) are looked up.
+    """
+
+    def __init__(
+        self,
+        engine: str = "compiled",
+        *,
+        parents: PCollection[tuple[str, int]] | None = None,
+        lineage_store: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.engine = engine
+        self.parents = parents
+        self.lineage_store = lineage_store
+
+    def expand(self, batches: PCollection[Batch]) -> Any:
+        side = [AsDict(self.parents)] if self.parents is not None else []
+        return self._apply(batches, _Validate(self.engine, self.lineage_store), *side)
+
+
+class _Enforce(_Stage):
+    def __init__(self, policies: Sequence[str]) -> None:
+        self.policy_texts = tuple(policies)
+
+    def setup(self) -> None:
+        self.policies = [parse_policy(text) for text in self.policy_texts]
+
+    def check(self, batch: Batch, side: Any) -> Batch:
+        return stages.enforce(batch, self.policies)
+
+
+class EnforcePolicies(_StageTransform):
+    """Sink policies (`production`, `tenant:ID`, `training[:…]`); refused records go to
+    `quarantine` marked `blocked`."""
+
+    def __init__(self, policies: Sequence[str] = ("production",)) -> None:
+        super().__init__()
+        for text in policies:
+            parse_policy(text)  # a bad policy fails at construction, not inside a worker
+        self.policies = tuple(policies)
+
+    def expand(self, batches: PCollection[Batch]) -> Any:
+        return self._apply(batches, _Enforce(self.policies))
+
+
+# -- lineage and outputs ---------------------------------------------------------------------
+
+
+class _RecordHop(beam.DoFn):
+    def __init__(
+        self,
+        stage: str,
+        store_url: str,
+        run_id: str,
+        destinations: KafkaIO | FilesIO | tuple[str, str],
+        retry_s: float,
+    ) -> None:
+        self.stage = stage
+        self.store_url = store_url
+        self.run_id = run_id
+        self.destinations = destinations
+        self.retry_s = retry_s
+
+    def setup(self) -> None:
+        self.recorder = LineageRecorder(
+            self.store_url, pipeline=self.stage, run_id=self.run_id, retry_s=self.retry_s
+        )
+
+    def process(self, batch: Batch) -> Iterator[Batch]:
+        allowed_to, quarantined_to = _destinations(self.destinations, batch)
+        entry = self.recorder.record(batch, allowed_to=allowed_to, quarantined_to=quarantined_to)
+        yield batch
+        # handed on to the next transform: the hop's records are answered
+        self.recorder.confirm([(entry, len(batch.items), [])])
+
+    def teardown(self) -> None:
+        self.recorder.close()
+
+
+def _destinations(
+    destinations: KafkaIO | FilesIO | tuple[str, str], batch: Batch
+) -> tuple[str, str]:
+    if isinstance(destinations, tuple):
+        return destinations
+    return destinations.destinations(batch.topic)
+
+
+class RecordHop(beam.PTransform):
+    """Records one lineage hop per record under `stage` (shown by `lineage trace`), then
+    passes each batch on unchanged: lineage is written before the records it covers move on,
+    so a batch whose lineage cannot be recorded goes nowhere (fail closed). For a stage that
+    hands its records on inside the pipeline; a stage that writes them out records its hop
+    in `WriteGuarded(lineage=…)`, which confirms the delivery once the destination answered.
+
+    Apply it to a `guarded` output. `destinations`: where allowed and stopped records go, as
+    `(allowed_to, quarantined_to)` or the `KafkaIO` / `FilesIO` the batches are written to.
+    `run_id` is fixed here, on the launcher, so a retried bundle records the same hop.
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        store_url: str,
+        *,
+        destinations: KafkaIO | FilesIO | tuple[str, str],
+        run_id: str | None = None,
+        retry_s: float = 300.0,
+    ) -> None:
+        super().__init__()
+        self.stage = stage
+        self.store_url = store_url
+        self.destinations = destinations
+        self.run_id = run_id or str(uuid.uuid4())
+        self.retry_s = retry_s
+
+    def expand(self, batches: PCollection[Batch]) -> PCollection[Batch]:
+        fn = _RecordHop(self.stage, self.store_url, self.run_id, self.destinations, self.retry_s)
+        return batches | beam.ParDo(fn).with_output_types(Batch)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Lineage:
+    """Where `WriteGuarded` records its hop: the store, the stage name it shows under, and the
+    run (fixed on the launcher, so every worker and retry records under the same run)."""
+
+    store_url: str
+    stage: str
+    run_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    retry_s: float = 300.0
+
+
+class _Write(beam.DoFn):
+    """Records the hop, writes allowed and quarantined records, confirms what the destination
+    answered, then commits (Kafka) behind it."""
+
+    def __init__(self, io: KafkaIO | FilesIO, lineage: Lineage | None, expected: int | None):
+        self.io = io
+        self.lineage = lineage
+        self.expected = expected
+
+    def setup(self) -> None:
+        io, lineage = self.io, self.lineage
+        self.recorder = (
+            LineageRecorder(
+                lineage.store_url,
+                pipeline=lineage.stage,
+                run_id=lineage.run_id,
+                retry_s=lineage.retry_s,
+            )
+            if lineage is not None
+            else None
+        )
+        answered = self.recorder.confirm if self.recorder is not None else None
+        if isinstance(io, KafkaIO):
+            self.sink: KafkaSink | FileSink = KafkaSink(
+                io.settings,
+                output_topic=io.output_topic,
+                quarantine_topic=io.quarantine_topic,
+                on_answered=answered,
+            )
+        else:
+            self.sink = FileSink(io.out_dir, io.names, on_answered=answered)
+        self.counters: dict[str, Any] = {}
+        self.written = 0
+        self.started = self.last_report = time.monotonic()
+
+    def process(self, batch: Batch) -> None:
+        receipt = None
+        if self.recorder is not None:
+            allowed_to, quarantined_to = _destinations(self.io, batch)
+            receipt = self.recorder.record(
+                batch, allowed_to=allowed_to, quarantined_to=quarantined_to
+            )
+        self.sink.write(batch, receipt)
+        self._count(batch)
+
+    def finish_bundle(self) -> None:
+        self.sink.flush()
+
+    def teardown(self) -> None:
+        self.sink.close()
+        if self.recorder is not None:
+            self.recorder.close()
+
+    def _count(self, batch: Batch) -> None:
+        """Counters named `outcome:…`, `content_class:…` and `origin_env:…` (see `Summary`)."""
+        for item in batch.items:
+            if item.allowed:
+                outcome = "outcome:allowed"
+            else:
+                decision = "blocked" if item.blocked else "quarantined"
+                rules = ",".join(sorted({v.rule for v in item.violations}))
+                outcome = f"outcome:{decision}:{item.stopped_at}:{rules}"
+            provenance = provenance_of(item.record)
+            content_class = provenance.get("content_class")
+            names = [
+                outcome,
+                f"content_class:{content_class}",
+                f"origin_env:{provenance.get('origin_env')}",
+            ]
+            if item.allowed:  # what a training export received: its synthetic ratio
+                names.append(f"allowed_class:{content_class}")
+            for name in names:
+                counter = self.counters.get(name)
+                if counter is None:
+                    counter = self.counters[name] = Metrics.counter(NAMESPACE, name)
+                counter.inc()
+        self.written += len(batch.items)
+        now = time.monotonic()
+        if now - self.last_report >= 2.0:
+            import logging
+
+            self.last_report = now
+            rate = self.written / max(now - self.started, 1e-9)
+            total = f"/{self.expected}" if self.expected is not None else ""
+            logging.getLogger("lineage_guard.progress").info(
+                "guarded %d%s records (%.0f records/s)", self.written, total, rate
+            )
+
+
+class WriteGuarded(beam.PTransform):
+    """Allowed records to the output (topic, or `<name>.allowed.jsonl`), stopped ones to
+    quarantine with their reasons. Apply it to a `guarded` output (every record, in offset
+    order): Kafka offsets are committed only behind delivered records.
+
+    With `lineage`, each batch's hop is recorded under `lineage.stage` before any of its
+    records is written, and its delivery once the destination answered (fail closed).
+    File outputs are written per batch, keyed on its source position, so a retried bundle
+    rewrites the same part; `finalize_files` joins the parts once the pipeline is done."""
+
+    def __init__(
+        self,
+        io: KafkaIO | FilesIO,
+        expected: int | None = None,
+        *,
+        lineage: Lineage | None = None,
+    ) -> None:
+        super().__init__()
+        self.io = io
+        self.expected = expected
+        self.lineage = lineage
+
+    def expand(self, batches: PCollection[Batch]) -> PCollection[Any]:
+        return batches | beam.ParDo(_Write(self.io, self.lineage, self.expected))
+
+
+class Records(beam.PTransform):
+    """Batches → their decoded records (dicts), for your own transforms."""
+
+    def expand(self, batches: PCollection[Batch]) -> PCollection[dict[str, Any]]:
+        return batches | beam.FlatMap(
+            lambda batch: [i.record for i in batch.items if i.record is not None]
+        )
