@@ -1,224 +1,252 @@
-"""Fill a lineage store with realistic events, then measure `trace` latency.
+"""Fill a lineage store with realistic hops, then time `trace` and one batch's verification.
 
     python bench/lineage_trace.py sqlite:///bench/out/lineage-10m.db
     python bench/lineage_trace.py postgresql://postgres@127.0.0.1:15432/lineage_guard
-    python bench/lineage_trace.py URL --events 1000000 --samples 500
+    python bench/lineage_trace.py URL --hops 1000000 --samples 500 --verify-all
 
-The fill writes N events (default 10,000,000): N/5 records, each passing the guard's five
-stages, spread over RUNS x PARTITIONS chains (`run/crm.contacts/partition`), appended through
-`LineageStore.append` in batches of BATCH events (one micro-batch of one partition each).
-About 10% of the records derive from an earlier record (`parent_record_ids`). The fill is
-deterministic and resumable: a store that already holds N events is not filled again, one
-that holds a whole number of batches is topped up.
+The fill writes N hops (default 10,000,000: one guard pass each, so N records) the way a guard
+does: through `LineageStore.append`, one micro-batch of BATCH hops (default 2000) per call,
+each followed by its delivery entry (`LineageStore.confirm`). Batches go round PARTITIONS
+source partitions of one guard, so the store holds PARTITIONS chains that continue over RUNS
+runs. About 90% of the records are delivered, 5% quarantined at validate (stripped provenance)
+and 5% blocked at enforce (TEST/STAGING origin); about 10% derive from an earlier record
+(`parent_record_ids`), so their trace follows an ancestor into another batch. Record ids are
+time-ordered, UUIDv7-like. The fill is deterministic and resumable: a store that already holds
+N hops is not filled again; one that holds a whole prefix of the batches is topped up.
 
-Then it times `store.trace(record_id)` for SAMPLES random record ids (after a warm-up of
-WARMUP others) and prints p50 / p95 / max in milliseconds, plus the ancestry-following audit
-trace (`lineage.queries.trace` without chain walks) and one full chain verification.
-Progress goes to stderr, figures to stdout.
+Then it times, over SAMPLES random record ids after WARMUP others:
+
+- `queries.trace(store, id)`: what `lineage trace` runs, with batch verification on (each
+  batch the record and its ancestors are in is checked against its Merkle root and its link);
+- `store.verify_batches(chain, [seq])` of one random batch (what each trace does per batch);
+
+and prints p50 / p95 / max in milliseconds, of the wall clock and of this process's CPU time
+(which a busy shared machine disturbs less; PostgreSQL's own CPU is not in it), the store's
+size per record (SQLite: the file with its WAL after a checkpoint; PostgreSQL:
+`pg_total_relation_size` of the lineage tables), and, with `--verify-all`, the time of
+`lineage verify` over the whole store. Progress goes to
+stderr, figures to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import random
+import sqlite3
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
 
 from lineage_guard.lineage import queries
-from lineage_guard.lineage.events import Decision, LineageEvent, Reason, Stage
+from lineage_guard.lineage.events import Reason, Stage
+from lineage_guard.lineage.hops import Hop, HopBatch, Outcome
 from lineage_guard.lineage.store import LineageStore, open_store
 
+PIPELINE = "crm-guard"
 TOPIC = "crm.contacts"
 BASE = datetime(2026, 11, 1, tzinfo=UTC)
 TENANTS = ("acme", "globex", "initech", "umbrella")
 SOURCES = ("salesforce-sync", "hubspot-sync", "outreach-assistant", "profile-faker")
+TABLES = ("lineage_hops", "lineage_entries", "lineage_chains", "lineage_checkpoints")
+GENERATOR = "email-assistant/gpt-4o@2024-08-06"
 
 
 def record_id(k: int) -> str:
-    """A UUID-shaped id, unique per record number `k` (< 2**32)."""
-    return f"{k:08x}-7c1e-4a2b-9d3f-{(k * 2654435761) % 16**12:012x}"
+    """A UUID-shaped, time-ordered id, unique per record number `k` (< 2**32)."""
+    return f"{k:08x}-7c1e-7a2b-9d3f-{(k * 2654435761) % 16**12:012x}"
 
 
-def batch_events(
-    batch: int, *, batches: int, args: argparse.Namespace
-) -> tuple[str, list[LineageEvent]]:
-    """Batch number `batch` of `batches`: its chain id and its events (5 per record).
+def chain_of(batch: int, args: argparse.Namespace) -> str:
+    return f"{PIPELINE}/{TOPIC}/{batch % args.partitions}"
 
-    Runs follow each other in time; within a run, batches go round the partitions.
-    """
-    records_per_batch = args.batch // 5
+
+def make_batch(batch: int, *, batches: int, args: argparse.Namespace) -> HopBatch:
+    """Batch number `batch` of `batches`: records `batch * BATCH …`, on partition
+    `batch % PARTITIONS`. Runs follow each other in time."""
     run_id = f"run-{min(args.runs - 1, batch * args.runs // batches):02d}"
     partition = batch % args.partitions
-    chain_id = f"{run_id}/{TOPIC}/{partition}"
     rng = random.Random(batch)
-    events: list[LineageEvent] = []
-    first = batch * records_per_batch
-    for k in range(first, first + records_per_batch):
+    first = batch * args.batch
+    hops = []
+    for k in range(first, first + args.batch):
         rid = record_id(k)
         roll = rng.random()
         content_class = "HUMAN" if roll < 0.5 else "AI_ASSISTED" if roll < 0.8 else "SYNTHETIC"
-        origin = rng.choices(("PRODUCTION", "STAGING", "TEST"), (90, 3, 7))[0]
-        at = BASE + timedelta(milliseconds=k * 10)
-        common: dict[str, Any] = {
-            "record_id": rid,
-            "pipeline": "crm-guard",
-            "run_id": run_id,
-            "content_class": content_class,
-            "origin_env": origin,
-            "tenant_id": TENANTS[k % len(TENANTS)],
-            "source_system": SOURCES[k % len(SOURCES)],
-            "generator": None if content_class == "HUMAN" else "email-assistant/gpt-4o@2024-08-06",
-            "parent_record_ids": (record_id(rng.randrange(k)),) if k and rng.random() < 0.1 else (),
-            "source_topic": TOPIC,
-            "source_partition": partition,
-            "source_offset": k // args.partitions,
-        }
-        quarantine = f"{TOPIC}.quarantine"
-        decisions: list[tuple[Decision, tuple[Reason, ...], str | None]]
+        roll = rng.random()
+        origin = "PRODUCTION" if roll < 0.95 else "STAGING" if roll < 0.97 else "TEST"
+        outcome, stopped_at, reasons = Outcome.DELIVERED, None, ()
         if rng.random() < 0.05:  # provenance stripped: quarantined at validate
-            why = (Reason(rule="generator_required", message=f"Record `{rid}`: no generator."),)
-            decisions = [
-                (Decision.QUARANTINED, why, None),
-                (Decision.QUARANTINED, why, None),
-                (Decision.QUARANTINED, why, quarantine),
-            ]
+            outcome, stopped_at = Outcome.QUARANTINED, Stage.VALIDATE
+            reasons = (Reason(rule="generator_required", message=f"Record `{rid}`: no generator."),)
         elif origin != "PRODUCTION":  # a leak attempt: blocked at enforce
-            why = (Reason(rule="leak_test_origin", message=f"Record `{rid}` is from `{origin}`."),)
-            decisions = [
-                (Decision.PASSED, (), None),
-                (Decision.BLOCKED, why, None),
-                (Decision.QUARANTINED, why, quarantine),
-            ]
-        else:
-            decisions = [
-                (Decision.PASSED, (), None),
-                (Decision.PASSED, (), None),
-                (Decision.DELIVERED, (), f"{TOPIC}.prod"),
-            ]
-        steps = [(Decision.PASSED, (), None), (Decision.PASSED, (), None), *decisions]
-        for step, (stage, (decision, reasons, destination)) in enumerate(
-            zip(Stage, steps, strict=True)
-        ):
-            events.append(
-                LineageEvent(
-                    **common,
-                    stage=stage,
-                    at=at + timedelta(milliseconds=step),
-                    decision=decision,
-                    reasons=reasons,
-                    destination=destination,
-                )
+            outcome, stopped_at = Outcome.BLOCKED, Stage.ENFORCE
+            reasons = (
+                Reason(rule="leak_test_origin", message=f"Record `{rid}` is from `{origin}`."),
             )
-    return chain_id, events
+        hops.append(
+            Hop(
+                record_id=rid,
+                source_offset=k // args.partitions,
+                outcome=outcome,
+                stopped_at=stopped_at,
+                reasons=reasons,
+                content_class=content_class,
+                origin_env=origin,
+                tenant_id=TENANTS[k % len(TENANTS)],
+                source_system=SOURCES[k % len(SOURCES)],
+                generator=None if content_class == "HUMAN" else GENERATOR,
+                parent_record_ids=(record_id(rng.randrange(k)),)
+                if k and rng.random() < 0.1
+                else (),
+                digest=hashlib.sha256(k.to_bytes(8, "big")).hexdigest(),
+            )
+        )
+    return HopBatch(
+        pipeline=PIPELINE,
+        run_id=run_id,
+        at=BASE + timedelta(milliseconds=first * 10),
+        source_topic=TOPIC,
+        source_partition=partition,
+        allowed_to=f"{TOPIC}.prod",
+        quarantined_to=f"{TOPIC}.quarantine",
+        hops=tuple(hops),
+    )
 
 
-def count_events(store: LineageStore) -> int:
-    """Events recorded, from the chain heads (cheap: no table scan)."""
-    total = 0
-    for chain_id in store.chains():
-        head = store.head(chain_id)
-        total += head.seq if head is not None else 0
-    return total
+def batches_written(store: LineageStore, args: argparse.Namespace) -> int:
+    """Batches already in the store, from the chain heads (each batch: a hops entry and its
+    delivery entry); exits if they are not a prefix of this fill."""
+    per_chain = {head.chain_id: head.seq for head in store.heads()}
+    done = sum(seq // 2 for seq in per_chain.values())
+    for partition in range(args.partitions):
+        expected = len(range(partition, done, args.partitions)) * 2
+        if per_chain.get(f"{PIPELINE}/{TOPIC}/{partition}", 0) != expected:
+            sys.exit(f"{store.url} holds other lineage than this fill's first {done} batches")
+    return done
 
 
 def fill(store: LineageStore, args: argparse.Namespace) -> dict[str, float]:
-    batch_size = args.batch // 5 * 5
-    batches = args.events // batch_size
-    have = count_events(store)
-    if have >= batches * batch_size:
-        log(f"store already holds {have:,} events: no fill")
+    batches = args.hops // args.batch
+    have = batches_written(store, args)
+    if have >= batches:
+        log(f"store already holds {have * args.batch:,} hops: no fill")
         return {}
-    if have % batch_size:
-        sys.exit(f"store holds {have:,} events, not a whole number of {batch_size:,}-event batches")
-    start_batch = have // batch_size
-    log(
-        f"filling {batches * batch_size - have:,} events from batch {start_batch}"
-        f" ({batch_size:,} events each)"
-    )
+    log(f"filling {(batches - have) * args.batch:,} hops from batch {have} ({args.batch:,} each)")
     started = time.perf_counter()
     build_s = append_s = 0.0
-    for batch in range(start_batch, batches):
+    every = max(1, 1_000_000 // args.batch)
+    for batch in range(have, batches):
         t0 = time.perf_counter()
-        chain_id, events = batch_events(batch, batches=batches, args=args)
+        hops = make_batch(batch, batches=batches, args=args)
         t1 = time.perf_counter()
-        store.append(events, chain_id=chain_id)
+        entry = store.append(hops)
+        store.confirm([(entry, len(hops.hops), [])], at=hops.at + timedelta(milliseconds=50))
         t2 = time.perf_counter()
         build_s += t1 - t0
         append_s += t2 - t1
-        done = (batch + 1 - start_batch) * batch_size
-        if (batch + 1) % max(1, 1_000_000 // batch_size) == 0 or batch + 1 == batches:
+        if (batch + 1) % every == 0 or batch + 1 == batches:
+            done = (batch + 1 - have) * args.batch
             rate = done / (time.perf_counter() - started)
-            log(f"  {have + done:>12,} / {batches * batch_size:,} events  ({rate:,.0f} events/s)")
-    elapsed = time.perf_counter() - started
-    written = (batches - start_batch) * batch_size
+            log(
+                f"  {(batch + 1) * args.batch:>12,} / {batches * args.batch:,} hops ({rate:,.0f}/s)"
+            )
+    written = (batches - have) * args.batch
     return {
-        "fill_events": written,
-        "fill_seconds": elapsed,
-        "fill_events_per_s": written / elapsed,
+        "hops": written,
+        "seconds": time.perf_counter() - started,
         "build_seconds": build_s,
         "append_seconds": append_s,
-        "append_events_per_s": written / append_s,
     }
+
+
+def store_bytes(url: str) -> int:
+    if url.startswith("sqlite:"):
+        path = Path(url.removeprefix("sqlite:///"))
+        conn = sqlite3.connect(path)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+        return sum(f.stat().st_size for f in (path, Path(f"{path}-wal")) if f.exists())
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = current_schema() AND c.relname = ANY(%s)",
+            (list(TABLES),),
+        ).fetchone()
+    return int(row[0] or 0) if row else 0
 
 
 def percentiles(samples_ms: list[float]) -> str:
     ordered = sorted(samples_ms)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * len(ordered)) - 1)]
     return (
-        f"p50 {statistics.median(ordered):.2f} ms  p95 {p95:.2f} ms  max {ordered[-1]:.2f} ms"
+        f"p50 {statistics.median(ordered):6.2f} ms  p95 {p95:6.2f} ms  max {ordered[-1]:7.2f} ms"
         f"  (n={len(ordered)})"
     )
 
 
-def sample_ids(rng: random.Random, records: int, count: int) -> Iterator[str]:
-    for _ in range(count):
-        yield record_id(rng.randrange(records))
-
-
 def measure(store: LineageStore, args: argparse.Namespace) -> None:
-    records = args.events // 5
+    batches = args.hops // args.batch
+    records = batches * args.batch
     rng = random.Random(args.seed)
-    for rid in sample_ids(rng, records, args.warmup):
-        store.trace(rid)
+    for _ in range(args.warmup):
+        queries.trace(store, record_id(rng.randrange(records)))
 
-    store_ms = []
-    for rid in sample_ids(rng, records, args.samples):
-        t0 = time.perf_counter()
-        found = store.trace(rid)
-        store_ms.append((time.perf_counter() - t0) * 1000)
-        if len(found) != 5:
-            sys.exit(f"trace({rid}) returned {len(found)} events, expected 5")
-
-    audit_ms = []
-    ancestors = 0
-    for rid in sample_ids(rng, records, args.samples):
-        t0 = time.perf_counter()
-        result = queries.trace(store, rid, verify_chains=False)
-        audit_ms.append((time.perf_counter() - t0) * 1000)
+    trace_ms: list[float] = []
+    trace_cpu: list[float] = []
+    ancestors = batches_checked = 0
+    for _ in range(args.samples):
+        rid = record_id(rng.randrange(records))
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = queries.trace(store, rid, verify_chains=True)
+        trace_ms.append((time.perf_counter() - t0) * 1000)
+        trace_cpu.append((time.process_time() - c0) * 1000)
+        if not result.found or not result.intact:
+            sys.exit(f"trace({rid}): found={result.found} intact={result.intact}")
+        if any(chain.status != "ok" for chain in result.chains):
+            sys.exit(f"trace({rid}) left a batch unverified: {result.chains}")
         ancestors += len({t.stored.event.record_id for t in result.events}) - 1
+        batches_checked += len(result.chains)
 
-    chain_id = next(iter(store.chains()))
-    t0 = time.perf_counter()
-    verification = store.verify(chain_id)
-    verify_s = time.perf_counter() - t0
-    if not verification.ok:
-        sys.exit(f"chain {chain_id} is broken: {verification.broken}")
+    verify_ms: list[float] = []
+    verify_cpu: list[float] = []
+    for _ in range(args.samples):
+        batch = rng.randrange(batches)
+        chain_id, seq = chain_of(batch, args), batch // args.partitions * 2 + 1
+        t0, c0 = time.perf_counter(), time.process_time()
+        found = store.verify_batches(chain_id, [seq])
+        verify_ms.append((time.perf_counter() - t0) * 1000)
+        verify_cpu.append((time.process_time() - c0) * 1000)
+        if found != {seq: None}:
+            sys.exit(f"chain {chain_id} batch {seq} does not verify: {found}")
 
-    print(f"store              {store.url}")
-    print(f"events             {count_events(store):,} ({records:,} records x 5 stages)")
-    print(f"store.trace        {percentiles(store_ms)}")
-    print(
-        f"queries.trace      {percentiles(audit_ms)}  (with ancestors: {ancestors} found,"
-        " chains not walked)"
-    )
-    print(
-        f"verify one chain   {verification.events:,} events in {verify_s:.2f} s"
-        f" ({verification.events / verify_s:,.0f} events/s)"
-    )
+    size = store_bytes(args.url)
+    print(f"store                 {store.url}")
+    print(f"hops                  {records:,} ({records:,} records, {batches:,} batches of"
+          f" {args.batch:,}, {args.partitions} chains)")  # fmt: skip
+    print(f"size                  {size:,} bytes, {size / records:.0f} bytes per record")
+    print(f"lineage trace         {percentiles(trace_ms)}  (batch verification on;"
+          f" {ancestors} ancestors, {batches_checked} batches checked)")  # fmt: skip
+    print(f"  its CPU time        {percentiles(trace_cpu)}")
+    print(f"verify one batch      {percentiles(verify_ms)}  ({args.batch:,} hops each)")
+    print(f"  its CPU time        {percentiles(verify_cpu)}")
+    if args.verify_all:
+        t0 = time.perf_counter()
+        verification = queries.verify(store)
+        seconds = time.perf_counter() - t0
+        if not verification.ok:
+            sys.exit(f"lineage verify: {verification.broken}")
+        print(
+            f"lineage verify (all)  {verification.hops:,} hops in {verification.batches:,}"
+            f" entries, {seconds:.1f} s ({verification.hops / seconds:,.0f} hops/s): ok"
+        )
 
 
 def log(message: str) -> None:
@@ -228,24 +256,27 @@ def log(message: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url", help="lineage store URL: sqlite:///path or postgresql://…")
-    parser.add_argument("--events", type=int, default=10_000_000)
-    parser.add_argument("--batch", type=int, default=50_000, help="events per append")
+    parser.add_argument("--hops", type=int, default=10_000_000)
+    parser.add_argument("--batch", type=int, default=2000, help="hops per append")
     parser.add_argument("--runs", type=int, default=4)
     parser.add_argument("--partitions", type=int, default=12)
-    parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--verify-all", action="store_true", help="also time `lineage verify`")
+    parser.add_argument("--no-measure", action="store_true", help="fill only")
     args = parser.parse_args()
     with open_store(args.url) as store:
         figures = fill(store, args)
         if figures:
             print(
-                f"fill               {figures['fill_events']:,} events in"
-                f" {figures['fill_seconds']:.0f} s ({figures['fill_events_per_s']:,.0f} events/s;"
-                f" append alone {figures['append_events_per_s']:,.0f} events/s,"
-                f" building events {figures['build_seconds']:.0f} s)"
+                f"fill                  {figures['hops']:,} hops in {figures['seconds']:.0f} s"
+                f" ({figures['hops'] / figures['seconds']:,.0f} hops/s; append + confirm"
+                f" {figures['hops'] / figures['append_seconds']:,.0f} hops/s,"
+                f" building hops {figures['build_seconds']:.0f} s)"
             )
-        measure(store, args)
+        if not args.no_measure:
+            measure(store, args)
 
 
 if __name__ == "__main__":

@@ -595,37 +595,53 @@ def _hop(
     content_class: Any, origin_env: Any, tenant_id: Any, source_system: Any, generator: Any,
     parents: Any, digest: Any,
 ) -> Hop:  # fmt: skip
-    for value, name in (
-        (record_id, "record_id"), (content_class, "content_class"), (origin_env, "origin_env"),
-        (tenant_id, "tenant_id"), (source_system, "source_system"), (generator, "generator"),
-    ):  # fmt: skip
-        if value is not None:
-            _expect(value, str, name)
-    _expect(offset, int, "source_offset")
+    # Runs once per row read (trace, verify): check the common case in one C-level pass, and
+    # name the offending column only when it fails.
+    texts = (record_id, content_class, origin_env, tenant_id, source_system, generator)
+    if not _TEXT_TYPES.issuperset(map(type, texts)):
+        for value, name in zip(texts, _TEXT_COLUMNS, strict=True):
+            if value is not None:
+                _expect(value, str, name)
+    if type(offset) is not int:
+        _expect(offset, int, "source_offset")
     if not isinstance(digest, bytes | bytearray | memoryview):
         raise _RowError(f"`digest` is {digest!r}, not bytes")
-    pairs = _loads(reasons, "reasons")
-    if not all(
-        isinstance(p, list) and len(p) == 2 and all(type(x) is str for x in p) for p in pairs
-    ):
-        raise _RowError(f"`reasons` is {reasons!r}, not a list of [rule, message] pairs")
-    parent_ids = _loads(parents, "parents")
-    if not all(type(p) is str for p in parent_ids):
-        raise _RowError(f"`parents` is {parents!r}, not a list of strings")
+    reason_list: tuple[Reason, ...] = ()
+    if reasons is not None:
+        pairs = _loads(reasons, "reasons")
+        if not all(
+            isinstance(p, list) and len(p) == 2 and all(type(x) is str for x in p) for p in pairs
+        ):
+            raise _RowError(f"`reasons` is {reasons!r}, not a list of [rule, message] pairs")
+        reason_list = tuple(Reason(rule=rule, message=message) for rule, message in pairs)
+    parent_ids: tuple[str, ...] = ()
+    if parents is not None:
+        parent_ids = tuple(_loads(parents, "parents"))
+        if not all(type(p) is str for p in parent_ids):
+            raise _RowError(f"`parents` is {parents!r}, not a list of strings")
+    known = _OUTCOMES.get(outcome) if type(outcome) is str else None
+    stage = _STAGES.get(stopped_at) if type(stopped_at) is str else None
     return Hop(
         record_id=record_id,
         source_offset=offset,
-        outcome=Outcome(outcome),
-        stopped_at=Stage(stopped_at) if stopped_at is not None else None,
-        reasons=tuple(Reason(rule=rule, message=message) for rule, message in pairs),
+        outcome=known if known is not None else Outcome(outcome),  # raises for a bad value
+        stopped_at=stage if stage is not None or stopped_at is None else Stage(stopped_at),
+        reasons=reason_list,
         content_class=content_class,
         origin_env=origin_env,
         tenant_id=tenant_id,
         source_system=source_system,
         generator=generator,
-        parent_record_ids=tuple(parent_ids),
-        digest=bytes(digest).hex(),
+        parent_record_ids=parent_ids,
+        digest=digest.hex(),
     )
+
+
+_TEXT_TYPES = frozenset({str, type(None)})
+_TEXT_COLUMNS = ("record_id", "content_class", "origin_env", "tenant_id", "source_system",
+                 "generator")  # fmt: skip
+_OUTCOMES = {str(outcome): outcome for outcome in Outcome}
+_STAGES = {str(stage): stage for stage in Stage}
 
 
 def _checkpoint(row: Sequence[Any]) -> Checkpoint:
