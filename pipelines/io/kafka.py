@@ -306,12 +306,16 @@ class GroupMembership:
 
     def _members(self, group: str) -> list[str]:
         """The ids of `group`'s active members' clients (hosts)."""
-        admin = self.settings.admin()  # kept alive until its future is answered
-        future = admin.describe_consumer_groups([group], request_timeout=self.settings.timeout_s)[
-            group
-        ]
-        try:
-            description = future.result(timeout=self.settings.timeout_s)
+        admin = self.settings.admin()  # kept alive until its futures are answered
+
+        def describe() -> Any:
+            futures = admin.describe_consumer_groups(
+                [group], request_timeout=self.settings.timeout_s
+            )
+            return futures[group].result(timeout=self.settings.timeout_s)
+
+        try:  # a fresh broker answers COORDINATOR_LOAD_IN_PROGRESS for a while: retried
+            description = retrying(describe, self.settings.timeout_s)
         except (KafkaException, concurrent.futures.TimeoutError) as exc:
             raise ServiceUnavailableError(
                 f"Kafka at `{self.settings.bootstrap_servers}` did not describe consumer group "
