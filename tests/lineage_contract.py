@@ -36,6 +36,7 @@ RunSql = Callable[[str], list[tuple[Any, ...]]]
 
 __all__ = [
     "test_a_batch_is_one_transaction",
+    "test_a_retried_batch_is_recorded_once",
     "test_append_then_trace_round_trips_every_field",
     "test_chains_continue_across_runs_and_reopening",
     "test_concurrent_appends_never_fork_a_chain",
@@ -302,6 +303,23 @@ def test_a_batch_is_one_transaction(store: LineageStore, run_sql: RunSql) -> Non
         store.append(batch([hop("fresh", 10), hop("r0", 11)]))
     assert store.hops(["fresh"]) == []
     assert store.head(CHAIN).seq == 2  # type: ignore[union-attr]
+    assert store.verify().ok
+
+
+def test_a_retried_batch_is_recorded_once(store: LineageStore) -> None:
+    """A bundle retried by the runner writes the same batch again (same run, same offsets,
+    same rows, a later time): the store keeps the first, and its one delivery entry."""
+    first = store.append(batch([hop("a", 0), hop("b", 1)]))
+    again = store.append(batch([hop("a", 0), hop("b", 1)], at=T0 + timedelta(seconds=3)))
+    assert again == first
+    store.confirm([(first, 2, [])], at=T0)
+    store.confirm([(again, 2, [])], at=T0 + timedelta(seconds=4))
+    assert [(h.seq, h.delivery) for h in store.hops(["a", "b"])] == [(1, Delivery.CONFIRMED)] * 2
+    assert store.head(CHAIN).seq == 2  # type: ignore[union-attr]
+    # Another run reading the same offsets again is a new pass: recorded.
+    later = store.append(batch([hop("a", 0), hop("b", 1)], run_id="run-2"))
+    changed = store.append(batch([hop("a", 0), hop("b", 1, tenant_id="globex")]))
+    assert (later.seq, changed.seq) == (3, 4)
     assert store.verify().ok
 
 

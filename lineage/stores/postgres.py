@@ -70,6 +70,8 @@ _SCHEMA = [
     """CREATE INDEX IF NOT EXISTS lineage_entries_confirms ON lineage_entries (chain_id, confirms)
         WHERE kind = 'delivery'""",
     "CREATE INDEX IF NOT EXISTS lineage_entries_at ON lineage_entries (at)",
+    """CREATE INDEX IF NOT EXISTS lineage_entries_position
+        ON lineage_entries (chain_id, run_id, first_offset)""",
     """CREATE TABLE IF NOT EXISTS lineage_hops (
         entry_id bigint NOT NULL,
         idx integer NOT NULL,

@@ -131,11 +131,30 @@ class SqlStore(ABC):
 
     def append(self, batch: HopBatch) -> Entry:
         """Write `batch` as the next entry of its chain: header, rows and head in one
-        transaction, or nothing."""
+        transaction, or nothing. A batch the same run already wrote from the same source
+        offsets with the same rows (a retried bundle) is not written again: its entry is
+        returned."""
         try:
             with self._write() as cursor:
                 head = self._lock_head(cursor, batch.chain_id)
                 entry = hops_entry(batch, head=head)
+                cursor.execute(
+                    self._q(
+                        f"{SELECT_ENTRIES} WHERE chain_id = ? AND run_id = ? AND first_offset = ?"
+                        " AND kind = 'hops' AND last_offset = ? AND root = ?"
+                    ),
+                    (
+                        entry.chain_id,
+                        entry.run_id,
+                        entry.first_offset,
+                        entry.last_offset,
+                        entry.root,
+                    ),
+                )
+                if (row := cursor.fetchone()) is not None:
+                    written = read_entry(row)
+                    if isinstance(written, Entry):
+                        return written
                 entry_id = self._insert_entry(cursor, entry)
                 self._insert_hops(cursor, entry_id, batch.hops)
                 self._set_head(cursor, entry)
@@ -159,6 +178,15 @@ class SqlStore(ABC):
                 for confirmed, count, failed in confirmations:
                     head = self._lock_head(cursor, confirmed.chain_id)
                     assert head is not None, "a delivery entry follows its hops entry"
+                    cursor.execute(
+                        self._q(
+                            "SELECT 1 FROM lineage_entries WHERE chain_id = ?"
+                            " AND kind = 'delivery' AND confirms = ?"
+                        ),
+                        (confirmed.chain_id, confirmed.seq),
+                    )
+                    if cursor.fetchone() is not None:
+                        continue  # a retried bundle's batch, already answered once
                     entry = delivery_entry(confirmed, count=count, failed=failed, at=at, head=head)
                     self._insert_entry(cursor, entry)
                     self._set_head(cursor, entry)

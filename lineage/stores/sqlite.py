@@ -61,6 +61,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS lineage_entries_chain_seq ON lineage_entries (
 CREATE INDEX IF NOT EXISTS lineage_entries_confirms ON lineage_entries (chain_id, confirms)
     WHERE kind = 'delivery';
 CREATE INDEX IF NOT EXISTS lineage_entries_at ON lineage_entries (at);
+CREATE INDEX IF NOT EXISTS lineage_entries_position
+    ON lineage_entries (chain_id, run_id, first_offset);
 CREATE TABLE IF NOT EXISTS lineage_hops (
     entry_id INTEGER NOT NULL,
     idx INTEGER NOT NULL,

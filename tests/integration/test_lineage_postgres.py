@@ -82,6 +82,7 @@ def test_tables_and_indexes_are_created_in_the_urls_schema(
         ("lineage_entries_chain_id_seq_key",),
         ("lineage_entries_confirms",),
         ("lineage_entries_pkey",),
+        ("lineage_entries_position",),
         ("lineage_hops_pkey",),
         ("lineage_hops_record_id",),
     ]

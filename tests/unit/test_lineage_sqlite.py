@@ -68,6 +68,7 @@ def test_opening_creates_the_file_and_its_folders_in_wal_mode(
         ("lineage_entries_at",),
         ("lineage_entries_chain_seq",),
         ("lineage_entries_confirms",),
+        ("lineage_entries_position",),
         ("lineage_hops_record_id",),
     ]
 
