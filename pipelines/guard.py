@@ -81,12 +81,13 @@ def build(
 ) -> None:
     """The guard's graph, from the library's transforms::
 
-        source ─► Decode ─► ParentClasses ─────────────┐ (side input: the run's generated records)
+        source ─► ParentClasses ───────────────────────┐ (side input: the run's generated records)
         source ─► Decode ─► ValidateProvenance ◄───────┘ ─► EnforcePolicies ─► Write (+ hop)
 
-    The source is read twice: once to learn the class of every generated record in the run,
-    once to guard it. A child is judged only after every partition's parents are known, so its
-    verdict does not depend on which worker read its parent, or when.
+    The source is read twice: once to learn the class of every generated record in the run
+    (each message read only as far as its id and class), once to guard it. A child is judged
+    only after every partition's parents are known, so its verdict does not depend on which
+    worker read its parent, or when.
     """
     io = config.io
 
@@ -96,9 +97,7 @@ def build(
         return label >> ReadFiles(io.inputs, config.batch_size, counter=counter)
 
     decode = {"raw_schema": config.raw_schema, "schema_registry": config.schema_registry}
-    parents = (
-        pipeline | source("IndexRead", None) | "IndexDecode" >> DecodeRecords(**decode)
-    ).valid | "ParentClasses" >> ParentClasses()
+    parents = pipeline | source("IndexRead", None) | "ParentClasses" >> ParentClasses(**decode)
     decoded = pipeline | source("Read", "read") | "Decode" >> DecodeRecords(**decode)
     validated = decoded.guarded | "Validate" >> ValidateProvenance(
         config.engine,

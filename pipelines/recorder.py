@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +69,15 @@ class RetryingStore:
                         raise _Stopped from None
                     time.sleep(min(0.2, max(until - time.monotonic(), 0)))
                 delay = min(delay * 2, 10.0)
+
+    def content_classes(
+        self, record_ids: Iterable[str], stop: Callable[[], bool] = lambda: False
+    ) -> dict[str, str]:
+        """The recorded class of each of `record_ids` the store knows (parents recorded by
+        any worker, round or run); an outage is waited out, as the write step waits it out."""
+        ids = list(record_ids)
+        found: dict[str, str] = self.call(lambda store: store.content_classes(ids), stop)
+        return found
 
     def close(self) -> None:
         if self.store is not None:

@@ -59,15 +59,25 @@ def decode(batch: Batch, decoder: Decoder) -> Batch:
 ClassLookup = Callable[[Collection[str]], Mapping[str, str]]  # `LineageStore.content_classes`
 
 
-def class_index(batch: Batch) -> Iterator[tuple[str, int]]:
+def class_index(batch: Batch, decoder: Decoder | None = None) -> Iterator[tuple[str, int]]:
     """(record id, class rank) of the batch's generated records (AI_ASSISTED, SYNTHETIC): the
-    only ones that can constrain a child. Whatever a later stage decides about them."""
+    only ones that can constrain a child. Whatever a later stage decides about them.
+
+    Records decoded already (or read from files) are read as they are; with `decoder`, a
+    message not decoded yet is read only as far as its id and class (`Decoder.head`)."""
     for item in batch.items:
         record = item.record
-        if record is None:
+        if record is not None:
+            record_id = record_id_of(record)
+            content_class = provenance_of(record).get("content_class")
+        elif decoder is not None and item.error is None:
+            head = decoder.head(item.source.value)
+            if head is None:
+                continue
+            record_id, content_class = head
+        else:
             continue
-        record_id = record_id_of(record)
-        rank = CLASS_RANK.get(provenance_of(record).get("content_class"))  # type: ignore[arg-type]
+        rank = CLASS_RANK.get(content_class)  # type: ignore[arg-type]
         if record_id is not None and rank:
             yield record_id, rank
 

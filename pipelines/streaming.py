@@ -26,7 +26,6 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder, VarIntCoder
-from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from confluent_kafka import KafkaException, TopicPartition
@@ -34,13 +33,15 @@ from confluent_kafka import KafkaException, TopicPartition
 from lineage_guard import stages
 from lineage_guard.contract.policies import parse_policy
 from lineage_guard.contract.validate import SuiteValidator
-from lineage_guard.guard import NAMESPACE, GuardConfig, KafkaIO
+from lineage_guard.guard import GuardConfig, KafkaIO
 from lineage_guard.io.decode import Decoder, registry_lookup
 from lineage_guard.io.kafka import KafkaSink, retrying
 from lineage_guard.io.kafka_source import Chunk, ReadFromKafka, start_offset
 from lineage_guard.items import Batch
 from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError
-from lineage_guard.recorder import LineageRecorder
+from lineage_guard.recorder import LineageRecorder, RetryingStore
+from lineage_guard.stop import stop_requested
+from lineage_guard.transforms import OutcomeCounters
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +114,27 @@ class _Stage(beam.DoFn):
             self.run = lambda batch: stages.decode(batch, decoder)
         elif self.stage == "validate":
             validator = SuiteValidator(engine=self.config.engine)  # suites: once per worker
-            self.run = lambda batch: stages.validate(batch, validator)
+            store_url = self.config.lineage_store
+            self.store = (
+                RetryingStore(store_url, retry_s=self.config.lineage_retry_s) if store_url else None
+            )
+            lookup = (
+                (lambda ids: self.store.content_classes(ids, stop_requested))
+                if self.store is not None
+                else None
+            )
+            self.run = lambda batch: stages.validate(batch, validator, lookup=lookup)
         else:
             policies = [parse_policy(text) for text in self.config.policies]
             self.run = lambda batch: stages.enforce(batch, policies)
 
     def process(self, part: Part) -> Iterator[Part]:
         yield replace(part, batch=self.run(part.batch))
+
+    def teardown(self) -> None:
+        store = getattr(self, "store", None)
+        if store is not None:
+            store.close()
 
 
 class DeliverAndCommit(beam.DoFn):
@@ -152,7 +167,7 @@ class DeliverAndCommit(beam.DoFn):
             commits=False,
         )
         self.committer = self.io.settings.consumer()
-        self.counters: dict[str, Any] = {}
+        self.counters = OutcomeCounters()
 
     def teardown(self) -> None:
         self.sink.close()
@@ -175,7 +190,7 @@ class DeliverAndCommit(beam.DoFn):
             )
         self.sink.write(batch, receipt)
         self.sink.flush()  # raises unless Kafka acknowledged every record of the batch
-        self._count(batch)
+        self.counters.add(batch)
 
         frontier = frontier_state.read()
         if frontier is None:  # first batch of this partition in this run: where the source began
@@ -196,19 +211,6 @@ class DeliverAndCommit(beam.DoFn):
             retrying(lambda: self.committer.commit(offsets=offsets, asynchronous=False), timeout_s)
         except KafkaException as exc:
             raise ServiceUnavailableError(f"Committing offsets failed: {exc}") from exc
-
-    def _count(self, batch: Batch) -> None:
-        for item in batch.items:
-            if item.allowed:
-                name = "outcome:allowed"
-            else:
-                decision = "blocked" if item.blocked else "quarantined"
-                rules = ",".join(sorted({v.rule for v in item.violations}))
-                name = f"outcome:{decision}:{item.stopped_at}:{rules}"
-            counter = self.counters.get(name)
-            if counter is None:
-                counter = self.counters[name] = Metrics.counter(NAMESPACE, name)
-            counter.inc()
 
 
 def build_streaming(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -229,14 +230,36 @@ class DecodeRecords(_StageTransform):
         return self._apply(batches, _Decode(self.raw_schema, self.schema_registry))
 
 
+class _IndexClasses(beam.DoFn):
+    def __init__(self, raw_schema: str | None, schema_registry: str | None) -> None:
+        self.raw_schema = raw_schema
+        self.schema_registry = schema_registry
+
+    def setup(self) -> None:
+        lookup = registry_lookup(self.schema_registry) if self.schema_registry else None
+        self.decoder = Decoder(raw_schema=self.raw_schema, registry_lookup=lookup)
+
+    def process(self, batch: Batch) -> Iterator[tuple[str, int]]:
+        return stages.class_index(batch, self.decoder)
+
+
 class ParentClasses(beam.PTransform):
     """(record id, highest class rank) of every generated record in `batches`: the side input
-    that lets `ValidateProvenance` see parents in any partition of the same run."""
+    that lets `ValidateProvenance` see parents in any partition of the same run.
+
+    `batches` may come straight from a source: a message is read only as far as its record id
+    and class (a fifth of a full decode), with the same `raw_schema` / `schema_registry` as
+    `DecodeRecords`. Decoded batches (and file records) are read as they are."""
+
+    def __init__(self, raw_schema: str | None = None, schema_registry: str | None = None):
+        super().__init__()
+        self.raw_schema = raw_schema
+        self.schema_registry = schema_registry
 
     def expand(self, batches: PCollection[Batch]) -> PCollection[tuple[str, int]]:
         return (
             batches
-            | "Generated" >> beam.FlatMap(stages.class_index)
+            | "Generated" >> beam.ParDo(_IndexClasses(self.raw_schema, self.schema_registry))
             | "Highest" >> beam.CombinePerKey(max)
         )
 
@@ -261,11 +284,7 @@ class _Validate(_Stage):
     def _lookup(self, record_ids: Iterable[str]) -> dict[str, str]:
         if self.store is None:
             return {}
-        ids = list(record_ids)  # an outage is waited out, as the write step waits it out
-        found: dict[str, str] = self.store.call(
-            lambda store: store.content_classes(ids), stop_requested
-        )
-        return found
+        return self.store.content_classes(record_ids, stop_requested)
 
     def teardown(self) -> None:
         if self.store is not None:
@@ -442,7 +461,7 @@ class _Write(beam.DoFn):
             )
         else:
             self.sink = FileSink(io.out_dir, io.names, on_answered=answered)
-        self.counters: dict[str, Any] = {}
+        self.counters = OutcomeCounters()
         self.written = 0
         self.started = self.last_report = time.monotonic()
 
@@ -471,28 +490,7 @@ class _Write(beam.DoFn):
             self.recorder.close()
 
     def _count(self, batch: Batch) -> None:
-        """Counters named `outcome:…`, `content_class:…` and `origin_env:…` (see `Summary`)."""
-        for item in batch.items:
-            if item.allowed:
-                outcome = "outcome:allowed"
-            else:
-                decision = "blocked" if item.blocked else "quarantined"
-                rules = ",".join(sorted({v.rule for v in item.violations}))
-                outcome = f"outcome:{decision}:{item.stopped_at}:{rules}"
-            provenance = provenance_of(item.record)
-            content_class = provenance.get("content_class")
-            names = [
-                outcome,
-                f"content_class:{content_class}",
-                f"origin_env:{provenance.get('origin_env')}",
-            ]
-            if item.allowed:  # what a training export received: its synthetic ratio
-                names.append(f"allowed_class:{content_class}")
-            for name in names:
-                counter = self.counters.get(name)
-                if counter is None:
-                    counter = self.counters[name] = Metrics.counter(NAMESPACE, name)
-                counter.inc()
+        self.counters.add(batch)
         self.written += len(batch.items)
         now = time.monotonic()
         if now - self.last_report >= 2.0:
@@ -504,6 +502,36 @@ class _Write(beam.DoFn):
             logging.getLogger("lineage_guard.progress").info(
                 "guarded %d%s records (%.0f records/s)", self.written, total, rate
             )
+
+
+class OutcomeCounters:
+    """The Beam counters a written batch adds to (read back by `Summary`): `outcome:allowed`,
+    `outcome:quarantined:STAGE:RULES`, `outcome:blocked:STAGE:RULES`, `content_class:X`,
+    `origin_env:X` and, for allowed records, `allowed_class:X` (a training export's
+    synthetic ratio)."""
+
+    def __init__(self) -> None:
+        self.counters: dict[str, Any] = {}
+
+    def add(self, batch: Batch) -> None:
+        counts: Counter[str] = Counter()
+        for item in batch.items:
+            provenance = provenance_of(item.record)
+            content_class = provenance.get("content_class")
+            if item.allowed:
+                counts["outcome:allowed"] += 1
+                counts[f"allowed_class:{content_class}"] += 1
+            else:
+                decision = "blocked" if item.blocked else "quarantined"
+                rules = ",".join(sorted({v.rule for v in item.violations}))
+                counts[f"outcome:{decision}:{item.stopped_at}:{rules}"] += 1
+            counts[f"content_class:{content_class}"] += 1
+            counts[f"origin_env:{provenance.get('origin_env')}"] += 1
+        for name, n in counts.items():
+            counter = self.counters.get(name)
+            if counter is None:
+                counter = self.counters[name] = Metrics.counter(NAMESPACE, name)
+            counter.inc(n)
 
 
 class WriteGuarded(beam.PTransform):

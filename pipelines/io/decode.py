@@ -130,6 +130,34 @@ class Decoder:
             reason="no Confluent or single-object framing, and no `--schema` was given for raw Avro"
         )
 
+    def head(self, value: bytes | None) -> tuple[str, str] | None:
+        """(record id, content class) read from the head of a message's body, without
+        decoding the rest: what the parent index needs, at a fifth of a full decode's cost.
+        None when the head does not read as strings (or the message does not decode): such a
+        message is not indexed. A message whose head reads but whose tail is damaged is
+        indexed (its children are held to its class) and quarantined by `decode`."""
+        if not value or (value[:1] == CONFLUENT_MAGIC and len(value) >= 5):
+            return self._head_of_full(value)  # a registry schema: read whole
+        if value[:2] == SINGLE_OBJECT_MAGIC and len(value) >= 10:
+            name, offset = _known_fingerprints().get(value[2:10]), 10
+        elif self._raw_name is not None:
+            name, offset = str(self._raw_name), 0
+        else:
+            return None  # does not decode
+        head = _head_schema(name) if name is not None else None
+        if head is None:
+            return self._head_of_full(value)
+        return _head_values(value, offset, head)
+
+    def _head_of_full(self, value: bytes | None) -> tuple[str, str] | None:
+        outcome = self.decode(value)
+        if not isinstance(outcome, Decoded):
+            return None
+        provenance = outcome.record.get("provenance")
+        if not isinstance(provenance, dict):
+            return None
+        return _strings(outcome.record.get("record_id"), provenance.get("content_class"))
+
     def _confluent(self, value: bytes) -> Decoded | DecodeFailure:
         schema_id = int.from_bytes(value[1:5], "big")
         if self._registry_lookup is None:
@@ -146,6 +174,62 @@ class Decoder:
                 return DecodeFailure(reason=f"schema id {schema_id} could not be resolved: {exc}")
         schema, name = self._by_id[schema_id]
         return _read(value, 5, schema, name, "confluent")
+
+
+@cache
+def _head_schema(schema_name: str) -> Schema | None:
+    """The entity schema cut after `record_id` and `provenance.content_class`: the leading
+    fields of its body, which Avro writes first, so reading them with this schema reads
+    exactly the head of the bytes. None if the schema does not have them in a record."""
+    schema = load_schema(schema_name)
+    wanted = {"record_id", "provenance"}
+    fields = []
+    for spec in schema.get("fields", []):
+        if spec["name"] == "provenance":
+            cut = _cut_provenance(spec["type"])
+            if cut is None:
+                return None
+            spec = {**spec, "type": cut}
+        fields.append(spec)
+        wanted.discard(spec["name"])
+        if not wanted:
+            parsed: Schema = lenient({**schema, "fields": fields})
+            return parsed
+    return None
+
+
+def _cut_provenance(schema: Any) -> Any:
+    if schema == "null":
+        return schema
+    if isinstance(schema, list):
+        branches = [_cut_provenance(branch) for branch in schema]
+        return None if any(b is None for b in branches) else branches
+    if isinstance(schema, dict) and schema.get("type") == "record":
+        fields = []
+        for spec in schema.get("fields", []):
+            fields.append(spec)
+            if spec["name"] == "content_class":
+                return {**schema, "fields": fields}
+    return None  # a named reference, or no content_class: read the whole message instead
+
+
+def _head_values(value: bytes, offset: int, head: Schema) -> tuple[str, str] | None:
+    stream = io.BytesIO(value)
+    stream.seek(offset)
+    try:
+        record = fastavro.schemaless_reader(stream, head, None)
+    except Exception:  # damaged bytes: not indexed (and quarantined by `decode`)
+        return None
+    provenance = record.get("provenance") if isinstance(record, dict) else None
+    if not isinstance(provenance, dict):
+        return None
+    return _strings(record.get("record_id"), provenance.get("content_class"))
+
+
+def _strings(record_id: Any, content_class: Any) -> tuple[str, str] | None:
+    if isinstance(record_id, str) and isinstance(content_class, str):
+        return record_id, content_class
+    return None
 
 
 def _read(
