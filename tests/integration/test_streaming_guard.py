@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,23 @@ def _values(n: int, seed: int) -> list[tuple[bytes, bytes]]:
         else:
             out.append((key, encode_single_object(g.record, g.schema)))
     return out
+
+
+def _child_of_synthetic(seed: int) -> tuple[bytes, bytes, int]:
+    """A HUMAN record whose parent is a SYNTHETIC one of `_values(…, seed)`, and the parent's
+    partition: a human record cannot derive from synthetic content (`class_below_parent`)."""
+    generated = list(generate(100, seed=seed))
+    parent_at, parent = next(
+        (i, g.record)
+        for i, g in enumerate(generated)
+        if i % 10 != 9 and g.record["provenance"]["content_class"] == "SYNTHETIC"
+    )
+    child = next(g for g in generated if g.record["provenance"]["content_class"] == "HUMAN")
+    record = {**child.record, "record_id": str(uuid.uuid4())}
+    record["provenance"] = {**record["provenance"], "parent_record_ids": [parent["record_id"]]}
+    value = encode_single_object(record, child.schema)
+    other = (parent_at + 1) % PARTITIONS  # never the parent's partition
+    return record["record_id"].encode(), value, other
 
 
 def _produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
@@ -166,6 +184,15 @@ def test_endless_guard_is_one_streaming_job_that_survives_kill_9(
             lambda: wanted <= _delivered(kafka_bootstrap, out, q), 120, "the first 3000 records"
         )
         assert guard.poll() is None, "the endless guard must keep running"
+        # A child arriving in a later round, in another partition than its SYNTHETIC parent
+        # (delivered above), is judged by the parent's class the lineage store recorded.
+        child_key, child, child_partition = _child_of_synthetic(seed=1)
+        producer = Producer({"bootstrap.servers": kafka_bootstrap})
+        producer.produce(src, key=child_key, value=child, partition=child_partition)
+        assert producer.flush(30) == 0
+        _wait_for(lambda: child in {m.value for m in drain(kafka_bootstrap, q)}, 60, "the child")
+        (stopped,) = [m for m in drain(kafka_bootstrap, q) if m.value == child]
+        assert dict(stopped.headers)["__rule.name"] == b"class_below_parent"
         # Records produced while it runs arrive one by one, each within seconds.
         singles = [m for m in _values(40, seed=77) if not m[1].startswith(b"not avro")][:30]
         seconds = _latencies(kafka_bootstrap, src, out, singles)
@@ -200,7 +227,7 @@ def test_endless_guard_is_one_streaming_job_that_survives_kill_9(
 
     restarted = _guard(kafka_bootstrap, src, out, q, prism, tmp_path, tmp_path / "second.log")
     try:
-        everything = {v for _, v in first + second + singles}
+        everything = {v for _, v in first + second + singles} | {child}
         _wait_for(
             lambda: everything <= _delivered(kafka_bootstrap, out, q),
             180,
@@ -234,4 +261,4 @@ def test_endless_guard_is_one_streaming_job_that_survives_kill_9(
     quarantined = [m.value for m in drain(kafka_bootstrap, q)]
     expected_allowed = {v for _, v in first + second if not v.startswith(b"not avro")}
     assert set(allowed) == expected_allowed | {v for _, v in singles}
-    assert set(quarantined) == {v for _, v in first + second if v.startswith(b"not avro")}
+    assert set(quarantined) == {v for _, v in first + second if v.startswith(b"not avro")} | {child}
