@@ -130,6 +130,28 @@ def is_local(runner: str) -> bool:
     return runner.rsplit(".", 1)[-1] in LOCAL_RUNNERS
 
 
+# Runners that start a job server from a jar Beam downloads at run time, unless given one.
+_JAR_RUNNERS = {"FlinkRunner": "flink", "SparkRunner": "spark", "SamzaRunner": "samza"}
+
+
+def check_job_server(runner: str, beam_args: Sequence[str]) -> None:
+    """Refuses, in one line, a `FlinkRunner` / `SparkRunner` / `SamzaRunner` with neither a job
+    server (`--job_endpoint`) nor its jar (`--<runner>_job_server_jar`): Beam would download
+    the jar from Maven Central at run time (none is published for Beam 2.77 past 2.62)."""
+    name = runner.rsplit(".", 1)[-1]
+    kind = _JAR_RUNNERS.get(name)
+    if kind is None:
+        return
+    given = {arg.split("=", 1)[0].lstrip("-") for arg in beam_args}
+    if given & {"job_endpoint", f"{kind}_job_server_jar"}:
+        return
+    raise ConfigError(
+        f"`--runner {name}` needs a job server: without one Beam downloads its jar at run time."
+        f" Start one (`infra/flink/flink.sh` for Flink) and pass `--runner PortableRunner --"
+        f" --job_endpoint=HOST:PORT`, or give `-- --{kind}_job_server_jar=PATH`."
+    )
+
+
 def resolve_path(path: str) -> str:
     """A local path made absolute here, on the launcher; a URI (`gs://…`) as it is."""
     from lineage_guard.io.file_io import is_uri

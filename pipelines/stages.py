@@ -40,10 +40,8 @@ def decode(batch: Batch, decoder: Decoder) -> Batch:
             reason = item.error
         else:
             outcome = decoder.decode(item.source.value)
-            if isinstance(outcome, Decoded):
-                items.append(
-                    dataclasses.replace(item, record=outcome.record, schema=outcome.schema)
-                )
+            if isinstance(outcome, Decoded):  # nothing else is set on an undecoded item
+                items.append(Item(source=item.source, record=outcome.record, schema=outcome.schema))
                 continue
             reason = outcome.reason
         s = item.source
@@ -169,15 +167,30 @@ def lineage_hops(
             outcome = Outcome.DELIVERED
         else:
             outcome = Outcome.BLOCKED if item.blocked else Outcome.QUARANTINED
+        # Plain dict checks, not `Mapping` ones: this runs once per record on the hot path.
+        record = item.record if type(item.record) is dict else {}
+        provenance = record.get("provenance")
+        provenance = provenance if type(provenance) is dict else {}
+        generator = provenance.get("generator")
+        parents = provenance.get("parent_record_ids")
         hops.append(
             Hop(
+                record_id=_text(record.get("record_id")),
+                source_offset=item.source.offset,
                 outcome=outcome,
                 stopped_at=Stage(item.stopped_at) if item.stopped_at is not None else None,
                 reasons=tuple(
                     Reason(rule=v.rule, message=clean(v.message)) for v in item.violations
                 ),
+                content_class=_text(provenance.get("content_class")),
+                origin_env=_text(provenance.get("origin_env")),
+                tenant_id=_text(record.get("tenant_id")),
+                source_system=_text(provenance.get("source_system")),
+                generator=_text(generator.get("name")) if type(generator) is dict else None,
+                parent_record_ids=tuple(clean(p) for p in parents if type(p) is str)
+                if type(parents) is list and parents
+                else (),
                 digest=received_digest(item),
-                **_describe(item),
             )
         )
     return HopBatch(
@@ -203,29 +216,8 @@ def received_digest(item: Item) -> str:
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _describe(item: Item) -> dict[str, Any]:
-    # Plain dict checks, not `Mapping` ones: this runs once per record on the hot path.
-    record = item.record if isinstance(item.record, dict) else {}
-    provenance = record.get("provenance")
-    provenance = provenance if isinstance(provenance, dict) else {}
-    generator = provenance.get("generator")
-    parents = provenance.get("parent_record_ids")
-    return {
-        "record_id": _text(record.get("record_id")),
-        "content_class": _text(provenance.get("content_class")),
-        "origin_env": _text(provenance.get("origin_env")),
-        "tenant_id": _text(record.get("tenant_id")),
-        "source_system": _text(provenance.get("source_system")),
-        "generator": _text(generator.get("name")) if isinstance(generator, dict) else None,
-        "parent_record_ids": tuple(clean(p) for p in parents if isinstance(p, str))
-        if isinstance(parents, list) and parents
-        else (),
-        "source_offset": item.source.offset,
-    }
-
-
 def _text(value: Any) -> str | None:
-    return clean(value) if isinstance(value, str) else None
+    return clean(value) if type(value) is str else None
 
 
 def clean(text: str) -> str:

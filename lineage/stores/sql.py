@@ -43,7 +43,7 @@ from lineage_guard.lineage.chain import (
 from lineage_guard.lineage.checkpoints import Checkpoint, is_signed_by, key_id
 from lineage_guard.lineage.errors import LineageGuardError, ServiceUnavailableError
 from lineage_guard.lineage.events import Decision, Reason, Stage, StoredEvent
-from lineage_guard.lineage.hops import Delivery, Hop, HopBatch, Outcome, StoredHop
+from lineage_guard.lineage.hops import Delivery, Hop, HopBatch, Outcome, StoredHop, compact_json
 from lineage_guard.lineage.store import first_line, order_key
 
 IN_CHUNK = 500  # record ids per `IN (…)` query
@@ -722,7 +722,4 @@ def _time(millis: int) -> datetime:
 
 
 def _json(value: Any) -> str:
-    return _COMPACT.encode(value)
-
-
-_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+    return compact_json(value).decode("utf-8")

@@ -24,6 +24,7 @@ from lineage_guard.guard import (
     GuardConfig,
     KafkaIO,
     Summary,
+    check_job_server,
     resolve_path,
     resolve_store_url,
     run_once,
@@ -185,6 +186,7 @@ def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
             "--exactly-once runs bounded rounds (add --until-caught-up): the endless streaming "
             "job commits offsets from its own state, outside Kafka transactions."
         )
+    check_job_server(o["runner"], tuple(o["beam_args"]))
     if o["bootstrap_servers"]:
         missing = [
             name for name in ("input_topics", "output_topic", "quarantine_topic") if not o[name]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import subprocess
 from datetime import UTC, datetime
@@ -22,7 +23,7 @@ from lineage_guard.lineage.chain import (
 )
 from lineage_guard.lineage.checkpoints import is_signed_by, load_private_key, sign
 from lineage_guard.lineage.errors import ConfigError
-from lineage_guard.lineage.hops import Hop, HopBatch, Outcome, merkle_root
+from lineage_guard.lineage.hops import Hop, HopBatch, Outcome, compact_json, merkle_root
 
 # RFC 6962 §2.1 test inputs d0…d7 and the Merkle Tree Hash of the first n of them.
 LEAVES = ["", "00", "10", "2021", "3031", "40414243", "5051525354555657",
@@ -43,6 +44,20 @@ T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 @pytest.mark.parametrize("size", range(1, 9))
 def test_merkle_root_matches_rfc_6962_vectors(size: int) -> None:
     assert merkle_root([bytes.fromhex(leaf) for leaf in LEAVES[:size]]) == ROOTS[size - 1]
+
+
+def test_merkle_leaves_are_the_standard_librarys_compact_json_for_every_code_point() -> None:
+    """`compact_json` (orjson) writes exactly the bytes `json` wrote for every leaf so far."""
+    stdlib = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    for start in range(0, len(chars), 4096):
+        text = "".join(chars[start : start + 4096])
+        value = [text, 2**63 - 1, -(2**63), None, [["rule", text]], [], 0]
+        assert compact_json(value) == stdlib.encode(value).encode("utf-8"), hex(start)
+    # what orjson refuses goes to the standard library, as before
+    assert compact_json([2**64]) == b"[18446744073709551616]"
+    with pytest.raises(UnicodeEncodeError):
+        compact_json(["\ud800"])
 
 
 def batch(*offsets: int) -> HopBatch:

@@ -252,6 +252,16 @@ def test_relative_sqlite_is_refused_for_a_remote_runner_and_runner_failures_are_
     assert unknown.returncode == 3, unknown.stderr
     assert unknown.stderr.startswith("lineage-guard: error: Cannot use `--runner NoSuchRunner`")
 
+    for runner in ("FlinkRunner", "apache_beam.runners.portability.spark_runner.SparkRunner"):
+        no_job_server = run_cli(
+            "run", "--input", source, "--output-dir", tmp_path / "out", "--no-lineage",
+            "--runner", runner,
+        )  # fmt: skip
+        assert no_job_server.returncode == 3, no_job_server.stderr
+        assert no_job_server.stderr.startswith("lineage-guard: error: `--runner "), runner
+        assert len(no_job_server.stderr.strip().splitlines()) == 1, no_job_server.stderr  # no
+        # download warnings from Beam first: nothing was started
+
     unreachable = run_cli(
         "run", "--input", source, "--output-dir", tmp_path / "out", "--no-lineage",
         "--runner", "PortableRunner", "--", "--job_endpoint=127.0.0.1:9",
