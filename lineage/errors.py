@@ -13,6 +13,7 @@ for unusable input, bad configuration and unreachable services::
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 
 
@@ -61,3 +62,32 @@ class CorruptLineageError(LineageGuardError):
     """
 
     exit_code = ExitCode.VIOLATIONS
+
+
+_RELAYED = re.compile(
+    r"\b(UnusableInputError|SchemaError|ConfigError|ServiceUnavailableError|CorruptLineageError)"
+    r": ([^\n]+)"
+)
+_BEAM_SUFFIX = re.compile(r"( \[while running '[^']*'\])+$")
+
+
+def relayed_error(text: str) -> LineageGuardError | None:
+    """Our error, from a worker in another process, as the runner relays it: as text (the
+    worker's traceback). The last one named in `text`, or None."""
+    found = _RELAYED.findall(text)
+    if not found:
+        return None
+    name, message = found[-1]
+    kinds: dict[str, type[LineageGuardError]] = {
+        "UnusableInputError": UnusableInputError,
+        "SchemaError": SchemaError,
+        "ConfigError": ConfigError,
+        "ServiceUnavailableError": ServiceUnavailableError,
+        "CorruptLineageError": CorruptLineageError,
+    }
+    return kinds[name](strip_step_names(message.strip()))
+
+
+def strip_step_names(message: str) -> str:
+    """The message without the `[while running 'Step']` Beam appends as it passes it on."""
+    return _BEAM_SUFFIX.sub("", message)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from lineage_guard.io.file_io import finalize_files
 from lineage_guard.io.kafka import PartitionRange
@@ -33,9 +33,11 @@ from lineage_guard.lineage.errors import (
     ConfigError,
     LineageGuardError,
     ServiceUnavailableError,
+    relayed_error,
 )
 from lineage_guard.lineage.store import first_line
 from lineage_guard.recorder import LineageRecorder
+from lineage_guard.stop import stop_requested
 from lineage_guard.transforms import (
     NAMESPACE,
     DecodeRecords,
@@ -236,6 +238,7 @@ def run_once(config: GuardConfig) -> Summary:
         if not ranges:
             return Summary()
     options = PipelineOptions([f"--runner={config.runner}", *config.beam_args])
+    workers = options.view_as(DirectOptions).direct_running_mode == "multi_processing"
     try:
         pipeline = beam.Pipeline(options=options)
     except ValueError as exc:  # an unknown runner name
@@ -245,6 +248,15 @@ def run_once(config: GuardConfig) -> Summary:
         result = pipeline.run()
         result.wait_until_finish()
     except Exception as exc:
+        if workers and stop_requested() and not _ours(exc) and relayed_error(str(exc)) is None:
+            # `--direct_running_mode=multi_processing`: Ctrl-C reaches the worker processes too
+            # (one process group) and ends them before they deliver more. SIGTERM to the guard
+            # alone stops them cleanly (`lineage_guard.stop`).
+            log.warning(
+                "the worker processes ended with the stop signal: the counts below miss what "
+                "they delivered (`lineage trace` / `lineage report` show it)"
+            )
+            return Summary()
         if is_local(config.runner) or _ours(exc):
             raise  # a worker's own error (handled by the CLI), or a bug
         raise ServiceUnavailableError(

@@ -6,14 +6,21 @@ for what it already produced and commits offsets only behind delivered records, 
 returns its summary. A second signal stops the process at once (exit 130), as `kill -9`
 would: offsets never run ahead of delivered records, so nothing is lost either way.
 
-The flag lives in this process: it stops in-process runners (`FnApiRunner`, the default).
+The flag lives in this process; worker processes of the in-process runner
+(`--direct_running_mode=multi_processing`, which a bounded run over several partitions uses)
+see it through a file: `stop_on_signals` names one in `LINEAGE_GUARD_STOP_FILE`, which the
+workers inherit, and the signal creates it. Ctrl-C reaches the workers too (one process
+group) and ends them at once; SIGTERM to the guard stops them cleanly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,9 +31,16 @@ _requested = threading.Event()
 _signal_name: list[str] = []
 
 
+STOP_FILE = "LINEAGE_GUARD_STOP_FILE"
+
+
 def stop_requested() -> bool:
-    """True once a stop signal arrived: stages check it between batches."""
-    return _requested.is_set()
+    """True once a stop signal arrived, here or in the launcher: stages check it between
+    batches."""
+    if _requested.is_set():
+        return True
+    path = os.environ.get(STOP_FILE)
+    return path is not None and os.path.exists(path)
 
 
 def stopped_by() -> str | None:
@@ -43,6 +57,10 @@ def request_stop(name: str = "request") -> None:
     if not _requested.is_set():
         _signal_name.append(name)
         _requested.set()
+        path = os.environ.get(STOP_FILE)
+        if path is not None:  # for the worker processes
+            with contextlib.suppress(OSError):
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -60,8 +78,16 @@ def stop_on_signals() -> Iterator[None]:
     previous: dict[int, Any] = {}
     for signum in (signal.SIGTERM, signal.SIGINT):
         previous[signum] = signal.signal(signum, _on_signal)
+    folder = tempfile.mkdtemp(prefix="lineage-guard-stop-")
+    outer = os.environ.get(STOP_FILE)
+    os.environ[STOP_FILE] = os.path.join(folder, "stop")
     try:
         yield
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+        if outer is None:
+            os.environ.pop(STOP_FILE, None)
+        else:
+            os.environ[STOP_FILE] = outer
+        shutil.rmtree(folder, ignore_errors=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import shutil
 from typing import Any
 
@@ -21,17 +20,12 @@ from lineage_guard.lineage.errors import (
     ConfigError,
     LineageGuardError,
     ServiceUnavailableError,
-    UnusableInputError,
+    relayed_error,
 )
 
 log = logging.getLogger(__name__)
 
 BOUNDED_ONLY = ("FnApiRunner", "BundleBasedDirectRunner")
-OUR_ERRORS = {
-    "ServiceUnavailableError": ServiceUnavailableError,
-    "ConfigError": ConfigError,
-    "UnusableInputError": UnusableInputError,
-}
 
 
 def streaming_config(config: GuardConfig, prism_location: str | None) -> tuple[GuardConfig, str]:
@@ -86,9 +80,8 @@ def _final(result: Any) -> Summary:
 
 def _our_error(text: str) -> LineageGuardError:
     """A worker's error comes back from a portable runner as text: find ours in it."""
-    found = re.findall(r"\b(\w+Error): ([^\n]+)", text)
-    for name, message in reversed(found):
-        if name in OUR_ERRORS:
-            return OUR_ERRORS[name](message.strip())
+    ours = relayed_error(text)
+    if ours is not None:
+        return ours
     first = text.strip().splitlines()[0] if text.strip() else "unknown error"
     return ServiceUnavailableError(f"The streaming job failed: {first[:500]}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import signal
 import sys
 import time
@@ -38,6 +37,8 @@ from lineage_guard.lineage.errors import (
     LineageGuardError,
     ServiceUnavailableError,
     UnusableInputError,
+    relayed_error,
+    strip_step_names,
 )
 from lineage_guard.lineage.openlineage import RunEmitter, kafka_dataset_namespace, transport_config
 from lineage_guard.lineage.private import private_dir
@@ -288,19 +289,18 @@ def _guarded(function: Any, *args: Any) -> Summary:
         raise cause from None
 
 
-_BEAM_SUFFIX = re.compile(r"( \[while running '[^']*'\])+$")
-
-
 def _our_error(exc: BaseException) -> LineageGuardError | None:
+    """Ours, raised in this process (a worker thread) or relayed as text by a worker process
+    (`--direct_running_mode=multi_processing`, portable runners)."""
     seen = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         if isinstance(current, LineageGuardError):
             # Beam appends the step's name to an error it passes on: the user needs ours.
-            return type(current)(_BEAM_SUFFIX.sub("", current.message))
+            return type(current)(strip_step_names(current.message))
         seen.add(id(current))
         current = current.__cause__ or current.__context__
-    return None
+    return relayed_error(str(exc))
 
 
 def print_summary(total: Summary, config: GuardConfig, seconds: float | None) -> None:

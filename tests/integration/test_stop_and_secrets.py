@@ -11,6 +11,8 @@ from collections import Counter
 from pathlib import Path
 from uuid import uuid4
 
+import pytest
+
 from lineage_guard.generate import generate
 from lineage_guard.io.decode import encode_single_object
 from lineage_guard.io.kafka import KafkaSettings, PartitionRange, read_range
@@ -35,8 +37,13 @@ def _produce(bootstrap: str, topic: str, count: int, partitions: int) -> list[by
     return [key for key, _, _ in sent]
 
 
+@pytest.mark.parametrize(
+    "workers",
+    [[], ["--", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]],
+    ids=["in-process", "2-worker-processes"],
+)  # the worker processes learn of the signal through `LINEAGE_GUARD_STOP_FILE`
 def test_sigterm_stops_cleanly_and_a_rerun_finishes_with_nothing_lost_or_doubled(
-    kafka_bootstrap: str, tmp_path: Path
+    kafka_bootstrap: str, tmp_path: Path, workers: list[str]
 ) -> None:
     src, out, quarantine = new_topics(kafka_bootstrap, "src", "out", "q", partitions=3)
     keys = _produce(kafka_bootstrap, src, 20_000, partitions=3)
@@ -46,7 +53,7 @@ def test_sigterm_stops_cleanly_and_a_rerun_finishes_with_nothing_lost_or_doubled
         "--batch-size", "200", "--lineage-store", f"sqlite:///{tmp_path / 'lineage.db'}",
     ]  # fmt: skip
     process = subprocess.Popen(
-        [sys.executable, "-c", "from lineage_guard.cli.main import main; main()", *args],
+        [sys.executable, "-c", "from lineage_guard.cli.main import main; main()", *args, *workers],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
