@@ -80,6 +80,64 @@ def class_index(batch: Batch, decoder: Decoder | None = None) -> Iterator[tuple[
             yield record_id, rank
 
 
+def parent_key(record_id: str) -> bytes:
+    """A record id as `ParentIndex` holds it: its 16-byte BLAKE2b digest (two ids share one
+    with a chance of 2^-64 among 4 billion ids)."""
+    return hashlib.blake2b(record_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def index_keys(pairs: Iterable[tuple[str, int]]) -> tuple[bytes, bytes]:
+    """(record id, rank) pairs as one `ParentIndex` part: the concatenated keys of the
+    SYNTHETIC and of the AI_ASSISTED ones, unsorted."""
+    synthetic, ai_assisted = [], []
+    for record_id, rank in pairs:
+        (synthetic if rank >= 2 else ai_assisted).append(parent_key(record_id))
+    return b"".join(synthetic), b"".join(ai_assisted)
+
+
+@dataclass(frozen=True)
+class ParentIndex:
+    """The generated records of a run, compactly: the sorted, distinct 16-byte keys
+    (`parent_key`) of its SYNTHETIC and of its AI_ASSISTED records, 16 bytes per record
+    whatever the number of workers (a side input every worker holds once)."""
+
+    synthetic: bytes = b""
+    ai_assisted: bytes = b""
+
+    @classmethod
+    def merge(cls, parts: Iterable[tuple[bytes, bytes]]) -> ParentIndex:
+        """The index of several `index_keys` parts."""
+        synthetic, ai_assisted = [], []
+        for s, a in parts:
+            synthetic.append(s)
+            ai_assisted.append(a)
+        return cls(_sorted_keys(b"".join(synthetic)), _sorted_keys(b"".join(ai_assisted)))
+
+    def ranks_of(self, record_ids: Collection[str]) -> dict[str, int]:
+        """The class rank of each of `record_ids` that is in the index (SYNTHETIC first)."""
+        import numpy as np
+
+        if not record_ids or not (self.synthetic or self.ai_assisted):
+            return {}
+        ids = list(record_ids)
+        wanted = np.array([parent_key(i) for i in ids], dtype="S16")
+        found: dict[str, int] = {}
+        for keys, rank in ((self.ai_assisted, 1), (self.synthetic, 2)):
+            known = np.frombuffer(keys, dtype="S16")
+            if not len(known):
+                continue
+            at = np.minimum(np.searchsorted(known, wanted), len(known) - 1)
+            for n in np.flatnonzero(known[at] == wanted):
+                found[ids[n]] = rank  # a record of both classes: the higher one, written last
+        return found
+
+
+def _sorted_keys(keys: bytes) -> bytes:
+    import numpy as np
+
+    return bytes(np.unique(np.frombuffer(keys, dtype="S16")).tobytes()) if keys else b""
+
+
 def parent_ids(records: Iterable[Any]) -> set[str]:
     found: set[str] = set()
     for record in records:
@@ -91,7 +149,7 @@ def parent_ids(records: Iterable[Any]) -> set[str]:
 
 def parent_ranks(
     records: Sequence[Any],
-    index: Mapping[str, int] | None = None,
+    index: ParentIndex | None = None,
     lookup: ClassLookup | None = None,
 ) -> dict[str, int]:
     """The class rank of every parent of `records` that can be found: among `records`
@@ -106,10 +164,9 @@ def parent_ranks(
         rank = CLASS_RANK.get(provenance_of(record).get("content_class"))  # type: ignore[arg-type]
         if record_id in wanted and rank is not None:
             ranks[record_id] = max(rank, ranks.get(record_id, 0))
-    if index:
-        for parent in wanted:
-            if parent in index:
-                ranks[parent] = max(index[parent], ranks.get(parent, 0))
+    if index is not None:
+        for parent, rank in index.ranks_of(wanted).items():
+            ranks[parent] = max(rank, ranks.get(parent, 0))
     missing = [p for p in wanted if p not in ranks or ranks[p] < 2]
     if lookup is not None and missing:
         for parent, content_class in lookup(missing).items():
@@ -122,7 +179,7 @@ def parent_ranks(
 def validate(
     batch: Batch,
     validator: SuiteValidator,
-    index: Mapping[str, int] | None = None,
+    index: ParentIndex | None = None,
     lookup: ClassLookup | None = None,
 ) -> Batch:
     """Validates the batch's records not stopped yet; parents as in `parent_ranks`."""

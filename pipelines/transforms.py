@@ -33,7 +33,7 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.pvalue import AsDict, PBegin, PCollection, TaggedOutput
+from apache_beam.pvalue import AsSingleton, PBegin, PCollection, TaggedOutput
 
 from lineage_guard import stages
 from lineage_guard.coders import BatchCoder
@@ -239,13 +239,39 @@ class _IndexClasses(beam.DoFn):
         lookup = registry_lookup(self.schema_registry) if self.schema_registry else None
         self.decoder = Decoder(raw_schema=self.raw_schema, registry_lookup=lookup)
 
-    def process(self, batch: Batch) -> Iterator[tuple[str, int]]:
-        return stages.class_index(batch, self.decoder)
+    def process(self, batch: Batch) -> Iterator[tuple[bytes, bytes]]:
+        part = stages.index_keys(stages.class_index(batch, self.decoder))
+        if part != (b"", b""):
+            yield part
+
+
+class _MergeIndex(beam.CombineFn):  # type: ignore[misc]
+    """`index_keys` parts → one `ParentIndex`, as (synthetic keys, AI-assisted keys)."""
+
+    def create_accumulator(self) -> list[tuple[bytes, bytes]]:
+        return []
+
+    def add_input(
+        self, parts: list[tuple[bytes, bytes]], part: tuple[bytes, bytes]
+    ) -> list[tuple[bytes, bytes]]:
+        parts.append(part)
+        return parts
+
+    def merge_accumulators(
+        self, accumulators: Iterable[list[tuple[bytes, bytes]]]
+    ) -> list[tuple[bytes, bytes]]:
+        merged = stages.ParentIndex.merge(part for parts in accumulators for part in parts)
+        return [(merged.synthetic, merged.ai_assisted)]
+
+    def extract_output(self, parts: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
+        merged = stages.ParentIndex.merge(parts)
+        return merged.synthetic, merged.ai_assisted
 
 
 class ParentClasses(beam.PTransform):
-    """(record id, highest class rank) of every generated record in `batches`: the side input
-    that lets `ValidateProvenance` see parents in any partition of the same run.
+    """The class of every generated record in `batches`, as one compact `ParentIndex` (16
+    bytes per AI_ASSISTED or SYNTHETIC record, as `(synthetic keys, AI-assisted keys)`): the
+    side input that lets `ValidateProvenance` see parents in any partition of the same run.
 
     `batches` may come straight from a source: a message is read only as far as its record id
     and class (a fifth of a full decode), with the same `raw_schema` / `schema_registry` as
@@ -256,11 +282,14 @@ class ParentClasses(beam.PTransform):
         self.raw_schema = raw_schema
         self.schema_registry = schema_registry
 
-    def expand(self, batches: PCollection[Batch]) -> PCollection[tuple[str, int]]:
+    def expand(self, batches: PCollection[Batch]) -> PCollection[tuple[bytes, bytes]]:
         return (
             batches
-            | "Generated" >> beam.ParDo(_IndexClasses(self.raw_schema, self.schema_registry))
-            | "Highest" >> beam.CombinePerKey(max)
+            | "Generated"
+            >> beam.ParDo(_IndexClasses(self.raw_schema, self.schema_registry)).with_output_types(
+                tuple[bytes, bytes]
+            )
+            | "Index" >> beam.CombineGlobally(_MergeIndex()).with_output_types(tuple[bytes, bytes])
         )
 
 
@@ -279,7 +308,10 @@ class _Validate(_Stage):
         )
 
     def check(self, batch: Batch, side: Any) -> Batch:
-        return stages.validate(batch, self.validator, side, self._lookup)
+        index = None
+        if side is not None:
+            index = stages.ParentIndex(*side)
+        return stages.validate(batch, self.validator, index, self._lookup)
 
     def _lookup(self, record_ids: Iterable[str]) -> dict[str, str]:
         if self.store is None:
@@ -302,7 +334,7 @@ class ValidateProvenance(_StageTransform):
         self,
         engine: str = "compiled",
         *,
-        parents: PCollection[tuple[str, int]] | None = None,
+        parents: PCollection[tuple[bytes, bytes]] | None = None,
         lineage_store: str | None = None,
         lineage_retry_s: float = 300.0,
     ) -> None:
@@ -313,7 +345,7 @@ class ValidateProvenance(_StageTransform):
         self.lineage_retry_s = lineage_retry_s
 
     def expand(self, batches: PCollection[Batch]) -> Any:
-        side = [AsDict(self.parents)] if self.parents is not None else []
+        side = [AsSingleton(self.parents)] if self.parents is not None else []
         validate = _Validate(self.engine, self.lineage_store, self.lineage_retry_s)
         return self._apply(batches, validate, *side)
 

@@ -271,3 +271,16 @@ def test_relative_sqlite_is_refused_for_a_remote_runner_and_runner_failures_are_
     lines = unreachable.stderr.strip().splitlines()
     assert lines[-1].startswith("lineage-guard: error: The `PortableRunner` runner could not")
     assert "Traceback" not in unreachable.stderr
+
+
+def test_the_parent_index_knows_each_generated_record_by_its_highest_class() -> None:
+    from lineage_guard.stages import ParentIndex, index_keys
+
+    ids = [str(uuid.UUID(int=n)) for n in range(5000)]
+    first = index_keys([(i, 2) for i in ids[:2000]] + [(i, 1) for i in ids[2000:4000]])
+    second = index_keys([(ids[2500], 2), (ids[10], 1), ("not-a-uuid ✓", 1)])
+    index = ParentIndex.merge([first, second])
+    assert len(index.synthetic) == 16 * 2001 and len(index.ai_assisted) == 16 * 2002
+    ranks = index.ranks_of([ids[0], ids[10], ids[2500], ids[3999], ids[4000], "not-a-uuid ✓"])
+    assert ranks == {ids[0]: 2, ids[10]: 2, ids[2500]: 2, ids[3999]: 1, "not-a-uuid ✓": 1}
+    assert ParentIndex.merge([]).ranks_of(ids) == {}
