@@ -18,10 +18,9 @@ Modes (each measured in its own process, so each has its own peak memory):
 - `kafka-guard-no-lineage`: the same with `--no-lineage`, to show what lineage costs.
 
 `--partitions N …` gives the topic the Kafka modes read N partitions (each count is measured in
-the same run); with N > 1 the guard gets N Beam workers (`--direct_num_workers N
---direct_running_mode MODE`; `--running-mode`, default `multi_processing`: worker processes
-use both cores, where threads share one interpreter lock; measured 11.6 s against 16.9 s for
-100,000 records on 3 partitions, on this 2-core machine).
+the same run). The guard then picks its workers as `lineage-guard run` does for every user: one
+worker process per partition, at most one per core (`guard.worker_args`); `--running-mode MODE`
+gives it N workers run that way instead (`multi_threading` shares one interpreter lock).
 
 Each row also shows the lineage store's size per record (the SQLite file with its WAL after a
 checkpoint; `pg_total_relation_size` of the lineage tables), the CPU seconds the mode's process
@@ -257,8 +256,8 @@ def mode_kafka_guard(path: Path, args: argparse.Namespace, store: str) -> dict[s
         lineage = ["--lineage-store", f"{args.pg_dsn}{separator}options=-csearch_path%3D{schema}"]
     else:
         lineage = ["--no-lineage"]
-    workers = []
-    if args.workers > 1:
+    workers = []  # by default the guard picks its workers itself (`guard.worker_args`)
+    if args.workers > 1 and args.running_mode is not None:
         workers = [
             "--", f"--direct_num_workers={args.workers}",
             f"--direct_running_mode={args.running_mode}",
@@ -422,8 +421,10 @@ def measure(
     command = [
         sys.executable, __file__, "--child", mode, "--messages", str(messages),
         "--count", str(size), "--batch-size", str(args.batch_size), "--workdir", args.workdir,
-        "--workers", str(partitions), "--running-mode", args.running_mode,
+        "--workers", str(partitions),
     ]  # fmt: skip
+    if args.running_mode is not None:
+        command += ["--running-mode", args.running_mode]
     if topic:
         command += ["--bootstrap-servers", args.bootstrap_servers, "--topic", topic]
     if mode == "kafka-guard-postgres":
@@ -470,8 +471,9 @@ def main() -> None:
         help="partitions of the topic the Kafka modes read (one guard worker per partition)",
     )  # fmt: skip
     parser.add_argument(
-        "--running-mode", choices=RUNNING_MODES, default="multi_processing",
-        help="how the FnApiRunner runs more than one worker",
+        "--running-mode", choices=RUNNING_MODES, default=None,
+        help="N partitions: N FnApiRunner workers run this way (default: the guard's own"
+        " choice, one `lineage_guard.worker` process per partition, at most one per core)",
     )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=2000)
     parser.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))

@@ -17,6 +17,9 @@ or Dataflow take the same graph through `--runner` and Beam's own options. Paths
 from __future__ import annotations
 
 import logging
+import os
+import shlex
+import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -237,10 +240,14 @@ def run_once(config: GuardConfig) -> Summary:
         ranges = plan_ranges(config.io.settings, list(config.io.input_topics))
         if not ranges:
             return Summary()
-    options = PipelineOptions([f"--runner={config.runner}", *config.beam_args])
-    workers = options.view_as(DirectOptions).direct_running_mode == "multi_processing"
+    units = len(ranges) if isinstance(config.io, KafkaIO) else len(config.io.inputs)
+    spread = worker_args(config, units)
+    options = PipelineOptions([f"--runner={config.runner}", *spread, *config.beam_args])
+    workers = bool(spread) or (
+        options.view_as(DirectOptions).direct_running_mode == "multi_processing"
+    )
     try:
-        pipeline = beam.Pipeline(options=options)
+        pipeline = beam.Pipeline(runner=_worker_processes() if spread else None, options=options)
     except ValueError as exc:  # an unknown runner name
         raise ConfigError(f"Cannot use `--runner {config.runner}`: {first_line(exc)}") from exc
     build(pipeline, config, ranges)
@@ -266,6 +273,36 @@ def run_once(config: GuardConfig) -> Summary:
     if isinstance(config.io, FilesIO):
         finalize_files(config.io.out_dir, config.io.names)
     return _summary(result)
+
+
+def worker_args(config: GuardConfig, units: int) -> list[str]:
+    """Puts every core to work on a bounded run of the in-process runner: one worker process
+    per partition (or input file), at most one per core (`lineage_guard.worker`). Nothing when
+    there is one partition or one core, for other runners, or when the user chose after `--`
+    (`--direct_num_workers`, `--direct_running_mode`). Decisions do not depend on it: parents
+    come from the run's `ParentIndex` and the lineage store, never from one worker."""
+    if config.runner.rsplit(".", 1)[-1] != "FnApiRunner":
+        return []
+    given = {arg.split("=", 1)[0].lstrip("-") for arg in config.beam_args}
+    if given & {"direct_num_workers", "direct_running_mode"}:
+        return []
+    workers = min(units, os.cpu_count() or 1)
+    return [f"--direct_num_workers={workers}"] if workers > 1 else []
+
+
+def _worker_processes() -> Any:
+    """The in-process runner with `lineage_guard.worker` processes as its workers."""
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.transforms.environments import SubprocessSDKEnvironment
+
+    # `exec`: the worker replaces the shell Beam starts it with, so it alone gets signals
+    command = f"exec {shlex.quote(sys.executable)} -m lineage_guard.worker"
+    # Beam warns that `--direct_num_workers` without `--direct_running_mode` gives no
+    # parallelism: here the environment gives it.
+    logging.getLogger("apache_beam.runners.portability.fn_api_runner.fn_runner").setLevel(
+        logging.ERROR
+    )
+    return FnApiRunner(default_environment=SubprocessSDKEnvironment.from_command_string(command))
 
 
 def _cause(exc: BaseException) -> str:

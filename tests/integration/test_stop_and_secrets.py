@@ -3,6 +3,7 @@ database password kept out of a run's output."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -38,12 +39,13 @@ def _produce(bootstrap: str, topic: str, count: int, partitions: int) -> list[by
 
 
 @pytest.mark.parametrize(
-    "workers",
-    [[], ["--", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]],
-    ids=["in-process", "2-worker-processes"],
-)  # the worker processes learn of the signal through `LINEAGE_GUARD_STOP_FILE`
+    ("workers", "ctrl_c"),
+    [(["--", "--direct_num_workers=1"], False), ([], False), ([], True)],
+    ids=["in-process-sigterm", "worker-processes-sigterm", "worker-processes-ctrl-c"],
+)  # 3 partitions: the guard's own choice is one worker process per core, which learn of the
+# signal through `LINEAGE_GUARD_STOP_FILE`; Ctrl-C reaches the whole process group
 def test_sigterm_stops_cleanly_and_a_rerun_finishes_with_nothing_lost_or_doubled(
-    kafka_bootstrap: str, tmp_path: Path, workers: list[str]
+    kafka_bootstrap: str, tmp_path: Path, workers: list[str], ctrl_c: bool
 ) -> None:
     src, out, quarantine = new_topics(kafka_bootstrap, "src", "out", "q", partitions=3)
     keys = _produce(kafka_bootstrap, src, 20_000, partitions=3)
@@ -57,20 +59,27 @@ def test_sigterm_stops_cleanly_and_a_rerun_finishes_with_nothing_lost_or_doubled
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=ctrl_c,  # its own process group, as a terminal gives it
     )
     deadline = time.monotonic() + 120
     while sum(end_offsets(kafka_bootstrap, out).values()) < 1000:
         assert process.poll() is None, process.communicate()[1]
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    process.send_signal(signal.SIGTERM)
+    if ctrl_c:
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        process.send_signal(signal.SIGTERM)
     stderr = process.communicate(timeout=120)[1]
+    if workers == []:
+        assert "Worker subprocess exited" not in stderr, stderr  # the workers stopped cleanly
 
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
     summary = [line for line in stderr.splitlines() if line.startswith("lineage-guard run `")]
     assert len(summary) == 1, stderr
-    assert "lineage-guard: stopped by SIGTERM: nothing was delivered after it" in stderr
+    name = "SIGINT" if ctrl_c else "SIGTERM"
+    assert f"lineage-guard: stopped by {name}: nothing was delivered after it" in stderr
     delivered = sum(end_offsets(kafka_bootstrap, out).values()) + sum(
         end_offsets(kafka_bootstrap, quarantine).values()
     )

@@ -4,6 +4,7 @@ retries, and the plain-Python `Guard`."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -284,3 +285,17 @@ def test_the_parent_index_knows_each_generated_record_by_its_highest_class() -> 
     ranks = index.ranks_of([ids[0], ids[10], ids[2500], ids[3999], ids[4000], "not-a-uuid ✓"])
     assert ranks == {ids[0]: 2, ids[10]: 2, ids[2500]: 2, ids[3999]: 1, "not-a-uuid ✓": 1}
     assert ParentIndex.merge([]).ranks_of(ids) == {}
+
+
+def test_a_bounded_run_over_several_partitions_uses_a_worker_process_per_core() -> None:
+    from lineage_guard.guard import GuardConfig, worker_args
+    from lineage_guard.transforms import FilesIO
+
+    files = FilesIO(inputs=("/a", "/b", "/c"), out_dir="/out", names={})
+    cores = os.cpu_count() or 1
+    expected = [f"--direct_num_workers={min(3, cores)}"] if cores > 1 else []
+    assert worker_args(GuardConfig(io=files), 3) == expected
+    assert worker_args(GuardConfig(io=files), 1) == []  # one partition: one worker
+    chosen = GuardConfig(io=files, beam_args=("--direct_num_workers=1",))
+    assert worker_args(chosen, 3) == []  # the user's choice stands
+    assert worker_args(GuardConfig(io=files, runner="PrismRunner"), 3) == []
