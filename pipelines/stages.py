@@ -89,7 +89,8 @@ def parent_key(record_id: str) -> bytes:
 def index_keys(pairs: Iterable[tuple[str, int]]) -> tuple[bytes, bytes]:
     """(record id, rank) pairs as one `ParentIndex` part: the concatenated keys of the
     SYNTHETIC and of the AI_ASSISTED ones, unsorted."""
-    synthetic, ai_assisted = [], []
+    synthetic: list[bytes] = []
+    ai_assisted: list[bytes] = []
     for record_id, rank in pairs:
         (synthetic if rank >= 2 else ai_assisted).append(parent_key(record_id))
     return b"".join(synthetic), b"".join(ai_assisted)
@@ -107,7 +108,8 @@ class ParentIndex:
     @classmethod
     def merge(cls, parts: Iterable[tuple[bytes, bytes]]) -> ParentIndex:
         """The index of several `index_keys` parts."""
-        synthetic, ai_assisted = [], []
+        synthetic: list[bytes] = []
+        ai_assisted: list[bytes] = []
         for s, a in parts:
             synthetic.append(s)
             ai_assisted.append(a)

@@ -115,15 +115,11 @@ class _Stage(beam.DoFn):
         elif self.stage == "validate":
             validator = SuiteValidator(engine=self.config.engine)  # suites: once per worker
             store_url = self.config.lineage_store
-            self.store = (
-                RetryingStore(store_url, retry_s=self.config.lineage_retry_s) if store_url else None
-            )
-            lookup = (
-                (lambda ids: self.store.content_classes(ids, stop_requested))
-                if self.store is not None
-                else None
-            )
-            self.run = lambda batch: stages.validate(batch, validator, lookup=lookup)
+            classes: stages.ClassLookup | None = None
+            if store_url:
+                store = self.store = RetryingStore(store_url, retry_s=self.config.lineage_retry_s)
+                classes = lambda ids: store.content_classes(ids, stop_requested)  # noqa: E731
+            self.run = lambda batch: stages.validate(batch, validator, lookup=classes)
         else:
             policies = [parse_policy(text) for text in self.config.policies]
             self.run = lambda batch: stages.enforce(batch, policies)

@@ -245,7 +245,7 @@ class _IndexClasses(beam.DoFn):
             yield part
 
 
-class _MergeIndex(beam.CombineFn):  # type: ignore[misc]
+class _MergeIndex(beam.CombineFn):
     """`index_keys` parts → one `ParentIndex`, as (synthetic keys, AI-assisted keys)."""
 
     def create_accumulator(self) -> list[tuple[bytes, bytes]]:

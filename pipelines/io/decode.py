@@ -220,7 +220,9 @@ def _head_values(value: bytes, offset: int, head: Schema) -> tuple[str, str] | N
         record = fastavro.schemaless_reader(stream, head, None)
     except Exception:  # damaged bytes: not indexed (and quarantined by `decode`)
         return None
-    provenance = record.get("provenance") if isinstance(record, dict) else None
+    if not isinstance(record, dict):
+        return None
+    provenance = record.get("provenance")
     if not isinstance(provenance, dict):
         return None
     return _strings(record.get("record_id"), provenance.get("content_class"))
