@@ -39,6 +39,7 @@ from openlineage.client.facet_v2 import (
 from openlineage.client.generated.base import RunFacet
 
 from lineage_guard.lineage.errors import ConfigError, LineageGuardError
+from lineage_guard.lineage.store import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 PRODUCER = "urn:lineage-guard:0.1"
@@ -111,7 +112,7 @@ def transport_config(target: str) -> dict[str, Any]:
             "config": {"bootstrap.servers": servers},
         }
     raise ConfigError(
-        f"Unknown OpenLineage target `{target}`: use `console`, `file:PATH`, "
+        f"Unknown OpenLineage target `{redact_url(target)}`: use `console`, `file:PATH`, "
         "`http(s)://URL` or `kafka:TOPIC@BOOTSTRAP`."
     )
 
@@ -144,6 +145,7 @@ class RunEmitter:
         client: OpenLineageClient | None = None,
     ) -> None:
         self.client = client or OpenLineageClient(config={"transport": transport_config(target)})
+        self._target = target  # to hide its password in what this emitter logs
         job_type = job_type_job.JobTypeJobFacet(
             processingType="BATCH" if bounded else "STREAMING",
             integration=INTEGRATION,
@@ -224,7 +226,8 @@ class RunEmitter:
             )
             self.client.emit(event)
         except Exception as exc:
-            log.warning("OpenLineage %s event not emitted: %s", state.value, exc)
+            shown = redact_text(str(exc), self._target)  # an HTTP error may quote the URL
+            log.warning("OpenLineage %s event not emitted: %s", state.value, shown)
 
     def _assertions(
         self, failed: Mapping[str, int]

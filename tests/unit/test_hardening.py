@@ -259,3 +259,17 @@ def _cli() -> list[str]:
     import sys
 
     return [sys.executable, "-c", "from lineage_guard.cli.main import main; main()"]
+
+
+def test_a_bad_openlineage_target_is_one_line_exit_3_without_the_password(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    write_json_lines(source, [g.record for g in generate(3)])
+    result = run_cli(
+        "run", "--input", source, "--output-dir", tmp_path / "out", "--no-lineage",
+        "--openlineage", "gopher://ops:s3cret-pw@lineage.example:70/",
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.startswith("lineage-guard: error: Unknown OpenLineage target")
+    assert "gopher://ops:***@lineage.example:70/" in result.stderr
+    assert "s3cret-pw" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
