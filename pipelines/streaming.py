@@ -34,7 +34,7 @@ from lineage_guard import stages
 from lineage_guard.contract.policies import parse_policy
 from lineage_guard.contract.validate import SuiteValidator
 from lineage_guard.guard import GuardConfig, KafkaIO
-from lineage_guard.io.decode import Decoder, registry_lookup
+from lineage_guard.io.decode import decoder_for
 from lineage_guard.io.kafka import KafkaSink, retrying
 from lineage_guard.io.kafka_source import Chunk, ReadFromKafka, start_offset
 from lineage_guard.items import Batch
@@ -105,12 +105,7 @@ class _Stage(beam.DoFn):
 
     def setup(self) -> None:
         if self.stage == "decode":
-            lookup = (
-                registry_lookup(self.config.schema_registry)
-                if self.config.schema_registry
-                else None
-            )
-            decoder = Decoder(raw_schema=self.config.raw_schema, registry_lookup=lookup)
+            decoder = decoder_for(self.config.raw_schema, self.config.schema_registry)
             self.run = lambda batch: stages.decode(batch, decoder)
         elif self.stage == "validate":
             validator = SuiteValidator(engine=self.config.engine)  # suites: once per worker

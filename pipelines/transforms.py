@@ -40,7 +40,7 @@ from lineage_guard.coders import BatchCoder
 from lineage_guard.contract.policies import parse_policy
 from lineage_guard.contract.records import provenance_of
 from lineage_guard.contract.validate import SuiteValidator
-from lineage_guard.io.decode import Decoder, registry_lookup
+from lineage_guard.io.decode import decoder_for
 from lineage_guard.io.file_io import FileSink, read_file
 from lineage_guard.io.kafka import KafkaSettings, KafkaSink, PartitionRange, read_range
 from lineage_guard.items import Batch
@@ -210,8 +210,7 @@ class _Decode(_Stage):
         self.schema_registry = schema_registry
 
     def setup(self) -> None:
-        lookup = registry_lookup(self.schema_registry) if self.schema_registry else None
-        self.decoder = Decoder(raw_schema=self.raw_schema, registry_lookup=lookup)
+        self.decoder = decoder_for(self.raw_schema, self.schema_registry)
 
     def check(self, batch: Batch, side: Any) -> Batch:
         return stages.decode(batch, self.decoder)
@@ -236,8 +235,7 @@ class _IndexClasses(beam.DoFn):
         self.schema_registry = schema_registry
 
     def setup(self) -> None:
-        lookup = registry_lookup(self.schema_registry) if self.schema_registry else None
-        self.decoder = Decoder(raw_schema=self.raw_schema, registry_lookup=lookup)
+        self.decoder = decoder_for(self.raw_schema, self.schema_registry)
 
     def process(self, batch: Batch) -> Iterator[tuple[bytes, bytes]]:
         part = stages.index_keys(stages.class_index(batch, self.decoder))

@@ -255,6 +255,13 @@ def _read(
     return Decoded(record=record, schema=name, framing=framing)
 
 
+def decoder_for(raw_schema: str | None, schema_registry: str | None) -> Decoder:
+    """The `Decoder` a worker needs for `--schema` and `--schema-registry` (either may be
+    None)."""
+    lookup = registry_lookup(schema_registry) if schema_registry else None
+    return Decoder(raw_schema=raw_schema, registry_lookup=lookup)
+
+
 def registry_lookup(url: str) -> Callable[[int], Schema]:
     """A schema-id resolver backed by a Confluent Schema Registry (confluent-kafka's client).
 
