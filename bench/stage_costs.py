@@ -1,0 +1,140 @@
+"""What each of the guard's stages costs per record, on the throughput benchmark's messages.
+
+    python bench/stage_costs.py                  # 100,000 messages, µs per record per stage
+    python bench/stage_costs.py --records 20000 --json
+
+The stages are the functions the pipeline's stages call (`lineage_guard.stages`), timed one
+after the other on each 2000-message batch in this one process, lineage in a fresh SQLite
+store: items built from the messages, the parent index's head read, decode, validate, enforce,
+hops, the store's append and its confirm. Beside them: fastavro's `schemaless_reader` alone on
+the same messages (the decode floor) and the hop rows' bare `executemany` into the store's
+table with and without its `record_id` index (the insert floor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sqlite3
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from throughput import read_messages, write_messages
+
+
+def measure(path: Path, batch_size: int, workdir: Path) -> dict[str, float]:
+    import fastavro
+
+    from lineage_guard import stages
+    from lineage_guard.contract.policies import parse_policy
+    from lineage_guard.contract.schemas import load_schema
+    from lineage_guard.contract.validate import SuiteValidator
+    from lineage_guard.io.decode import Decoder, _known_fingerprints
+    from lineage_guard.items import Batch, Item, Source
+    from lineage_guard.lineage.store import open_store
+    from lineage_guard.lineage.stores import sqlite as sqlite_store
+    from lineage_guard.lineage.stores.sql import hop_row
+
+    decoder, validator = Decoder(), SuiteValidator()
+    policies = [parse_policy("production")]
+    store = open_store(f"sqlite:///{workdir / 'stages.db'}")
+    spent: Counter[str] = Counter()
+    rows: list[tuple[Any, ...]] = []
+    count = 0
+
+    def lap(name: str, started: float) -> float:
+        now = time.perf_counter()
+        spent[name] += now - started
+        return now
+
+    for messages in read_messages(path, batch_size):
+        t = time.perf_counter()
+        items = tuple(
+            Item(source=Source(topic="bench", partition=0, offset=count + i, key=k, value=v))
+            for i, (k, v) in enumerate(messages)
+        )
+        batch = Batch(topic="bench", partition=0, items=items)
+        t = lap("items", t)
+        stages.index_keys(stages.class_index(batch, decoder))
+        t = lap("parent index (head)", t)
+        batch = stages.decode(batch, decoder)
+        t = lap("decode", t)
+        batch = stages.validate(batch, validator)
+        t = lap("validate", t)
+        batch = stages.enforce(batch, policies)
+        t = lap("enforce", t)
+        hops = stages.lineage_hops(
+            batch, pipeline="bench", run_id="stages", allowed_to="out", quarantined_to="q"
+        )
+        t = lap("hops", t)
+        entry = store.append(hops)
+        t = lap("append", t)
+        store.confirm([(entry, len(items), [])], at=hops.at)
+        lap("confirm", t)
+        rows.extend(hop_row(count // batch_size, i, hop) for i, hop in enumerate(hops.hops))
+        count += len(items)
+    store.close()
+    per_record = {name: seconds / count * 1e6 for name, seconds in spent.items()}
+    per_record["total"] = sum(spent.values()) / count * 1e6
+
+    schemas = {fp: fastavro.parse_schema(load_schema(n)) for fp, n in _known_fingerprints().items()}
+    started = time.perf_counter()
+    for messages in read_messages(path, batch_size):
+        for _key, value in messages:
+            stream = io.BytesIO(value)
+            stream.seek(10)
+            fastavro.schemaless_reader(stream, schemas[value[2:10]], None)
+    per_record["floor: fastavro alone"] = (time.perf_counter() - started) / count * 1e6
+
+    for indexed in (True, False):
+        db = workdir / f"rows-{indexed}.db"
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        schema = sqlite_store._SCHEMA
+        if not indexed:
+            schema = schema.replace(
+                "CREATE INDEX IF NOT EXISTS lineage_hops_record_id ON lineage_hops (record_id);",
+                "",
+            )
+        conn.executescript(schema)
+        started = time.perf_counter()
+        for start in range(0, len(rows), batch_size):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(sqlite_store._INSERT_HOP, rows[start : start + batch_size])
+            conn.execute("COMMIT")
+        label = "with" if indexed else "without"
+        per_record[f"floor: SQLite rows {label} record_id index"] = (
+            (time.perf_counter() - started) / len(rows) * 1e6
+        )
+        conn.close()
+    return per_record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--batch-size", type=int, default=2000)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="lineage-guard-stages-") as folder:
+        workdir = Path(folder)
+        messages = workdir / "messages.bin"
+        write_messages(messages, args.records)
+        result = measure(messages, args.batch_size, workdir)
+    if args.json:
+        print(json.dumps({"records": args.records, "us_per_record": result}, indent=2))
+        return
+    print(f"µs per record, {args.records} records, batches of {args.batch_size}:")
+    for name, micros in result.items():
+        print(f"  {name:44s} {micros:8.2f}")
+
+
+if __name__ == "__main__":
+    main()
