@@ -98,6 +98,35 @@ class Hop:
         )
 
 
+def stored_leaf(
+    record_id: Any, source_offset: Any, outcome: Any, stopped_at: Any, reasons: Any,
+    content_class: Any, origin_env: Any, tenant_id: Any, source_system: Any, generator: Any,
+    parents: Any, digest: Any,
+) -> bytes:  # fmt: skip
+    """`Hop.canonical()` of a hop in the columns the SQL stores keep it in (reasons and
+    parents as their compact JSON text or NULL, the digest as raw bytes), without building
+    the `Hop`: the fast path of verification. The reasons and parents are parsed and written
+    again, so the leaf equals the written one only if every column holds exactly the value
+    that was written. Raises (TypeError, ValueError, AttributeError) on a column no written
+    hop has; the verifier then reads the rows one by one to name the fault."""
+    return orjson.dumps(
+        [
+            record_id,
+            source_offset,
+            outcome,
+            stopped_at,
+            orjson.loads(reasons) if reasons is not None else [],
+            content_class,
+            origin_env,
+            tenant_id,
+            source_system,
+            generator,
+            orjson.loads(parents) if parents is not None else [],
+            digest.hex(),
+        ]
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class HopBatch:
     """What one guard did with one micro-batch of one source partition (or input file)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -43,7 +43,15 @@ from lineage_guard.lineage.chain import (
 from lineage_guard.lineage.checkpoints import Checkpoint, is_signed_by, key_id
 from lineage_guard.lineage.errors import LineageGuardError, ServiceUnavailableError
 from lineage_guard.lineage.events import Decision, Reason, Stage, StoredEvent
-from lineage_guard.lineage.hops import Delivery, Hop, HopBatch, Outcome, StoredHop, compact_json
+from lineage_guard.lineage.hops import (
+    Delivery,
+    Hop,
+    HopBatch,
+    Outcome,
+    StoredHop,
+    compact_json,
+    stored_leaf,
+)
 from lineage_guard.lineage.store import first_line, order_key
 
 IN_CHUNK = 500  # record ids per `IN (…)` query
@@ -370,6 +378,11 @@ class SqlStore(ABC):
                 rows = self._stream(conn, self._q(ROWS_OF_ENTRY), [entry.chain_id, entry.seq])
                 return [read_hop(row, entry.chain_id, entry.seq) for row in rows]
 
+            def leaves_of(entry: Entry) -> list[bytes] | None:
+                return leaves(
+                    self._stream(conn, self._q(ROWS_OF_ENTRY), [entry.chain_id, entry.seq])
+                )
+
             chains = batches = hops = 0
             hashes: dict[str, dict[int, str]] = {}
             by_chain: dict[str, list[Entry | UnreadableRow]] = {}
@@ -378,7 +391,7 @@ class SqlStore(ABC):
             for name in sorted(by_chain.keys() | heads.keys()):
                 chains += 1
                 found, b, h, seen = verify_chain(
-                    name, by_chain.get(name, []), heads.get(name), rows_of
+                    name, by_chain.get(name, []), heads.get(name), rows_of, leaves_of
                 )
                 batches, hops = batches + b, hops + h
                 hashes[name] = seen
@@ -476,8 +489,15 @@ class SqlStore(ABC):
                     rows = self._stream(conn, self._q(ROWS_OF_ENTRY), [e.chain_id, e.seq])
                     return [read_hop(row, e.chain_id, e.seq) for row in rows]
 
+                def leaves_of(e: Entry) -> list[bytes] | None:
+                    return leaves(self._stream(conn, self._q(ROWS_OF_ENTRY), [e.chain_id, e.seq]))
+
                 result[seq], _ = check_entry(
-                    entry, expected_seq=seq, prev_hash=prev_hash, rows_of=rows_of
+                    entry,
+                    expected_seq=seq,
+                    prev_hash=prev_hash,
+                    rows_of=rows_of,
+                    leaves_of=leaves_of,
                 )
         return result
 
@@ -558,6 +578,15 @@ def read_entry(row: Sequence[Any]) -> Entry | UnreadableRow:
         return UnreadableRow(
             chain_id=str(chain_id), seq=seq if type(seq) is int else None, error=first_line(exc)
         )
+
+
+def leaves(rows: Iterable[Sequence[Any]]) -> list[bytes] | None:
+    """The Merkle leaves of `ROWS_OF_ENTRY`'s rows, or None if a row holds a value no written
+    hop has (`read_hop` then says which)."""
+    try:
+        return [stored_leaf(*row[1:]) for row in rows]
+    except (TypeError, ValueError, AttributeError):
+        return None
 
 
 def read_hop(row: Sequence[Any], chain_id: str, seq: int) -> Hop | UnreadableRow:

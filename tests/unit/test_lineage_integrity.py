@@ -23,7 +23,16 @@ from lineage_guard.lineage.chain import (
 )
 from lineage_guard.lineage.checkpoints import is_signed_by, load_private_key, sign
 from lineage_guard.lineage.errors import ConfigError
-from lineage_guard.lineage.hops import Hop, HopBatch, Outcome, compact_json, merkle_root
+from lineage_guard.lineage.events import Reason, Stage
+from lineage_guard.lineage.hops import (
+    Hop,
+    HopBatch,
+    Outcome,
+    compact_json,
+    merkle_root,
+    stored_leaf,
+)
+from lineage_guard.lineage.stores.sql import hop_row
 
 # RFC 6962 §2.1 test inputs d0…d7 and the Merkle Tree Hash of the first n of them.
 LEAVES = ["", "00", "10", "2021", "3031", "40414243", "5051525354555657",
@@ -58,6 +67,34 @@ def test_merkle_leaves_are_the_standard_librarys_compact_json_for_every_code_poi
     assert compact_json([2**64]) == b"[18446744073709551616]"
     with pytest.raises(UnicodeEncodeError):
         compact_json(["\ud800"])
+
+
+@pytest.mark.parametrize(
+    "hop",
+    [
+        Hop(record_id="r1", source_offset=0, outcome=Outcome.DELIVERED, digest="00" * 32),
+        Hop(record_id=None, source_offset=2**62, outcome=Outcome.QUARANTINED, digest="ff" * 32),
+        Hop(
+            record_id='räksmörgås \u2028 "q" \\ \U0001f600',
+            source_offset=7,
+            outcome=Outcome.BLOCKED,
+            stopped_at=Stage.ENFORCE,
+            reasons=(Reason(rule="leak_test_origin", message="Record `x`: \n «TEST»"),),
+            content_class="SYNTHETIC",
+            origin_env="TEST",
+            tenant_id="acme",
+            source_system="faker",
+            generator="gen/model@1",
+            parent_record_ids=("p1", "p\u00e9", ""),
+            digest="0123456789abcdef" * 4,
+        ),
+    ],
+)
+def test_the_fast_leaf_from_stored_columns_is_the_hops_canonical_form(hop: Hop) -> None:
+    """Verification's fast path hashes the stored columns without building hops: it must give
+    exactly `Hop.canonical()` for every hop, or verify would call intact stores edited."""
+    columns = hop_row(1, 0, hop)[2:]  # what `ROWS_OF_ENTRY` reads back, after the index
+    assert stored_leaf(*columns) == hop.canonical()
 
 
 def batch(*offsets: int) -> HopBatch:
@@ -162,3 +199,26 @@ def test_a_key_that_is_not_ed25519_is_a_config_error(tmp_path: Path) -> None:
         load_private_key(path)
     with pytest.raises(ConfigError, match="Cannot read the signing key"):
         load_private_key(tmp_path / "missing.pem")
+
+
+def test_leaves_that_give_the_root_spare_reading_rows_and_others_fall_back_to_them() -> None:
+    written = batch(0, 1)
+    entry = hops_entry(written, head=None)
+    leaves = [hop.canonical() for hop in written.hops]
+
+    def no_rows(e):  # type: ignore[no-untyped-def]
+        raise AssertionError("rows read although the leaves gave the root")
+
+    assert check_entry(
+        entry, expected_seq=1, prev_hash=GENESIS_HASH, rows_of=no_rows, leaves_of=lambda e: leaves
+    ) == (None, 2)
+    edited = dataclasses.replace(written.hops[0], tenant_id="globex")
+    for fast in ([edited.canonical(), leaves[1]], None, leaves[:1]):
+        broken, _ = check_entry(
+            entry,
+            expected_seq=1,
+            prev_hash=GENESIS_HASH,
+            rows_of=lambda e: [edited, written.hops[1]],
+            leaves_of=lambda e, fast=fast: fast,  # type: ignore[misc]
+        )
+        assert broken is not None and broken.kind is BreakKind.EDITED

@@ -144,3 +144,30 @@ def test_a_store_read_only_to_its_writer_fails_the_append(store_url: str, db_pat
 def test_bad_sqlite_urls_are_config_errors(url: str) -> None:
     with pytest.raises(ConfigError, match="Bad lineage store URL"):
         open_store(url)
+
+
+@pytest.mark.parametrize(
+    ("edit", "kind"),
+    [
+        ("source_offset = 'five'", "unreadable"),
+        ("source_offset = source_offset + 0.5", "unreadable"),
+        ("tenant_id = 5", "edited"),  # TEXT affinity: stored as '5', a changed value
+        ("digest = hex(digest)", "unreadable"),
+        ("record_id = CAST(record_id AS BLOB)", "unreadable"),
+        ("outcome = 'quarantined'", "edited"),
+    ],
+)
+def test_an_edit_of_only_a_columns_type_is_detected_by_verify_and_trace(
+    store: LineageStore, run_sql: RunSql, edit: str, kind: str
+) -> None:
+    """SQLite keeps most values in the type it is given: a value rewritten as another type
+    must not pass the fast leaf check (`stored_leaf`) that verify tries first."""
+    from tests.lineage_contract import filled
+
+    filled(store)
+    run_sql(f"UPDATE lineage_hops SET {edit} WHERE record_id = 'r5'")
+    result = store.verify()
+    assert result.broken is not None and str(result.broken.kind) == kind, result.broken
+    assert result.broken.seq == 3
+    assert store.verify_batches(CHAIN, [3])[3] is not None
+    assert store.verify_batches(CHAIN, [1]) == {1: None}
