@@ -208,6 +208,14 @@ class PostgresStore(SqlStore):
         except psycopg.Error as exc:
             raise self._unavailable("read", exc) from exc
 
+    def _fetch(self, conn: psycopg.Connection[Any], query: str, params: Sequence[Any]) -> list[Any]:
+        # A client-side cursor in binary: one round trip, and digests arrive as bytes rather
+        # than hex text (a server-side cursor costs ~5 µs more per row).
+        try:
+            return conn.execute(query, params, binary=True).fetchall()
+        except psycopg.Error as exc:
+            raise self._unavailable("read", exc) from exc
+
     # -- connections ------------------------------------------------------------------------
 
     def _connect(self, *, autocommit: bool) -> psycopg.Connection[Any]:

@@ -130,6 +130,11 @@ class SqlStore(ABC):
     def _stream(self, conn: Any, query: str, params: Sequence[Any]) -> Iterator[Any]: ...
 
     @abstractmethod
+    def _fetch(self, conn: Any, query: str, params: Sequence[Any]) -> list[Any]:
+        """All rows of a bounded query (one batch's rows, a few entries) on a snapshot
+        connection, in one round trip."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
     def _q(self, query: str) -> str:
@@ -375,12 +380,12 @@ class SqlStore(ABC):
             )
 
             def rows_of(entry: Entry) -> list[Hop | UnreadableRow]:
-                rows = self._stream(conn, self._q(ROWS_OF_ENTRY), [entry.chain_id, entry.seq])
+                rows = self._fetch(conn, self._q(ROWS_OF_ENTRY), [entry.chain_id, entry.seq])
                 return [read_hop(row, entry.chain_id, entry.seq) for row in rows]
 
             def leaves_of(entry: Entry) -> list[bytes] | None:
                 return leaves(
-                    self._stream(conn, self._q(ROWS_OF_ENTRY), [entry.chain_id, entry.seq])
+                    self._fetch(conn, self._q(ROWS_OF_ENTRY), [entry.chain_id, entry.seq])
                 )
 
             chains = batches = hops = 0
@@ -455,12 +460,10 @@ class SqlStore(ABC):
         result: dict[int, BrokenLink | None] = {}
         with self._snapshot() as conn:
             for seq in sorted(set(seqs)):
-                rows = list(
-                    self._stream(
-                        conn,
-                        self._q(f"{SELECT_ENTRIES} WHERE chain_id = ? AND seq IN (?, ?)"),
-                        [chain_id, seq - 1, seq],
-                    )
+                rows = self._fetch(
+                    conn,
+                    self._q(f"{SELECT_ENTRIES} WHERE chain_id = ? AND seq IN (?, ?)"),
+                    [chain_id, seq - 1, seq],
                 )
                 found = {int(r[1]): read_entry(r) for r in rows if isinstance(r[1], int)}
                 entry = found.get(seq)
@@ -486,11 +489,11 @@ class SqlStore(ABC):
                     continue
 
                 def rows_of(e: Entry) -> list[Hop | UnreadableRow]:
-                    rows = self._stream(conn, self._q(ROWS_OF_ENTRY), [e.chain_id, e.seq])
+                    rows = self._fetch(conn, self._q(ROWS_OF_ENTRY), [e.chain_id, e.seq])
                     return [read_hop(row, e.chain_id, e.seq) for row in rows]
 
                 def leaves_of(e: Entry) -> list[bytes] | None:
-                    return leaves(self._stream(conn, self._q(ROWS_OF_ENTRY), [e.chain_id, e.seq]))
+                    return leaves(self._fetch(conn, self._q(ROWS_OF_ENTRY), [e.chain_id, e.seq]))
 
                 result[seq], _ = check_entry(
                     entry,

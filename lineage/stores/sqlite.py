@@ -202,6 +202,12 @@ class SqliteStore(SqlStore):
         except sqlite3.Error as exc:
             raise self._unavailable("read", exc) from exc
 
+    def _fetch(self, conn: sqlite3.Connection, query: str, params: Sequence[Any]) -> list[Any]:
+        try:
+            return conn.execute(query, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self._unavailable("read", exc) from exc
+
     def _connect(self) -> sqlite3.Connection:
         try:
             # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE … COMMIT).
