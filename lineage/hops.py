@@ -51,7 +51,7 @@ class Delivery(StrEnum):
     FAILED = "failed"  # refused by the destination: the record is not there
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Hop:
     record_id: str | None  # None: undecodable bytes (the source position identifies them)
     source_offset: int

@@ -15,7 +15,7 @@ from lineage_guard.contract.verdicts import Violation
 Headers = list[tuple[str, bytes | None]]
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Source:
     """Where a message came from, and its bytes as they were (files: path, 0, record index)."""
 
@@ -28,7 +28,7 @@ class Source:
     timestamp_ms: int | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Item:
     source: Source
     record: dict[str, Any] | None = None  # set by decode (or by the file reader)

@@ -544,19 +544,30 @@ class OutcomeCounters:
         self.counters: dict[str, Any] = {}
 
     def add(self, batch: Batch) -> None:
-        counts: Counter[str] = Counter()
+        # Counted by what the names are made of, then named once per distinct kind.
+        kinds: Counter[tuple[Any, ...]] = Counter()
         for item in batch.items:
             provenance = provenance_of(item.record)
-            content_class = provenance.get("content_class")
-            if item.allowed:
-                counts["outcome:allowed"] += 1
-                counts[f"allowed_class:{content_class}"] += 1
+            kinds[
+                (
+                    item.stopped_at,
+                    item.blocked,
+                    item.violations,
+                    str(provenance.get("content_class")),  # any JSON value: keyed as text
+                    str(provenance.get("origin_env")),
+                )
+            ] += 1
+        counts: Counter[str] = Counter()
+        for (stopped_at, blocked, violations, content_class, origin_env), n in kinds.items():
+            if stopped_at is None:
+                counts["outcome:allowed"] += n
+                counts[f"allowed_class:{content_class}"] += n
             else:
-                decision = "blocked" if item.blocked else "quarantined"
-                rules = ",".join(sorted({v.rule for v in item.violations}))
-                counts[f"outcome:{decision}:{item.stopped_at}:{rules}"] += 1
-            counts[f"content_class:{content_class}"] += 1
-            counts[f"origin_env:{provenance.get('origin_env')}"] += 1
+                decision = "blocked" if blocked else "quarantined"
+                rules = ",".join(sorted({v.rule for v in violations}))
+                counts[f"outcome:{decision}:{stopped_at}:{rules}"] += n
+            counts[f"content_class:{content_class}"] += n
+            counts[f"origin_env:{origin_env}"] += n
         for name, n in counts.items():
             counter = self.counters.get(name)
             if counter is None:
