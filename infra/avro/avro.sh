@@ -17,20 +17,14 @@ dir="$cache/avro-$version"
 
 die() { echo "avro.sh: $*" >&2; exit 1; }
 
+# shellcheck source=../maven.sh
+source "$here/../maven.sh"
+
 fetch() {
-    [[ -f "$dir/.complete" ]] && return 0
-    command -v mvn >/dev/null || die "fetching Avro $version needs Maven: apt-get install -y maven"
-    echo "avro.sh: fetching Apache Avro $version jars into $dir" >&2
-    rm -rf "$dir.partial"
-    local out   # mvn -q still prints colour codes: show its output only when it fails
-    out="$(mvn -B -q -f "$here/pom.xml" dependency:copy-dependencies -Davro.version="$version" \
-        -DincludeScope=runtime -DexcludeArtifactIds=avro-tools \
-        -DoutputDirectory="$dir.partial/libs" 2>&1 \
-        && mvn -B -q -f "$here/pom.xml" dependency:copy-dependencies -Davro.version="$version" \
-        -DincludeArtifactIds=avro-tools -DoutputDirectory="$dir.partial/tools" 2>&1)" \
-        || { echo "$out" >&2; die "Maven could not fetch org.apache.avro:avro:$version"; }
-    touch "$dir.partial/.complete"
-    rm -rf "$dir" && mv "$dir.partial" "$dir"   # appears whole or not at all
+    fetch_jars "$dir/libs" "org.apache.avro:avro:$version" "$here/pom.xml" \
+        -Davro.version="$version" -DincludeScope=runtime -DexcludeArtifactIds=avro-tools
+    fetch_jars "$dir/tools" "org.apache.avro:avro-tools:$version" "$here/pom.xml" \
+        -Davro.version="$version" -DincludeArtifactIds=avro-tools
 }
 
 case "${1:-}" in

@@ -25,17 +25,12 @@ pid_file="$run_dir/job-server.pid"
 
 die() { echo "flink.sh: $*" >&2; exit 1; }
 
+# shellcheck source=../maven.sh
+source "$here/../maven.sh"
+
 fetch() {
-    [[ -f "$libs/.complete" ]] && return 0
-    command -v mvn >/dev/null || die "fetching Beam's Flink runner needs Maven: apt-get install -y maven"
-    echo "flink.sh: fetching Beam $version Flink runner jars into $libs" >&2
-    rm -rf "$libs.partial"
-    local out
-    out="$(mvn -B -q -f "$here/pom.xml" dependency:copy-dependencies -Dbeam.version="$version" \
-        -DincludeScope=runtime -DoutputDirectory="$libs.partial" 2>&1)" \
-        || { echo "$out" >&2; die "Maven could not fetch org.apache.beam:beam-runners-flink-1.19:$version"; }
-    touch "$libs.partial/.complete"
-    rm -rf "$libs" && mv "$libs.partial" "$libs"
+    fetch_jars "$libs" "org.apache.beam:beam-runners-flink-1.19:$version" "$here/pom.xml" \
+        -Dbeam.version="$version" -DincludeScope=runtime
 }
 
 running_pid() {

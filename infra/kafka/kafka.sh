@@ -24,17 +24,12 @@ log_file="$data/kafka.log"
 
 die() { echo "kafka.sh: $*" >&2; exit 1; }
 
+# shellcheck source=../maven.sh
+source "$here/../maven.sh"
+
 fetch() {
-    [[ -f "$libs/.complete" ]] && return 0
-    command -v mvn >/dev/null || die "fetching Kafka $version needs Maven: apt-get install -y maven"
-    echo "kafka.sh: fetching Kafka $version jars into $libs" >&2
-    rm -rf "$libs.partial"
-    local out   # mvn -q still prints colour codes: show its output only when it fails
-    out="$(mvn -B -q -f "$here/pom.xml" dependency:copy-dependencies -Dkafka.version="$version" \
-        -DincludeScope=runtime -DoutputDirectory="$libs.partial" 2>&1)" \
-        || { echo "$out" >&2; die "Maven could not fetch org.apache.kafka:kafka_2.13:$version"; }
-    touch "$libs.partial/.complete"
-    rm -rf "$libs" && mv "$libs.partial" "$libs"   # appears whole or not at all
+    fetch_jars "$libs" "org.apache.kafka:kafka_2.13:$version" "$here/pom.xml" \
+        -Dkafka.version="$version" -DincludeScope=runtime
 }
 
 # The pid of our running broker, or nothing (a stale pid file or a reused pid gives nothing).
