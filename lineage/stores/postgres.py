@@ -22,7 +22,11 @@ from typing import Any
 import psycopg
 
 from lineage_guard.lineage.chain import GENESIS_HASH, ChainHead
-from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError
+from lineage_guard.lineage.errors import (
+    ConfigError,
+    LineageGuardError,
+    ServiceUnavailableError,
+)
 from lineage_guard.lineage.hops import Hop
 from lineage_guard.lineage.store import first_line, no_lineage_error, redact_text, redact_url
 from lineage_guard.lineage.stores.sql import FETCH_ROWS, HOP_COLUMNS, SqlStore, hop_row
@@ -33,6 +37,10 @@ _REFUSED_SETTINGS = re.compile(
     r"invalid \w+ value|password authentication failed|role \"[^\"]*\" does not exist"
     r"|database \"[^\"]*\" does not exist|no pg_hba\.conf entry|does not support SSL"
 )
+
+# SQLSTATEs that waiting does not change: no schema to create the tables in (`search_path`
+# names none that exists), no privilege, a read-only transaction or server. Exit 3, not 4.
+_SETTING_STATES = frozenset({"3F000", "42501", "25006"})
 
 _COPY = f"COPY lineage_hops ({', '.join(HOP_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _COPY_TYPES = [
@@ -128,6 +136,12 @@ class PostgresStore(SqlStore):
                         conn.execute(statement)
             except psycopg.Error as exc:
                 self._drop_connection()
+                if self._error_class(exc) is ConfigError:
+                    raise ConfigError(
+                        f"The lineage store `{self._url}` cannot hold lineage:"
+                        f" {redact_text(first_line(exc), self._dsn)}. Check `--lineage-store`:"
+                        " its database, its `search_path` schema and the user's rights."
+                    ) from None
                 raise self._unavailable("open", exc) from exc
 
     @property
@@ -253,6 +267,11 @@ class PostgresStore(SqlStore):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def _error_class(self, exc: BaseException) -> type[LineageGuardError]:
+        if getattr(exc, "sqlstate", None) in _SETTING_STATES:
+            return ConfigError
+        return ServiceUnavailableError
 
     def _unavailable(self, action: str, exc: BaseException) -> ServiceUnavailableError:
         return ServiceUnavailableError(

@@ -144,6 +144,16 @@ def test_an_unknown_url_option_is_a_config_error(pg_dsn: str) -> None:
         open_store(f"{pg_dsn}{separator}colour=blue")
 
 
+def test_a_search_path_without_a_schema_is_a_config_error(pg_dsn: str) -> None:
+    """No schema to create the tables in: a setting to fix (exit 3), not an outage to wait
+    out (exit 4)."""
+    separator = "&" if "?" in pg_dsn else "?"
+    url = f"{pg_dsn}{separator}options=-csearch_path%3Dno_such_schema_here"
+    with pytest.raises(ConfigError, match="no schema has been selected") as caught:
+        open_store(url)
+    assert "search_path" in str(caught.value) and "\n" not in str(caught.value)
+
+
 def test_audits_do_not_create_tables(store_url: str, run_sql: RunSql) -> None:
     with pytest.raises(ConfigError, match="holds no lineage tables"):
         open_store(store_url, create=False)
