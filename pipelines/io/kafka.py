@@ -76,6 +76,20 @@ PRODUCER_DEFAULTS = {
 }
 
 
+def _client(kind: Callable[[dict[str, Any]], T], config: dict[str, Any]) -> T:
+    """A confluent-kafka client; a setting librdkafka refuses (an unknown property, a bad
+    value) is a `ConfigError` naming it, not a traceback."""
+    try:
+        return kind(config)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        if isinstance(error, KafkaError) and error.code() == KafkaError._INVALID_ARG:
+            raise ConfigError(
+                f"Kafka refused a client setting: {error.str()}. Check `--kafka-config`."
+            ) from None
+        raise
+
+
 @dataclass(frozen=True, kw_only=True)
 class KafkaSettings:
     bootstrap_servers: str
@@ -98,24 +112,26 @@ class KafkaSettings:
             **self.client,
             **overrides,
         }
-        return Consumer(config)
+        return _client(Consumer, config)
 
     def producer(self, **overrides: Any) -> Producer:
-        return Producer(
+        return _client(
+            Producer,
             {
                 "bootstrap.servers": self.bootstrap_servers,
                 "logger": client_log,
                 **PRODUCER_DEFAULTS,
                 **self.client,
                 **overrides,
-            }
+            },
         )
 
     def admin(self) -> AdminClient:
         # No `logger` (an AdminClient given one answers only while someone polls it), and
         # quiet: its failures reach the user as our one-line errors.
-        return AdminClient(
-            {"bootstrap.servers": self.bootstrap_servers, "log_level": 0, **self.client}
+        return _client(
+            AdminClient,
+            {"bootstrap.servers": self.bootstrap_servers, "log_level": 0, **self.client},
         )
 
     def transactional_id(self, topic: str, partition: int) -> str:

@@ -273,3 +273,23 @@ def test_a_bad_openlineage_target_is_one_line_exit_3_without_the_password(tmp_pa
     assert "gopher://ops:***@lineage.example:70/" in result.stderr
     assert "s3cret-pw" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ("security.protocol=plaintextt", '"security.protocol"'),
+        ("no.such.property=1", '"no.such.property"'),
+        ("socket.timeout.ms=soon", '"socket.timeout.ms"'),
+    ],
+)
+def test_a_kafka_setting_librdkafka_refuses_is_one_line_exit_3(setting: str, named: str) -> None:
+    """Refused when the first Kafka client is made, before any broker is asked (nothing
+    listens on port 9): a traceback with exit 1 before."""
+    result = run_cli(
+        "run", "--bootstrap-servers", "127.0.0.1:9", "--input-topic", "in", "--output-topic",
+        "out", "--quarantine-topic", "q", "--until-caught-up", "--no-lineage",
+        "--kafka-config", setting, timeout=120,
+    )  # fmt: skip
+    line = _clean_one_line_error(result, 3)
+    assert "Kafka refused a client setting" in line and named in line and "--kafka-config" in line
