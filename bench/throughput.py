@@ -34,7 +34,8 @@ keys to the allowed and to the quarantine destination; a difference fails the ru
 The records are realistic CRM records (contacts, email activities, media assets; ~5% with
 stripped provenance, ~2% TEST origin) in Avro single-object encoding. Kafka modes need
 `--bootstrap-servers` (or `KAFKA_BOOTSTRAP_SERVERS`); without one, the broker from
-`infra/kafka/kafka.sh` is started for the run.
+`infra/kafka/kafka.sh` is started for the run. The topics a run made are deleted once each
+size and partition count is measured.
 """
 
 from __future__ import annotations
@@ -397,6 +398,20 @@ def produce_topic(bootstrap: str, topic: str, partitions: int, path: Path) -> No
     assert producer.flush(120) == 0
 
 
+def delete_topics(bootstrap: str, inputs: set[str]) -> None:
+    """Deletes the input topics measured and every topic a mode wrote from them (names that
+    start with an input's), so repeated runs do not pile up topics on a long-lived broker."""
+    if not inputs:
+        return
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    ours = tuple(f"{name}-" for name in inputs)
+    names = [t for t in admin.list_topics(timeout=30).topics if t in inputs or t.startswith(ours)]
+    for future in admin.delete_topics(names, operation_timeout=30).values():
+        future.result(60)
+
+
 def tree_rss_kib(root: int) -> int:
     """Resident memory of process `root` and all its descendants, now."""
     total, pending = 0, [root]
@@ -527,6 +542,7 @@ def main() -> None:
                 rows.append(row)
                 print(f"    {json.dumps(row)}", file=sys.stderr, flush=True)
             messages.unlink()
+            delete_topics(args.bootstrap_servers, {topic for _, _, topic in runs if topic})
     failed = report(rows, args)
     if failed:
         raise SystemExit(failed)
