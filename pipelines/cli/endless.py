@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import threading
 from typing import Any
 
 import click
@@ -49,12 +50,19 @@ def streaming_config(config: GuardConfig, prism_location: str | None) -> tuple[G
     return dataclasses.replace(config, runner=runner), prism
 
 
+METRICS_POLL_S = 2.0  # how often the job's counters are read while it runs
+
+
 def run_endless(config: GuardConfig, prism_location: str | None, total: Summary) -> None:
-    """Runs until stopped (Ctrl-C / SIGTERM cancel the job) or until the job fails."""
+    """Runs until stopped (Ctrl-C / SIGTERM cancel the job) or until the job fails. `total`
+    follows the job's counters while it runs (OpenLineage RUNNING events report them) and
+    ends with their last values."""
     from lineage_guard.streaming import run_streaming
 
     config, prism = streaming_config(config, prism_location)
     result = run_streaming(config, prism_location=prism or None)
+    counts = _JobCounters(result, total)
+    counts.start()
     try:
         result.wait_until_finish()
     except KeyboardInterrupt:
@@ -62,20 +70,58 @@ def run_endless(config: GuardConfig, prism_location: str | None, total: Summary)
             result.cancel()
         except Exception:  # the runner went down with us (e.g. SIGTERM to the process group)
             log.info("the streaming job could not be cancelled: its runner is gone")
-        total.add(_final(result))
+        counts.finish()
         raise
     except LineageGuardError:
         raise
     except Exception as exc:
         raise _our_error(str(exc)) from exc
-    total.add(_final(result))
+    finally:
+        counts.stop()
+    counts.finish()
 
 
-def _final(result: Any) -> Summary:
-    try:
-        return _summary(result)
-    except Exception:  # a cancelled job may no longer answer for its metrics
-        return Summary()
+class _JobCounters:
+    """Reads a running job's counters every `METRICS_POLL_S` into `total` (on top of what it
+    held before). A cancelled job may no longer answer for its metrics: the last values read
+    then stand, so a stopped run never reports fewer records than it had counted."""
+
+    def __init__(self, result: Any, total: Summary) -> None:
+        self.result = result
+        self.total = total
+        self.base = dict(total.counters)
+        self.seen: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._poll, name="job-counters", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=10)
+
+    def finish(self) -> None:
+        self.stop()
+        self.read()
+
+    def read(self) -> None:
+        try:
+            now = _summary(self.result).counters
+        except Exception:  # a cancelled or failed job may not answer: keep what was read
+            return
+        with self.lock:
+            for name, value in now.items():  # counters only grow: never step one back
+                self.seen[name] = max(value, self.seen.get(name, 0))
+            merged = dict(self.base)
+            for name, value in self.seen.items():
+                merged[name] = merged.get(name, 0) + value
+            self.total.counters = merged  # one assignment: readers see old or new, whole
+
+    def _poll(self) -> None:
+        while not self.stopped.wait(METRICS_POLL_S):
+            self.read()
 
 
 def _our_error(text: str) -> LineageGuardError:

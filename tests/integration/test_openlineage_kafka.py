@@ -99,10 +99,14 @@ def test_endless_kafka_run_emits_streaming_events(kafka_bootstrap: str, tmp_path
     )
     try:
         deadline = time.monotonic() + 120
-        while sum(end_offsets(kafka_bootstrap, out).values()) < passing or "RUNNING" not in [
-            e["eventType"] for e in _events(log)
+        # RUNNING events report the job's counts while it runs (read every 2 s): wait until
+        # one counts every delivered record.
+        while sum(end_offsets(kafka_bootstrap, out).values()) < passing or passing not in [
+            e["run"]["facets"]["lineageGuard_counts"]["byDecision"].get("allowed")
+            for e in _events(log)
+            if e["eventType"] == "RUNNING"
         ]:
-            assert time.monotonic() < deadline, "the endless run delivered nothing, or no RUNNING"
+            assert time.monotonic() < deadline, "no delivery, or no RUNNING event counted it"
             assert guard.poll() is None, "the endless run ended by itself"
             time.sleep(0.5)
     finally:
