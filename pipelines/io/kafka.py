@@ -209,6 +209,8 @@ def plan_ranges(settings: KafkaSettings, topics: list[str]) -> list[PartitionRan
     consumer = settings.consumer()
     try:
         partitions = input_partitions(consumer, settings, topics)
+        if settings.exactly_once:
+            end_open_transactions(settings, partitions)
         committed = retrying(
             lambda: consumer.committed(partitions, timeout=settings.timeout_s), settings.timeout_s
         )
@@ -225,6 +227,27 @@ def plan_ranges(settings: KafkaSettings, topics: list[str]) -> list[PartitionRan
         raise ServiceUnavailableError(f"Kafka at `{settings.bootstrap_servers}`: {exc}") from exc
     finally:
         consumer.close()
+
+
+def end_open_transactions(settings: KafkaSettings, partitions: list[TopicPartition]) -> None:
+    """Fences the transactional producer of every input partition, which aborts (or finishes
+    committing) a transaction a killed guard left open. Until then Kafka does not say where
+    the group resumes (its offset is part of that transaction), so an exactly-once run does
+    this before reading its committed offsets, rather than wait for the transaction to time
+    out."""
+    for tp in partitions:
+        producer = settings.producer(
+            **{"transactional.id": settings.transactional_id(tp.topic, tp.partition)}
+        )
+        try:
+            producer.init_transactions(settings.timeout_s)
+        except KafkaException as exc:
+            raise ServiceUnavailableError(
+                f"Kafka at `{settings.bootstrap_servers}` did not end the open transaction of "
+                f"`{tp.topic}`[{tp.partition}]: {exc.args[0]}."
+            ) from exc
+        finally:
+            producer.close()
 
 
 class GroupMembership:

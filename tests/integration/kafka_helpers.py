@@ -89,7 +89,12 @@ def drain(
 
 
 def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    """The group's committed offsets. Offsets sent within a transaction still open (a killed
+    exactly-once guard's) are not among them: `read_uncommitted` asks Kafka not to wait for
+    that transaction to end, which a `read_committed` consumer would, until it times out."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "isolation.level": "read_uncommitted"}
+    )
     try:
         metadata = consumer.list_topics(topic, timeout=30)
         parts = [TopicPartition(topic, p) for p in metadata.topics[topic].partitions]

@@ -547,3 +547,59 @@ def test_two_guards_in_one_group_never_read_twice(
         notes="the second guard, started while the first ran, exited 3 with one line",
     )
     faults_table.record("two_members_one_group", figures)
+
+
+# A guard killed between `send_offsets_to_transaction` and `commit_transaction`: its
+# transaction (records and input offset) stays open on the broker until it times out.
+_KILLED_IN_A_TRANSACTION = """
+import os, signal, sys
+from confluent_kafka import Consumer, Producer, TopicPartition
+bootstrap, group, source, output, transactional_id = sys.argv[1:6]
+producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": transactional_id,
+                     "transaction.timeout.ms": 600000})
+producer.init_transactions(30)
+producer.begin_transaction()
+for n in range(10):
+    producer.produce(output, key=b"never-committed", value=b"x", partition=0)
+assert producer.flush(30) == 0
+consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+producer.send_offsets_to_transaction(
+    [TopicPartition(source, 0, 700)], consumer.consumer_group_metadata(), 30
+)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_exactly_once_rerun_ends_a_killed_runs_open_transaction_first(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A rerun fences the killed run's producers before it reads where to resume: the open
+    transaction is aborted, its offset never counts, and nothing waits for it to time out."""
+    topics = _topics(kafka_bootstrap, partitions=1)
+    sent = _records(1_000, seed=44)
+    _produce(kafka_bootstrap, topics[0], sent)
+    group, store = f"g-{uuid.uuid4().hex}", f"sqlite:///{tmp_path}/lineage.db"
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _KILLED_IN_A_TRANSACTION,
+            kafka_bootstrap,
+            group,
+            topics[0],
+            topics[1],
+            f"lineage-guard.{group}.{topics[0]}.0",
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+
+    rerun = run_cli(*_args(kafka_bootstrap, topics, group, store), "--exactly-once")
+    assert rerun.returncode == 0, rerun.stderr
+
+    figures = _figures(kafka_bootstrap, sent, topics, store, "open transaction, rerun")
+    _assert_complete(figures)
+    assert figures["duplicates"] == 0 and figures["foreign"] == 0, figures
+    assert figures["out"] + figures["quarantined"] == len(sent), figures
+    assert committed(kafka_bootstrap, group, topics[0]) == {0: len(sent)}
