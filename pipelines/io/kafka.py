@@ -211,9 +211,21 @@ def plan_ranges(settings: KafkaSettings, topics: list[str]) -> list[PartitionRan
         partitions = input_partitions(consumer, settings, topics)
         if settings.exactly_once:
             end_open_transactions(settings, partitions)
-        committed = retrying(
-            lambda: consumer.committed(partitions, timeout=settings.timeout_s), settings.timeout_s
-        )
+        try:
+            committed = retrying(
+                lambda: consumer.committed(partitions, timeout=settings.timeout_s),
+                settings.timeout_s,
+            )
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._TIMED_OUT or settings.exactly_once:
+                raise
+            raise ServiceUnavailableError(
+                f"Kafka at `{settings.bootstrap_servers}` did not say where consumer group "
+                f"`{settings.group_id}` resumes in {settings.timeout_s:.0f} s. If an "
+                "`--exactly-once` run of this group was killed, its open transaction holds the"
+                " offsets: rerun with `--exactly-once`, which ends it, or wait for it to time "
+                "out."
+            ) from exc
         ranges = []
         for tp in committed:
             low, high = consumer.get_watermark_offsets(tp, timeout=settings.timeout_s)

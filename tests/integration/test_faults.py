@@ -570,21 +570,13 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def test_exactly_once_rerun_ends_a_killed_runs_open_transaction_first(
-    kafka_bootstrap: str, tmp_path: Path
-) -> None:
-    """A rerun fences the killed run's producers before it reads where to resume: the open
-    transaction is aborted, its offset never counts, and nothing waits for it to time out."""
-    topics = _topics(kafka_bootstrap, partitions=1)
-    sent = _records(1_000, seed=44)
-    _produce(kafka_bootstrap, topics[0], sent)
-    group, store = f"g-{uuid.uuid4().hex}", f"sqlite:///{tmp_path}/lineage.db"
+def _kill_in_a_transaction(bootstrap: str, group: str, topics: tuple[str, str, str]) -> None:
     killed = subprocess.run(
         [
             sys.executable,
             "-c",
             _KILLED_IN_A_TRANSACTION,
-            kafka_bootstrap,
+            bootstrap,
             group,
             topics[0],
             topics[1],
@@ -595,6 +587,18 @@ def test_exactly_once_rerun_ends_a_killed_runs_open_transaction_first(
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
 
+
+def test_exactly_once_rerun_ends_a_killed_runs_open_transaction_first(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A rerun fences the killed run's producers before it reads where to resume: the open
+    transaction is aborted, its offset never counts, and nothing waits for it to time out."""
+    topics = _topics(kafka_bootstrap, partitions=1)
+    sent = _records(1_000, seed=44)
+    _produce(kafka_bootstrap, topics[0], sent)
+    group, store = f"g-{uuid.uuid4().hex}", f"sqlite:///{tmp_path}/lineage.db"
+    _kill_in_a_transaction(kafka_bootstrap, group, topics)
+
     rerun = run_cli(*_args(kafka_bootstrap, topics, group, store), "--exactly-once")
     assert rerun.returncode == 0, rerun.stderr
 
@@ -603,3 +607,23 @@ def test_exactly_once_rerun_ends_a_killed_runs_open_transaction_first(
     assert figures["duplicates"] == 0 and figures["foreign"] == 0, figures
     assert figures["out"] + figures["quarantined"] == len(sent), figures
     assert committed(kafka_bootstrap, group, topics[0]) == {0: len(sent)}
+
+
+def test_an_at_least_once_run_behind_an_open_transaction_says_what_to_do(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Without `--exactly-once` the guard does not touch transactions: it cannot learn where
+    to resume, and says why in one line (exit 4) instead of a bare time-out."""
+    topics = _topics(kafka_bootstrap, partitions=1)
+    _produce(kafka_bootstrap, topics[0], _records(100, seed=45))
+    group, store = f"g-{uuid.uuid4().hex}", f"sqlite:///{tmp_path}/lineage.db"
+    _kill_in_a_transaction(kafka_bootstrap, group, topics)
+
+    run = run_cli(*_args(kafka_bootstrap, topics, group, store))
+    assert run.returncode == 4, run.stderr
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "its open transaction holds the offsets: rerun with `--exactly-once`" in run.stderr
+    assert _read_all(kafka_bootstrap, topics[1]) == []  # nothing delivered
+    rerun = run_cli(*_args(kafka_bootstrap, topics, group, store), "--exactly-once")
+    assert rerun.returncode == 0, rerun.stderr
+    assert committed(kafka_bootstrap, group, topics[0]) == {0: 100}
