@@ -15,7 +15,9 @@ afterwards is handled the same way, and the lineage records that delivery as fai
 With `KafkaSettings.exactly_once`, each batch is one Kafka transaction (a transactional
 producer per input partition, `transactional.id` stable across runs): its allowed and
 quarantined records and its input offset commit together or not at all, and lineage confirms
-the batch only after the commit.
+the batch only after the commit. Such a run first fences those producers
+(`end_open_transactions`), which aborts a transaction a killed run left open, before it reads
+where to resume.
 
 `GroupMembership` makes a guard the only one of its consumer group (see its docstring).
 """
@@ -217,7 +219,9 @@ def plan_ranges(settings: KafkaSettings, topics: list[str]) -> list[PartitionRan
                 settings.timeout_s,
             )
         except KafkaException as exc:
-            if exc.args[0].code() != KafkaError._TIMED_OUT or settings.exactly_once:
+            error = exc.args[0] if exc.args else None
+            timed_out = isinstance(error, KafkaError) and error.code() == KafkaError._TIMED_OUT
+            if not timed_out or settings.exactly_once:
                 raise
             raise ServiceUnavailableError(
                 f"Kafka at `{settings.bootstrap_servers}` did not say where consumer group "
