@@ -75,7 +75,7 @@ def class_index(batch: Batch, decoder: Decoder | None = None) -> Iterator[tuple[
             record_id, content_class = head
         else:
             continue
-        rank = CLASS_RANK.get(content_class)  # type: ignore[arg-type]
+        rank = CLASS_RANK.get(content_class) if type(content_class) is str else None
         if record_id is not None and rank:
             yield record_id, rank
 
@@ -163,7 +163,8 @@ def parent_ranks(
     ranks: dict[str, int] = {}
     for record in records:
         record_id = record_id_of(record)
-        rank = CLASS_RANK.get(provenance_of(record).get("content_class"))  # type: ignore[arg-type]
+        content_class = provenance_of(record).get("content_class")
+        rank = CLASS_RANK.get(content_class) if type(content_class) is str else None
         if record_id in wanted and rank is not None:
             ranks[record_id] = max(rank, ranks.get(record_id, 0))
     if index is not None:

@@ -220,6 +220,24 @@ class SuiteValidator:
         """
         if not records:
             return []
+        ids, found = self._check(records, parent_ranks)
+        return [
+            Verdict(record_id=rid, violations=found[i]) if i in found else Verdict(record_id=rid)
+            for i, rid in enumerate(ids)
+        ]
+
+    def failures(
+        self, records: Sequence[Any], parent_ranks: Mapping[str, int] | None = None
+    ) -> dict[int, tuple[Violation, ...]]:
+        """As `validate`, for the failing records only: their position → their violations
+        (a batch that passes costs no object per record)."""
+        if not records:
+            return {}
+        return self._check(records, parent_ranks)[1]
+
+    def _check(
+        self, records: Sequence[Any], parent_ranks: Mapping[str, int] | None
+    ) -> tuple[list[Any], dict[int, tuple[Violation, ...]]]:
         columns, type_errors = self._flattener.flatten(records, parent_ranks)
         parameters = {"latest_allowed_generated_at": self._clock() + FUTURE_TOLERANCE_MS}
         found: dict[int, list[Violation]] = {i: list(v) for i, v in type_errors.items()}
@@ -228,12 +246,7 @@ class SuiteValidator:
             rule = self._rules[number]
             for row in rows:
                 found.setdefault(row, []).append(self._violation(rule, ids[row], columns, row))
-        return [
-            Verdict(record_id=rid, violations=_tidy(found[i]))
-            if i in found
-            else Verdict(record_id=rid)
-            for i, rid in enumerate(ids)
-        ]
+        return ids, {i: tidy for i, v in found.items() if (tidy := _tidy(v))}
 
     @staticmethod
     def _violation(rule: _Rule, record_id: str | None, columns: Columns, row: int) -> Violation:

@@ -1,0 +1,213 @@
+"""The micro-batch as one Arrow RecordBatch: the shape the guard chain runs on.
+
+A `GuardBatch` holds the messages of one source partition (or one input file), in offset
+order, as one `pyarrow.RecordBatch`; each stage of the chain (`guard_chain`) adds its columns:
+
+=====================  ==========================  ===========================================
+added by               column                      Arrow type
+=====================  ==========================  ===========================================
+the reader             offset                      int64 (files: the record's index)
+                       key, value                  binary (None for records read from files)
+                       timestamp_ms                int64
+                       error                       string: why the file reader could not read it
+decode                 schema                      string: the writer schema's full name
+                       the contract columns        `contract.columns.TYPES` (record_id, …)
+                       parent_record_ids           list<string>
+every checking stage   stopped_at                  string: the stage that stopped it (null: allowed)
+                       blocked                     bool: a sink policy refused it
+=====================  ==========================  ===========================================
+
+Beside the Arrow batch travel, as Python values: the decoded records (`records`, for the
+writers that need them: file outputs, `Records()`; Kafka outputs forward the message bytes)
+and the violations of the rows that were stopped (`violations`, by row: a message names the
+record as it came, which may be text Arrow cannot hold, such as a lone surrogate from JSON). `items()` is the compatibility view: the same batch as the `items.Batch` of
+per-record `Item`s that the public transforms took before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from lineage_guard.contract.verdicts import Violation
+from lineage_guard.items import Batch, Item, Source
+
+SOURCE_FIELDS = (
+    pa.field("offset", pa.int64(), nullable=False),
+    pa.field("key", pa.binary()),
+    pa.field("value", pa.binary()),
+    pa.field("timestamp_ms", pa.int64()),
+    pa.field("error", pa.string()),
+)
+VERDICT_FIELDS = (
+    pa.field("stopped_at", pa.string()),
+    pa.field("blocked", pa.bool_(), nullable=False),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuardBatch:
+    """The messages of one partition (or file) and what the stages found out about them."""
+
+    topic: str
+    partition: int
+    columns: pa.RecordBatch
+    records: tuple[Any, ...] | None = None  # decoded values (None where not decodable)
+    headers: tuple[Any, ...] | None = None  # Kafka headers per message, when read from Kafka
+    violations: Mapping[int, tuple[Violation, ...]] = field(default_factory=dict)  # by row
+
+    def __len__(self) -> int:
+        return self.columns.num_rows
+
+    @property
+    def next_offset(self) -> int:
+        """The offset to commit once this batch is written."""
+        return int(self.columns.column("offset")[-1].as_py()) + 1
+
+    def column(self, name: str) -> pa.Array:
+        return self.columns.column(name)
+
+    def has(self, name: str) -> bool:
+        return self.columns.schema.get_field_index(name) >= 0
+
+    def with_columns(self, **arrays: pa.Array) -> GuardBatch:
+        """This batch with `arrays` added, or replacing the columns of the same name."""
+        columns = self.columns
+        for name, array in arrays.items():
+            at = columns.schema.get_field_index(name)
+            if at >= 0:
+                columns = columns.set_column(at, name, array)
+            else:
+                columns = columns.append_column(name, array)
+        return GuardBatch(
+            topic=self.topic,
+            partition=self.partition,
+            columns=columns,
+            records=self.records,
+            headers=self.headers,
+            violations=self.violations,
+        )
+
+    def with_records(self, records: Sequence[Any]) -> GuardBatch:
+        return GuardBatch(
+            topic=self.topic,
+            partition=self.partition,
+            columns=self.columns,
+            records=tuple(records),
+            headers=self.headers,
+            violations=self.violations,
+        )
+
+    def with_violations(self, violations: Mapping[int, tuple[Violation, ...]]) -> GuardBatch:
+        return GuardBatch(
+            topic=self.topic,
+            partition=self.partition,
+            columns=self.columns,
+            records=self.records,
+            headers=self.headers,
+            violations=violations,
+        )
+
+    def allowed_mask(self) -> pa.BooleanArray:
+        import pyarrow.compute as pc
+
+        if not self.has("stopped_at"):
+            return pa.repeat(True, len(self))  # type: ignore[return-value]
+        return pc.is_null(self.column("stopped_at"))
+
+    # -- compatibility with the per-record view ----------------------------------------------
+
+    def items(self) -> Batch:
+        """The same batch as `items.Batch` (one `Item` per record)."""
+        offsets = self.column("offset").to_pylist()
+        keys = self.column("key").to_pylist()
+        values = self.column("value").to_pylist()
+        stamps = self.column("timestamp_ms").to_pylist()
+        errors = self.column("error").to_pylist()
+        n = len(offsets)
+        records = self.records if self.records is not None else (None,) * n
+        headers = self.headers if self.headers is not None else (None,) * n
+        schemas = self.column("schema").to_pylist() if self.has("schema") else [None] * n
+        stopped = self.column("stopped_at").to_pylist() if self.has("stopped_at") else [None] * n
+        blocked = self.column("blocked").to_pylist() if self.has("blocked") else [False] * n
+        found = self.violations
+        items = tuple(
+            Item(
+                source=Source(
+                    topic=self.topic,
+                    partition=self.partition,
+                    offset=offsets[i],
+                    key=keys[i],
+                    value=values[i],
+                    headers=headers[i],
+                    timestamp_ms=stamps[i],
+                ),
+                record=records[i],
+                schema=schemas[i],
+                error=errors[i],
+                stopped_at=stopped[i],
+                blocked=bool(blocked[i]),
+                violations=found.get(i, ()),
+            )
+            for i in range(n)
+        )
+        return Batch(topic=self.topic, partition=self.partition, items=items)
+
+
+def from_messages(
+    topic: str,
+    partition: int,
+    offsets: Sequence[int],
+    values: Sequence[bytes | None],
+    *,
+    keys: Sequence[bytes | None] | None = None,
+    timestamps_ms: Sequence[int | None] | None = None,
+    headers: Sequence[Any] | None = None,
+) -> GuardBatch:
+    """A batch of Kafka messages (or any bytes at positions) before decoding."""
+    n = len(offsets)
+    columns = pa.RecordBatch.from_arrays(
+        [
+            pa.array(offsets, pa.int64()),
+            pa.array(keys if keys is not None else [None] * n, pa.binary()),
+            pa.array(values, pa.binary()),
+            pa.array(timestamps_ms if timestamps_ms is not None else [None] * n, pa.int64()),
+            pa.nulls(n, pa.string()),
+        ],
+        schema=pa.schema(SOURCE_FIELDS),
+    )
+    return GuardBatch(
+        topic=topic,
+        partition=partition,
+        columns=columns,
+        headers=tuple(headers) if headers is not None else None,
+    )
+
+
+def from_items(batch: Batch) -> GuardBatch:
+    """An `items.Batch` (any stage's output) as a `GuardBatch`, verdicts included."""
+    items = batch.items
+    sources = [item.source for item in items]
+    gb = from_messages(
+        batch.topic,
+        batch.partition,
+        [s.offset for s in sources],
+        [s.value for s in sources],
+        keys=[s.key for s in sources],
+        timestamps_ms=[s.timestamp_ms for s in sources],
+        headers=[s.headers for s in sources],
+    )
+    gb = gb.with_columns(error=pa.array([item.error for item in items], pa.string()))
+    if any(item.schema is not None for item in items):
+        gb = gb.with_columns(schema=pa.array([item.schema for item in items], pa.string()))
+    if any(item.record is not None or item.source.value is None for item in items):
+        gb = gb.with_records([item.record for item in items])
+    if any(item.stopped_at is not None for item in items):
+        gb = gb.with_columns(
+            stopped_at=pa.array([item.stopped_at for item in items], pa.string()),
+            blocked=pa.array([item.blocked for item in items], pa.bool_()),
+        ).with_violations({i: item.violations for i, item in enumerate(items) if item.violations})
+    return gb

@@ -1,0 +1,180 @@
+"""The columnar guard chain (`guard_chain`) against the per-record stages (`stages`): the same
+verdicts, messages, hop rows, Merkle leaves and roots, on hostile batches."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lineage_guard import arrow_batch, guard_chain, stages
+from lineage_guard.contract.policies import parse_policy
+from lineage_guard.contract.validate import SuiteValidator
+from lineage_guard.generate import Faults, generate
+from lineage_guard.io.decode import Decoder, encode_single_object
+from lineage_guard.items import Batch, Item, Source
+from lineage_guard.lineage.hops import merkle_root
+from tests.unit.test_compiled_suite import NOW_MS, clean_batches, dirty_batches
+
+POLICIES = ("production", "tenant:acme")
+
+
+def _damage(rng: random.Random, value: bytes) -> bytes:
+    """A message the decoder must stop, each with another reason."""
+    kind = rng.randrange(7)
+    if kind == 0:
+        return value[: rng.randrange(10, len(value))]  # truncated body
+    if kind == 1:
+        return value + b"\x00\x02"  # trailing bytes
+    if kind == 2:
+        return b"\xc3\x01" + bytes(8) + value[10:]  # unknown fingerprint
+    if kind == 3:
+        return b""  # empty value
+    if kind == 4:
+        return value[:10] + b"\x48" + b"\xff" * 36 + value[47:]  # bad UTF-8 in record_id
+    if kind == 5:
+        return value[:10] + b"\x01" + value[11:]  # negative string length
+    return b"no framing at all"
+
+
+def _messages(count: int, seed: int) -> list[bytes | None]:
+    rng = random.Random(seed)
+    faults = Faults(stripped=0.1, test_origin=0.1, other_tenant=0.05)
+    values: list[bytes | None] = []
+    for generated in generate(count, seed=seed, faults=faults):
+        if generated.record["provenance"] is None:  # the contract schema cannot carry a null
+            generated.record["provenance"] = {
+                "content_class": "SYNTHETIC",
+                "origin_env": "PRODUCTION",
+                "source_system": "crm-sync",
+                "generator": None,
+                "generated_at": None,
+                "disclosure": None,
+                "parent_record_ids": [],
+            }
+        value = encode_single_object(generated.record, generated.schema)
+        if rng.random() < 0.08:
+            value = _damage(rng, value)
+        values.append(value)
+    values[rng.randrange(count)] = None  # a tombstone
+    return values
+
+
+@pytest.fixture(scope="module")
+def validator() -> SuiteValidator:
+    return SuiteValidator(clock=lambda: NOW_MS)
+
+
+def _by_stages(
+    batch: Batch, validator: SuiteValidator, policies: tuple[str, ...], decoder: Decoder | None
+) -> tuple[Batch, stages.HopBatch]:
+    if decoder is not None:
+        batch = stages.decode(batch, decoder)
+    batch = stages.validate(batch, validator)
+    batch = stages.enforce(batch, [parse_policy(p) for p in policies])
+    hops = stages.lineage_hops(
+        batch, pipeline="p", run_id="r", allowed_to="out", quarantined_to="q", at=_AT
+    )
+    return batch, hops
+
+
+def _by_chain(
+    gb: arrow_batch.GuardBatch,
+    validator: SuiteValidator,
+    policies: tuple[str, ...],
+    decoder: Decoder | None,
+) -> tuple[arrow_batch.GuardBatch, guard_chain.HopRows]:
+    if decoder is not None:
+        gb = guard_chain.decode(gb, decoder)
+    gb = guard_chain.validate(gb, validator)
+    gb = guard_chain.enforce(gb, [parse_policy(p) for p in policies])
+    return gb, guard_chain.hop_rows(gb)
+
+
+from datetime import UTC, datetime  # noqa: E402
+
+_AT = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def _assert_same(expected: Batch, hops: Any, gb: arrow_batch.GuardBatch, rows: Any) -> None:
+    got = gb.items()
+    assert len(got.items) == len(expected.items)
+    for want, have in zip(expected.items, got.items, strict=True):
+        assert (have.stopped_at, have.blocked, have.violations) == (
+            want.stopped_at,
+            want.blocked,
+            want.violations,
+        ), want.source.offset
+        assert have.record == want.record
+    leaves = [hop.canonical() for hop in hops.hops]
+    assert rows.leaves() == leaves
+    assert rows.hops() == hops.hops
+    assert rows.root() == hops.root() == merkle_root(leaves)
+
+
+def test_hostile_messages_get_the_same_verdicts_hops_and_roots(validator: SuiteValidator) -> None:
+    decoder = Decoder()
+    values = _messages(3000, seed=11)
+    offsets = list(range(1000, 1000 + len(values)))
+    items = tuple(
+        Item(source=Source(topic="t", partition=2, offset=o, value=v))
+        for o, v in zip(offsets, values, strict=True)
+    )
+    counted: dict[str, int] = {}
+    for start in range(0, len(items), 500):
+        part = Batch(topic="t", partition=2, items=items[start : start + 500])
+        expected, hops = _by_stages(part, validator, POLICIES, decoder)
+        gb = arrow_batch.from_messages(
+            "t", 2, offsets[start : start + 500], values[start : start + 500]
+        )
+        gb, rows = _by_chain(gb, validator, POLICIES, decoder)
+        _assert_same(expected, hops, gb, rows)
+        for item in expected.items:
+            key = str(item.stopped_at)
+            counted[key] = counted.get(key, 0) + 1
+    # The batches hold every kind of outcome, or the comparison proves little.
+    assert set(counted) == {"None", "decode", "validate", "enforce"}, counted
+    assert min(counted.values()) >= 50, counted
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    records=st.one_of(clean_batches, dirty_batches()),
+    policies=st.sampled_from(
+        [
+            ("production",),
+            ("tenant:acme",),
+            ("production", "tenant:acme"),
+            ("training",),
+            ("production", "training:real"),
+            ("training:mixed",),
+        ]
+    ),
+)
+def test_records_from_files_get_the_same_verdicts_and_hops(
+    validator: SuiteValidator, records: list[Any], policies: tuple[str, ...]
+) -> None:
+    items = tuple(
+        Item(source=Source(topic="f.jsonl", partition=0, offset=i), record=r)
+        for i, r in enumerate(records)
+    )
+    batch = Batch(topic="f.jsonl", partition=0, items=items)
+    expected, hops = _by_stages(batch, validator, policies, None)
+    gb = arrow_batch.from_items(batch)
+    gb, rows = _by_chain(gb, validator, policies, None)
+    _assert_same(expected, hops, gb, rows)
+
+
+def test_the_items_view_round_trips(validator: SuiteValidator) -> None:
+    values = _messages(300, seed=5)
+    gb = arrow_batch.from_messages("t", 0, list(range(len(values))), values)
+    gb = guard_chain.enforce(
+        guard_chain.validate(guard_chain.decode(gb, Decoder()), validator),
+        [parse_policy("production")],
+    )
+    again = arrow_batch.from_items(gb.items())
+    assert again.items() == gb.items()
+    assert guard_chain.hop_rows(again).leaves() == guard_chain.hop_rows(gb).leaves()
