@@ -11,17 +11,19 @@ the reader             offset                      int64 (files: the record's in
                        timestamp_ms                int64
                        error                       string: why the file reader could not read it
 decode                 schema                      string: the writer schema's full name
-                       the contract columns        `contract.columns.TYPES` (record_id, …)
-                       parent_record_ids           list<string>
 every checking stage   stopped_at                  string: the stage that stopped it (null: allowed)
                        blocked                     bool: a sink policy refused it
 =====================  ==========================  ===========================================
 
+Validation builds the contract's columns (`contract.columns`) from the decoded records and
+judges them whole; the hop rows (`guard_chain.HopRows`) are columns too.
+
 Beside the Arrow batch travel, as Python values: the decoded records (`records`, for the
 writers that need them: file outputs, `Records()`; Kafka outputs forward the message bytes)
 and the violations of the rows that were stopped (`violations`, by row: a message names the
-record as it came, which may be text Arrow cannot hold, such as a lone surrogate from JSON). `items()` is the compatibility view: the same batch as the `items.Batch` of
-per-record `Item`s that the public transforms took before.
+record as it came, which may be text Arrow cannot hold, such as a lone surrogate from JSON).
+`items()` is the compatibility view: the same batch as the `items.Batch` of per-record
+`Item`s that the public transforms take.
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ class GuardBatch:
         import pyarrow.compute as pc
 
         if not self.has("stopped_at"):
-            return pa.repeat(True, len(self))  # type: ignore[return-value]
+            return pa.repeat(True, len(self))
         return pc.is_null(self.column("stopped_at"))
 
     # -- compatibility with the per-record view ----------------------------------------------
@@ -171,7 +173,7 @@ def from_messages(
     n = len(offsets)
     columns = pa.RecordBatch.from_arrays(
         [
-            pa.array(offsets, pa.int64()),
+            _int64s(offsets),
             pa.array(keys if keys is not None else [None] * n, pa.binary()),
             pa.array(values, pa.binary()),
             pa.array(timestamps_ms if timestamps_ms is not None else [None] * n, pa.int64()),
@@ -185,6 +187,21 @@ def from_messages(
         columns=columns,
         headers=tuple(headers) if headers is not None else None,
     )
+
+
+def from_records(topic: str, partition: int, records: Sequence[Any]) -> GuardBatch:
+    """A batch of records already decoded (read from a file, or given by a caller), at
+    positions 0, 1, …; their digests are their canonical JSON's (`guard_chain.digests`)."""
+    n = len(records)
+    return from_messages(topic, partition, range(n), [None] * n).with_records(records)
+
+
+def _int64s(values: Sequence[int]) -> pa.Array:
+    if isinstance(values, range):  # Arrow reads a range one Python int at a time
+        import numpy as np
+
+        return pa.array(np.arange(values.start, values.stop, values.step, dtype=np.int64))
+    return pa.array(values, pa.int64())
 
 
 def from_items(batch: Batch) -> GuardBatch:

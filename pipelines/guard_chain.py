@@ -152,7 +152,7 @@ def _stopped(batch: GuardBatch) -> list[str | None]:
 def _pending(batch: GuardBatch) -> list[int]:
     if not batch.has("stopped_at"):
         return list(range(len(batch)))
-    return pc.indices_nonzero(batch.allowed_mask()).to_pylist()  # type: ignore[no-any-return]
+    return pc.indices_nonzero(batch.allowed_mask()).to_pylist()
 
 
 # -- lineage ---------------------------------------------------------------------------------
@@ -299,7 +299,9 @@ def digests(batch: GuardBatch) -> list[str]:
 def _canonical_record(record: Any) -> str:
     import json
 
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return json.dumps(
+        record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    )
 
 
 def _field(objects: Sequence[Any], key: str) -> list[Any]:

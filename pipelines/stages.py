@@ -25,7 +25,7 @@ from lineage_guard.contract.records import CLASS_RANK, provenance_of, record_id_
 from lineage_guard.contract.validate import SuiteValidator
 from lineage_guard.contract.verdicts import Violation
 from lineage_guard.io.decode import Decoded, Decoder
-from lineage_guard.items import Batch, Item, Source
+from lineage_guard.items import Batch, Item
 from lineage_guard.lineage.events import Reason, Stage
 from lineage_guard.lineage.hops import Hop, HopBatch, Outcome
 
@@ -331,24 +331,26 @@ class Guard:
         self._store: Any = None
 
     def check(self, records: Iterable[Mapping[str, Any]]) -> list[Checked]:
-        items = tuple(
-            Item(source=Source(topic="check", partition=0, offset=n), record=dict(record))
-            for n, record in enumerate(records)
-        )
-        if not items:
+        from lineage_guard import arrow_batch, guard_chain
+
+        given = [dict(record) for record in records]
+        if not given:
             return []
-        batch = Batch(topic="check", partition=0, items=items)
-        batch = enforce(validate(batch, self.validator, lookup=self._lookup()), self.policies)
+        batch = arrow_batch.from_records("check", 0, given)
+        batch = guard_chain.validate(batch, self.validator, lookup=self._lookup())
+        batch = guard_chain.enforce(batch, self.policies)
+        stopped = batch.column("stopped_at").to_pylist()
+        blocked = batch.column("blocked").to_pylist()
         return [
             Checked(
-                record_id=record_id_of(item.record),
+                record_id=record_id_of(record),
                 decision="allowed"
-                if item.allowed
-                else ("blocked" if item.blocked else "quarantined"),
-                stage=None if item.stopped_at is None else str(item.stopped_at),
-                violations=item.violations,
+                if stopped[i] is None
+                else ("blocked" if blocked[i] else "quarantined"),
+                stage=stopped[i],
+                violations=batch.violations.get(i, ()),
             )
-            for item in batch.items
+            for i, record in enumerate(given)
         ]
 
     def close(self) -> None:
