@@ -36,7 +36,7 @@ def measure(path: Path, batch_size: int, workdir: Path) -> dict[str, float]:
     from lineage_guard.contract.policies import parse_policy
     from lineage_guard.contract.schemas import load_schema
     from lineage_guard.contract.validate import SuiteValidator
-    from lineage_guard.io.decode import Decoder, _known_fingerprints
+    from lineage_guard.io.decode import Decoder, known_fingerprints
     from lineage_guard.items import Batch, Item, Source
     from lineage_guard.lineage.store import open_store
     from lineage_guard.lineage.stores import sqlite as sqlite_store
@@ -85,7 +85,7 @@ def measure(path: Path, batch_size: int, workdir: Path) -> dict[str, float]:
     per_record["total"] = sum(spent.values()) / count * 1e6
     per_record.update(measure_columnar(path, batch_size, workdir))
 
-    schemas = {fp: fastavro.parse_schema(load_schema(n)) for fp, n in _known_fingerprints().items()}
+    schemas = {fp: fastavro.parse_schema(load_schema(n)) for fp, n in known_fingerprints().items()}
     started = time.perf_counter()
     for messages in read_messages(path, batch_size):
         for _key, value in messages:

@@ -162,9 +162,9 @@ def mode_decode(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     import fastavro
 
     from lineage_guard.contract.schemas import load_schema
-    from lineage_guard.io.decode import _known_fingerprints
+    from lineage_guard.io.decode import known_fingerprints
 
-    schemas = {fp: load_schema(name) for fp, name in _known_fingerprints().items()}
+    schemas = {fp: load_schema(name) for fp, name in known_fingerprints().items()}
     count = 0
     for batch in read_messages(path, args.batch_size):
         for _key, value in batch:

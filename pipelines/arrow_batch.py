@@ -123,7 +123,8 @@ class GuardBatch:
     # -- compatibility with the per-record view ----------------------------------------------
 
     def items(self) -> Batch:
-        """The same batch as `items.Batch` (one `Item` per record)."""
+        """The same batch as `items.Batch` (one `Item` per record). A row read into
+        columns only has no record here: `guard_chain.with_records` reads them first."""
         offsets = self.column("offset").to_pylist()
         keys = self.column("key").to_pylist()
         values = self.column("value").to_pylist()

@@ -19,37 +19,59 @@ from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from lineage_guard.arrow_batch import GuardBatch
+from lineage_guard.contract.columns import TYPES
 from lineage_guard.contract.policies import Policy, TrainingPolicy, judge
+from lineage_guard.contract.records import COLUMNS, provenance_of, record_id_of
 from lineage_guard.contract.validate import SuiteValidator
 from lineage_guard.contract.verdicts import Violation
-from lineage_guard.io.decode import Decoded, Decoder
+from lineage_guard.io import arrow_decode
+from lineage_guard.io.decode import Decoded, Decoder, known_fingerprints
 from lineage_guard.lineage.events import Reason, Stage
 from lineage_guard.lineage.hops import Hop, HopBatch, Outcome, compact_json, merkle_root
-from lineage_guard.stages import ClassLookup, ParentIndex, clean, parent_ranks
+from lineage_guard.stages import ClassLookup, ParentIndex, clean, known_ranks, parent_ids
 
 
 def decode(batch: GuardBatch, decoder: Decoder) -> GuardBatch:
-    """Message bytes → records; a message that does not decode stops here (`undecodable`).
-    Rows that already hold a record (read from a file) pass as they are."""
+    """Message bytes → the contract's columns; a message that does not decode stops here
+    (`undecodable`). Rows that already hold a record (read from a file) pass as they are.
+
+    Bodies of a known schema (single-object, or raw with `--schema`) are read by the Rust
+    reader into columns (`io.arrow_decode`), grouped by writer schema; a body it cannot read
+    exactly, and every other message, is read by `decoder` (fastavro) into a record."""
     n = len(batch)
     records = list(batch.records) if batch.records is not None else [None] * n
-    stopped = _stopped(batch)
-    errors = batch.column("error").to_pylist()
-    values = batch.column("value").to_pylist()
-    schemas = batch.column("schema").to_pylist() if batch.has("schema") else [None] * n
+    values = batch.column("value")
+    error_present = np.asarray(pc.is_valid(batch.column("error")))
+    not_stopped = (
+        np.asarray(pc.is_null(batch.column("stopped_at")))
+        if batch.has("stopped_at")
+        else np.ones(n, dtype=bool)
+    )
+    no_record = (
+        np.array([r is None for r in records], dtype=bool)
+        if batch.records is not None
+        else np.ones(n, dtype=bool)
+    )
+    todo = no_record & not_stopped & ~error_present
+    schemas = np.array(
+        batch.column("schema").to_pylist() if batch.has("schema") else [None] * n, dtype=object
+    )
+    read = np.zeros(n, dtype=bool)
+    if todo.any() and arrow_decode.available():
+        columns, read = _read_columns(values, todo, decoder, schemas)
+        batch = batch.with_columns(**columns)
     found: dict[int, tuple[Violation, ...]] = {}
     offsets: list[Any] | None = None
-    for i in range(n):
-        if records[i] is not None or stopped[i] is not None:
-            continue
-        error = errors[i]
+    for i in np.flatnonzero(no_record & not_stopped & ~read).tolist():
+        error = batch.column("error")[i].as_py()
         if error is None:
-            outcome = decoder.decode(values[i])
+            outcome = decoder.decode(values[i].as_py())
             if isinstance(outcome, Decoded):
                 records[i] = outcome.record
                 schemas[i] = outcome.schema
@@ -59,8 +81,81 @@ def decode(batch: GuardBatch, decoder: Decoder) -> GuardBatch:
             offsets = batch.column("offset").to_pylist()
         message = f"Message `{batch.topic}`[{batch.partition}]@{offsets[i]}: {error}."
         found[i] = (Violation(rule="undecodable", column=None, message=message),)
-    batch = batch.with_records(records).with_columns(schema=pa.array(schemas, pa.string()))
+    batch = batch.with_records(records).with_columns(
+        schema=pa.array(schemas, pa.string()), read=pa.array(read, pa.bool_())
+    )
     return stop(batch, Stage.DECODE, found)
+
+
+def with_records(batch: GuardBatch, decoder: Decoder) -> GuardBatch:
+    """`batch` with the record of every row the Rust reader read into columns, read by
+    `decoder` (fastavro): for writers and transforms that need the records themselves."""
+    if not batch.has("read"):
+        return batch
+    rows = pc.indices_nonzero(batch.column("read")).to_pylist()
+    if not rows:
+        return batch
+    records = list(batch.records) if batch.records is not None else [None] * len(batch)
+    values = batch.column("value")
+    for i in rows:
+        if records[i] is None:
+            outcome = decoder.decode(values[i].as_py())
+            assert isinstance(outcome, Decoded), "a body the Rust reader read must decode"
+            records[i] = outcome.record
+    return batch.with_records(records)
+
+
+def _read_columns(
+    values: pa.Array, todo: np.ndarray, decoder: Decoder, schemas: np.ndarray
+) -> tuple[dict[str, pa.Array], np.ndarray]:
+    """The contract's columns of the `todo` rows the Rust reader reads (null elsewhere), and
+    which rows it read. Framing as `Decoder.decode` detects it: Confluent first, then
+    single-object, then raw bodies when the decoder has a `--schema`."""
+    n = len(values)
+    lengths = pc.fill_null(pc.binary_length(values), 0).to_numpy(zero_copy_only=False)
+    first = pc.binary_slice(values, 0, 1)
+    confluent = np.asarray(pc.fill_null(pc.equal(first, b"\x00"), False)) & (lengths >= 5)
+    soe = (
+        np.asarray(pc.fill_null(pc.equal(pc.binary_slice(values, 0, 2), b"\xc3\x01"), False))
+        & (lengths >= 10)
+        & ~confluent
+    )
+    groups: list[tuple[np.ndarray, str, int]] = []
+    candidates = todo & soe
+    if candidates.any():
+        prints = pc.binary_slice(values, 2, 10)
+        for fingerprint in pc.unique(pc.filter(prints, pa.array(candidates))).to_pylist():
+            name = known_fingerprints().get(fingerprint)
+            if name is not None:
+                rows = candidates & np.asarray(pc.fill_null(pc.equal(prints, fingerprint), False))
+                groups.append((np.flatnonzero(rows), name, 10))
+    raw_name = decoder.raw_schema_name
+    if raw_name is not None:
+        rows = todo & ~confluent & ~soe & (lengths > 0)
+        if rows.any():
+            groups.append((np.flatnonzero(rows), raw_name, 0))
+    parts: dict[str, list[pa.Array]] = {f.name: [] for f in arrow_decode.FIELDS}
+    at = np.full(n, -1, dtype=np.int64)  # row → its position in the concatenated parts
+    read = np.zeros(n, dtype=bool)
+    base = 0
+    for rows, name, skip in groups:
+        got = arrow_decode.read_bodies(values.take(pa.array(rows)), name, skip)
+        ok = got.status == arrow_decode.READ
+        at[rows] = base + np.arange(len(rows))
+        read[rows[ok]] = True
+        schemas[rows[ok]] = name
+        for field in arrow_decode.FIELDS:
+            parts[field.name].append(got.columns[field.name])
+        base += len(rows)
+    nulls = base  # one null row after the parts, for every row not read
+    at[at < 0] = nulls
+    at[~read] = nulls
+    indices = pa.array(at)
+    columns = {
+        field.name: pa.concat_arrays([*parts[field.name], pa.nulls(1, field.type)]).take(indices)
+        for field in arrow_decode.FIELDS
+    }
+    return columns, read
 
 
 def validate(
@@ -69,14 +164,83 @@ def validate(
     index: ParentIndex | None = None,
     lookup: ClassLookup | None = None,
 ) -> GuardBatch:
-    """The suites over the rows not stopped yet; parents as in `stages.parent_ranks`."""
+    """The suites over the rows not stopped yet; parents as in `stages.parent_ranks`. Rows
+    the Rust reader read are judged on their columns as they are; rows that hold a record
+    are flattened first (`contract.columns`), then both are judged as one batch."""
     pending = _pending(batch)
     if not pending:
         return batch
-    assert batch.records is not None, "validate runs on decoded batches"
-    records = [batch.records[i] for i in pending]
-    failures = validator.failures(records, parent_ranks(records, index, lookup))
-    return stop(batch, Stage.VALIDATE, {pending[row]: v for row, v in failures.items()})
+    at = np.array(pending, dtype=np.int64)
+    on_columns = _read_mask(batch)[at]
+    by_columns = at[on_columns].tolist()
+    by_record = at[~on_columns].tolist()
+    records = batch.records if batch.records is not None else (None,) * len(batch)
+    dicts = [records[i] for i in by_record]
+
+    # Parents: wanted by any pending row; own classes from the pending rows.
+    wanted = parent_ids(dicts)
+    taken: dict[str, pa.Array] = {}
+    parent_lists: list[Any] = []
+    if by_columns:
+        rows = pa.array(by_columns, pa.int64())
+        taken = {name: batch.column(name).take(rows) for name in _CONTRACT_READ}
+        listed = taken.pop("parent_record_ids")
+        if pc.max(pc.list_value_length(listed)).as_py():
+            parent_lists = listed.to_pylist()
+            for ids in parent_lists:
+                if ids:
+                    wanted.update(ids)
+    own: list[tuple[str | None, Any]] = []
+    if wanted:
+        own = [(record_id_of(r), provenance_of(r).get("content_class")) for r in dicts]
+        if by_columns:
+            own.extend(
+                zip(
+                    taken["record_id"].to_pylist(),
+                    taken["content_class"].to_pylist(),
+                    strict=True,
+                )
+            )
+    known = known_ranks(wanted, own, index, lookup)
+
+    parts: list[dict[str, pa.Array]] = []
+    type_errors: dict[int, list[Violation]] = {}
+    if by_columns:
+        taken["class_rank"] = pc.index_in(taken["content_class"], _CLASSES).cast(pa.int8())
+        taken["max_parent_class_rank"] = (
+            pa.array([_max_rank(ids, known) for ids in parent_lists], pa.int8())
+            if parent_lists
+            else pa.nulls(len(by_columns), pa.int8())
+        )
+        parts.append(taken)
+    if by_record:
+        flat, errors = validator.flatten(dicts, known)
+        parts.append(flat)
+        type_errors = {len(by_columns) + i: v for i, v in errors.items()}
+    columns = {
+        name: pa.concat_arrays([part[name].cast(TYPES[name]) for part in parts]) for name in COLUMNS
+    }
+    failures = validator.failures_of_columns(columns, type_errors)
+    order = by_columns + by_record
+    return stop(batch, Stage.VALIDATE, {order[row]: v for row, v in failures.items()})
+
+
+_CLASSES = pa.array(["HUMAN", "AI_ASSISTED", "SYNTHETIC"])  # their index is their rank
+_CONTRACT_READ = (*(name for name in COLUMNS if "rank" not in name), "parent_record_ids")
+
+
+def _max_rank(ids: list[str] | None, known: Mapping[str, int]) -> int | None:
+    if not ids:
+        return None
+    found = [known[p] for p in ids if p in known]
+    return max(found) if found else None
+
+
+def _read_mask(batch: GuardBatch) -> np.ndarray:
+    """Which rows the Rust reader read into the contract's columns."""
+    if batch.has("read"):
+        return np.asarray(batch.column("read"), dtype=bool)
+    return np.zeros(len(batch), dtype=bool)
 
 
 def enforce(batch: GuardBatch, policies: Sequence[Policy]) -> GuardBatch:
@@ -87,34 +251,58 @@ def enforce(batch: GuardBatch, policies: Sequence[Policy]) -> GuardBatch:
     pending = _pending(batch)
     if not pending or not policies:
         return batch
-    assert batch.records is not None, "enforce runs on decoded batches"
     if any(isinstance(p, TrainingPolicy) for p in policies):
         flagged = pending  # stateful: every row, in order
     else:
         flagged = _flagged(batch, pending, policies)
     found = {}
     for i in flagged:
-        objections = judge(policies, batch.records[i])
+        objections = judge(policies, _judged(batch, i))
         if objections:
             found[i] = objections
     return stop(batch, Stage.ENFORCE, found, blocked=True)
 
 
+def _judged(batch: GuardBatch, row: int) -> Any:
+    """What a policy reads of a row: its record, or for a row read into columns the fields
+    policies read, with the same values."""
+    if batch.records is not None and batch.records[row] is not None:
+        return batch.records[row]
+    return {
+        "record_id": batch.column("record_id")[row].as_py(),
+        "tenant_id": batch.column("tenant_id")[row].as_py(),
+        "provenance": {
+            "origin_env": batch.column("origin_env")[row].as_py(),
+            "content_class": batch.column("content_class")[row].as_py(),
+        },
+    }
+
+
 def _flagged(batch: GuardBatch, pending: list[int], policies: Sequence[Policy]) -> list[int]:
     """The pending rows some production or tenant policy may refuse. A row not flagged
     passes every one of them for certain: its value is exactly the text the policy wants."""
-    assert batch.records is not None
-    records = [batch.records[i] for i in pending]
-    provenances = [p if type(p) is dict else {} for p in _field(records, "provenance")]
+    at = np.array(pending, dtype=np.int64)
+    on_columns = _read_mask(batch)[at]
+    by_record = np.flatnonzero(~on_columns)  # positions in `pending`
+    records = batch.records if batch.records is not None else (None,) * len(batch)
+    dicts = [records[pending[k]] for k in by_record.tolist()]
+    dicts = [r if type(r) is dict else {} for r in dicts]
+    provenances = [p if type(p) is dict else {} for p in _field(dicts, "provenance")]
+    rows = pa.array(at)
     refused = pa.repeat(False, len(pending))
     for policy in policies:
         if policy.name == "production":
-            column = _strings(_field(provenances, "origin_env"))
-            wanted = "PRODUCTION"
+            name, wanted, given = "origin_env", "PRODUCTION", _field(provenances, "origin_env")
         else:
-            column = _strings(_field(records, "tenant_id"))
-            wanted = policy.tenant_id  # type: ignore[union-attr]
-        refused = pc.or_(refused, pc.fill_null(pc.not_equal(column, wanted), True))
+            name, wanted, given = "tenant_id", policy.tenant_id, _field(dicts, "tenant_id")  # type: ignore[union-attr]
+        values = batch.column(name).take(rows) if on_columns.any() else None
+        if len(by_record):
+            full = np.empty(len(pending), dtype=object)
+            if values is not None:
+                full[:] = values.to_pylist()
+            full[by_record] = _strings(given).to_pylist()
+            values = pa.array(full.tolist(), pa.string())
+        refused = pc.or_(refused, pc.fill_null(pc.not_equal(values, wanted), True))
     return [pending[row] for row in pc.indices_nonzero(refused).to_pylist()]
 
 
@@ -219,12 +407,9 @@ class HopRows:
 
 def hop_rows(batch: GuardBatch) -> HopRows:
     """One hop row per record: where it came from, what the chain decided, its provenance,
-    and the SHA-256 of its bytes as received (`stages.received_digest`)."""
+    and the SHA-256 of its bytes as received (`stages.received_digest`). Values come from the
+    columns for rows the Rust reader read, from the record for rows that hold one."""
     n = len(batch)
-    records = batch.records if batch.records is not None else (None,) * n
-    recs = [r if type(r) is dict else {} for r in records]
-    provs = [p if type(p) is dict else {} for p in _field(recs, "provenance")]
-    gens = _field(provs, "generator")
     stopped = _stopped(batch)
     blocked = batch.column("blocked").to_pylist() if batch.has("blocked") else [False] * n
     reasons: list[tuple[tuple[str, str], ...]] = [()] * n
@@ -236,26 +421,66 @@ def hop_rows(batch: GuardBatch) -> HopRows:
         else (Outcome.BLOCKED.value if b else Outcome.QUARANTINED.value)
         for s, b in zip(stopped, blocked, strict=True)
     ]
-    parents = [
-        tuple(clean(p) for p in ps if type(p) is str) if type(ps) is list and ps else ()
-        for ps in _field(provs, "parent_record_ids")
-    ]
-    return HopRows(
-        {
+    columns: dict[str, list[Any]] = {
+        "source_offset": batch.column("offset").to_pylist(),
+        "outcome": outcomes,
+        "stopped_at": stopped,
+        "reasons": reasons,
+        "digest": digests(batch),
+    }
+    if batch.has("read") and pc.any(batch.column("read")).as_py():
+        for name, column in _HOP_COLUMN_OF.items():
+            columns[name] = _cleaned(batch.column(column)).to_pylist()
+        parents = pc.list_flatten(batch.column("parent_record_ids"))
+        lists = pa.ListArray.from_arrays(
+            batch.column("parent_record_ids").offsets, _cleaned(parents)
+        ).to_pylist()
+        columns["parent_record_ids"] = [tuple(ids) if ids else () for ids in lists]
+        rows = [i for i, r in enumerate(batch.records or ()) if r is not None]
+    else:
+        columns.update((name, [None] * n) for name in _HOP_COLUMN_OF)
+        columns["parent_record_ids"] = [()] * n
+        rows = list(range(n))
+    if rows:
+        records = batch.records if batch.records is not None else (None,) * n
+        recs: list[dict[str, Any]] = [
+            r if type(r) is dict else {} for r in (records[i] for i in rows)
+        ]
+        provs = [p if type(p) is dict else {} for p in _field(recs, "provenance")]
+        gens = _field(provs, "generator")
+        from_records: dict[str, list[Any]] = {
             "record_id": _texts(_field(recs, "record_id")),
-            "source_offset": batch.column("offset").to_pylist(),
-            "outcome": outcomes,
-            "stopped_at": stopped,
-            "reasons": reasons,
             "content_class": _texts(_field(provs, "content_class")),
             "origin_env": _texts(_field(provs, "origin_env")),
             "tenant_id": _texts(_field(recs, "tenant_id")),
             "source_system": _texts(_field(provs, "source_system")),
             "generator": _texts([g.get("name") if type(g) is dict else None for g in gens]),
-            "parent_record_ids": parents,
-            "digest": digests(batch),
+            "parent_record_ids": [
+                tuple(clean(p) for p in ps if type(p) is str) if type(ps) is list and ps else ()
+                for ps in _field(provs, "parent_record_ids")
+            ],
         }
-    )
+        for name, values in from_records.items():
+            target = columns[name]
+            for i, value in zip(rows, values, strict=True):
+                target[i] = value
+    return HopRows(columns)
+
+
+# hop field → the contract column it is read from (rows read by the Rust reader)
+_HOP_COLUMN_OF = {
+    "record_id": "record_id",
+    "content_class": "content_class",
+    "origin_env": "origin_env",
+    "tenant_id": "tenant_id",
+    "source_system": "source_system",
+    "generator": "generator_name",
+}
+
+
+def _cleaned(values: pa.Array) -> pa.Array:
+    """`stages.clean` over a string column (valid UTF-8 already: only NUL is replaced)."""
+    return pc.replace_substring(values, "\x00", "\ufffd")
 
 
 def hop_batch(

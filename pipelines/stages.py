@@ -157,15 +157,24 @@ def parent_ranks(
     """The class rank of every parent of `records` that can be found: among `records`
     themselves, in `index` (the run's generated records), then through `lookup` (the lineage
     store) for the rest. A parent found nowhere is not checked."""
-    wanted = parent_ids(records)
+    own = ((record_id_of(r), provenance_of(r).get("content_class")) for r in records)
+    return known_ranks(parent_ids(records), own, index, lookup)
+
+
+def known_ranks(
+    wanted: Collection[str],
+    own: Iterable[tuple[str | None, Any]],
+    index: ParentIndex | None = None,
+    lookup: ClassLookup | None = None,
+) -> dict[str, int]:
+    """The class rank of each `wanted` parent that can be found: among `own` (the batch's
+    records, as (record id, content class)), in `index`, then through `lookup`."""
     if not wanted:
         return {}
     ranks: dict[str, int] = {}
-    for record in records:
-        record_id = record_id_of(record)
-        content_class = provenance_of(record).get("content_class")
+    for record_id, content_class in own:
         rank = CLASS_RANK.get(content_class) if type(content_class) is str else None
-        if record_id in wanted and rank is not None:
+        if record_id is not None and record_id in wanted and rank is not None:
             ranks[record_id] = max(rank, ranks.get(record_id, 0))
     if index is not None:
         for parent, rank in index.ranks_of(wanted).items():

@@ -239,6 +239,30 @@ class SuiteValidator:
         self, records: Sequence[Any], parent_ranks: Mapping[str, int] | None
     ) -> tuple[list[Any], dict[int, tuple[Violation, ...]]]:
         columns, type_errors = self._flattener.flatten(records, parent_ranks)
+        return self._judge(columns, type_errors)
+
+    def flatten(
+        self, records: Sequence[Any], parent_ranks: Mapping[str, int]
+    ) -> tuple[ArrowColumns, dict[int, list[Violation]]]:
+        """The records as the compiled engine's Arrow columns (`contract.columns`), with
+        their `wrong_type` violations by position."""
+        from lineage_guard.contract.columns import ArrowFlattener
+
+        return ArrowFlattener().flatten(records, parent_ranks)
+
+    def failures_of_columns(
+        self, columns: ArrowColumns, type_errors: Mapping[int, list[Violation]]
+    ) -> dict[int, tuple[Violation, ...]]:
+        """As `failures`, for records already flattened into Arrow columns (`flatten`, or
+        decoded straight into them)."""
+        if isinstance(self._engine, GxEngine):  # GX reads the reference's Python lists
+            lists = {name: values.to_pylist() for name, values in columns.items()}
+            return self._judge(lists, type_errors)[1]
+        return self._judge(columns, type_errors)[1]
+
+    def _judge(
+        self, columns: Any, type_errors: Mapping[int, list[Violation]]
+    ) -> tuple[list[Any], dict[int, tuple[Violation, ...]]]:
         parameters = {"latest_allowed_generated_at": self._clock() + FUTURE_TOLERANCE_MS}
         found: dict[int, list[Violation]] = {i: list(v) for i, v in type_errors.items()}
         ids = _values(columns["record_id"])  # a usable id (valid Unicode text) or None

@@ -61,7 +61,8 @@ def fingerprint64(schema: Schema | str) -> int:
 
 
 @cache
-def _known_fingerprints() -> dict[bytes, str]:
+def known_fingerprints() -> dict[bytes, str]:
+    """Single-object fingerprint → the name of the schema in `schemas/` it belongs to."""
     return {rabin_fingerprint(load_schema(name)): name for name in ENTITY_FILES}
 
 
@@ -108,6 +109,7 @@ class Decoder:
     ) -> None:
         self._raw_schema = _lenient_schema(raw_schema) if raw_schema else None
         self._raw_name = load_schema(raw_schema)["name"] if raw_schema else None
+        self.raw_schema_name: str | None = self._raw_name  # raw bodies' schema (`--schema`)
         self._registry_lookup = registry_lookup
         self._by_id: dict[int, tuple[Schema, str]] = {}  # id → (lenient schema, its name)
 
@@ -117,7 +119,7 @@ class Decoder:
         if value[:1] == CONFLUENT_MAGIC and len(value) >= 5:
             return self._confluent(value)
         if value[:2] == SINGLE_OBJECT_MAGIC and len(value) >= 10:
-            name = _known_fingerprints().get(value[2:10])
+            name = known_fingerprints().get(value[2:10])
             if name is None:
                 return DecodeFailure(
                     reason=f"single-object encoding with unknown schema fingerprint "
@@ -139,7 +141,7 @@ class Decoder:
         if not value or (value[:1] == CONFLUENT_MAGIC and len(value) >= 5):
             return self._head_of_full(value)  # a registry schema: read whole
         if value[:2] == SINGLE_OBJECT_MAGIC and len(value) >= 10:
-            name, offset = _known_fingerprints().get(value[2:10]), 10
+            name, offset = known_fingerprints().get(value[2:10]), 10
         elif self._raw_name is not None:
             name, offset = str(self._raw_name), 0
         else:

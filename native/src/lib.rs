@@ -1,0 +1,323 @@
+//! lineage-guard's Avro body reader: a micro-batch of message bodies, all written with one
+//! schema, into the Arrow buffers of the contract's columns.
+//!
+//! Each body is decoded on its own by Apache Avro's Rust implementation (`apache-avro`), so a
+//! bad body is isolated to its own row: it gets status `FAILED` and the Python side re-reads
+//! it with fastavro for its reason. A body that decodes but holds a shape the columns cannot
+//! carry exactly (a value of another type, a timestamp before year 1) gets status `OTHER`:
+//! the Python side reads that record whole and judges it there. Rows out = bodies in, always.
+//!
+//! The schema given has no logical types (the Python side strips them): values are read as
+//! Avro stores them, which is what the guard's lenient reading keeps for the contract's
+//! fields (`generated_at` as epoch milliseconds).
+
+use std::io::Read;
+
+use apache_avro::headers::HeaderBuilder;
+use apache_avro::types::Value;
+use apache_avro::{GenericSingleObjectReader, Schema};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
+
+const OK: u8 = 0;
+const FAILED: u8 = 1;
+const OTHER: u8 = 2;
+
+/// 0001-01-01T00:00:00Z in epoch milliseconds: no earlier instant is a timestamp here.
+const EARLIEST_MILLIS: i64 = -62_135_596_800_000;
+
+/// The string columns, in the order they are returned.
+const TEXT_COLUMNS: usize = 8;
+const RECORD_ID: usize = 0;
+const TENANT_ID: usize = 1;
+const CONTENT_CLASS: usize = 2;
+const ORIGIN_ENV: usize = 3;
+const SOURCE_SYSTEM: usize = 4;
+const GENERATOR_NAME: usize = 5;
+const PARAMETERS_SHA256: usize = 6;
+const DISCLOSURE: usize = 7;
+
+/// Bodies come without a header (the Python side skips single-object framing): the reader
+/// resolves the schema's names once, then reads each body with no header to check.
+struct NoHeader;
+
+impl HeaderBuilder for NoHeader {
+    fn build_header(&self) -> Vec<u8> {
+        Vec::new()
+    }
+}
+
+/// One body to read. apache-avro reads a value cut short by the end of its input leniently
+/// (a string or bytes as null, a missing union as its first branch): any read that found
+/// fewer bytes than it asked for marks the body `short`, and a short body does not decode.
+struct Body<'a> {
+    data: &'a [u8],
+    at: usize,
+    short: bool,
+}
+
+impl Read for Body<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.data.len() - self.at);
+        buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+        self.at += n;
+        if n < buf.len() {
+            self.short = true;
+        }
+        Ok(n)
+    }
+}
+
+/// An Arrow string column being built: 32-bit offsets, UTF-8 data, a validity bitmap.
+struct Strings {
+    offsets: Vec<i32>,
+    data: Vec<u8>,
+    valid: Vec<bool>,
+}
+
+impl Strings {
+    fn new(rows: usize) -> Self {
+        let mut offsets = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        Strings { offsets, data: Vec::new(), valid: Vec::with_capacity(rows) }
+    }
+
+    fn push(&mut self, value: Option<&str>) -> Result<(), ()> {
+        if let Some(text) = value {
+            self.data.extend_from_slice(text.as_bytes());
+        }
+        let end = i32::try_from(self.data.len()).map_err(|_| ())?;
+        self.offsets.push(end);
+        self.valid.push(value.is_some());
+        Ok(())
+    }
+
+    fn to_python<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let offsets: Vec<u8> = self.offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
+        let nulls = self.valid.iter().filter(|v| !**v).count();
+        PyTuple::new(
+            py,
+            [
+                PyBytes::new(py, &offsets).into_any(),
+                PyBytes::new(py, &self.data).into_any(),
+                PyBytes::new(py, &bitmap(&self.valid)).into_any(),
+                nulls.into_pyobject(py)?.into_any(),
+            ],
+        )
+    }
+}
+
+fn bitmap(valid: &[bool]) -> Vec<u8> {
+    let mut bits = vec![0u8; valid.len().div_ceil(8)];
+    for (i, v) in valid.iter().enumerate() {
+        if *v {
+            bits[i / 8] |= 1 << (i % 8);
+        }
+    }
+    bits
+}
+
+/// One row's contract values, borrowed from the decoded record.
+#[derive(Default)]
+struct Row<'a> {
+    texts: [Option<&'a str>; TEXT_COLUMNS],
+    provenance_present: bool,
+    generated_at: Option<i64>,
+    parents: Option<Vec<&'a str>>,
+}
+
+fn field<'a>(fields: &'a [(String, Value)], name: &str) -> Option<&'a Value> {
+    fields.iter().find(|(n, _)| n == name).map(|(_, v)| unwrap_union(v))
+}
+
+fn unwrap_union(value: &Value) -> &Value {
+    match value {
+        Value::Union(_, inner) => unwrap_union(inner),
+        other => other,
+    }
+}
+
+/// A text field as the guard reads it: a string or an enum's symbol; absent or null is None.
+/// Anything else is `Err`: the record is read by the Python side.
+fn text(value: Option<&Value>) -> Result<Option<&str>, ()> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(Value::Enum(_, symbol)) => Ok(Some(symbol.as_str())),
+        Some(_) => Err(()),
+    }
+}
+
+fn row_of(record: &Value) -> Result<Row<'_>, ()> {
+    let Value::Record(fields) = record else { return Err(()) };
+    let mut row = Row::default();
+    row.texts[RECORD_ID] = text(field(fields, "record_id"))?;
+    row.texts[TENANT_ID] = text(field(fields, "tenant_id"))?;
+    let provenance = match field(fields, "provenance") {
+        None | Some(Value::Null) => return Ok(row),
+        Some(Value::Record(p)) => p,
+        Some(_) => return Err(()),
+    };
+    row.provenance_present = true;
+    row.texts[CONTENT_CLASS] = text(field(provenance, "content_class"))?;
+    row.texts[ORIGIN_ENV] = text(field(provenance, "origin_env"))?;
+    row.texts[SOURCE_SYSTEM] = text(field(provenance, "source_system"))?;
+    row.texts[DISCLOSURE] = text(field(provenance, "disclosure"))?;
+    match field(provenance, "generator") {
+        None | Some(Value::Null) => {}
+        Some(Value::Record(g)) => {
+            row.texts[GENERATOR_NAME] = text(field(g, "name"))?;
+            row.texts[PARAMETERS_SHA256] = text(field(g, "parameters_sha256"))?;
+        }
+        Some(_) => return Err(()),
+    }
+    row.generated_at = match field(provenance, "generated_at") {
+        None | Some(Value::Null) => None,
+        Some(Value::Long(v)) if *v >= EARLIEST_MILLIS => Some(*v),
+        Some(Value::Int(v)) => Some(i64::from(*v)),
+        Some(_) => return Err(()),
+    };
+    row.parents = match field(provenance, "parent_record_ids") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => {
+            let mut ids = Vec::with_capacity(items.len());
+            for item in items {
+                match unwrap_union(item) {
+                    Value::String(s) => ids.push(s.as_str()),
+                    _ => return Err(()),
+                }
+            }
+            Some(ids)
+        }
+        Some(_) => return Err(()),
+    };
+    Ok(row)
+}
+
+/// Reads `bodies[i] = data[offsets[i] + skip .. offsets[i + 1]]` (`offsets`: n + 1 little-endian
+/// int32, an Arrow binary column's) with `schema_json`.
+///
+/// Returns `(status, texts, provenance_present, generated_at, parents)`: `status` one byte per
+/// row (0 read, 1 does not decode, 2 read by the Python side); `texts` eight string columns
+/// (record_id, tenant_id, content_class, origin_env, source_system, generator_name,
+/// parameters_sha256, disclosure) as `(offsets, data, validity bitmap, null count)`;
+/// `provenance_present` one byte per row; `generated_at` as `(int64 values, validity bitmap,
+/// null count)`; `parents` as `(list offsets, validity bitmap, null count, child string column)`.
+/// Rows that are not read (status 1 or 2) are null in every column.
+#[pyfunction]
+fn read_contract<'py>(
+    py: Python<'py>,
+    schema_json: &str,
+    data: &[u8],
+    offsets: &[u8],
+    skip: usize,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let schema = Schema::parse_str(schema_json)
+        .map_err(|e| PyValueError::new_err(format!("schema does not parse: {e}")))?;
+    let reader = GenericSingleObjectReader::new_with_header_builder(schema, NoHeader)
+        .map_err(|e| PyValueError::new_err(format!("schema does not resolve: {e}")))?;
+    if offsets.len() % 4 != 0 || offsets.len() < 4 {
+        return Err(PyValueError::new_err("offsets must be n + 1 little-endian int32"));
+    }
+    let bounds: Vec<usize> = offsets
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize)
+        .collect();
+    let rows = bounds.len() - 1;
+    if bounds.windows(2).any(|w| w[0] > w[1]) || bounds[rows] > data.len() {
+        return Err(PyValueError::new_err("offsets out of order or past the data"));
+    }
+
+    let mut status = vec![OK; rows];
+    let mut texts: Vec<Strings> = (0..TEXT_COLUMNS).map(|_| Strings::new(rows)).collect();
+    let mut present = vec![0u8; rows];
+    let mut stamps = vec![0i64; rows];
+    let mut stamped = vec![false; rows];
+    let mut list_offsets: Vec<i32> = Vec::with_capacity(rows + 1);
+    list_offsets.push(0);
+    let mut listed = vec![false; rows];
+    let mut parent_ids = Strings::new(rows);
+
+    let overflow = || PyValueError::new_err("a micro-batch's text exceeds 2 GiB");
+    for i in 0..rows {
+        let (start, end) = (bounds[i] + skip, bounds[i + 1]);
+        let decoded = if start <= end {
+            let mut body = Body { data: &data[start..end], at: 0, short: false };
+            match reader.read_value(&mut body) {
+                Ok(value) if !body.short && body.at == end - start => Some(value),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let row = match &decoded {
+            None => {
+                status[i] = FAILED;
+                None
+            }
+            Some(value) => match row_of(value) {
+                Ok(row) => Some(row),
+                Err(()) => {
+                    status[i] = OTHER;
+                    None
+                }
+            },
+        };
+        let row = row.unwrap_or_default();
+        for (column, value) in texts.iter_mut().zip(row.texts.iter()) {
+            column.push(*value).map_err(|_| overflow())?;
+        }
+        present[i] = u8::from(row.provenance_present);
+        if let Some(millis) = row.generated_at {
+            stamps[i] = millis;
+            stamped[i] = true;
+        }
+        if let Some(ids) = &row.parents {
+            listed[i] = true;
+            for id in ids {
+                parent_ids.push(Some(id)).map_err(|_| overflow())?;
+            }
+        }
+        let count = i32::try_from(parent_ids.valid.len()).map_err(|_| overflow())?;
+        list_offsets.push(count);
+    }
+
+    let texts_py: Vec<Bound<'py, PyTuple>> =
+        texts.iter().map(|t| t.to_python(py)).collect::<PyResult<_>>()?;
+    let stamp_bytes: Vec<u8> = stamps.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let list_bytes: Vec<u8> = list_offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
+    PyTuple::new(
+        py,
+        [
+            PyBytes::new(py, &status).into_any(),
+            PyTuple::new(py, texts_py)?.into_any(),
+            PyBytes::new(py, &present).into_any(),
+            PyTuple::new(
+                py,
+                [
+                    PyBytes::new(py, &stamp_bytes).into_any(),
+                    PyBytes::new(py, &bitmap(&stamped)).into_any(),
+                    stamped.iter().filter(|v| !**v).count().into_pyobject(py)?.into_any(),
+                ],
+            )?
+            .into_any(),
+            PyTuple::new(
+                py,
+                [
+                    PyBytes::new(py, &list_bytes).into_any(),
+                    PyBytes::new(py, &bitmap(&listed)).into_any(),
+                    listed.iter().filter(|v| !**v).count().into_pyobject(py)?.into_any(),
+                    parent_ids.to_python(py)?.into_any(),
+                ],
+            )?
+            .into_any(),
+        ],
+    )
+}
+
+#[pymodule]
+fn _avro(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(read_contract, m)?)?;
+    Ok(())
+}
