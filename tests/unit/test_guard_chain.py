@@ -99,8 +99,14 @@ from datetime import UTC, datetime  # noqa: E402
 _AT = datetime(2026, 12, 1, tzinfo=UTC)
 
 
-def _assert_same(expected: Batch, hops: Any, gb: arrow_batch.GuardBatch, rows: Any) -> None:
-    got = guard_chain.with_records(gb, Decoder()).items()
+def _assert_same(
+    expected: Batch,
+    hops: Any,
+    gb: arrow_batch.GuardBatch,
+    rows: Any,
+    decoder: Decoder | None = None,
+) -> None:
+    got = guard_chain.with_records(gb, decoder or Decoder()).items()
     assert len(got.items) == len(expected.items)
     for want, have in zip(expected.items, got.items, strict=True):
         assert (have.stopped_at, have.blocked, have.violations) == (
