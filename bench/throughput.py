@@ -9,6 +9,8 @@ Modes (each measured in its own process, so each has its own peak memory):
 - `decode`: fastavro decoding of the messages alone, schema parsed once: the CPU floor.
 - `core`: the guard's own path without Kafka: decode, validate, enforce and lineage events
   written to a SQLite store, through the functions the pipeline's stages call.
+- `core-columnar`: the same on the columnar chain (`guard_chain`: one Arrow batch per
+  micro-batch, bodies read by the Rust reader), which the pipeline's stages do not run yet.
 - `kafka-passthrough`: consume → produce through the real broker with confluent-kafka, no
   guard: the I/O floor.
 - `kafka-guard`: `lineage-guard run --until-caught-up` on the same topic, lineage on (SQLite).
@@ -58,7 +60,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = (
-    "decode", "core", "kafka-passthrough", "kafka-guard", "kafka-guard-postgres",
+    "decode", "core", "core-columnar", "kafka-passthrough", "kafka-guard", "kafka-guard-postgres",
     "kafka-guard-no-lineage",
 )  # fmt: skip
 RUNNING_MODES = ("multi_processing", "multi_threading")
@@ -323,10 +325,44 @@ def own_peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def mode_core_columnar(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """`core` on the columnar chain (`guard_chain`: one Arrow batch, the Rust reader)."""
+    from lineage_guard import arrow_batch, guard_chain
+    from lineage_guard.contract.policies import parse_policy
+    from lineage_guard.contract.validate import SuiteValidator
+    from lineage_guard.io.decode import Decoder
+    from lineage_guard.lineage.store import open_store
+
+    decoder, validator = Decoder(), SuiteValidator()
+    policies = [parse_policy("production")]
+    db = Path(args.workdir) / f"core-columnar-{os.getpid()}.db"
+    store = open_store(f"sqlite:///{db}")
+    decisions = Decisions()
+    count = 0
+    for messages in read_messages(path, args.batch_size):
+        keys = [k for k, _ in messages]
+        batch = arrow_batch.from_messages(
+            "bench", 0, range(count, count + len(messages)), [v for _, v in messages], keys=keys
+        )
+        batch = guard_chain.decode(batch, decoder)
+        batch = guard_chain.enforce(guard_chain.validate(batch, validator), policies)
+        hops = guard_chain.hop_batch(
+            batch, pipeline="bench", run_id="core", allowed_to="out", quarantined_to="quarantine"
+        )
+        entry = store.append(hops)
+        store.confirm([(entry, len(messages), [])], at=hops.at)
+        for key, allowed in zip(keys, batch.allowed_mask().to_pylist(), strict=True):
+            decisions.add("allowed" if allowed else "quarantined", key)
+        count += len(messages)
+    store.close()
+    return {"records": count, "decisions": decisions, "sqlite": db}
+
+
 def child(args: argparse.Namespace) -> None:
     run = {
         "decode": mode_decode,
         "core": mode_core,
+        "core-columnar": mode_core_columnar,
         "kafka-passthrough": mode_kafka_passthrough,
         "kafka-guard": lambda p, a: mode_kafka_guard(p, a, "sqlite"),
         "kafka-guard-postgres": lambda p, a: mode_kafka_guard(p, a, "postgres"),
@@ -569,6 +605,9 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str | None:
             core, decode = rate("core", cpu=cpu), rate("decode", cpu=cpu)
             if core and decode:
                 values[f"core/decode{suffix}"] = core / decode
+            columnar = rate("core-columnar", cpu=cpu)
+            if columnar and core:
+                values[f"core-columnar/core{suffix}"] = columnar / core
             for partitions in args.partitions:
                 passthrough = rate("kafka-passthrough", partitions, cpu)
                 for mode in ("kafka-guard", "kafka-guard-postgres", "kafka-guard-no-lineage"):

@@ -185,19 +185,22 @@ def validate(
         rows = pa.array(by_columns, pa.int64())
         taken = {name: batch.column(name).take(rows) for name in _CONTRACT_READ}
         listed = taken.pop("parent_record_ids")
-        if pc.max(pc.list_value_length(listed)).as_py():
-            parent_lists = listed.to_pylist()
+        with_parents = pc.indices_nonzero(pc.fill_null(pc.list_value_length(listed), 0))
+        if len(with_parents):
+            parent_lists = listed.take(with_parents).to_pylist()
             for ids in parent_lists:
-                if ids:
-                    wanted.update(ids)
+                wanted.update(ids)
     own: list[tuple[str | None, Any]] = []
     if wanted:
         own = [(record_id_of(r), provenance_of(r).get("content_class")) for r in dicts]
-        if by_columns:
+        if by_columns:  # only the rows that are someone's parent
+            mine = pc.indices_nonzero(
+                pc.is_in(taken["record_id"], value_set=pa.array(list(wanted), pa.string()))
+            )
             own.extend(
                 zip(
-                    taken["record_id"].to_pylist(),
-                    taken["content_class"].to_pylist(),
+                    taken["record_id"].take(mine).to_pylist(),
+                    taken["content_class"].take(mine).to_pylist(),
                     strict=True,
                 )
             )
@@ -207,11 +210,12 @@ def validate(
     type_errors: dict[int, list[Violation]] = {}
     if by_columns:
         taken["class_rank"] = pc.index_in(taken["content_class"], _CLASSES).cast(pa.int8())
-        taken["max_parent_class_rank"] = (
-            pa.array([_max_rank(ids, known) for ids in parent_lists], pa.int8())
-            if parent_lists
-            else pa.nulls(len(by_columns), pa.int8())
-        )
+        ranks = np.full(len(by_columns), -1, dtype=np.int8)  # -1: none known
+        for row, ids in zip(with_parents.to_pylist(), parent_lists, strict=True):
+            rank = _max_rank(ids, known)
+            if rank is not None:
+                ranks[row] = rank
+        taken["max_parent_class_rank"] = pa.array(ranks, mask=ranks < 0)
         parts.append(taken)
     if by_record:
         flat, errors = validator.flatten(dicts, known)

@@ -239,7 +239,7 @@ class SuiteValidator:
         self, records: Sequence[Any], parent_ranks: Mapping[str, int] | None
     ) -> tuple[list[Any], dict[int, tuple[Violation, ...]]]:
         columns, type_errors = self._flattener.flatten(records, parent_ranks)
-        return self._judge(columns, type_errors)
+        return self._judge(columns, type_errors, all_ids=True)
 
     def flatten(
         self, records: Sequence[Any], parent_ranks: Mapping[str, int]
@@ -261,22 +261,30 @@ class SuiteValidator:
         return self._judge(columns, type_errors)[1]
 
     def _judge(
-        self, columns: Any, type_errors: Mapping[int, list[Violation]]
+        self, columns: Any, type_errors: Mapping[int, list[Violation]], *, all_ids: bool = False
     ) -> tuple[list[Any], dict[int, tuple[Violation, ...]]]:
+        """Failing rows → their violations; with `all_ids`, also every row's record id (else
+        an empty list: the ids of failing rows are read alone)."""
         parameters = {"latest_allowed_generated_at": self._clock() + FUTURE_TOLERANCE_MS}
         found: dict[int, list[Violation]] = {i: list(v) for i, v in type_errors.items()}
-        ids = _values(columns["record_id"])  # a usable id (valid Unicode text) or None
-        for number, rows in self._engine.failures(columns, parameters):
+        failures = list(self._engine.failures(columns, parameters))
+        ids = _values(columns["record_id"]) if all_ids else []
+        if all_ids:
+            id_of = dict(enumerate(ids))
+        else:
+            failing = sorted({row for _, rows in failures for row in rows})
+            id_of = dict(zip(failing, _take(columns["record_id"], failing), strict=True))
+        for number, rows in failures:
             rule = self._rules[number]
-            for row in rows:
-                found.setdefault(row, []).append(self._violation(rule, ids[row], columns, row))
+            column = _COLUMN_OF_FIELD.get(rule.field or "")
+            values = _take(columns[column], rows) if column is not None else [None] * len(rows)
+            for row, value in zip(rows, values, strict=True):
+                found.setdefault(row, []).append(self._violation(rule, id_of[row], value))
         return ids, {i: tidy for i, v in found.items() if (tidy := _tidy(v))}
 
     @staticmethod
-    def _violation(rule: _Rule, record_id: str | None, columns: Columns, row: int) -> Violation:
+    def _violation(rule: _Rule, record_id: str | None, value: Any) -> Violation:
         message = f"{describe(record_id)}: {rule.message}"
-        column = _COLUMN_OF_FIELD.get(rule.field or "")
-        value = _value_at(columns[column], row) if column is not None else None
         if isinstance(value, str):
             message += f" (`{rule.field}` is {shorten(value)!r})"
         elif rule.field:
@@ -294,8 +302,13 @@ def _values(values: Any) -> list[Any]:
     return values if isinstance(values, list) else values.to_pylist()
 
 
-def _value_at(values: Any, row: int) -> Any:
-    return values[row] if isinstance(values, list) else values[row].as_py()
+def _take(values: Any, rows: list[int]) -> list[Any]:
+    """The values at `rows` of a column (a list, or a `pyarrow.Array`)."""
+    if isinstance(values, list):
+        return [values[row] for row in rows]
+    import pyarrow as pa
+
+    return values.take(pa.array(rows, pa.int64())).to_pylist()  # type: ignore[no-any-return]
 
 
 def _raised(info: Any) -> str | None:
