@@ -129,7 +129,8 @@ def _sealed(entry: Entry) -> Entry:
 
 def hops_entry(batch: HopBatch, *, head: ChainHead | None) -> Entry:
     """The chain entry for `batch`, linked after `head` (None: a new chain)."""
-    offsets = [hop.source_offset for hop in batch.hops]
+    table = batch.table()
+    offsets = table.offsets
     return _sealed(
         Entry(
             chain_id=batch.chain_id,
@@ -142,10 +143,10 @@ def hops_entry(batch: HopBatch, *, head: ChainHead | None) -> Entry:
             source_partition=batch.source_partition,
             first_offset=min(offsets),
             last_offset=max(offsets),
-            count=len(batch.hops),
+            count=len(table),
             allowed_to=batch.allowed_to,
             quarantined_to=batch.quarantined_to,
-            root=batch.root(),
+            root=table.root(),
             prev_hash=head.hash if head else GENESIS_HASH,
             hash="",
         )

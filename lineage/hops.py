@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -127,6 +128,112 @@ def stored_leaf(
     )
 
 
+class HopRows:
+    """A batch's hops as columns (a Python list per field, one entry per record, in `FIELDS`
+    order; reasons as (rule, message) pairs): what the stores write and the Merkle leaves
+    hash, without a `Hop` object per record (the columnar chain builds them this way)."""
+
+    FIELDS = (
+        "record_id", "source_offset", "outcome", "stopped_at", "reasons", "content_class",
+        "origin_env", "tenant_id", "source_system", "generator", "parent_record_ids", "digest",
+    )  # fmt: skip
+
+    def __init__(self, columns: dict[str, list[Any]]) -> None:
+        self.columns = columns
+
+    @classmethod
+    def of(cls, hops: Sequence[Hop]) -> HopRows:
+        """`hops` as columns."""
+        return cls(
+            {
+                "record_id": [h.record_id for h in hops],
+                "source_offset": [h.source_offset for h in hops],
+                "outcome": [str(h.outcome) for h in hops],
+                "stopped_at": [str(h.stopped_at) if h.stopped_at else None for h in hops],
+                "reasons": [tuple((r.rule, r.message) for r in h.reasons) for h in hops],
+                "content_class": [h.content_class for h in hops],
+                "origin_env": [h.origin_env for h in hops],
+                "tenant_id": [h.tenant_id for h in hops],
+                "source_system": [h.source_system for h in hops],
+                "generator": [h.generator for h in hops],
+                "parent_record_ids": [h.parent_record_ids for h in hops],
+                "digest": [h.digest for h in hops],
+            }
+        )
+
+    def __len__(self) -> int:
+        return len(self.columns["digest"])
+
+    @property
+    def offsets(self) -> list[int]:
+        return self.columns["source_offset"]
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        """One tuple per hop, in `FIELDS` order."""
+        return list(zip(*(self.columns[name] for name in self.FIELDS), strict=True))
+
+    def leaves(self) -> list[bytes]:
+        """`Hop.canonical()` of every row: the compact JSON array the Merkle leaves hash."""
+        leaves = []
+        for row in self.rows():
+            values = list(row)
+            values[4] = [list(reason) for reason in row[4]]
+            values[10] = list(row[10])
+            try:
+                leaves.append(orjson.dumps(values))
+            except (orjson.JSONEncodeError, TypeError):
+                leaves.append(compact_json(values))  # as `compact_json` decides
+        return leaves
+
+    def root(self) -> str:
+        return merkle_root(self.leaves())
+
+    def store_rows(self, entry_id: int) -> list[tuple[Any, ...]]:
+        """The rows as the SQL stores keep them (`stores.sql.HOP_COLUMNS`): reasons and
+        parents as compact JSON text or NULL, the digest as raw bytes."""
+        out = []
+        for index, row in enumerate(self.rows()):
+            (record_id, offset, outcome, stopped, reasons, content_class, origin_env,
+             tenant_id, source_system, generator, parents, digest) = row  # fmt: skip
+            out.append(
+                (
+                    entry_id, index, record_id, offset, outcome, stopped,
+                    _text([list(r) for r in reasons]) if reasons else None,
+                    content_class, origin_env, tenant_id, source_system, generator,
+                    _text(list(parents)) if parents else None,
+                    bytes.fromhex(digest),
+                )
+            )  # fmt: skip
+        return out
+
+    def hops(self) -> tuple[Hop, ...]:
+        """The same rows as `Hop` values."""
+        return tuple(
+            Hop(
+                record_id=rid,
+                source_offset=offset,
+                outcome=Outcome(outcome),
+                stopped_at=Stage(stopped) if stopped is not None else None,
+                reasons=tuple(Reason(rule=rule, message=message) for rule, message in reasons),
+                content_class=content_class,
+                origin_env=origin_env,
+                tenant_id=tenant_id,
+                source_system=source_system,
+                generator=generator,
+                parent_record_ids=parents,
+                digest=digest,
+            )
+            for (
+                rid, offset, outcome, stopped, reasons, content_class, origin_env, tenant_id,
+                source_system, generator, parents, digest,
+            ) in self.rows()
+        )  # fmt: skip
+
+
+def _text(value: Any) -> str:
+    return compact_json(value).decode("utf-8")
+
+
 @dataclass(frozen=True, kw_only=True)
 class HopBatch:
     """What one guard did with one micro-batch of one source partition (or input file)."""
@@ -138,11 +245,14 @@ class HopBatch:
     source_partition: int
     allowed_to: str
     quarantined_to: str
-    hops: tuple[Hop, ...]
+    hops: tuple[Hop, ...] = ()
+    rows: HopRows | None = None  # the hops as columns, instead of `hops`
 
     def __post_init__(self) -> None:
-        if not self.hops:
+        if not (self.hops or (self.rows is not None and len(self.rows))):
             raise ValueError("a HopBatch holds at least one hop")
+        if self.hops and self.rows is not None:
+            raise ValueError("a HopBatch holds its hops or their rows, not both")
         at = self.at
         if at.tzinfo is None or at.utcoffset() is None:
             raise ValueError(f"HopBatch.at must be timezone-aware, got `{at!r}`")
@@ -154,7 +264,17 @@ class HopBatch:
         """Batches are chained per guard and source partition, across runs."""
         return chain_id_of(self.pipeline, self.source_topic, self.source_partition)
 
+    def table(self) -> HopRows:
+        """The batch's hops as columns (`rows`, or `hops` turned into them)."""
+        return self.rows if self.rows is not None else HopRows.of(self.hops)
+
+    def all_hops(self) -> tuple[Hop, ...]:
+        """The batch's hops as `Hop` values (`hops`, or `rows` turned into them)."""
+        return self.rows.hops() if self.rows is not None else self.hops
+
     def root(self) -> str:
+        if self.rows is not None:
+            return self.rows.root()
         return merkle_root([hop.canonical() for hop in self.hops])
 
 

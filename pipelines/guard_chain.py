@@ -20,7 +20,6 @@ from operator import itemgetter
 from typing import Any
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -32,8 +31,8 @@ from lineage_guard.contract.validate import SuiteValidator
 from lineage_guard.contract.verdicts import Violation
 from lineage_guard.io import arrow_decode
 from lineage_guard.io.decode import Decoded, Decoder, known_fingerprints
-from lineage_guard.lineage.events import Reason, Stage
-from lineage_guard.lineage.hops import Hop, HopBatch, Outcome, compact_json, merkle_root
+from lineage_guard.lineage.events import Stage
+from lineage_guard.lineage.hops import HopBatch, HopRows, Outcome
 from lineage_guard.stages import ClassLookup, ParentIndex, clean, known_ranks, parent_ids
 
 
@@ -350,65 +349,6 @@ def _pending(batch: GuardBatch) -> list[int]:
 # -- lineage ---------------------------------------------------------------------------------
 
 
-class HopRows:
-    """A batch's hop rows as columns (Python lists, one entry per record): what the store
-    writes and the Merkle leaves hash, without a `Hop` object per record."""
-
-    FIELDS = (
-        "record_id", "source_offset", "outcome", "stopped_at", "reasons", "content_class",
-        "origin_env", "tenant_id", "source_system", "generator", "parent_record_ids", "digest",
-    )  # fmt: skip
-
-    def __init__(self, columns: dict[str, list[Any]]) -> None:
-        self.columns = columns
-
-    def __len__(self) -> int:
-        return len(self.columns["digest"])
-
-    def rows(self) -> list[tuple[Any, ...]]:
-        """One tuple per hop, in `FIELDS` order (reasons as (rule, message) pairs)."""
-        return list(zip(*(self.columns[name] for name in self.FIELDS), strict=True))
-
-    def leaves(self) -> list[bytes]:
-        """`Hop.canonical()` of every row: the compact JSON array the Merkle leaves hash."""
-        leaves = []
-        for row in self.rows():
-            values = list(row)
-            values[4] = [list(reason) for reason in row[4]]
-            values[10] = list(row[10])
-            try:
-                leaves.append(orjson.dumps(values))
-            except (orjson.JSONEncodeError, TypeError):
-                leaves.append(compact_json(values))  # as `compact_json` decides
-        return leaves
-
-    def root(self) -> str:
-        return merkle_root(self.leaves())
-
-    def hops(self) -> tuple[Hop, ...]:
-        """The same rows as `Hop` values (the stores' interface)."""
-        return tuple(
-            Hop(
-                record_id=rid,
-                source_offset=offset,
-                outcome=Outcome(outcome),
-                stopped_at=Stage(stopped) if stopped is not None else None,
-                reasons=tuple(Reason(rule=rule, message=message) for rule, message in reasons),
-                content_class=content_class,
-                origin_env=origin_env,
-                tenant_id=tenant_id,
-                source_system=source_system,
-                generator=generator,
-                parent_record_ids=parents,
-                digest=digest,
-            )
-            for (
-                rid, offset, outcome, stopped, reasons, content_class, origin_env, tenant_id,
-                source_system, generator, parents, digest,
-            ) in self.rows()
-        )  # fmt: skip
-
-
 def hop_rows(batch: GuardBatch) -> HopRows:
     """One hop row per record: where it came from, what the chain decided, its provenance,
     and the SHA-256 of its bytes as received (`stages.received_digest`). Values come from the
@@ -495,8 +435,10 @@ def hop_batch(
     allowed_to: str,
     quarantined_to: str,
     at: datetime | None = None,
+    rows: HopRows | None = None,
 ) -> HopBatch:
-    """The batch's hops with their header, as the stores take them."""
+    """The batch's hops with their header, as the stores take them (`rows`: the batch's
+    `hop_rows`, when already built)."""
     return HopBatch(
         pipeline=pipeline,
         run_id=run_id,
@@ -505,7 +447,7 @@ def hop_batch(
         source_partition=batch.partition,
         allowed_to=allowed_to,
         quarantined_to=quarantined_to,
-        hops=hop_rows(batch).hops(),
+        rows=rows if rows is not None else hop_rows(batch),
     )
 
 

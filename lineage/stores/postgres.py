@@ -27,9 +27,8 @@ from lineage_guard.lineage.errors import (
     LineageGuardError,
     ServiceUnavailableError,
 )
-from lineage_guard.lineage.hops import Hop
 from lineage_guard.lineage.store import first_line, no_lineage_error, redact_text, redact_url
-from lineage_guard.lineage.stores.sql import FETCH_ROWS, HOP_COLUMNS, SqlStore, hop_row
+from lineage_guard.lineage.stores.sql import FETCH_ROWS, HOP_COLUMNS, SqlStore
 
 CONNECT_TIMEOUT_S = 10
 # libpq's answers that name a setting, not an outage (no SQLSTATE comes with them).
@@ -183,11 +182,11 @@ class PostgresStore(SqlStore):
         seq, digest = cursor.fetchone()
         return ChainHead(chain_id=chain_id, seq=seq, hash=digest) if seq else None
 
-    def _insert_hops(self, cursor: Any, entry_id: int, hops: Sequence[Hop]) -> None:
+    def _insert_hops(self, cursor: Any, rows: Sequence[tuple[Any, ...]]) -> None:
         with cursor.copy(_COPY) as copy:
             copy.set_types(_COPY_TYPES)
-            for index, hop in enumerate(hops):
-                copy.write_row(hop_row(entry_id, index, hop))
+            for row in rows:
+                copy.write_row(row)
 
     def _fetchall(self, query: str, params: Sequence[Any]) -> list[Any]:
         with self._lock:

@@ -47,6 +47,7 @@ from lineage_guard.lineage.hops import (
     Delivery,
     Hop,
     HopBatch,
+    HopRows,
     Outcome,
     StoredHop,
     compact_json,
@@ -117,7 +118,7 @@ class SqlStore(ABC):
         """The chain's head, locked until the transaction ends (None: a new chain)."""
 
     @abstractmethod
-    def _insert_hops(self, cursor: Any, entry_id: int, hops: Sequence[Hop]) -> None: ...
+    def _insert_hops(self, cursor: Any, rows: Sequence[tuple[Any, ...]]) -> None: ...
 
     @abstractmethod
     def _fetchall(self, query: str, params: Sequence[Any]) -> list[Any]: ...
@@ -150,6 +151,7 @@ class SqlStore(ABC):
         try:
             with self._write() as cursor:
                 head = self._lock_head(cursor, batch.chain_id)
+                table = batch.table()
                 entry = hops_entry(batch, head=head)
                 cursor.execute(
                     self._q(
@@ -169,11 +171,11 @@ class SqlStore(ABC):
                     if isinstance(written, Entry):
                         return written
                 entry_id = self._insert_entry(cursor, entry)
-                self._insert_hops(cursor, entry_id, batch.hops)
+                self._insert_hops(cursor, table.store_rows(entry_id))
                 self._set_head(cursor, entry)
         except self._errors as exc:
             raise self._error_class(exc)(
-                f"Cannot write {len(batch.hops)} lineage hops to chain `{batch.chain_id}` in"
+                f"Cannot write {len(batch.table())} lineage hops to chain `{batch.chain_id}` in"
                 f" `{self.url}`: {first_line(exc)}. Nothing of this batch was written."
             ) from exc
         return entry
@@ -530,14 +532,9 @@ def entry_row(entry: Entry) -> tuple[Any, ...]:
 
 
 def hop_row(entry_id: int, index: int, hop: Hop) -> tuple[Any, ...]:
-    return (
-        entry_id, index, hop.record_id, hop.source_offset, str(hop.outcome),
-        str(hop.stopped_at) if hop.stopped_at is not None else None,
-        _json([[r.rule, r.message] for r in hop.reasons]) if hop.reasons else None,
-        hop.content_class, hop.origin_env, hop.tenant_id, hop.source_system, hop.generator,
-        _json(list(hop.parent_record_ids)) if hop.parent_record_ids else None,
-        bytes.fromhex(hop.digest),
-    )  # fmt: skip
+    """One hop as the stores keep it (`HopRows.store_rows`)."""
+    row = HopRows.of([hop]).store_rows(entry_id)[0]
+    return (entry_id, index, *row[2:])
 
 
 class _RowError(Exception):

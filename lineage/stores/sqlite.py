@@ -18,10 +18,9 @@ from typing import Any
 
 from lineage_guard.lineage.chain import ChainHead
 from lineage_guard.lineage.errors import ConfigError, LineageGuardError, ServiceUnavailableError
-from lineage_guard.lineage.hops import Hop
 from lineage_guard.lineage.private import create_private_file, private_dir
 from lineage_guard.lineage.store import first_line, no_lineage_error
-from lineage_guard.lineage.stores.sql import FETCH_ROWS, HOP_COLUMNS, SqlStore, hop_row
+from lineage_guard.lineage.stores.sql import FETCH_ROWS, HOP_COLUMNS, SqlStore
 
 SCHEMA_VERSION = 2  # 1: one row per event (before hops); not readable by this version
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another one's transaction
@@ -169,10 +168,8 @@ class SqliteStore(SqlStore):
         ).fetchone()
         return ChainHead(chain_id=chain_id, seq=row[0], hash=row[1]) if row else None
 
-    def _insert_hops(self, cursor: Any, entry_id: int, hops: Sequence[Hop]) -> None:
-        cursor.executemany(
-            _INSERT_HOP, (hop_row(entry_id, index, hop) for index, hop in enumerate(hops))
-        )
+    def _insert_hops(self, cursor: Any, rows: Sequence[tuple[Any, ...]]) -> None:
+        cursor.executemany(_INSERT_HOP, rows)
 
     def _fetchall(self, query: str, params: Sequence[Any]) -> list[Any]:
         with self._lock:

@@ -308,7 +308,7 @@ def _take(values: Any, rows: list[int]) -> list[Any]:
         return [values[row] for row in rows]
     import pyarrow as pa
 
-    return values.take(pa.array(rows, pa.int64())).to_pylist()  # type: ignore[no-any-return]
+    return values.take(pa.array(rows, pa.int64())).to_pylist()
 
 
 def _raised(info: Any) -> str | None:
