@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from lineage_guard.arrow_batch import GuardBatch
 from lineage_guard.contract.columns import TYPES
 from lineage_guard.contract.policies import Policy, TrainingPolicy, judge
-from lineage_guard.contract.records import COLUMNS, provenance_of, record_id_of
+from lineage_guard.contract.records import CLASS_RANK, COLUMNS, provenance_of, record_id_of
 from lineage_guard.contract.validate import SuiteValidator
 from lineage_guard.contract.verdicts import Violation
 from lineage_guard.io import arrow_decode
@@ -34,6 +34,7 @@ from lineage_guard.io.decode import Decoded, Decoder, known_fingerprints
 from lineage_guard.lineage.events import Stage
 from lineage_guard.lineage.hops import HopBatch, HopRows, Outcome
 from lineage_guard.stages import ClassLookup, ParentIndex, clean, known_ranks, parent_ids
+from lineage_guard.stages import index_keys as stages_index_keys
 
 
 def decode(batch: GuardBatch, decoder: Decoder) -> GuardBatch:
@@ -344,6 +345,33 @@ def _pending(batch: GuardBatch) -> list[int]:
     if not batch.has("stopped_at"):
         return list(range(len(batch)))
     return pc.indices_nonzero(batch.allowed_mask()).to_pylist()
+
+
+def index_keys(batch: GuardBatch) -> tuple[bytes, bytes]:
+    """The batch's part of the run's `ParentIndex` (`stages.index_keys`): the keys of its
+    SYNTHETIC and AI_ASSISTED records, from the decoded columns (and from the records of
+    rows read by fastavro). Run it after `decode`: only records that decode are indexed (the
+    per-record head read, `Decoder.head`, also indexes a message whose tail is damaged)."""
+    pairs: list[tuple[str, int]] = []
+    if batch.has("read"):
+        generated = pc.and_(
+            batch.column("read"),
+            pc.is_in(batch.column("content_class"), value_set=_CLASSES.slice(1)),
+        )
+        rows = pc.indices_nonzero(generated)
+        ids = batch.column("record_id").take(rows).to_pylist()
+        ranks = pc.index_in(batch.column("content_class").take(rows), _CLASSES).to_pylist()
+        pairs.extend((i, r) for i, r in zip(ids, ranks, strict=True) if i is not None)
+    if batch.records is not None:
+        for record in batch.records:
+            if record is None:
+                continue
+            record_id = record_id_of(record)
+            content_class = provenance_of(record).get("content_class")
+            rank = CLASS_RANK.get(content_class) if type(content_class) is str else None
+            if record_id is not None and rank:
+                pairs.append((record_id, rank))
+    return stages_index_keys(pairs)
 
 
 # -- lineage ---------------------------------------------------------------------------------

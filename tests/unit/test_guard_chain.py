@@ -254,3 +254,24 @@ def test_the_chain_reads_known_bodies_in_rust() -> None:
     decodable = [Decoder().decode(v).__class__.__name__ == "Decoded" for v in values]
     assert read == decodable  # every decodable message of a known schema, and no other
     assert sum(read) > 250
+
+
+def test_parent_index_keys_equal_the_per_record_ones() -> None:
+    """The run's parent index built from the columns holds exactly the keys the per-record
+    head read gives (`stages.class_index`), for every decodable message."""
+    decoder = Decoder()
+    values = _messages(1000, seed=23)
+    offsets = list(range(len(values)))
+    items = tuple(
+        Item(source=Source(topic="t", partition=0, offset=o, value=v))
+        for o, v in zip(offsets, values, strict=True)
+    )
+    decoded = stages.decode(Batch(topic="t", partition=0, items=items), decoder)
+    expected = stages.index_keys(stages.class_index(decoded))
+    gb = guard_chain.decode(arrow_batch.from_messages("t", 0, offsets, values), decoder)
+    got = guard_chain.index_keys(gb)
+    for want, have in zip(expected, got, strict=True):
+        assert sorted(have[i : i + 16] for i in range(0, len(have), 16)) == sorted(
+            want[i : i + 16] for i in range(0, len(want), 16)
+        )
+    assert len(expected[0]) > 16 * 50 and len(expected[1]) > 16 * 50
