@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from lineage_guard.contract.records import is_unicode
 from lineage_guard.io.files import json_default, read_records
 from lineage_guard.items import Batch, Item, Source
 
@@ -111,13 +112,9 @@ class FileSink:
         lines: dict[str, list[str]] = {kind: [] for kind in KINDS}
         for item in batch.items:
             if item.allowed:
-                lines["allowed"].append(
-                    json.dumps(item.record, ensure_ascii=False, default=json_default)
-                )
+                lines["allowed"].append(json_line(item.record))
             else:
-                lines["quarantine"].append(
-                    json.dumps(quarantine_entry(item), ensure_ascii=False, default=json_default)
-                )
+                lines["quarantine"].append(json_line(quarantine_entry(item)))
         folder = join(self.out_dir, PARTS, self.names[batch.topic])
         first = batch.items[0].source.offset
         for kind, text in lines.items():
@@ -135,6 +132,16 @@ class FileSink:
 
     def close(self) -> None:
         pass
+
+
+def json_line(value: Any) -> str:
+    """One JSON Lines line that UTF-8 can hold: non-ASCII text as itself, except in a record
+    holding a lone surrogate (JSON may carry `"\\ud800"`, UTF-8 cannot): that line is written
+    ASCII-escaped, so it reads back as the same value."""
+    line = json.dumps(value, ensure_ascii=False, default=json_default)
+    if line.isascii() or is_unicode(line):
+        return line
+    return json.dumps(value, ensure_ascii=True, default=json_default)
 
 
 def _write_part(path: str, data: bytes) -> None:
