@@ -31,7 +31,7 @@ from lineage_guard.lineage import csv_cells, queries
 from lineage_guard.lineage.checkpoints import load_public_key
 from lineage_guard.lineage.errors import ExitCode, UnusableInputError
 from lineage_guard.lineage.events import StoredEvent, format_time
-from lineage_guard.lineage.store import DEFAULT_STORE_URL, open_store
+from lineage_guard.lineage.store import DEFAULT_STORE_URL, STORE_URL_ENV, open_store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,8 +42,14 @@ RICH_MAX_ROWS = 2000
 # shown as Python escapes, so no record field can restyle, move or hide what is printed.
 _TERMINAL_CONTROLS = {
     code: ascii(chr(code))[1:-1]
-    for code in [*range(0x20), *range(0x7F, 0xA0), 0x200E, 0x200F]
-    + [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+    for code in [
+        *range(0x20),
+        *range(0x7F, 0xA0),
+        0x200E,
+        0x200F,
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    ]
 }
 
 
@@ -51,10 +57,11 @@ def _store_option(command: F) -> F:
     return click.option(
         "--lineage-store",
         "store_url",
+        envvar=STORE_URL_ENV,
         default=DEFAULT_STORE_URL,
         show_default=True,
         metavar="URL",
-        help="`sqlite:///path/to.db` or `postgresql://user@host:port/db`.",
+        help=f"`sqlite:///path/to.db` or `postgresql://user@host:port/db`. Env: {STORE_URL_ENV}.",
     )(command)
 
 

@@ -95,14 +95,21 @@ class LineageGuardCheckpointRunFacet(RunFacet):
 CHECKPOINT_FACET = "lineageGuard_checkpoint"
 
 
-def transport_config(target: str) -> dict[str, Any]:
-    """`console`, `file:PATH`, `http(s)://…` or `kafka:TOPIC@BOOTSTRAP` → a transport config."""
+def transport_config(target: str, *, api_key: str | None = None) -> dict[str, Any]:
+    """`console`, `file:PATH`, `http(s)://…` or `kafka:TOPIC@BOOTSTRAP` → a transport config;
+    `api_key` (HTTP only) is sent as `Authorization: Bearer KEY`."""
+    if api_key is not None and not target.startswith(("http://", "https://")):
+        raise ConfigError(
+            "An OpenLineage API key is sent to an HTTP endpoint only: give an `http(s)://URL` "
+            "target, or no key."
+        )
     if target == "console":
         return {"type": "console"}
     if target.startswith("file:"):
         return {"type": "file", "log_file_path": target[len("file:") :], "append": True}
     if target.startswith(("http://", "https://")):
-        return {"type": "http", "url": target}
+        auth = {"type": "api_key", "apiKey": api_key} if api_key is not None else None
+        return {"type": "http", "url": target, **({"auth": auth} if auth else {})}
     if target.startswith("kafka:") and "@" in target:
         topic, _, servers = target[len("kafka:") :].partition("@")
         return {
@@ -143,8 +150,11 @@ class RunEmitter:
         assertions: Sequence[tuple[str, str | None]] = (),
         interval_s: float = 60.0,
         client: OpenLineageClient | None = None,
+        api_key: str | None = None,
     ) -> None:
-        self.client = client or OpenLineageClient(config={"transport": transport_config(target)})
+        self.client = client or OpenLineageClient(
+            config={"transport": transport_config(target, api_key=api_key)}
+        )
         self._target = target  # to hide its password in what this emitter logs
         job_type = job_type_job.JobTypeJobFacet(
             processingType="BATCH" if bounded else "STREAMING",

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from lineage_guard.lineage.store import open_store
 from lineage_guard.stages import clean
 from tests.cli import run_cli
