@@ -238,8 +238,7 @@ def render_html(report: Report) -> str:
     charts = []
     # Labels are data (generator names, rules): shown as written, never read as mathtext
     # (`$\\frac…$`) or handed to TeX, whatever the user's matplotlibrc says.
-    literal = {"text.parse_math": False, "text.usetex": False}
-    with matplotlib.rc_context(literal):
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
         if report.records:
             charts = [
                 _bar_chart("Records by content class", report.by_content_class),
