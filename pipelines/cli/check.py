@@ -81,7 +81,7 @@ def check_files(
                     reported = position[0]
         _check_batch(batch, validator, result)
         if on_progress is not None:
-            on_progress(path.stat().st_size - reported)
+            on_progress(max(path.stat().st_size - reported, 0))  # a FIFO's size is 0
     return result
 
 

@@ -94,8 +94,8 @@ def validate(paths: tuple[Path, ...], output_format: str, batch_size: int, engin
     from lineage_guard.cli.check import RENDERERS, check_files
     from lineage_guard.contract.validate import SuiteValidator
 
-    for path in paths:
-        if not path.is_file():
+    for path in paths:  # a file, or a FIFO, pipe or `/dev/stdin` read as it streams by
+        if path.is_dir() or not path.exists():
             reason = "is a directory" if path.is_dir() else "does not exist"
             raise UnusableInputError(f"Cannot read `{path}`: it {reason}.")
     validator = SuiteValidator(engine=engine)

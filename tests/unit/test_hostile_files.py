@@ -4,12 +4,18 @@ endless lines, the demo's folder, key and output file modes."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
+from lineage_guard.io.files import MAX_LINE_BYTES
 from lineage_guard.lineage.store import open_store
 from lineage_guard.stages import clean
 from tests.cli import run_cli
 
+CLI = [sys.executable, "-c", "from lineage_guard.cli.main import main; main()"]
 EXAMPLE = Path("examples/crm_synced.jsonl").read_text().splitlines()[3]  # a valid HUMAN contact
 
 
@@ -43,3 +49,59 @@ def test_a_lone_surrogate_goes_through_run_as_through_validate(tmp_path: Path) -
     with open_store(f"sqlite:///{db}", create=False) as store:
         tenants = {s.event.tenant_id for s in store.events()}
     assert tenants == {"acme", clean("acme\udfff")}  # the store holds cleaned text
+
+
+def test_validate_reads_a_fifo_and_stdin(tmp_path: Path) -> None:
+    fifo = tmp_path / "sync.fifo"
+    os.mkfifo(fifo)
+    data = Path("examples/crm_synced.jsonl").read_bytes()
+    writer = threading.Thread(target=fifo.write_bytes, args=(data,), daemon=True)
+    writer.start()
+    try:
+        from_fifo = run_cli("validate", fifo, "--format", "json")
+    finally:  # a writer nobody read from stays blocked in open(): let it through
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        writer.join(timeout=60)
+    expected = run_cli("validate", "examples/crm_synced.jsonl", "--format", "json")
+    assert expected.returncode == 1  # the example holds faulty records
+    assert from_fifo.returncode == 1, from_fifo.stderr
+    document = json.loads(from_fifo.stdout)
+    assert (document["total"], document["passed"]) == (300, 282)
+    assert [r["index"] for r in document["rejected"]] == [
+        r["index"] for r in json.loads(expected.stdout)["rejected"]
+    ]
+
+    avro = Path("examples/contacts_ok.avro").read_bytes()
+    from_stdin = subprocess.run(
+        [*CLI, "validate", "/dev/stdin", "--format", "json"],
+        input=avro,
+        capture_output=True,
+        timeout=600,
+    )
+    assert from_stdin.returncode == 0, from_stdin.stderr
+    assert json.loads(from_stdin.stdout) == {"total": 200, "passed": 200, "rejected": []}
+
+
+def test_a_line_past_the_cap_is_a_bad_record_and_reading_goes_on(tmp_path: Path) -> None:
+    huge = contact("00000000-0000-4000-8000-000000000002", last_name="x" * MAX_LINE_BYTES)
+    lines = [
+        contact("00000000-0000-4000-8000-000000000001"),
+        huge,
+        contact("00000000-0000-4000-8000-000000000003"),
+    ]
+    path = tmp_path / "sync.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    result = run_cli("validate", path, "--format", "json")
+    assert result.returncode == 1, result.stderr
+    document = json.loads(result.stdout)
+    assert (document["total"], document["passed"]) == (3, 2)
+    (rejected,) = document["rejected"]
+    assert (rejected["index"], rejected["record_id"]) == (1, None)
+    assert rejected["violations"] == [
+        {
+            "rule": "malformed_record",
+            "column": None,
+            "message": f"Record at index 1 of `{path}`: line 2 is longer than "
+            f"{MAX_LINE_BYTES} bytes: not read.",
+        }
+    ]
