@@ -105,3 +105,25 @@ def test_a_line_past_the_cap_is_a_bad_record_and_reading_goes_on(tmp_path: Path)
             f"{MAX_LINE_BYTES} bytes: not read.",
         }
     ]
+
+
+def test_a_demo_rerun_deletes_only_the_files_the_demo_wrote(tmp_path: Path) -> None:
+    folder = tmp_path / "demo"
+    first = run_cli("demo", "--records", "40", "--dir", folder)
+    assert first.returncode == 0, first.stderr
+    demo_out = sorted(p.name for p in (folder / "out").iterdir())
+    assert demo_out == ["crm_sync.allowed.jsonl", "crm_sync.quarantine.jsonl"]
+    mine = [folder / "out" / "my-notes.txt", folder / "report" / "reviewed.md"]
+    mine += [folder / "out" / "keep" / "deep.txt"]
+    (folder / "out" / "keep").mkdir()
+    for path in mine:
+        path.write_text("mine")
+    (folder / "out" / "crm_sync.allowed.jsonl").write_text("stale\n")
+
+    again = run_cli("demo", "--records", "30", "--dir", folder)
+    assert again.returncode == 0, again.stderr
+    assert all(path.read_text() == "mine" for path in mine)
+    allowed = (folder / "out" / "crm_sync.allowed.jsonl").read_text().splitlines()
+    stopped = (folder / "out" / "crm_sync.quarantine.jsonl").read_text().splitlines()
+    assert len(allowed) + len(stopped) == 30  # this run's outputs, nothing stale
+    assert sorted(p.name for p in (folder / "out").iterdir()) == [*demo_out, "keep", "my-notes.txt"]
