@@ -20,12 +20,14 @@ Facets, standard ones through openlineage-python's own classes:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import attr
@@ -39,6 +41,7 @@ from openlineage.client.facet_v2 import (
 from openlineage.client.generated.base import RunFacet
 
 from lineage_guard.lineage.errors import ConfigError, LineageGuardError
+from lineage_guard.lineage.private import create_private_file
 from lineage_guard.lineage.store import redact_text, redact_url
 
 log = logging.getLogger(__name__)
@@ -155,6 +158,9 @@ class RunEmitter:
         self.client = client or OpenLineageClient(
             config={"transport": transport_config(target, api_key=api_key)}
         )
+        if target.startswith("file:"):  # the events name inputs, outputs and counts: 0600
+            with contextlib.suppress(OSError):  # the transport says why it cannot write there
+                create_private_file(Path(target[len("file:") :]))
         self._target = target  # to hide its password in what this emitter logs
         job_type = job_type_job.JobTypeJobFacet(
             processingType="BATCH" if bounded else "STREAMING",

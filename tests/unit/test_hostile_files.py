@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -127,3 +128,51 @@ def test_a_demo_rerun_deletes_only_the_files_the_demo_wrote(tmp_path: Path) -> N
     stopped = (folder / "out" / "crm_sync.quarantine.jsonl").read_text().splitlines()
     assert len(allowed) + len(stopped) == 30  # this run's outputs, nothing stale
     assert sorted(p.name for p in (folder / "out").iterdir()) == [*demo_out, "keep", "my-notes.txt"]
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_a_signing_key_others_can_read_is_refused(tmp_path: Path) -> None:
+    key = tmp_path / "guard.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", key], check=True)
+    key.chmod(0o644)
+    source = tmp_path / "sync.jsonl"
+    source.write_text(EXAMPLE + "\n")
+    args = ["run", "--input", source, "--output-dir", tmp_path / "out"]
+    args += ["--lineage-store", f"sqlite:///{tmp_path}/lineage.db", "--signing-key", key]
+    refused = run_cli(*args)
+    assert refused.returncode == 3
+    assert refused.stderr == (
+        f"lineage-guard: error: The signing key `{key}` is readable by others (mode 0644): it"
+        f" was not used. Make it private with `chmod 600 {key}`.\n"
+    )
+    assert not (tmp_path / "lineage.db").exists()  # refused before anything ran
+    key.chmod(0o600)
+    signed = run_cli(*args)
+    assert signed.returncode == 0, signed.stderr
+
+
+def test_outputs_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    source = tmp_path / "sync.jsonl"
+    source.write_text(Path("examples/crm_synced.jsonl").read_text())
+    out, events = tmp_path / "out", tmp_path / "ol.jsonl"
+    (out).mkdir(mode=0o755)
+    (out / "sync.allowed.jsonl").write_text("from an earlier run\n")
+    (out / "sync.allowed.jsonl").chmod(0o644)
+    command = [*CLI, "run", "--input", str(source), "--output-dir", str(out)]
+    command += ["--lineage-store", f"sqlite:///{tmp_path}/lineage.db", "--openlineage"]
+    command += [f"file:{events}"]
+    result = subprocess.run(
+        ["sh", "-c", 'umask 022 && exec "$@"', "sh", *command],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["sync.allowed.jsonl", "sync.quarantine.jsonl"]
+    assert {_mode(out / name) for name in written} == {0o600}
+    assert _mode(events) == 0o600
+    assert _mode(out) == 0o755  # a folder the user made keeps its mode
