@@ -251,6 +251,10 @@ def run(**options: Any) -> None:
 
     Without --bootstrap-servers it runs on the embedded default: --input files in, JSON Lines
     files out in --output-dir. Arguments after `--` go to Beam's pipeline options.
+
+    Exit 0 when every record read was handled, however many were quarantined or blocked (that
+    is the guard's job; the summary counts them); 2 unusable input, 3 configuration error,
+    4 Kafka or the lineage store unreachable, 130 stopped by SIGTERM or Ctrl-C. Never 1.
     """
     from lineage_guard.cli.run import run_guard
 

@@ -905,7 +905,9 @@ def quarantine_headers(item: Item) -> list[tuple[str, bytes]]:
     Schema Registry subject: `{topic}-value` under Confluent's default TopicNameStrategy),
     `__rule.topic` (the topic the record was read from) and `__rule.exception` (why it failed).
     One rule per record there: `__rule.name` is the first violation's rule, `__rule.exception`
-    carries every violation's message.
+    carries every violation's message. `__rule.subject` cannot be the subject the producer
+    used under another naming strategy: a Confluent-framed value carries only a schema id
+    (which several subjects may share), single-object and raw Avro no subject at all.
     """
     s = item.source
     first = item.violations[0].rule if item.violations else str(item.stopped_at)
