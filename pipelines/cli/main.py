@@ -298,11 +298,10 @@ def main(argv: list[str] | None = None) -> None:
     for stream in (sys.stdout, sys.stderr):  # data may hold lone surrogates: never crash on them
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    if argv is None:
-        from lineage_guard.cli.secrets import WARNING, hide_from_process_title
+    if argv is None:  # this process's own command line: no secret stays in its title
+        from lineage_guard.cli.secrets import hide_from_process_title
 
-        if hide_from_process_title(sys.argv[1:]):
-            click.echo(f"lineage-guard: warning: {WARNING}", err=True)
+        hide_from_process_title(sys.argv[1:])
     try:
         cli.main(args=argv, prog_name="lineage-guard", standalone_mode=False)
     except click.exceptions.Exit as exc:  # --help and friends

@@ -68,15 +68,10 @@ def _hidden_value(option: str, value: str) -> str:
     return f"{key}={HIDDEN}" if equals and is_kafka_secret(key) else redact_url(value)
 
 
-WARNING = (
-    "a secret was given on the command line: this process's title no longer shows it, but "
-    "your shell history may. Give it from the environment or a file instead (README, `Secrets`)."
-)
-
-
 def hide_from_process_title(args: Sequence[str]) -> bool:
     """When `args` hold a secret, sets this process's title to the command with the secrets
-    replaced (`WARNING` says why to avoid it); returns whether it did."""
+    replaced; returns whether it did. Silent: an error stays one line on stderr (the README
+    says that the shell history still holds such a secret)."""
     shown = redacted_args(args)
     if shown == list(args):
         return False

@@ -189,7 +189,6 @@ def test_secrets_from_the_environment_and_files(
         )
     assert result.returncode == 0, result.stderr
     assert "read 200, allowed 200" in result.stderr
-    assert "secret was given on the command line" not in result.stderr
     assert len(drain(kafka_bootstrap, out, 200)) == 200
     assert _hops(store_url) > 0  # the store came from LINEAGE_GUARD_STORE_URL
     assert endpoint.authorizations and set(endpoint.authorizations) == {f"Bearer {OL_KEY}"}
@@ -230,10 +229,7 @@ def test_secrets_given_on_the_command_line_leave_the_process_title(
         )
     assert result.returncode == 0, result.stderr
     assert "read 200, allowed 200" in result.stderr
-    assert result.stderr.startswith(
-        "lineage-guard: warning: a secret was given on the command line: this process's title "
-        "no longer shows it"
-    )
+    assert all(secret not in result.stderr for secret in (KAFKA_PASSWORD, DB_PASSWORD, OL_KEY))
     assert _hops(store_url) > 0
     assert set(endpoint.authorizations) == {f"Bearer {OL_KEY}"}
     titled = [n for n, cmdline in enumerate(cmdlines) if cmdline.startswith(b"lineage-guard run")]
