@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from lineage_guard.cli.secrets import read_kafka_config_file, read_secret_file, redacted_args
 from lineage_guard.lineage.errors import ConfigError
+from lineage_guard.lineage.store import open_store
+from tests.lineage_contract import T0, batch, hop
 
 
 def test_every_kind_of_secret_is_redacted_and_nothing_else() -> None:
@@ -67,3 +72,21 @@ def test_a_secret_file_gives_its_first_line(tmp_path: Path) -> None:
     assert error.value.message == (
         f"`--openlineage-api-key-file {path}` is empty: put the secret on its first line."
     )
+
+
+def test_the_audit_commands_take_the_store_url_from_the_environment(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'lineage.db'}"
+    with open_store(url) as store:
+        entry = store.append(batch([hop("r1", 0)]))
+        store.confirm([(entry, 1, [])], at=T0)
+    command = [sys.executable, "-c", "from lineage_guard.cli.main import main; main()"]
+    result = subprocess.run(
+        [*command, "lineage", "verify"],
+        env={**os.environ, "LINEAGE_GUARD_STORE_URL": url},
+        cwd=tmp_path,  # no store at the default path here
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ok: 1 chains, 2 batches, 1 hops\n"
