@@ -190,8 +190,8 @@ def _json_lines(path: Path, handle: IO[bytes], position: list[int] | None) -> It
         line_number += 1
         if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
             _skip_line(handle)
-            error = f"line {line_number} is longer than {MAX_LINE_BYTES} bytes: not read"
-            yield FileRecord(file=str(path), index=index, value=None, error=error)
+            too_long = f"line {line_number} is longer than {MAX_LINE_BYTES} bytes: not read"
+            yield FileRecord(file=str(path), index=index, value=None, error=too_long)
             index += 1
             if position is not None:
                 position[0] = handle.tell()
