@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from lineage_guard.lineage.cli import render_table
+from lineage_guard.lineage.events import Stage
+from lineage_guard.lineage.hops import Outcome, Reason
 from lineage_guard.lineage.store import open_store
 from tests.cli import run_cli
 from tests.lineage_contract import T0, batch, hop
@@ -92,3 +94,27 @@ def test_validate_text_escapes_control_characters(tmp_path: Path) -> None:
     assert result.stdout.splitlines()[0] == (
         f"{path}[0] Record `\\x1b[2K\\rall records passed` REJECTED"
     )
+
+
+def test_no_leak_and_a_blocked_markup_tenant_exits_0(tmp_path: Path) -> None:
+    """The issue's case: "No leaks", then a crash on the blocked table, exit 1 (a CI gate
+    would read a leak)."""
+    url = f"sqlite:///{tmp_path / 'lineage.db'}"
+    blocked = hop(
+        "blocked",
+        0,
+        outcome=Outcome.BLOCKED,
+        stopped_at=Stage.ENFORCE,
+        reasons=(Reason(rule="leak_test_origin", message="TEST may not reach production."),),
+        origin_env="TEST",
+        tenant_id="[/]",
+    )
+    with open_store(url) as store:
+        entry = store.append(batch([blocked]))
+        store.confirm([(entry, 1, [])], at=T0)
+    result = run_cli("lineage", "leaks", "--lineage-store", url)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.startswith("No leaks: nothing reached production that must not have")
+    (row,) = [line for line in result.stdout.splitlines() if "│ blocked" in line]
+    assert row.split("│")[5].strip() == "[/]"
