@@ -17,6 +17,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -90,7 +92,18 @@ def key_id(key: Ed25519PublicKey) -> str:
 
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
-    """The Ed25519 private key in PEM file `path`; `ConfigError` for anything else."""
+    """The Ed25519 private key in PEM file `path`; `ConfigError` for anything else, and for a
+    key file others may read (group or other permission bits set): refused, as `ssh` refuses
+    such a private key, since whoever can read it can sign checkpoints as the guard."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the signing key `{path}`: {exc.strerror or exc}.") from None
+    if mode & 0o077:
+        raise ConfigError(
+            f"The signing key `{path}` is readable by others (mode {mode:04o}): it was not used."
+            f" Make it private with `chmod 600 {path}`."
+        )
     data = _read(path, "signing key")
     try:
         key = serialization.load_pem_private_key(data, password=None)

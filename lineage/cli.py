@@ -31,22 +31,37 @@ from lineage_guard.lineage import csv_cells, queries
 from lineage_guard.lineage.checkpoints import load_public_key
 from lineage_guard.lineage.errors import ExitCode, UnusableInputError
 from lineage_guard.lineage.events import StoredEvent, format_time
-from lineage_guard.lineage.store import DEFAULT_STORE_URL, open_store
+from lineage_guard.lineage.store import DEFAULT_STORE_URL, STORE_URL_ENV, open_store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 FORMATS = ("table", "json", "csv")
 RICH_MAX_ROWS = 2000
+# Characters a terminal acts on instead of showing (C0/C1 controls, ESC starting colour or
+# cursor sequences, and the bidirectional overrides that reorder a line): in a table they are
+# shown as Python escapes, so no record field can restyle, move or hide what is printed.
+_TERMINAL_CONTROLS = {
+    code: ascii(chr(code))[1:-1]
+    for code in [
+        *range(0x20),
+        *range(0x7F, 0xA0),
+        0x200E,
+        0x200F,
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    ]
+}
 
 
 def _store_option(command: F) -> F:
     return click.option(
         "--lineage-store",
         "store_url",
+        envvar=STORE_URL_ENV,
         default=DEFAULT_STORE_URL,
         show_default=True,
         metavar="URL",
-        help="`sqlite:///path/to.db` or `postgresql://user@host:port/db`.",
+        help=f"`sqlite:///path/to.db` or `postgresql://user@host:port/db`. Env: {STORE_URL_ENV}.",
     )(command)
 
 
@@ -93,7 +108,7 @@ def trace(record_id: str, store_url: str, output_format: str, verify_chains: boo
     click.echo(_render_trace(result, output_format), nl=False)
     for chain in result.chains:
         if chain.broken is not None:
-            click.echo(f"lineage-guard: {chain.broken.description}", err=True)
+            click.echo(f"lineage-guard: {shown(chain.broken.description)}", err=True)
     sys.exit(ExitCode.OK if result.intact else ExitCode.VIOLATIONS)
 
 
@@ -187,7 +202,7 @@ def report(
             click.echo(f"{built.records} records read; report written to {written['html']}")
             for row in rows:
                 label = " ".join(str(v) for k, v in row.items() if k not in ("table", "records"))
-                click.echo(f"  {row['table']:<18} {label:<40} {row['records']:>10}")
+                click.echo(f"  {row['table']:<18} {shown(label):<40} {row['records']:>10}")
     click.echo(f"lineage-guard: report in `{out_dir}` (report.html, report.json, CSV).", err=True)
 
 
@@ -236,7 +251,7 @@ def verify(
             f"{state}: {result.chains} chains, {result.batches} batches, {result.hops} hops{signed}"
         )
     if broken is not None:
-        click.echo(f"lineage-guard: {broken.description}", err=True)
+        click.echo(f"lineage-guard: {shown(broken.description)}", err=True)
     sys.exit(ExitCode.OK if broken is None else ExitCode.VIOLATIONS)
 
 
@@ -299,9 +314,9 @@ def _render_trace(result: queries.Trace, output_format: str) -> str:
             ]
         )
     lines = [render_table(f"Lineage of record {result.record_id}", headers, rows)]
-    lines += [chain.describe() for chain in result.chains]
+    lines += [shown(chain.describe()) for chain in result.chains]
     if result.missing_ancestors:
-        missing = ", ".join(f"`{rid}`" for rid in result.missing_ancestors)
+        missing = ", ".join(f"`{shown(rid)}`" for rid in result.missing_ancestors)
         lines.append(f"ancestors without lineage events: {missing}")
     return "\n".join(lines) + "\n"
 
@@ -440,20 +455,28 @@ def render_table(
     title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], *, plain: bool = False
 ) -> str:
     """A table as text: drawn by `rich` when installed (and `plain` is False), else aligned
-    columns. Tables longer than `RICH_MAX_ROWS` are always plain: rich takes seconds on them."""
+    columns. Tables longer than `RICH_MAX_ROWS` are always plain: rich takes seconds on them.
+
+    The cells are data, shown as written: never read as rich markup, control characters
+    shown escaped (`shown`)."""
+    title, headers = shown(title), [shown(header) for header in headers]
+    rows = [[shown(cell) for cell in row] for row in rows]
     if not plain and len(rows) <= RICH_MAX_ROWS:
         try:
             from rich.console import Console
             from rich.table import Table
+            from rich.text import Text
         except ImportError:
             pass
         else:
             terminal = sys.stdout.isatty()
-            table = Table(title=title, title_justify="left")
+            # Every cell and the title are `Text`, never markup: a record's `[/]` or
+            # `[bold red]…[/bold red]` shows as written (rich also drops control codes).
+            table = Table(title=Text(title), title_justify="left")
             for header in headers:
-                table.add_column(header, overflow="fold")
+                table.add_column(Text(header), overflow="fold")
             for row in rows:
-                table.add_row(*row)
+                table.add_row(*(Text(cell) for cell in row))
             out = io.StringIO()
             # Off a terminal nothing wraps: lines as long as the data, no colour codes.
             width = None if terminal else 100_000
@@ -468,6 +491,11 @@ def render_table(
     for row in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return "\n".join(lines)
+
+
+def shown(text: str) -> str:
+    """`text` with every character a terminal would act on written as an escape (`\\x1b`)."""
+    return text.translate(_TERMINAL_CONTROLS)
 
 
 def _window(since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:

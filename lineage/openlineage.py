@@ -20,12 +20,14 @@ Facets, standard ones through openlineage-python's own classes:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import attr
@@ -39,6 +41,7 @@ from openlineage.client.facet_v2 import (
 from openlineage.client.generated.base import RunFacet
 
 from lineage_guard.lineage.errors import ConfigError, LineageGuardError
+from lineage_guard.lineage.private import create_private_file
 from lineage_guard.lineage.store import redact_text, redact_url
 
 log = logging.getLogger(__name__)
@@ -95,14 +98,21 @@ class LineageGuardCheckpointRunFacet(RunFacet):
 CHECKPOINT_FACET = "lineageGuard_checkpoint"
 
 
-def transport_config(target: str) -> dict[str, Any]:
-    """`console`, `file:PATH`, `http(s)://…` or `kafka:TOPIC@BOOTSTRAP` → a transport config."""
+def transport_config(target: str, *, api_key: str | None = None) -> dict[str, Any]:
+    """`console`, `file:PATH`, `http(s)://…` or `kafka:TOPIC@BOOTSTRAP` → a transport config;
+    `api_key` (HTTP only) is sent as `Authorization: Bearer KEY`."""
+    if api_key is not None and not target.startswith(("http://", "https://")):
+        raise ConfigError(
+            "An OpenLineage API key is sent to an HTTP endpoint only: give an `http(s)://URL` "
+            "target, or no key."
+        )
     if target == "console":
         return {"type": "console"}
     if target.startswith("file:"):
         return {"type": "file", "log_file_path": target[len("file:") :], "append": True}
     if target.startswith(("http://", "https://")):
-        return {"type": "http", "url": target}
+        auth = {"type": "api_key", "apiKey": api_key} if api_key is not None else None
+        return {"type": "http", "url": target, **({"auth": auth} if auth else {})}
     if target.startswith("kafka:") and "@" in target:
         topic, _, servers = target[len("kafka:") :].partition("@")
         return {
@@ -143,8 +153,14 @@ class RunEmitter:
         assertions: Sequence[tuple[str, str | None]] = (),
         interval_s: float = 60.0,
         client: OpenLineageClient | None = None,
+        api_key: str | None = None,
     ) -> None:
-        self.client = client or OpenLineageClient(config={"transport": transport_config(target)})
+        self.client = client or OpenLineageClient(
+            config={"transport": transport_config(target, api_key=api_key)}
+        )
+        if target.startswith("file:"):  # the events name inputs, outputs and counts: 0600
+            with contextlib.suppress(OSError):  # the transport says why it cannot write there
+                create_private_file(Path(target[len("file:") :]))
         self._target = target  # to hide its password in what this emitter logs
         job_type = job_type_job.JobTypeJobFacet(
             processingType="BATCH" if bounded else "STREAMING",

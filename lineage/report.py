@@ -236,19 +236,22 @@ def render_html(report: Report) -> str:
 
     matplotlib.use("Agg")
     charts = []
-    if report.records:
-        charts = [
-            _bar_chart("Records by content class", report.by_content_class),
-            _timeline_chart(report) if report.timeline else "",
-            _bar_chart(
-                "Top quarantine and block reasons",
-                Counter({f"{s}: {r}": n for (s, r), n in report.reasons.items()}),
-                color="#c62828",
-            )
-            if report.reasons
-            else "",
-            _generator_chart(report) if report.generator_outcomes else "",
-        ]
+    # Labels are data (generator names, rules): shown as written, never read as mathtext
+    # (`$\\frac…$`) or handed to TeX, whatever the user's matplotlibrc says.
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        if report.records:
+            charts = [
+                _bar_chart("Records by content class", report.by_content_class),
+                _timeline_chart(report) if report.timeline else "",
+                _bar_chart(
+                    "Top quarantine and block reasons",
+                    Counter({f"{s}: {r}": n for (s, r), n in report.reasons.items()}),
+                    color="#c62828",
+                )
+                if report.reasons
+                else "",
+                _generator_chart(report) if report.generator_outcomes else "",
+            ]
     tables = "\n".join(
         _table(name, header, rows)
         for name, (header, rows) in report.tables().items()

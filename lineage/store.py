@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from lineage_guard.lineage.hops import HopBatch, Outcome, StoredHop
 
 DEFAULT_STORE_URL = "sqlite:///.lineage-guard/lineage.db"
+# The environment variable the CLI reads `--lineage-store` from (at its entry point only; the
+# library takes the URL as an argument), so a password need not be on the command line.
+STORE_URL_ENV = "LINEAGE_GUARD_STORE_URL"
 
 
 class LineageStore(Protocol):

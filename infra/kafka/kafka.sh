@@ -7,7 +7,10 @@
 #   kafka.sh stop [--wipe]    stop the broker; --wipe also deletes its data dir
 #   kafka.sh status           exit 0 and print the address while it runs, exit 1 otherwise
 #
-# Environment: KAFKA_VERSION, KAFKA_PORT (19092), KAFKA_CONTROLLER_PORT (19093),
+# A second listener, SASL_PLAINTEXT with the PLAIN mechanism on KAFKA_SASL_PORT (KAFKA_PORT+2),
+# takes the test user `guard` with the password `guard-secret`: the secrets tests log in there.
+#
+# Environment: KAFKA_VERSION, KAFKA_PORT (19092), KAFKA_CONTROLLER_PORT (19093), KAFKA_SASL_PORT,
 # LINEAGE_GUARD_CACHE (~/.cache/lineage-guard), KAFKA_DATA_DIR (<cache>/kafka-data),
 # KAFKA_HEAP_OPTS (-Xmx512m), KAFKA_START_TIMEOUT (90 s), PYTHON (python3, with confluent-kafka).
 set -euo pipefail
@@ -16,6 +19,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 version="${KAFKA_VERSION:-4.3.1}"   # keep in step with pom.xml and ../compose.yaml
 port="${KAFKA_PORT:-19092}"
 controller_port="${KAFKA_CONTROLLER_PORT:-19093}"
+sasl_port="${KAFKA_SASL_PORT:-$((port + 2))}"
 cache="${LINEAGE_GUARD_CACHE:-$HOME/.cache/lineage-guard}"
 libs="$cache/kafka-$version/libs"
 data="${KAFKA_DATA_DIR:-$cache/kafka-data}"
@@ -46,9 +50,11 @@ write_config() {
     cat >"$data/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port,SASL_PLAINTEXT://127.0.0.1:$sasl_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port,SASL_PLAINTEXT://127.0.0.1:$sasl_port
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_guard="guard-secret";
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 controller.quorum.bootstrap.servers=127.0.0.1:$controller_port
@@ -122,9 +128,9 @@ start() {
         return
     fi
     local p
-    for p in "$port" "$controller_port"; do   # fail fast, before another broker answers for us
+    for p in "$port" "$controller_port" "$sasl_port"; do   # fail fast, before another broker answers for us
         if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            die "127.0.0.1:$p is in use: stop that server, or choose KAFKA_PORT / KAFKA_CONTROLLER_PORT"
+            die "127.0.0.1:$p is in use: stop that server, or choose KAFKA_PORT / KAFKA_CONTROLLER_PORT / KAFKA_SASL_PORT"
         fi
     done
     fetch

@@ -18,6 +18,7 @@ from lineage_guard.contract.records import describe
 from lineage_guard.contract.validate import SuiteValidator
 from lineage_guard.contract.verdicts import Violation
 from lineage_guard.io.files import FileRecord, read_records
+from lineage_guard.lineage.cli import shown
 
 DEFAULT_BATCH_SIZE = 5000
 
@@ -80,7 +81,7 @@ def check_files(
                     reported = position[0]
         _check_batch(batch, validator, result)
         if on_progress is not None:
-            on_progress(path.stat().st_size - reported)
+            on_progress(max(path.stat().st_size - reported, 0))  # a FIFO's size is 0
     return result
 
 
@@ -117,10 +118,12 @@ def _check_batch(batch: list[FileRecord], validator: SuiteValidator, result: Che
 
 
 def render_text(result: CheckResult) -> str:
+    """One line per rejected record and per violation; record data shown with its control
+    characters escaped, so a field cannot restyle or rewrite the CI log."""
     lines = []
     for r in result.rejected:
-        lines.append(f"{r.file}[{r.index}] {describe(r.record_id)} REJECTED")
-        lines.extend(f"    {v.rule}: {v.message}" for v in r.violations)
+        lines.append(shown(f"{r.file}[{r.index}] {describe(r.record_id)} REJECTED"))
+        lines.extend(shown(f"    {v.rule}: {v.message}") for v in r.violations)
     files = len(result.files)
     lines.append(
         f"{result.total} records in {files} file{'s' * (files != 1)}: "

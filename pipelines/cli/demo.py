@@ -23,16 +23,26 @@ from lineage_guard.guard import (
     resolve_store_url,
     run_once,
 )
-from lineage_guard.io.file_io import output_names
+from lineage_guard.io.file_io import KINDS, PARTS, output_names
 from lineage_guard.io.files import write_json_lines
 from lineage_guard.lineage.errors import UnusableInputError
-from lineage_guard.lineage.report import build_report, write_report
+from lineage_guard.lineage.report import Report, build_report, write_report
 from lineage_guard.lineage.store import open_store
 
 MARKER = ".lineage-guard-demo"  # written into every folder the demo creates
-# What a demo run writes into its folder; a rerun removes only these, never anything else.
-DEMO_FILES = ("crm_sync.jsonl", "lineage.db", "lineage.db-wal", "lineage.db-shm")
-DEMO_FOLDERS = ("out", "report")
+SOURCE = "crm_sync.jsonl"
+# What a demo run writes into its folder; a rerun removes only these, never anything else
+# (a user's own file in `out/` or `report/` stays, and so do those folders).
+DEMO_FILES = (SOURCE, "lineage.db", "lineage.db-wal", "lineage.db-shm")
+
+
+def _demo_files(folder: Path) -> list[Path]:
+    """Every file a demo run writes under `folder`, its parts folder aside."""
+    (name,) = output_names([SOURCE]).values()
+    outputs = [folder / "out" / f"{name}.{kind}.jsonl" for kind in KINDS]
+    report = Report(since=None, until=None)
+    reports = ["report.json", "report.html", *(f"{table}.csv" for table in report.tables())]
+    return [*(folder / f for f in DEMO_FILES), *outputs, *(folder / "report" / r for r in reports)]
 
 
 def prepare_folder(folder: Path) -> None:
@@ -57,11 +67,13 @@ def prepare_folder(folder: Path) -> None:
                 f"`--dir {folder}` is not empty and was not made by `lineage-guard demo`:"
                 " nothing was changed. Choose a new or empty folder."
             )
-        for name in DEMO_FILES:
-            (folder / name).unlink(missing_ok=True)
-        for name in DEMO_FOLDERS:
-            if (folder / name).is_dir() and not (folder / name).is_symlink():
-                shutil.rmtree(folder / name)
+        for path in _demo_files(folder):
+            if not path.is_symlink() and path.is_file():
+                path.unlink()
+        (name,) = output_names([SOURCE]).values()
+        parts = folder / "out" / PARTS / name  # a killed run's part files, all the demo's
+        if parts.is_dir() and not parts.is_symlink():
+            shutil.rmtree(parts)
     else:
         output_dir(folder, "--dir")
     (folder / MARKER).write_text("made by `lineage-guard demo`; reruns replace its files\n")
@@ -71,7 +83,7 @@ def prepare_folder(folder: Path) -> None:
 def run_demo(records: int, folder: Path) -> None:
     prepare_folder(folder)
     os.umask(0o077)  # everything the demo writes is for its user only (0600 files, 0700 folders)
-    source = folder / "crm_sync.jsonl"
+    source = folder / SOURCE
     generated = list(
         generate(
             records, seed=2026, faults=Faults(stripped=0.05, test_origin=0.03, other_tenant=0.02)
@@ -82,7 +94,7 @@ def run_demo(records: int, folder: Path) -> None:
 
     store_url = f"sqlite:///{folder / 'lineage.db'}"
     out = folder / "out"
-    out.mkdir()
+    out.mkdir(exist_ok=True)
     inputs = (resolve_path(str(source)),)
     config = GuardConfig(
         io=FilesIO(inputs=inputs, out_dir=resolve_path(str(out)), names=output_names(inputs)),

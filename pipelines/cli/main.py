@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from lineage_guard.lineage.errors import ExitCode, LineageGuardError, UnusableInputError
+from lineage_guard.lineage.store import STORE_URL_ENV
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,8 @@ def validate(paths: tuple[Path, ...], output_format: str, batch_size: int, engin
     from lineage_guard.cli.check import RENDERERS, check_files
     from lineage_guard.contract.validate import SuiteValidator
 
-    for path in paths:
-        if not path.is_file():
+    for path in paths:  # a file, or a FIFO, pipe or `/dev/stdin` read as it streams by
+        if path.is_dir() or not path.exists():
             reason = "is a directory" if path.is_dir() else "does not exist"
             raise UnusableInputError(f"Cannot read `{path}`: it {reason}.")
     validator = SuiteValidator(engine=engine)
@@ -130,7 +131,15 @@ def validate(paths: tuple[Path, ...], output_format: str, batch_size: int, engin
     "kafka_config",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Extra librdkafka setting for consumer and producer (repeatable).",
+    help="Extra librdkafka setting for consumer and producer (repeatable). Secrets "
+    "(`sasl.password`, `ssl.key.password`) belong in --kafka-config-file.",
+)
+@click.option(
+    "--kafka-config-file",
+    envvar="LINEAGE_GUARD_KAFKA_CONFIG_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="librdkafka settings, `key=value` per line (Kafka's client.properties format), "
+    "e.g. the SASL/SSL secrets; --kafka-config overrides it. Env: LINEAGE_GUARD_KAFKA_CONFIG_FILE.",
 )
 @click.option(
     "--input",
@@ -170,9 +179,11 @@ def validate(paths: tuple[Path, ...], output_format: str, batch_size: int, engin
 )
 @click.option(
     "--lineage-store",
+    envvar=STORE_URL_ENV,
     default="sqlite:///.lineage-guard/lineage.db",
     show_default=True,
-    help="sqlite:///PATH or postgresql://… URL.",
+    help=f"sqlite:///PATH or postgresql://… URL. Env: {STORE_URL_ENV} (keep a password out "
+    "of the command line: there, or libpq's PGPASSWORD / PGPASSFILE).",
 )
 @click.option("--no-lineage", is_flag=True, help="Do not record lineage (not for production).")
 @click.option(
@@ -192,8 +203,21 @@ def validate(paths: tuple[Path, ...], output_format: str, batch_size: int, engin
 @click.option(
     "--openlineage",
     metavar="TARGET",
+    envvar="LINEAGE_GUARD_OPENLINEAGE",
     help="Emit OpenLineage run events: console | file:PATH | http(s)://URL | "
-    "kafka:TOPIC@BOOTSTRAP.",
+    "kafka:TOPIC@BOOTSTRAP. Env: LINEAGE_GUARD_OPENLINEAGE.",
+)
+@click.option(
+    "--openlineage-api-key",
+    envvar="OPENLINEAGE_API_KEY",
+    metavar="KEY",
+    help="API key for an http(s) OpenLineage endpoint (sent as a Bearer token). Give it "
+    "from the environment (OPENLINEAGE_API_KEY) or --openlineage-api-key-file.",
+)
+@click.option(
+    "--openlineage-api-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File whose first line is the OpenLineage API key.",
 )
 @click.option(
     "--openlineage-namespace",
@@ -227,6 +251,10 @@ def run(**options: Any) -> None:
 
     Without --bootstrap-servers it runs on the embedded default: --input files in, JSON Lines
     files out in --output-dir. Arguments after `--` go to Beam's pipeline options.
+
+    Exit 0 when every record read was handled, however many were quarantined or blocked (that
+    is the guard's job; the summary counts them); 2 unusable input, 3 configuration error,
+    4 Kafka or the lineage store unreachable, 130 stopped by SIGTERM or Ctrl-C. Never 1.
     """
     from lineage_guard.cli.run import run_guard
 
@@ -270,6 +298,10 @@ def main(argv: list[str] | None = None) -> None:
     for stream in (sys.stdout, sys.stderr):  # data may hold lone surrogates: never crash on them
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    if argv is None:  # this process's own command line: no secret stays in its title
+        from lineage_guard.cli.secrets import hide_from_process_title
+
+        hide_from_process_title(sys.argv[1:])
     try:
         cli.main(args=argv, prog_name="lineage-guard", standalone_mode=False)
     except click.exceptions.Exit as exc:  # --help and friends

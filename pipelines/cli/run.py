@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from lineage_guard import stop
+from lineage_guard.cli.secrets import read_kafka_config_file, read_secret_file
 from lineage_guard.contract.policies import parse_policy
 from lineage_guard.contract.validate import suite_rules
 from lineage_guard.guard import (
@@ -161,12 +162,20 @@ def _emitter(o: dict[str, Any], config: GuardConfig, total: Summary, bounded: bo
         bounded=bounded,
         assertions=suite_rules(),
         interval_s=o["openlineage_interval"],
+        api_key=o["openlineage_api_key"],
     )
 
 
 def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
+    if o["openlineage_api_key_file"]:
+        o["openlineage_api_key"] = read_secret_file(
+            o["openlineage_api_key_file"], "--openlineage-api-key-file"
+        )
     if o["openlineage"]:
-        transport_config(o["openlineage"])  # a bad target fails now, not at the first event
+        # a bad target fails now, not at the first event
+        transport_config(o["openlineage"], api_key=o["openlineage_api_key"])
+    elif o["openlineage_api_key"]:
+        raise ConfigError("An OpenLineage API key needs --openlineage http(s)://URL.")
     if o["signing_key"]:
         if o["no_lineage"]:
             raise ConfigError("--signing-key signs the lineage store's chains: drop --no-lineage.")
@@ -200,7 +209,7 @@ def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
         settings = KafkaSettings(
             bootstrap_servers=o["bootstrap_servers"],
             group_id=o["group_id"],
-            client=_kafka_config(o["kafka_config"]),
+            client=_kafka_config(o["kafka_config_file"], o["kafka_config"]),
             exactly_once=bool(o["exactly_once"]),
         )
         io: KafkaIO | FilesIO = KafkaIO(
@@ -267,8 +276,9 @@ def _is_file(path: str) -> bool:
         raise ConfigError(f"Cannot read `{path}`: {exc}. Install `lineage-guard[gcp]`?") from exc
 
 
-def _kafka_config(pairs: tuple[str, ...]) -> dict[str, str]:
-    config = {}
+def _kafka_config(path: Path | None, pairs: tuple[str, ...]) -> dict[str, str]:
+    """--kafka-config-file's settings, then each --kafka-config over them."""
+    config = read_kafka_config_file(path) if path is not None else {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:

@@ -9,6 +9,8 @@ The sink writes each batch to its own part files, named by the batch's source po
 rewrites the same parts, never appends twice. `finalize_files`, run on the launcher once the
 pipeline is done, joins each input's parts in offset order into `<name>.allowed.jsonl` (the
 allowed records) and `<name>.quarantine.jsonl` (the stopped ones, with their reasons).
+Local part and output files are `0600` whatever the umask: they hold the records' personal
+data. (Object stores have no file modes: their buckets' access rules apply.)
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from lineage_guard.contract.records import is_unicode
 from lineage_guard.io.files import json_default, read_records
 from lineage_guard.items import Batch, Item, Source
+from lineage_guard.lineage.private import FILE_MODE
 
 PARTS = ".parts"
 KINDS = ("allowed", "quarantine")
@@ -111,13 +115,9 @@ class FileSink:
         lines: dict[str, list[str]] = {kind: [] for kind in KINDS}
         for item in batch.items:
             if item.allowed:
-                lines["allowed"].append(
-                    json.dumps(item.record, ensure_ascii=False, default=json_default)
-                )
+                lines["allowed"].append(json_line(item.record))
             else:
-                lines["quarantine"].append(
-                    json.dumps(quarantine_entry(item), ensure_ascii=False, default=json_default)
-                )
+                lines["quarantine"].append(json_line(quarantine_entry(item)))
         folder = join(self.out_dir, PARTS, self.names[batch.topic])
         first = batch.items[0].source.offset
         for kind, text in lines.items():
@@ -137,6 +137,16 @@ class FileSink:
         pass
 
 
+def json_line(value: Any) -> str:
+    """One JSON Lines line that UTF-8 can hold: non-ASCII text as itself, except in a record
+    holding a lone surrogate (JSON may carry `"\\ud800"`, UTF-8 cannot): that line is written
+    ASCII-escaped, so it reads back as the same value."""
+    line = json.dumps(value, ensure_ascii=False, default=json_default)
+    if line.isascii() or is_unicode(line):
+        return line
+    return json.dumps(value, ensure_ascii=True, default=json_default)
+
+
 def _write_part(path: str, data: bytes) -> None:
     """Writes (or replaces, for a retried batch) one part file, on disk before it returns."""
     if is_uri(path):
@@ -146,10 +156,18 @@ def _write_part(path: str, data: bytes) -> None:
             handle.write(data)
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as handle:
+    with _private(path) as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _private(path: str) -> BinaryIO:
+    """`path` opened for writing (truncated) as a `0600` file, whatever the umask: outputs hold
+    the records' personal data, as the lineage store and reports do (`lineage.private`)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)  # a file that existed keeps its mode through O_CREAT
+    return os.fdopen(fd, "wb")
 
 
 def finalize_files(out_dir: str, names: dict[str, str]) -> None:
@@ -164,7 +182,9 @@ def finalize_files(out_dir: str, names: dict[str, str]) -> None:
             parts = sorted(m.path for m in found)  # zero-padded offsets sort in offset order
             if not parts:
                 continue
-            with FileSystems.create(join(out_dir, f"{name}.{kind}.jsonl")) as target:
+            output = join(out_dir, f"{name}.{kind}.jsonl")
+            opened = FileSystems.create(output) if is_uri(output) else _private(output)
+            with opened as target:
                 for part in parts:
                     with FileSystems.open(part) as source:
                         shutil.copyfileobj(source, target)

@@ -4,11 +4,14 @@ Nothing is loaded whole: records are yielded one at a time with their file and 0
 so a 2 GB file costs the memory of one Avro block or one line. A file that cannot be read at
 all (missing, corrupt header or block, a block whose record count does not match its bytes,
 a codec whose library is missing, not JSON Lines) raises `UnusableInputError`; a single
-JSON line that is not a JSON object is a bad *record* and is yielded with its `error`.
+JSON line that is not a JSON object, or longer than `MAX_LINE_BYTES`, is a bad *record* and
+is yielded with its `error`. A FIFO, a pipe or `/dev/stdin` is read as it streams by (its first
+bytes, read to tell Avro from JSON Lines, are replayed), once.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -28,6 +31,9 @@ AVRO_MAGIC = b"Obj\x01"
 # The codecs the Avro specification defines; fastavro reads each (with cramjam for snappy and
 # backports.zstd for zstandard, both dependencies of lineage-guard).
 AVRO_CODECS = ("null", "deflate", "bzip2", "snappy", "xz", "zstandard")
+# The longest JSON Lines line read: a longer one is a bad record (its bytes are skipped, never
+# held whole), so one endless line cannot take the memory of the run or the CI job.
+MAX_LINE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,16 +51,55 @@ def read_records(path: Path, *, position: list[int] | None = None) -> Iterator[F
     progress display.
     """
     try:
-        handle = path.open("rb")
+        raw = path.open("rb", buffering=0)
     except OSError as exc:
         raise UnusableInputError(f"Cannot read `{path}`: {exc.strerror or exc}.") from exc
-    with handle:
-        head = handle.read(len(AVRO_MAGIC))
-        handle.seek(0)
+    with raw:
+        head, handle = _with_head(raw)
         if head == AVRO_MAGIC:
             yield from _avro(path, handle, position)
         else:
             yield from _json_lines(path, handle, position)
+
+
+def _with_head(raw: io.RawIOBase) -> tuple[bytes, io.BufferedReader]:
+    """The stream's first bytes (to tell its format) and the whole stream, from its start."""
+    if raw.seekable():
+        head = raw.read(len(AVRO_MAGIC)) or b""
+        raw.seek(0)
+        return head, io.BufferedReader(raw)
+    head = b""
+    while len(head) < len(AVRO_MAGIC):  # a pipe may hand out fewer bytes than asked for
+        chunk = raw.read(len(AVRO_MAGIC) - len(head))
+        if not chunk:
+            break
+        head += chunk
+    return head, io.BufferedReader(_Replayed(head, raw))
+
+
+class _Replayed(io.RawIOBase):
+    """A stream that cannot seek (FIFO, pipe, `/dev/stdin`) with its first bytes, already read,
+    put back in front; `tell` counts the bytes read, for progress."""
+
+    def __init__(self, head: bytes, rest: io.RawIOBase) -> None:
+        super().__init__()
+        self._head, self._rest, self._offset = head, rest, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+        else:
+            n = self._rest.readinto(buffer) or 0
+        self._offset += n
+        return n
+
+    def tell(self) -> int:
+        return self._offset
 
 
 def _avro(path: Path, handle: IO[bytes], position: list[int] | None) -> Iterator[FileRecord]:
@@ -140,7 +185,17 @@ def _blocks(path: Path, blocks: Iterable[Any], codec: str) -> Iterator[Any]:
 
 def _json_lines(path: Path, handle: IO[bytes], position: list[int] | None) -> Iterator[FileRecord]:
     index = 0
-    for line_number, raw in enumerate(handle, start=1):
+    line_number = 0
+    while raw := handle.readline(MAX_LINE_BYTES + 1):
+        line_number += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            _skip_line(handle)
+            too_long = f"line {line_number} is longer than {MAX_LINE_BYTES} bytes: not read"
+            yield FileRecord(file=str(path), index=index, value=None, error=too_long)
+            index += 1
+            if position is not None:
+                position[0] = handle.tell()
+            continue
         if not raw.strip():
             continue
         try:
@@ -165,6 +220,13 @@ def _json_lines(path: Path, handle: IO[bytes], position: list[int] | None) -> It
         index += 1
         if position is not None:
             position[0] = handle.tell()
+
+
+def _skip_line(handle: IO[bytes]) -> None:
+    """Reads past the rest of the current line, a MiB at a time, holding none of it."""
+    while chunk := handle.readline(1 << 20):
+        if chunk.endswith(b"\n"):
+            return
 
 
 def write_avro(path: Path, schema: dict[str, Any], records: Iterable[Any]) -> int:

@@ -599,7 +599,7 @@ class KafkaSink:
             s = item.source
             where = f"Message `{s.topic}`[{s.partition}]@{s.offset}"
             if item.allowed:
-                size = message_size(s.key, s.value, s.headers)
+                size = message_size(s.key, s.value, input_headers(s.headers))
                 limit = self.limits[self.output_topic]
                 if size <= limit:
                     continue
@@ -665,19 +665,19 @@ class KafkaSink:
 
     def _quarantine_size(self, item: Item) -> int:
         s = item.source
-        return message_size(s.key, s.value, [*(s.headers or []), *quarantine_headers(item)])
+        return message_size(s.key, s.value, [*input_headers(s.headers), *quarantine_headers(item)])
 
     def _send(self, producer: Producer, item: Item, pending: _Pending) -> None:
         s = item.source
         if item.allowed:
-            topic, key, value, headers = self.output_topic, s.key, s.value, s.headers
+            topic, key, value, headers = self.output_topic, s.key, s.value, input_headers(s.headers)
         elif is_reference(item):
             topic, value = self.quarantine_topic, reference_value(item)
             key = s.key if s.key is None or len(s.key) <= 1024 else None
             headers = [*quarantine_headers(item), (HEADER_PREFIX + "reference", b"true")]
         else:
             topic, key, value = self.quarantine_topic, s.key, s.value
-            headers = [*(s.headers or []), *quarantine_headers(item)]
+            headers = [*input_headers(s.headers), *quarantine_headers(item)]
 
         def delivered(err: KafkaError | None, _msg: Any) -> None:
             if err is None:
@@ -879,6 +879,21 @@ def reasons_header(violations: tuple[Violation, ...]) -> bytes:
 
 
 MAX_EXCEPTION_BYTES = 4_096
+RESERVED_HEADER_PREFIXES = (HEADER_PREFIX, "__rule.")
+INPUT_HEADER_PREFIX = "x-input-"
+
+
+def input_headers(headers: Any) -> list[tuple[str, Any]]:
+    """An input message's headers as the guard passes them on: a header in the namespaces
+    the guard writes (`lineage-guard.*`, Confluent's DLQ `__rule.*`; compared ignoring case)
+    is renamed `x-input-NAME`, so no input can forge our reasons or source position; the
+    others are kept as they are, in order."""
+    return [
+        (INPUT_HEADER_PREFIX + name, value)
+        if name.lower().startswith(RESERVED_HEADER_PREFIXES)
+        else (name, value)
+        for name, value in headers or ()
+    ]
 
 
 def quarantine_headers(item: Item) -> list[tuple[str, bytes]]:
@@ -890,7 +905,9 @@ def quarantine_headers(item: Item) -> list[tuple[str, bytes]]:
     Schema Registry subject: `{topic}-value` under Confluent's default TopicNameStrategy),
     `__rule.topic` (the topic the record was read from) and `__rule.exception` (why it failed).
     One rule per record there: `__rule.name` is the first violation's rule, `__rule.exception`
-    carries every violation's message.
+    carries every violation's message. `__rule.subject` cannot be the subject the producer
+    used under another naming strategy: a Confluent-framed value carries only a schema id
+    (which several subjects may share), single-object and raw Avro no subject at all.
     """
     s = item.source
     first = item.violations[0].rule if item.violations else str(item.stopped_at)

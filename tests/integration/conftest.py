@@ -43,6 +43,17 @@ def kafka_bootstrap() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def kafka_sasl_bootstrap(kafka_bootstrap: str) -> str:
+    """The broker's SASL_PLAINTEXT listener (`infra/kafka/kafka.sh`: mechanism PLAIN, user
+    `guard`, password `guard-secret`): `KAFKA_SASL_BOOTSTRAP_SERVERS`, else the port after
+    the broker's controller port, as the script opens it."""
+    if servers := os.environ.get("KAFKA_SASL_BOOTSTRAP_SERVERS"):
+        return servers
+    host, _, port = kafka_bootstrap.rpartition(":")
+    return f"{host}:{int(port) + 2}"
+
+
+@pytest.fixture(scope="session")
 def pg_dsn() -> Iterator[str]:
     if dsn := os.environ.get("LINEAGE_GUARD_PG_DSN"):
         yield dsn

@@ -6,7 +6,11 @@ from typing import Any
 
 import pytest
 
-from lineage_guard.contract.validate import SuiteValidator
+# The contract suite is a plain module several test files import: rewrite its asserts before
+# the first of them does, whatever order they are collected in.
+pytest.register_assert_rewrite("tests.lineage_contract")
+
+from lineage_guard.contract.validate import SuiteValidator  # noqa: E402
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 NOW_MS = NOW.timestamp() * 1000

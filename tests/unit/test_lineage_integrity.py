@@ -195,6 +195,7 @@ def test_a_key_that_is_not_ed25519_is_a_config_error(tmp_path: Path) -> None:
     )
     path = tmp_path / "ec.pem"
     path.write_bytes(pem)
+    path.chmod(0o600)  # a key others may read is refused before its type is looked at
     with pytest.raises(ConfigError, match="not an Ed25519 private key"):
         load_private_key(path)
     with pytest.raises(ConfigError, match="Cannot read the signing key"):

@@ -41,6 +41,7 @@ def test_file_mode_events_are_valid_and_complete(tmp_path: Path) -> None:
             serialization.NoEncryption(),
         )
     )
+    key.chmod(0o600)  # a private key others may read is refused
     result = run_cli(
         "run",
         "--input",
