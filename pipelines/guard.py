@@ -79,6 +79,7 @@ class GuardConfig:
     run_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     runner: str = DEFAULT_RUNNER
     beam_args: tuple[str, ...] = ()
+    poll_interval_s: float = 0.1  # endless mode: a caught-up partition's wait before it polls
 
 
 def build(

@@ -300,6 +300,15 @@ class Checked:
     def allowed(self) -> bool:
         return self.decision == "allowed"
 
+    @classmethod
+    def of(cls, item: Item) -> Checked:
+        return cls(
+            record_id=record_id_of(item.record),
+            decision="allowed" if item.allowed else ("blocked" if item.blocked else "quarantined"),
+            stage=None if item.stopped_at is None else str(item.stopped_at),
+            violations=item.violations,
+        )
+
 
 class Guard:
     """The guard without Beam: validate provenance and apply sink policies to records.
@@ -338,17 +347,7 @@ class Guard:
             return []
         batch = Batch(topic="check", partition=0, items=items)
         batch = enforce(validate(batch, self.validator, lookup=self._lookup()), self.policies)
-        return [
-            Checked(
-                record_id=record_id_of(item.record),
-                decision="allowed"
-                if item.allowed
-                else ("blocked" if item.blocked else "quarantined"),
-                stage=None if item.stopped_at is None else str(item.stopped_at),
-                violations=item.violations,
-            )
-            for item in batch.items
-        ]
+        return [Checked.of(item) for item in batch.items]
 
     def close(self) -> None:
         if self._store is not None:

@@ -225,6 +225,7 @@ def build_streaming(
             io.input_topics,
             max_chunk=max_chunk,
             discovery_interval_s=discovery_interval_s,
+            idle_poll_s=config.poll_interval_s,
         )
         | "KeyByPartition" >> beam.Map(lambda c: (f"{c.batch.topic}/{c.batch.partition}", c))
         | "MicroBatches"

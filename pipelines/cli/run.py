@@ -184,8 +184,8 @@ def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
         )  # fail now, with the policy's message, not inside a worker
     if o["exactly_once"] and not o["until_caught_up"]:
         raise ConfigError(
-            "--exactly-once runs bounded rounds (add --until-caught-up): the endless streaming "
-            "job commits offsets from its own state, outside Kafka transactions."
+            "--exactly-once is for bounded runs (add --until-caught-up): the endless streaming "
+            "job commits offsets from its own state, outside Kafka transactions (not yet built)."
         )
     check_job_server(o["runner"], tuple(o["beam_args"]))
     if o["bootstrap_servers"]:
@@ -237,6 +237,7 @@ def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
         signing_key=str(o["signing_key"]) if o["signing_key"] else None,
         runner=o["runner"],
         beam_args=tuple(o["beam_args"]),
+        poll_interval_s=o["poll_interval"],
     )
     return config, bool(o["until_caught_up"])
 

@@ -283,7 +283,8 @@ class FirstSighting(beam.DoFn):
 
 class ReadFromKafka(beam.PTransform):
     """Unbounded `Chunk`s from `topics`, from the group's committed offsets on; partitions
-    added later are found within `discovery_interval_s`."""
+    added later are found within `discovery_interval_s`; a caught-up partition is polled
+    again after `idle_poll_s`."""
 
     def __init__(
         self,
@@ -292,12 +293,14 @@ class ReadFromKafka(beam.PTransform):
         *,
         max_chunk: int = 500,
         discovery_interval_s: float = 10.0,
+        idle_poll_s: float = 0.1,
     ) -> None:
         super().__init__()
         self.settings = settings
         self.topics = tuple(topics)
         self.max_chunk = max_chunk
         self.discovery_interval_s = discovery_interval_s
+        self.idle_poll_s = idle_poll_s
 
     def expand(self, pbegin: Any) -> Any:
         return (
@@ -305,5 +308,10 @@ class ReadFromKafka(beam.PTransform):
             | "Tick" >> PeriodicImpulse(fire_interval=self.discovery_interval_s)
             | "Discover" >> beam.ParDo(DiscoverPartitions(self.settings, self.topics))
             | "FirstSighting" >> beam.ParDo(FirstSighting())
-            | "Read" >> beam.ParDo(ReadPartitions(self.settings, max_chunk=self.max_chunk))
+            | "Read"
+            >> beam.ParDo(
+                ReadPartitions(
+                    self.settings, max_chunk=self.max_chunk, idle_resume_s=self.idle_poll_s
+                )
+            )
         )
