@@ -14,7 +14,8 @@ checkpoints, so tampering can be shown with plain SQL.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
@@ -29,6 +30,19 @@ if TYPE_CHECKING:
     from lineage_guard.lineage.hops import HopBatch, Outcome, StoredHop
 
 DEFAULT_STORE_URL = "sqlite:///.lineage-guard/lineage.db"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunCount:
+    """How many hops of one run share one decision (`LineageStore.run_counts`)."""
+
+    outcome: str  # delivered | quarantined | blocked
+    stopped_at: str | None
+    rules: tuple[str, ...]  # the distinct rules of the hops' reasons, sorted
+    content_class: str | None
+    origin_env: str | None
+    confirmed: bool  # the destination acknowledged them (a delivery entry, not failed)
+    count: int
 
 
 class LineageStore(Protocol):
@@ -99,6 +113,19 @@ class LineageStore(Protocol):
 
     def content_classes(self, record_ids: Collection[str]) -> dict[str, str]:
         """The highest content class recorded for each known id of `record_ids`."""
+        ...
+
+    def run_counts(
+        self,
+        pipeline: str,
+        run_id: str,
+        *,
+        since: datetime | None = None,
+        past: Mapping[tuple[str, int], int] | None = None,
+    ) -> list[RunCount]:
+        """The hops `pipeline` recorded in run `run_id` (batches written at or after `since`;
+        hops at or past the `past` offsets per (topic, partition)), counted per decision and
+        per confirmed delivery."""
         ...
 
     def chains(self) -> Iterator[str]: ...

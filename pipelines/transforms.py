@@ -585,22 +585,34 @@ class OutcomeCounters:
                     str(provenance.get("origin_env")),
                 )
             ] += 1
-        counts: Counter[str] = Counter()
-        for (stopped_at, blocked, violations, content_class, origin_env), n in kinds.items():
-            if stopped_at is None:
-                counts["outcome:allowed"] += n
-                counts[f"allowed_class:{content_class}"] += n
-            else:
-                decision = "blocked" if blocked else "quarantined"
-                rules = ",".join(sorted({v.rule for v in violations}))
-                counts[f"outcome:{decision}:{stopped_at}:{rules}"] += n
-            counts[f"content_class:{content_class}"] += n
-            counts[f"origin_env:{origin_env}"] += n
+        counts = outcome_counts(
+            (stopped_at, blocked, [v.rule for v in violations], content_class, origin_env, n)
+            for (stopped_at, blocked, violations, content_class, origin_env), n in kinds.items()
+        )
         for name, n in counts.items():
             counter = self.counters.get(name)
             if counter is None:
                 counter = self.counters[name] = Metrics.counter(NAMESPACE, name)
             counter.inc(n)
+
+
+def outcome_counts(
+    kinds: Iterable[tuple[str | None, bool, Iterable[str], str, str, int]],
+) -> Counter[str]:
+    """The counter names (see `OutcomeCounters`) of `(stopped_at, blocked, rules,
+    content_class, origin_env, records)` groups: one naming for the write step's counters and
+    for the counts read back from the lineage store."""
+    counts: Counter[str] = Counter()
+    for stopped_at, blocked, rules, content_class, origin_env, n in kinds:
+        if stopped_at is None:
+            counts["outcome:allowed"] += n
+            counts[f"allowed_class:{content_class}"] += n
+        else:
+            decision = "blocked" if blocked else "quarantined"
+            counts[f"outcome:{decision}:{stopped_at}:{','.join(sorted(set(rules)))}"] += n
+        counts[f"content_class:{content_class}"] += n
+        counts[f"origin_env:{origin_env}"] += n
+    return counts
 
 
 class WriteGuarded(beam.PTransform):

@@ -4,9 +4,12 @@
 
 Each element of `ReadPartitions` is one topic-partition; its restriction is the offset range
 `[committed, ∞)`, starting at the consumer group's committed offset (or the partition's first
-offset when the group has none). A `process()` call polls for a short while, claims each offset
-it emits, then defers the rest of the range (a checkpoint): the runner resumes it later, on any
-worker, from the first unclaimed offset. Only checkpoints split a partition's range: its records
+offset when the group has none). A `process()` call polls, claims each offset it emits, then
+defers the rest of the range (a checkpoint): the runner resumes it later, on any worker, from
+the first unclaimed offset. A call ends as soon as it has `max_chunk` records or its first
+record has waited `hand_on_s`: a runner hands a call's output on only when the call returns
+(Prism does), so a call that kept polling for its whole `process_s` would hold every record
+that long under a steady load. Only checkpoints split a partition's range: its records
 are read by one reader at a time, in offset order.
 
 The output is `Chunk`s: records of one partition plus the offset span they cover, including
@@ -115,12 +118,14 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
         max_chunk: int = 500,
         poll_s: float = 0.05,
         process_s: float = 1.0,
+        hand_on_s: float = 0.1,
         idle_resume_s: float = 0.1,
     ) -> None:
         self.settings = settings
         self.max_chunk = max_chunk
         self.poll_s = poll_s
         self.process_s = process_s
+        self.hand_on_s = hand_on_s
         self.idle_resume_s = idle_resume_s
 
     def setup(self) -> None:
@@ -181,8 +186,10 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
         deadline = time.monotonic() + self.process_s
         idle = True
         stopped = False
-        while time.monotonic() < deadline:
-            messages = consumer.consume(num_messages=self.max_chunk, timeout=self.poll_s)
+        emitted = 0
+        while time.monotonic() < deadline and emitted < self.max_chunk:
+            wanted = self.max_chunk - emitted
+            messages = consumer.consume(num_messages=wanted, timeout=self.poll_s)
             items = []
             for message in messages:
                 error = message.error()
@@ -214,7 +221,10 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
                     )
                 )
             if items:
+                if idle:  # the call's first record: hand it on within `hand_on_s`
+                    deadline = min(deadline, time.monotonic() + self.hand_on_s)
                 idle = False
+                emitted += len(items)
                 stop = items[-1].source.offset + 1
                 chunk = Chunk(
                     start=position,

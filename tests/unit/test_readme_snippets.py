@@ -26,7 +26,9 @@ def test_the_readme_python_blocks_run_as_written(tmp_path: Path) -> None:
     assert "WriteGuarded(sink, lineage=lineage)" in pipeline and "Guard(" in plain
     emails = [
         g.record
-        for g in generate(200, seed=3, entities=(EMAIL_ACTIVITY,), faults=Faults(stripped=0.1, test_origin=0.1))
+        for g in generate(
+            200, seed=3, entities=(EMAIL_ACTIVITY,), faults=Faults(stripped=0.1, test_origin=0.1)
+        )
     ]
     write_json_lines(tmp_path / "emails.jsonl", emails)
 
