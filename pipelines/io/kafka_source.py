@@ -39,7 +39,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
-from lineage_guard.io.kafka import KafkaSettings, retrying
+from lineage_guard.io.kafka import PARTITION_NOT_YET_KNOWN, KafkaSettings, retrying
 from lineage_guard.items import Batch, Item, Source
 from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError
 
@@ -66,14 +66,27 @@ class Chunk:
 
 
 def start_offset(consumer: Consumer, topic: str, partition: int, timeout_s: float) -> int:
-    """Where the group resumes `topic`[`partition`]: its committed offset, else the first one."""
+    """Where the group resumes `topic`[`partition`]: its committed offset, else the first one.
+    A partition added moments ago may not be in the client's metadata yet, nor have a
+    leader: the look-up is retried on fresh metadata until `timeout_s`."""
     tp = TopicPartition(topic, partition)
-    try:
-        [committed] = retrying(lambda: consumer.committed([tp], timeout=timeout_s), timeout_s)
+
+    def look_up() -> int:
+        [committed] = consumer.committed([tp], timeout=timeout_s)
+        if committed.error is not None:
+            raise KafkaException(committed.error)
         if committed.offset != OFFSET_INVALID and committed.offset >= 0:
             return int(committed.offset)
         low, _high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
         return int(low)
+
+    try:
+        return retrying(
+            look_up,
+            timeout_s,
+            also=PARTITION_NOT_YET_KNOWN,
+            before_retry=lambda: consumer.list_topics(topic, timeout=timeout_s),
+        )
     except KafkaException as exc:
         raise ServiceUnavailableError(
             f"Kafka did not tell where to resume `{topic}`[{partition}]: {exc.args[0]}"

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewPartitions
 
 from lineage_guard.generate import generate
 from lineage_guard.io.decode import encode_single_object
@@ -387,3 +388,66 @@ def test_counts_equal_the_topics_and_the_stop_message_says_what_was_in_flight(
     assert second_run["allowed"] == now[0] - before[0]
     assert second_run["quarantined"] + second_run["blocked"] == now[1] - before[1]
     assert "Nothing was delivered after it." in " ".join(stderr.split())  # stopped idle
+
+
+def test_partitions_added_under_load_are_read_without_a_failure(
+    kafka_bootstrap: str, topics: tuple[str, str, str], prism: str, tmp_path: Path
+) -> None:
+    """Partitions added to the input topic while the job runs and records flow (3 → 4 → 6),
+    each written to at once: the guard finds them (every 10 s), delivers everything and
+    commits every partition to its end; the job never fails (it did: `Kafka did not tell
+    where to resume s1.in[3]: _UNKNOWN_PARTITION`, exit 4)."""
+    src, out, q = topics
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    messages = _values(9000, seed=41)
+    guard = _guard(kafka_bootstrap, src, out, q, prism, tmp_path, tmp_path / "guard.log")
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 5})
+    partitions = PARTITIONS
+    try:
+        for n, (key, value) in enumerate(messages):
+            if n in (1500, 4500):  # add partitions under load, then write to them at once
+                partitions += 1 if n == 1500 else 2
+                [future] = admin.create_partitions([NewPartitions(src, partitions)]).values()
+                future.result(timeout=30)
+            if n % 100 == 0:
+                assert guard.poll() is None, (tmp_path / "guard.log").read_text()
+                time.sleep(0.1)  # about 1000 records/s
+            while True:
+                try:
+                    producer.produce(src, key=key, value=value, partition=n % partitions)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+                except KafkaException as exc:  # the new partition is not in its metadata yet
+                    assert exc.args[0].code() == KafkaError._UNKNOWN_PARTITION, exc
+                    producer.list_topics(src, timeout=10)
+                    producer.poll(0.05)
+        assert producer.flush(60) == 0
+        wanted = {v for _, v in messages}
+        _wait_for(
+            lambda: wanted <= _delivered(kafka_bootstrap, out, q) or guard.poll() is not None,
+            180,
+            "every record, the new partitions' included",
+        )
+        assert guard.poll() is None, (tmp_path / "guard.log").read_text()
+        _wait_for(
+            lambda: (
+                committed(kafka_bootstrap, f"g-{src}", src) == end_offsets(kafka_bootstrap, src)
+            ),
+            60,
+            "every partition committed to its end",
+            lambda: (
+                committed(kafka_bootstrap, f"g-{src}", src),
+                end_offsets(kafka_bootstrap, src),
+            ),
+        )
+        assert len(end_offsets(kafka_bootstrap, src)) == 6
+        assert min(end_offsets(kafka_bootstrap, src).values()) > 0  # each new one written to
+    finally:
+        guard.send_signal(signal.SIGTERM)
+        try:
+            guard.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(guard.pid, signal.SIGKILL)
+            guard.wait(timeout=30)
+    assert guard.returncode == 130, (tmp_path / "guard.log").read_text()
