@@ -18,9 +18,9 @@ Steady load: for each rate of `--rates` (records/s; default 50, 200, 1000, 2000)
 warm-up record, `--per-rate` valid records (default 2000) are produced at that rate, spread
 over the partitions; each record's latency runs from just before its `produce()` call to its
 arrival in the allowed topic (read by a consumer polling all the time). Printed per rate:
-p50 / p95 / p99 / max, and the delivered rate (records over the time from the first produce
-to the last arrival): a runner sustains a rate when the delivered rate keeps up with it and
-the latency does not grow with the run. `--records N` then produces N records at once and
+p50 / p95 / p99 / max, the seconds the records were produced in and arrived in: a runner
+sustains a rate when they arrive in about the time they were produced in and the latency does
+not grow with the run. `--records N` then produces N records at once and
 prints records/s from the first produce to the last arrival. Figures go to stdout.
 """
 
@@ -128,12 +128,14 @@ def main() -> None:
             arrived = _arrivals(consumer, {v for _, v in batch}, timeout_s=600)
             feeder.join()
             seconds = sorted(arrived[v] - sent[v] for _, v in batch)
-            took = max(arrived.values()) - min(sent.values())
+            produced_s = max(sent.values()) - min(sent.values())
+            arrived_s = max(arrived.values()) - min(arrived.values())
             print(
                 f"{args.runner}, {lineage}, {rate:.0f} records/s: latency over {len(seconds)} "
                 f"records p50 {_pct(seconds, 50):.3f} s, p95 {_pct(seconds, 95):.3f} s, "
-                f"p99 {_pct(seconds, 99):.3f} s, max {seconds[-1]:.3f} s; delivered "
-                f"{len(batch) / took:.0f} records/s",
+                f"p99 {_pct(seconds, 99):.3f} s, max {seconds[-1]:.3f} s; produced in "
+                f"{produced_s:.1f} s, arrived in {arrived_s:.1f} s "
+                f"({len(batch) / max(arrived_s, 1e-9):.0f} records/s)",
                 flush=True,
             )
 

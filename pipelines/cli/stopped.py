@@ -54,6 +54,11 @@ def stop_message(config: GuardConfig, signal_name: str, signal_at: datetime) -> 
             "A restart aborts what this run left in open transactions: `read_committed` "
             "readers see each record once."
         )
+    elif again == (0, 0):
+        lines.append(
+            "A restart delivers nothing twice: every record this run delivered is behind the "
+            "committed offsets."
+        )
     elif again is not None:
         twice, maybe = again
         lines.append(

@@ -338,9 +338,10 @@ def test_counts_equal_the_topics_and_the_stop_message_says_what_was_in_flight(
         r"stopped by SIGTERM\. (?:Work already in flight went on: (\d+) records were delivered"
         r" after it(?: and (\d+) more sent without an acknowledgement recorded)?|Nothing was"
         r" delivered after it)\. Offsets are committed only behind delivered records: nothing is"
-        r" lost\. A restart delivers again the (\d+) records this run delivered past the"
-        r" committed offsets \(at-least-once; `lineage trace` marks re-deliveries\)"
-        r"(?:, and the (\d+) sent without an acknowledgement)?\.",
+        r" lost\. (?:A restart delivers nothing twice: every record this run delivered is"
+        r" behind the committed offsets|A restart delivers again the (\d+) records this run"
+        r" delivered past the committed offsets \(at-least-once; `lineage trace` marks"
+        r" re-deliveries\)(?:, and the (\d+) sent without an acknowledgement)?)\.",
         " ".join(stderr.split()),
     )
     assert said, stderr
@@ -387,7 +388,9 @@ def test_counts_equal_the_topics_and_the_stop_message_says_what_was_in_flight(
     now = _sizes(kafka_bootstrap, out, q)
     assert second_run["allowed"] == now[0] - before[0]
     assert second_run["quarantined"] + second_run["blocked"] == now[1] - before[1]
-    assert "Nothing was delivered after it." in " ".join(stderr.split())  # stopped idle
+    said = " ".join(stderr.split())  # stopped idle, everything committed
+    assert "Nothing was delivered after it." in said, said
+    assert "A restart delivers nothing twice" in said, said
 
 
 def test_partitions_added_under_load_are_read_without_a_failure(
