@@ -1,10 +1,12 @@
 """A data engineer's own two-stage Beam pipeline with lineage-guard's transforms in it.
 
-    inbound emails ─► [enrich]  decode, validate provenance, record the hop "enrich",
+    inbound emails ─► [enrich]  decode, validate provenance, record the hop "enrich" (handed
+                                on inside the pipeline: `handed_on → pipeline:draft-replies`),
                                 draft an AI reply to each allowed email (parent_record_ids)
                    ─► [production-sink]  emails and replies: validate (a reply's class may
-                                not be below its parent's), production policy, record the hop
-                                "production-sink", write allowed / quarantine files
+                                not be below its parent's), production policy, write allowed /
+                                quarantine files with the hop "production-sink" (`delivered`
+                                once the file is flushed)
 
 The enrichment assumes every inbound email was written by a person and marks its replies
 AI_ASSISTED; a reply to a SYNTHETIC email is therefore below its parent's class, and the
@@ -35,13 +37,14 @@ from lineage_guard import (
     EnforcePolicies,
     FilesIO,
     Item,
+    Lineage,
     ReadFiles,
     RecordHop,
+    Records,
     Source,
     ValidateProvenance,
     WriteGuarded,
 )
-from lineage_guard.io.file_io import finalize_files, output_names
 
 REPLIES = "replies"  # the source name of the drafted replies (their position: the parent's)
 
@@ -83,20 +86,22 @@ def draft_replies(batch: Batch, drafted_at: datetime) -> Iterator[Batch]:
 
 
 def build(pipeline: beam.Pipeline, inbound: str, out_dir: str, store: str, run_id: str) -> FilesIO:
-    """The two stages; returns the production sink's `FilesIO` (for `finalize_files`)."""
-    enrich_to = (f"{out_dir}/enrich.replies", f"{out_dir}/enrich.dead-letter")
-    sink = FilesIO(
-        inputs=(inbound, REPLIES), out_dir=out_dir, names=output_names([inbound, REPLIES])
-    )
+    """The two stages; returns the production sink's `FilesIO` (to `finalize()`)."""
+    sink = FilesIO.for_inputs([inbound, REPLIES], out_dir)
     drafted_at = datetime.now(UTC).replace(microsecond=0)  # fixed on the launcher
 
     # stage 1: enrich
     emails = pipeline | "ReadInbound" >> ReadFiles([inbound], batch_size=500)
     decoded = emails | "Decode" >> DecodeRecords()
     checked = decoded.guarded | "Validate" >> ValidateProvenance(lineage_store=store)
-    _ = checked[QUARANTINE] | "CountDeadLetter" >> beam.combiners.Count.Globally()
+    # the dead letters, each record with the violations that stopped it
+    _ = (
+        checked[QUARANTINE]
+        | "DeadLetters" >> Records()
+        | "Rules" >> beam.Map(lambda pair: (pair[0].get("record_id"), pair[1].violations))
+    )
     enriched = checked.guarded | "EnrichHop" >> RecordHop(
-        "enrich", store, destinations=enrich_to, run_id=run_id
+        "enrich", store, handoffs=("draft-replies", "dead-letter"), run_id=run_id
     )
     replies = enriched | "DraftReplies" >> beam.FlatMap(
         draft_replies, drafted_at
@@ -107,10 +112,8 @@ def build(pipeline: beam.Pipeline, inbound: str, out_dir: str, store: str, run_i
     both = (forwarded, replies) | "Both" >> beam.Flatten().with_output_types(Batch)
     validated = both | "SinkValidate" >> ValidateProvenance(lineage_store=store)
     enforced = validated.guarded | "SinkPolicies" >> EnforcePolicies(["production"])
-    recorded = enforced.guarded | "SinkHop" >> RecordHop(
-        "production-sink", store, destinations=sink, run_id=run_id
-    )
-    _ = recorded | "Write" >> WriteGuarded(sink)
+    lineage = Lineage(store_url=store, stage="production-sink", run_id=run_id)
+    _ = enforced.guarded | "Write" >> WriteGuarded(sink, lineage=lineage)
     return sink
 
 
@@ -125,7 +128,7 @@ def run(inbound: str, out_dir: str, store: str, beam_args: list[str] | None = No
     options = PipelineOptions(["--runner=FnApiRunner", *(beam_args or [])])
     with beam.Pipeline(options=options) as pipeline:
         sink = build(pipeline, inbound, out_dir, store, uuid.uuid4().hex)
-    finalize_files(sink.out_dir, sink.names)
+    sink.finalize()
 
 
 def main() -> None:

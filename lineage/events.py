@@ -37,6 +37,7 @@ class Decision(StrEnum):
     DELIVERED = "delivered"  # the destination acknowledged it (the allowed topic, or a file)
     SENDING = "sending"  # handed to the destination, no acknowledgement recorded (yet)
     FAILED = "failed"  # the destination refused it: it is not there
+    HANDED_ON = "handed_on"  # passed to the next transform of the same pipeline (`RecordHop`)
 
 
 @dataclass(frozen=True, kw_only=True)

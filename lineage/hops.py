@@ -278,6 +278,13 @@ class HopBatch:
         return merkle_root([hop.canonical() for hop in self.hops])
 
 
+HANDOFF = "pipeline:"  # a destination inside the same pipeline (`RecordHop`), not a delivery
+
+
+def is_handoff(destination: str) -> bool:
+    return destination.startswith(HANDOFF)
+
+
 def chain_id_of(pipeline: str, source_topic: str, source_partition: int) -> str:
     return f"{pipeline}/{source_topic}/{source_partition}"
 
@@ -351,6 +358,8 @@ class StoredHop:
             written = (
                 Decision.DELIVERED if hop.outcome is Outcome.DELIVERED else Decision.QUARANTINED
             )
+            if written is Decision.DELIVERED and is_handoff(self.destination):
+                written = Decision.HANDED_ON  # to the next transform: delivered nowhere yet
         elif self.delivery is Delivery.FAILED:
             written = Decision.FAILED
         else:

@@ -21,7 +21,7 @@ from typing import Any
 
 from lineage_guard.lineage.chain import BrokenLink, Verification
 from lineage_guard.lineage.events import Decision, Reason, Stage, StoredEvent, format_time
-from lineage_guard.lineage.hops import Delivery, Outcome
+from lineage_guard.lineage.hops import Delivery, Outcome, is_handoff
 from lineage_guard.lineage.store import LineageStore, order_key
 
 PRODUCTION = "PRODUCTION"  # the only `origin_env` that may reach a production destination
@@ -223,6 +223,8 @@ def leaks(
     for hop in store.scan(since=since, until=until, outcome=Outcome.DELIVERED):
         if destinations is not None and hop.destination not in destinations:
             continue
+        if is_handoff(hop.destination):
+            continue  # handed to the next transform of a pipeline: not a delivery
         if hop.delivery is Delivery.FAILED:
             continue  # refused by the destination: it is not there
         pending.append(hop.events()[-1])

@@ -110,6 +110,8 @@ def build_report(
                 _outcome(report, e, str(e.decision))
         elif e.stage == Stage.WRITE and e.decision == Decision.DELIVERED:
             _outcome(report, e, "delivered")  # acknowledged by the destination
+        elif e.stage == Stage.WRITE and e.decision == Decision.HANDED_ON:
+            _outcome(report, e, "handed on")  # to the next transform of the same pipeline
         elif e.stage == Stage.WRITE and e.decision == Decision.SENDING:
             _outcome(report, e, "sent, unacknowledged")
         elif e.stage == Stage.WRITE and e.decision == Decision.FAILED:

@@ -14,7 +14,8 @@ checkpoints, so tampering can be shown with plain SQL.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
@@ -32,6 +33,19 @@ DEFAULT_STORE_URL = "sqlite:///.lineage-guard/lineage.db"
 # The environment variable the CLI reads `--lineage-store` from (at its entry point only; the
 # library takes the URL as an argument), so a password need not be on the command line.
 STORE_URL_ENV = "LINEAGE_GUARD_STORE_URL"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunCount:
+    """How many hops of one run share one decision (`LineageStore.run_counts`)."""
+
+    outcome: str  # delivered | quarantined | blocked
+    stopped_at: str | None
+    rules: tuple[str, ...]  # the distinct rules of the hops' reasons, sorted
+    content_class: str | None
+    origin_env: str | None
+    confirmed: bool  # the destination acknowledged them (a delivery entry, not failed)
+    count: int
 
 
 class LineageStore(Protocol):
@@ -102,6 +116,19 @@ class LineageStore(Protocol):
 
     def content_classes(self, record_ids: Collection[str]) -> dict[str, str]:
         """The highest content class recorded for each known id of `record_ids`."""
+        ...
+
+    def run_counts(
+        self,
+        pipeline: str,
+        run_id: str,
+        *,
+        since: datetime | None = None,
+        past: Mapping[tuple[str, int], int] | None = None,
+    ) -> list[RunCount]:
+        """The hops `pipeline` recorded in run `run_id` (batches written at or after `since`;
+        hops at or past the `past` offsets per (topic, partition)), counted per decision and
+        per confirmed delivery."""
         ...
 
     def chains(self) -> Iterator[str]: ...

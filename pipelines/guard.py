@@ -23,6 +23,7 @@ import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +80,7 @@ class GuardConfig:
     run_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     runner: str = DEFAULT_RUNNER
     beam_args: tuple[str, ...] = ()
+    poll_interval_s: float = 0.1  # endless mode: a caught-up partition's wait before it polls
 
 
 def build(
@@ -229,6 +231,31 @@ class Summary:
     def add(self, other: Summary) -> None:
         for key, n in other.counters.items():
             self.counters[key] = self.counters.get(key, 0) + n
+
+
+def summary_from_store(config: GuardConfig, *, since: datetime | None = None) -> Summary:
+    """The run's counts from its lineage: the hops the write step recorded (every record it
+    guarded, once, whatever the runner reports of its metrics). `read` is every record with a
+    hop; records still in flight have none yet."""
+    from lineage_guard.lineage.store import open_store
+    from lineage_guard.transforms import outcome_counts
+
+    assert config.lineage_store is not None
+    with open_store(config.lineage_store) as store:
+        rows = store.run_counts(config.pipeline_name, config.run_id, since=since)
+    counts = outcome_counts(
+        (
+            row.stopped_at,
+            row.outcome == "blocked",
+            row.rules,
+            str(row.content_class),
+            str(row.origin_env),
+            row.count,
+        )
+        for row in rows
+    )
+    counts["read"] = sum(row.count for row in rows)
+    return Summary(counters=dict(counts))
 
 
 def run_once(config: GuardConfig) -> Summary:

@@ -310,6 +310,15 @@ class Checked:
     def allowed(self) -> bool:
         return self.decision == "allowed"
 
+    @classmethod
+    def of(cls, item: Item) -> Checked:
+        return cls(
+            record_id=record_id_of(item.record),
+            decision="allowed" if item.allowed else ("blocked" if item.blocked else "quarantined"),
+            stage=None if item.stopped_at is None else str(item.stopped_at),
+            violations=item.violations,
+        )
+
 
 class Guard:
     """The guard without Beam: validate provenance and apply sink policies to records.

@@ -24,11 +24,13 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
 _requested = threading.Event()
 _signal_name: list[str] = []
+_signal_at: list[datetime] = []
 
 
 STOP_FILE = "LINEAGE_GUARD_STOP_FILE"
@@ -48,6 +50,11 @@ def stopped_by() -> str | None:
     return _signal_name[0] if _signal_name else None
 
 
+def stopped_since() -> datetime | None:
+    """When the stop signal arrived (UTC), or None."""
+    return _signal_at[0] if _signal_at else None
+
+
 def wait(seconds: float) -> bool:
     """Sleep up to `seconds`, waking early on a stop signal; True when stopped."""
     return _requested.wait(seconds)
@@ -56,6 +63,7 @@ def wait(seconds: float) -> bool:
 def request_stop(name: str = "request") -> None:
     if not _requested.is_set():
         _signal_name.append(name)
+        _signal_at.append(datetime.now(UTC))
         _requested.set()
         path = os.environ.get(STOP_FILE)
         if path is not None:  # for the worker processes
@@ -64,17 +72,29 @@ def request_stop(name: str = "request") -> None:
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    if _requested.is_set():  # a second signal: stop now
-        os.write(sys.stderr.fileno(), b"lineage-guard: second stop signal: exiting at once.\n")
-        os._exit(130)
+    if _requested.is_set():
+        exit_at_once()
     request_stop(signal.Signals(signum).name)
+
+
+def exit_at_once() -> None:
+    """A second stop signal: the process ends now (offsets never run ahead of delivered
+    records, so nothing is lost)."""
+    os.write(sys.stderr.fileno(), b"lineage-guard: second stop signal: exiting at once.\n")
+    os._exit(130)
+
+
+def reset() -> None:
+    """A new run: an earlier run's stop is not this one's."""
+    _requested.clear()
+    _signal_name.clear()
+    _signal_at.clear()
 
 
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
     """Within this block SIGTERM and SIGINT request a clean stop instead of killing."""
-    _requested.clear()  # a new run: an earlier run's stop is not this one's
-    _signal_name.clear()
+    reset()
     previous: dict[int, Any] = {}
     for signum in (signal.SIGTERM, signal.SIGINT):
         previous[signum] = signal.signal(signum, _on_signal)

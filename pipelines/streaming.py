@@ -20,13 +20,21 @@ the gap; a crash loses nothing, it only replays what was not yet committed (at-l
 from __future__ import annotations
 
 import logging
+import re
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import apache_beam as beam
+import grpc
 from apache_beam.coders import PickleCoder, VarIntCoder
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    PortableOptions,
+)
+from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from confluent_kafka import KafkaException, TopicPartition
 
@@ -225,6 +233,7 @@ def build_streaming(
             io.input_topics,
             max_chunk=max_chunk,
             discovery_interval_s=discovery_interval_s,
+            idle_poll_s=config.poll_interval_s,
         )
         | "KeyByPartition" >> beam.Map(lambda c: (f"{c.batch.topic}/{c.batch.partition}", c))
         | "MicroBatches"
@@ -239,9 +248,96 @@ def build_streaming(
     )
 
 
+def job_name(config: GuardConfig) -> str:
+    """The streaming job's name on its runner: one per consumer group (at most one guard runs
+    per group), so a restarted guard finds the job a killed one left behind."""
+    assert isinstance(config.io, KafkaIO)
+    group = re.sub(r"[^a-z0-9]+", "-", config.io.settings.group_id.lower()).strip("-")
+    return f"lineage-guard-{group}"[:63].rstrip("-")
+
+
+LIVE = (
+    beam_job_api_pb2.JobState.STOPPED,
+    beam_job_api_pb2.JobState.STARTING,
+    beam_job_api_pb2.JobState.RUNNING,
+    beam_job_api_pb2.JobState.UPDATING,
+    beam_job_api_pb2.JobState.DRAINING,
+    beam_job_api_pb2.JobState.CANCELLING,
+)
+
+
+def cancel_orphaned_jobs(
+    endpoint: str, name: str, *, loopback: bool, timeout_s: float = 30.0
+) -> list[str]:
+    """Cancels the jobs named `name` still live on the job server at `endpoint` and waits
+    until they ended; returns their ids. Called before this guard starts its own job: the
+    group's membership (`GroupMembership`) has already shown that no other guard of the group
+    runs, so such a job is one a killed guard left (it stays RUNNING on the job server when
+    its launcher is gone).
+
+    Beam's Flink job server (2.62) accepts the cancel of such a job but never ends it (its
+    state stays RUNNING). With LOOPBACK workers (the guard's default) the job's workers died
+    with the killed guard, so it reads and delivers nothing more: this guard says so and
+    starts its own. With workers of their own (`--environment_type` EXTERNAL, DOCKER…) the
+    old job may still deliver: this guard refuses to start beside it (exit 4)."""
+    channel = grpc.insecure_channel(endpoint)
+    try:
+        service = beam_job_api_pb2_grpc.JobServiceStub(channel)
+        try:
+            jobs = service.GetJobs(beam_job_api_pb2.GetJobsRequest(), timeout=timeout_s).job_info
+        except grpc.RpcError as exc:
+            raise ServiceUnavailableError(
+                f"The job server `{endpoint}` did not answer: {exc.code().name}."
+            ) from exc
+        ours = [job.job_id for job in jobs if job.state in LIVE and _named(job, name)]
+        deadline = time.monotonic() + timeout_s
+        for job_id in ours:
+            log.warning("cancelling job `%s` that a stopped guard of this group left", job_id)
+            service.Cancel(beam_job_api_pb2.CancelJobRequest(job_id=job_id), timeout=timeout_s)
+        for job_id in ours:
+            while True:
+                state = service.GetState(
+                    beam_job_api_pb2.GetJobStateRequest(job_id=job_id), timeout=timeout_s
+                ).state
+                if state not in LIVE:
+                    break
+                if time.monotonic() > deadline:
+                    state_name = beam_job_api_pb2.JobState.Enum.Name(state)
+                    still = (
+                        f"The job `{job_id}` a stopped guard of this group left on `{endpoint}` "
+                        f"is still {state_name} {timeout_s:.0f} s after it was cancelled"
+                    )
+                    if not loopback:
+                        raise ServiceUnavailableError(
+                            f"{still}, and its workers may still deliver: end it on the job "
+                            "server, then start the guard again."
+                        )
+                    log.warning(
+                        "%s; its LOOPBACK workers died with that guard, so it reads and "
+                        "delivers nothing more (end it on the job server to free its slots).",
+                        still,
+                    )
+                    break
+                time.sleep(0.5)
+        return ours
+    finally:
+        channel.close()
+
+
+def _named(job: Any, name: str) -> bool:
+    options = job.pipeline_options.fields
+    return any(
+        options[key].string_value == name
+        for key in ("beam:option:job_name:v1", "jobName", "job_name")
+        if key in options
+    )
+
+
 def streaming_options(config: GuardConfig, prism_location: str | None) -> PipelineOptions:
     args = [f"--runner={config.runner}", "--streaming"]
     given = " ".join(config.beam_args)
+    if "--job_name" not in given:
+        args.append(f"--job_name={job_name(config)}")
     portable = config.runner in ("PrismRunner", "FlinkRunner", "PortableRunner")
     if portable and "--environment_type" not in given:
         args.append("--environment_type=LOOPBACK")
@@ -259,6 +355,14 @@ def streaming_options(config: GuardConfig, prism_location: str | None) -> Pipeli
 def run_streaming(config: GuardConfig, *, prism_location: str | None = None) -> Any:
     """Starts the endless guard as one streaming job and returns Beam's `PipelineResult`
     (the caller waits for it, or cancels it)."""
-    pipeline = beam.Pipeline(options=streaming_options(config, prism_location))
+    options = streaming_options(config, prism_location)
+    endpoint = options.view_as(PortableOptions).job_endpoint
+    if endpoint and config.runner != "PrismRunner":  # a job server that outlives its guards
+        cancel_orphaned_jobs(
+            endpoint,
+            options.view_as(GoogleCloudOptions).job_name,
+            loopback=options.view_as(PortableOptions).environment_type == "LOOPBACK",
+        )
+    pipeline = beam.Pipeline(options=options)
     build_streaming(pipeline, config)
     return pipeline.run()

@@ -15,7 +15,7 @@ A data engineer's own pipeline (see `examples/two_stage_pipeline.py`)::
     decoded = batches | DecodeRecords()
     checked = decoded.guarded | ValidateProvenance(lineage_store=store)
     checked[QUARANTINE] | MyDeadLetter()                     # stopped records, with reasons
-    recorded = checked.guarded | RecordHop("enrich", store, destinations=("replies", "dlq"))
+    recorded = checked.guarded | RecordHop("enrich", store, handoffs=("replies", "dlq"))
     recorded | MyEnrichment()                                # after its lineage is recorded
 
 `class_below_parent` finds parents among the run's records (`ParentClasses`, a side input)
@@ -41,9 +41,10 @@ from lineage_guard.contract.policies import parse_policy
 from lineage_guard.contract.records import provenance_of
 from lineage_guard.contract.validate import SuiteValidator
 from lineage_guard.io.decode import decoder_for
-from lineage_guard.io.file_io import FileSink, read_file
+from lineage_guard.io.file_io import FileSink, finalize_files, output_names, read_file
 from lineage_guard.io.kafka import KafkaSettings, KafkaSink, PartitionRange, read_range
 from lineage_guard.items import Batch
+from lineage_guard.lineage.hops import HANDOFF
 from lineage_guard.recorder import LineageRecorder, RetryingStore
 from lineage_guard.stop import stop_requested
 
@@ -68,12 +69,34 @@ class KafkaIO:
 
 @dataclass(frozen=True, kw_only=True)
 class FilesIO:
+    """File outputs: per input, `NAME.allowed.jsonl` and `NAME.quarantine.jsonl` in `out_dir`.
+
+    `WriteGuarded` writes each batch to its own part file (a retried bundle rewrites its
+    part); call `finalize()` once the pipeline is done to join the parts in offset order::
+
+        sink = FilesIO.for_inputs(["/data/emails.jsonl"], "/data/out")
+        with beam.Pipeline(...) as p:
+            ... | WriteGuarded(sink, lineage=Lineage(store_url=store, stage="my-sink"))
+        sink.finalize()
+    """
+
     inputs: tuple[str, ...]  # absolute paths or URIs (Beam `FileSystems`)
     out_dir: str  # absolute path or URI
     names: dict[str, str]  # input → output base name
 
+    @classmethod
+    def for_inputs(cls, inputs: Sequence[str], out_dir: str) -> FilesIO:
+        """One output base name per input (`emails`, `emails-2`, … from the file names; a
+        source name that is not a file, such as `replies`, names its own outputs)."""
+        return cls(inputs=tuple(inputs), out_dir=out_dir, names=output_names(inputs))
+
     def destinations(self, source: str) -> tuple[str, str]:
         return FileSink(self.out_dir, self.names).destinations(source)
+
+    def finalize(self) -> None:
+        """Joins the part files the pipeline wrote into the output files (on the launcher,
+        after the pipeline finished)."""
+        finalize_files(self.out_dir, self.names)
 
 
 def _typed(outputs: Any, *tags: str) -> Any:
@@ -378,17 +401,12 @@ class EnforcePolicies(_StageTransform):
 
 class _RecordHop(beam.DoFn):
     def __init__(
-        self,
-        stage: str,
-        store_url: str,
-        run_id: str,
-        destinations: KafkaIO | FilesIO | tuple[str, str],
-        retry_s: float,
+        self, stage: str, store_url: str, run_id: str, handoffs: tuple[str, str], retry_s: float
     ) -> None:
         self.stage = stage
         self.store_url = store_url
         self.run_id = run_id
-        self.destinations = destinations
+        self.handoffs = handoffs
         self.retry_s = retry_s
 
     def setup(self) -> None:
@@ -397,35 +415,36 @@ class _RecordHop(beam.DoFn):
         )
 
     def process(self, batch: Batch) -> Iterator[Batch]:
-        allowed_to, quarantined_to = _destinations(self.destinations, batch)
+        allowed_to, quarantined_to = self.handoffs
         entry = self.recorder.record(batch, allowed_to=allowed_to, quarantined_to=quarantined_to)
         assert entry is not None  # None only when a `stop` is given
         yield batch
-        # handed on to the next transform: the hop's records are answered
+        # handed on to the next transform: `trace` shows `handed_on`, never `delivered`
         self.recorder.confirm([(entry, len(batch.items), [])])
 
     def teardown(self) -> None:
         self.recorder.close()
 
 
-def _destinations(
-    destinations: KafkaIO | FilesIO | tuple[str, str], batch: Batch
-) -> tuple[str, str]:
-    if isinstance(destinations, tuple):
-        return destinations
-    return destinations.destinations(batch.topic)
+def _destinations(io: KafkaIO | FilesIO, batch: Batch) -> tuple[str, str]:
+    return io.destinations(batch.topic)
 
 
 class RecordHop(beam.PTransform):
     """Records one lineage hop per record under `stage` (shown by `lineage trace`), then
     passes each batch on unchanged: lineage is written before the records it covers move on,
-    so a batch whose lineage cannot be recorded goes nowhere (fail closed). For a stage that
-    hands its records on inside the pipeline; a stage that writes them out records its hop
-    in `WriteGuarded(lineage=…)`, which confirms the delivery once the destination answered.
+    so a batch whose lineage cannot be recorded goes nowhere (fail closed).
 
-    Apply it to a `guarded` output. `destinations`: where allowed and stopped records go, as
-    `(allowed_to, quarantined_to)` or the `KafkaIO` / `FilesIO` the batches are written to.
-    `run_id` is fixed here, on the launcher, so a retried bundle records the same hop.
+    For a stage that hands its records on inside the pipeline: its hop records no delivery.
+    `trace` shows the hop's write step as `handed_on → pipeline:NAME` for allowed records
+    and `quarantined → pipeline:NAME` for stopped ones, where `handoffs` names the
+    transforms they go to next, as `(allowed_to, quarantined_to)` (default
+    `(STAGE.valid, STAGE.quarantine)`); `lineage leaks` never counts a handoff as a delivery.
+    A stage that writes its records out records its hop in `WriteGuarded(lineage=…)`
+    instead, which confirms the delivery once the topic or file answered.
+
+    Apply it to a `guarded` output. `run_id` is fixed here, on the launcher, so a retried
+    bundle records the same hop.
     """
 
     def __init__(
@@ -433,19 +452,28 @@ class RecordHop(beam.PTransform):
         stage: str,
         store_url: str,
         *,
-        destinations: KafkaIO | FilesIO | tuple[str, str],
+        handoffs: tuple[str, str] | None = None,
         run_id: str | None = None,
         retry_s: float = 300.0,
     ) -> None:
         super().__init__()
+        if handoffs is not None and not (
+            isinstance(handoffs, tuple) and all(isinstance(n, str) for n in handoffs)
+        ):
+            raise TypeError(
+                "RecordHop(handoffs=…) names the transforms the records go to next, as two "
+                "strings; to record a write to topics or files use "
+                "`WriteGuarded(io, lineage=Lineage(store_url=…, stage=…))`."
+            )
+        allowed_to, quarantined_to = handoffs or (f"{stage}.{VALID}", f"{stage}.{QUARANTINE}")
         self.stage = stage
         self.store_url = store_url
-        self.destinations = destinations
+        self.handoffs = (HANDOFF + allowed_to, HANDOFF + quarantined_to)
         self.run_id = run_id or str(uuid.uuid4())
         self.retry_s = retry_s
 
     def expand(self, batches: PCollection[Batch]) -> PCollection[Batch]:
-        fn = _RecordHop(self.stage, self.store_url, self.run_id, self.destinations, self.retry_s)
+        fn = _RecordHop(self.stage, self.store_url, self.run_id, self.handoffs, self.retry_s)
         return batches | beam.ParDo(fn).with_output_types(Batch)
 
 
@@ -557,22 +585,34 @@ class OutcomeCounters:
                     str(provenance.get("origin_env")),
                 )
             ] += 1
-        counts: Counter[str] = Counter()
-        for (stopped_at, blocked, violations, content_class, origin_env), n in kinds.items():
-            if stopped_at is None:
-                counts["outcome:allowed"] += n
-                counts[f"allowed_class:{content_class}"] += n
-            else:
-                decision = "blocked" if blocked else "quarantined"
-                rules = ",".join(sorted({v.rule for v in violations}))
-                counts[f"outcome:{decision}:{stopped_at}:{rules}"] += n
-            counts[f"content_class:{content_class}"] += n
-            counts[f"origin_env:{origin_env}"] += n
+        counts = outcome_counts(
+            (stopped_at, blocked, [v.rule for v in violations], content_class, origin_env, n)
+            for (stopped_at, blocked, violations, content_class, origin_env), n in kinds.items()
+        )
         for name, n in counts.items():
             counter = self.counters.get(name)
             if counter is None:
                 counter = self.counters[name] = Metrics.counter(NAMESPACE, name)
             counter.inc(n)
+
+
+def outcome_counts(
+    kinds: Iterable[tuple[str | None, bool, Iterable[str], str, str, int]],
+) -> Counter[str]:
+    """The counter names (see `OutcomeCounters`) of `(stopped_at, blocked, rules,
+    content_class, origin_env, records)` groups: one naming for the write step's counters and
+    for the counts read back from the lineage store."""
+    counts: Counter[str] = Counter()
+    for stopped_at, blocked, rules, content_class, origin_env, n in kinds:
+        if stopped_at is None:
+            counts["outcome:allowed"] += n
+            counts[f"allowed_class:{content_class}"] += n
+        else:
+            decision = "blocked" if blocked else "quarantined"
+            counts[f"outcome:{decision}:{stopped_at}:{','.join(sorted(set(rules)))}"] += n
+        counts[f"content_class:{content_class}"] += n
+        counts[f"origin_env:{origin_env}"] += n
+    return counts
 
 
 class WriteGuarded(beam.PTransform):
@@ -602,9 +642,23 @@ class WriteGuarded(beam.PTransform):
 
 
 class Records(beam.PTransform):
-    """Batches → their decoded records (dicts), for your own transforms."""
+    """Batches → each decoded record with what the guard decided about it, as
+    `(record, Checked)` pairs (`Checked`: `decision`, `stage`, `violations`), for your own
+    transforms: on a `quarantine` output the violations say why each record was stopped.
+    `Records(verdicts=False)` gives the plain records (dicts). Undecodable messages have no
+    record and are left out (their reasons are on `quarantine` batches and in lineage)."""
 
-    def expand(self, batches: PCollection[Batch]) -> PCollection[dict[str, Any]]:
+    def __init__(self, *, verdicts: bool = True) -> None:
+        super().__init__()
+        self.verdicts = verdicts
+
+    def expand(self, batches: PCollection[Batch]) -> PCollection[Any]:
+        if not self.verdicts:
+            return batches | beam.FlatMap(
+                lambda batch: [i.record for i in batch.items if i.record is not None]
+            )
         return batches | beam.FlatMap(
-            lambda batch: [i.record for i in batch.items if i.record is not None]
+            lambda batch: [
+                (i.record, stages.Checked.of(i)) for i in batch.items if i.record is not None
+            ]
         )

@@ -29,7 +29,7 @@ from lineage_guard.lineage.chain import BreakKind, Failure
 from lineage_guard.lineage.checkpoints import sign
 from lineage_guard.lineage.events import Decision, Reason, Stage
 from lineage_guard.lineage.hops import Delivery, Hop, HopBatch, Outcome, merkle_root
-from lineage_guard.lineage.store import LineageStore, open_store
+from lineage_guard.lineage.store import LineageStore, RunCount, open_store
 from lineage_guard.lineage.stores.sql import ENTRY_COLUMNS, HOP_COLUMNS, read_entry, read_hop
 
 RunSql = Callable[[str], list[tuple[Any, ...]]]
@@ -56,6 +56,7 @@ __all__ = [
     "test_leaks_count_only_acknowledged_deliveries_and_dedupe_redeliveries",
     "test_leaks_none_when_the_guard_blocked_the_attempts",
     "test_recomputed_chain_is_detected_only_with_a_key",
+    "test_run_counts_count_one_runs_hops_per_decision",
     "test_trace_follows_ancestors_through_a_cycle",
     "test_trace_of_an_unknown_record_is_empty",
     "test_trace_shows_hops_across_guards_in_order",
@@ -329,6 +330,53 @@ def test_content_classes_gives_the_highest_recorded_class(store: LineageStore) -
     )
     store.append(batch([hop("p", 2, content_class="SYNTHETIC")], pipeline="enrich"))
     assert store.content_classes(["p", "h", "unknown"]) == {"p": "SYNTHETIC", "h": "HUMAN"}
+
+
+def test_run_counts_count_one_runs_hops_per_decision(store: LineageStore) -> None:
+    leak = [Reason(rule="leak_test_origin", message="x1"), Reason(rule="leak_a", message="x2")]
+    stopped = {"outcome": Outcome.QUARANTINED, "stopped_at": Stage.VALIDATE}
+    first = store.append(
+        batch(
+            [
+                hop("a", 0),
+                hop("b", 1),
+                hop("c", 2, content_class=None, reasons=[Reason(rule="r", message="c")], **stopped),
+                hop("d", 3, content_class=None, reasons=[Reason(rule="r", message="d")], **stopped),
+            ]
+        )
+    )
+    store.confirm([(first, 4, [])], at=T0 + timedelta(seconds=1))  # the destination answered
+    blocked = {"outcome": Outcome.BLOCKED, "stopped_at": Stage.ENFORCE, "origin_env": "TEST"}
+    later = T0 + timedelta(seconds=5)
+    store.append(batch([hop("e", 4, reasons=leak, **blocked), hop("f", 5)], at=later))
+    store.append(batch([hop("g", 6)], run_id="another-run"))
+    store.append(batch([hop("h", 7)], pipeline="another-guard"))
+
+    def counted(**kwargs: Any) -> set[RunCount]:
+        return set(store.run_counts(PIPELINE, RUN, **kwargs))
+
+    def row(outcome: str, n: int, **fields: Any) -> RunCount:
+        values: dict[str, Any] = {"stopped_at": None, "rules": (), "content_class": "SYNTHETIC"}
+        values |= {"origin_env": "PRODUCTION", "confirmed": False, **fields}
+        return RunCount(outcome=outcome, count=n, **values)
+
+    quarantined = {"stopped_at": "validate", "rules": ("r",), "content_class": None}
+    blocked_row = {"stopped_at": "enforce", "rules": ("leak_a", "leak_test_origin")}
+    blocked_row |= {"origin_env": "TEST"}
+    assert counted() == {
+        row("delivered", 2, confirmed=True),
+        row("delivered", 1),
+        row("quarantined", 2, confirmed=True, **quarantined),
+        row("blocked", 1, **blocked_row),
+    }
+    assert counted(since=later) == {row("delivered", 1), row("blocked", 1, **blocked_row)}
+    assert counted(past={(TOPIC, 0): 3, (TOPIC, 1): 0}) == {
+        row("quarantined", 1, confirmed=True, **quarantined),
+        row("delivered", 1),
+        row("blocked", 1, **blocked_row),
+    }
+    assert counted(past={}) == set()
+    assert store.run_counts(PIPELINE, "no-such-run") == []
 
 
 def test_trace_shows_hops_across_guards_in_order(store: LineageStore) -> None:

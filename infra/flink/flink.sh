@@ -10,17 +10,24 @@
 # Use: lineage-guard run … --runner PortableRunner -- --job_endpoint=127.0.0.1:PORT
 #      (the guard adds --streaming and --environment_type=LOOPBACK for the endless mode)
 # Environment: BEAM_FLINK_VERSION (2.62.0, the newest runner on Maven Central), FLINK_JOB_PORT
-# (18099), LINEAGE_GUARD_CACHE (~/.cache/lineage-guard), FLINK_START_TIMEOUT (120 s).
-# Note: Beam's job server binds its job and artifact ports on every interface (--job-host
-# only names the address it reports); run it on a machine whose firewall keeps them local.
+# (18099), FLINK_ARTIFACT_PORT (18098), LINEAGE_GUARD_CACHE (~/.cache/lineage-guard; the run
+# folder is FLINK_RUN_DIR, default $LINEAGE_GUARD_CACHE/beam-flink-run-$FLINK_JOB_PORT, so job
+# servers on different ports do not share a pid file), FLINK_START_TIMEOUT (120 s).
+# Ports: fixed and configurable (above), never random; the expansion service (cross-language
+# transforms, which the guard does not use) is off. Beam's Java servers bind their ports on
+# every interface whatever the host (Beam 2.62's ServerFactory builds them with
+# NettyServerBuilder.forPort; --job-host only names the address it reports), and so does the
+# Python LOOPBACK worker pool ('[::]:0' in worker_pool_main): Beam offers no way to bind them
+# to 127.0.0.1, so keep these ports behind a firewall on a shared machine.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 version="${BEAM_FLINK_VERSION:-2.62.0}"   # keep in step with pom.xml
 port="${FLINK_JOB_PORT:-18099}"
+artifact_port="${FLINK_ARTIFACT_PORT:-18098}"
 cache="${LINEAGE_GUARD_CACHE:-$HOME/.cache/lineage-guard}"
 libs="$cache/beam-flink-$version/libs"
-run_dir="$cache/beam-flink-run"
+run_dir="${FLINK_RUN_DIR:-$cache/beam-flink-run-$port}"
 pid_file="$run_dir/job-server.pid"
 
 die() { echo "flink.sh: $*" >&2; exit 1; }
@@ -46,7 +53,8 @@ start() {
     mkdir -p "$run_dir"
     if [[ -z "$(running_pid)" ]]; then
         (exec 3>&- ; nohup java -cp "$libs/*" org.apache.beam.runners.flink.FlinkJobServerDriver \
-            --job-host=127.0.0.1 --job-port="$port" --artifact-port=0 --expansion-port=0 \
+            --job-host=127.0.0.1 --job-port="$port" --artifact-port="$artifact_port" \
+            --expansion-port=-1 \
             --flink-master='[local]' >"$run_dir/job-server.log" 2>&1 </dev/null &
          echo $! >"$pid_file")
     fi

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -53,7 +53,7 @@ from lineage_guard.lineage.hops import (
     compact_json,
     stored_leaf,
 )
-from lineage_guard.lineage.store import first_line, order_key
+from lineage_guard.lineage.store import RunCount, first_line, order_key
 
 IN_CHUNK = 500  # record ids per `IN (…)` query
 FETCH_ROWS = 5000  # rows per fetch when streaming
@@ -336,6 +336,69 @@ class SqlStore(ABC):
                 if CLASS_RANK.get(content_class, -1) > CLASS_RANK.get(found.get(record_id), -1):
                     found[record_id] = content_class
         return found
+
+    def run_counts(
+        self,
+        pipeline: str,
+        run_id: str,
+        *,
+        since: datetime | None = None,
+        past: Mapping[tuple[str, int], int] | None = None,
+    ) -> list[RunCount]:
+        """How many hops the guard `pipeline` recorded in run `run_id`, per decision and
+        whether their delivery was confirmed: the run's counts from the rows its lineage is.
+        `since`: only batches written at or after it; `past`: only hops at or after these
+        source offsets, per (topic, partition) (other partitions are left out)."""
+        query = (
+            "SELECT h.outcome, h.stopped_at, h.reasons, h.content_class, h.origin_env,"
+            " d.seq IS NOT NULL AND d.failed IS NULL, count(*)"
+            " FROM lineage_hops h JOIN lineage_entries e ON e.id = h.entry_id"
+            " LEFT JOIN lineage_entries d"
+            "  ON d.kind = 'delivery' AND d.chain_id = e.chain_id AND d.confirms = e.seq"
+            " WHERE e.kind = 'hops' AND e.pipeline = ? AND e.run_id = ?"
+        )
+        params: list[Any] = [pipeline, run_id]
+        if since is not None:
+            query += " AND e.at >= ?"
+            params.append(_millis(since))
+        if past is not None:
+            if not past:
+                return []
+            query += (
+                " AND ("
+                + " OR ".join(
+                    "(e.source_topic = ? AND e.source_partition = ? AND h.source_offset >= ?)"
+                    for _ in past
+                )
+                + ")"
+            )
+            for (topic, partition), offset in past.items():
+                params += [topic, partition, offset]
+        query += (
+            " GROUP BY h.outcome, h.stopped_at, h.reasons, h.content_class, h.origin_env,"
+            " d.seq IS NOT NULL AND d.failed IS NULL"
+        )
+        counts: dict[tuple[Any, ...], int] = {}
+        for outcome, stopped_at, reasons, content_class, origin_env, confirmed, n in self._fetchall(
+            self._q(query), params
+        ):
+            rules = tuple(sorted({rule for rule, _ in json.loads(reasons)})) if reasons else ()
+            key = (outcome, stopped_at, rules, content_class, origin_env, bool(confirmed))
+            counts[key] = counts.get(key, 0) + int(n)
+        return [
+            RunCount(
+                outcome=outcome,
+                stopped_at=stopped_at,
+                rules=rules,
+                content_class=content_class,
+                origin_env=origin_env,
+                confirmed=confirmed,
+                count=n,
+            )
+            for (outcome, stopped_at, rules, content_class, origin_env, confirmed), n in (
+                counts.items()
+            )
+        ]
 
     def chains(self) -> Iterator[str]:
         rows = self._fetchall(

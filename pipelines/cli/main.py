@@ -124,7 +124,10 @@ def validate(paths: tuple[Path, ...], output_format: str, batch_size: int, engin
     "--exactly-once",
     is_flag=True,
     help="Kafka transactions: outputs and input offsets commit together (read_committed "
-    "readers see each record once). Default: at-least-once.",
+    "readers see each record once). Default: at-least-once. Bounded runs only "
+    "(--until-caught-up): not yet in the endless mode, whose streaming job commits offsets "
+    "from its own keyed state after each bundle, outside Kafka transactions (one transaction "
+    "per bundle is not built); the endless mode refuses it.",
 )
 @click.option(
     "--kafka-config",
@@ -172,10 +175,12 @@ def validate(paths: tuple[Path, ...], output_format: str, batch_size: int, engin
 )
 @click.option(
     "--poll-interval",
-    type=click.FloatRange(min=0.1),
-    default=2.0,
+    type=click.FloatRange(min=0.01, max=60),
+    default=0.1,
     show_default=True,
-    help="Unbounded mode: seconds to wait when a round found nothing new.",
+    help="Endless mode: seconds a caught-up partition waits before it asks Kafka again (the "
+    "delay of the first record after a quiet spell, against polls of an idle topic). "
+    "Bounded runs read to their end without waiting.",
 )
 @click.option(
     "--lineage-store",

@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -17,6 +17,7 @@ import click
 
 from lineage_guard import stop
 from lineage_guard.cli.secrets import read_kafka_config_file, read_secret_file
+from lineage_guard.cli.stopped import stop_message
 from lineage_guard.contract.policies import parse_policy
 from lineage_guard.contract.validate import suite_rules
 from lineage_guard.guard import (
@@ -29,6 +30,7 @@ from lineage_guard.guard import (
     resolve_store_url,
     run_once,
     sign_checkpoint,
+    summary_from_store,
 )
 from lineage_guard.io.file_io import clear_outputs, is_uri, output_names
 from lineage_guard.io.kafka import GroupMembership, KafkaSettings
@@ -55,15 +57,19 @@ def run_guard(**o: Any) -> None:
         logging.getLogger("lineage_guard.progress").setLevel(logging.INFO)
     if config.lineage_store:
         check_store(config.lineage_store)
-    total = Summary()
+    total = Summary()  # the runner's metrics: the counts when lineage is off
     started = time.monotonic()
     bounded = until_caught_up or isinstance(config.io, FilesIO)
-    emitter = _emitter(o, config, total, bounded) if o["openlineage"] else None
+
+    def counts() -> Summary:
+        return run_counts(config, total)
+
+    emitter = _emitter(o, config, counts, bounded) if o["openlineage"] else None
     error: BaseException | None = None
     signal_name: str | None = None
     # A bounded run stops through the flag its stages check (`lineage_guard.stop`); the endless
     # streaming job is cancelled through its runner on KeyboardInterrupt (`cli.endless`).
-    stopping = stop.stop_on_signals() if bounded else _interrupt_on_sigterm()
+    stopping = stop.stop_on_signals() if bounded else _interrupt_on_signals()
     with stopping, contextlib.ExitStack() as members:
         if emitter is not None:
             emitter.start()
@@ -79,7 +85,7 @@ def run_guard(**o: Any) -> None:
             else:
                 total.add(_guarded(run_once, config))
         except KeyboardInterrupt:
-            signal_name = "a stop signal"  # stopping an endless run is its normal end
+            pass  # stopping an endless run is its normal end (`_interrupt_on_signals`)
         except BaseException as exc:
             error = exc
             raise
@@ -95,26 +101,30 @@ def run_guard(**o: Any) -> None:
                     error or (KeyboardInterrupt() if unfinished else None),
                     checkpoint=checkpoint.to_dict() if checkpoint else None,
                 )
-    print_summary(total, config, time.monotonic() - started)
-    if signal_name is not None:
-        click.echo(
-            f"lineage-guard: stopped by {signal_name}: nothing was delivered after it; offsets"
-            " are committed only behind delivered records.",
-            err=True,
-        )
+    print_summary(counts(), config, time.monotonic() - started)
+    signal_at = stop.stopped_since()
+    if signal_name is not None and signal_at is not None:
+        click.echo(stop_message(config, signal_name, signal_at), err=True)
         sys.exit(EXIT_STOPPED)
 
 
 @contextmanager
-def _interrupt_on_sigterm() -> Iterator[None]:
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+def _interrupt_on_signals() -> Iterator[None]:
+    """The endless mode: SIGTERM and SIGINT note the stop (`lineage_guard.stop`) and raise
+    KeyboardInterrupt in the launcher, which cancels the streaming job through its runner."""
+    stop.reset()
+    previous = {n: signal.signal(n, _raise_interrupt) for n in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    if stop.stopped_by() is not None:
+        stop.exit_at_once()
+    stop.request_stop(signal.Signals(signum).name)
     raise KeyboardInterrupt
 
 
@@ -128,7 +138,21 @@ def check_store(url: str) -> None:
         log.warning("%s The guard retries it before delivering anything.", exc.message)
 
 
-def _emitter(o: dict[str, Any], config: GuardConfig, total: Summary, bounded: bool) -> RunEmitter:
+def run_counts(config: GuardConfig, metrics: Summary) -> Summary:
+    """The run's counts, from where its lineage is: the hops it recorded in the lineage store
+    (exact on every runner, bounded or endless, at any moment). Without lineage, the
+    runner's metrics (`metrics`), which a streaming runner may report late."""
+    if config.lineage_store:
+        try:
+            return summary_from_store(config)
+        except LineageGuardError as exc:
+            log.warning("counts from the runner's metrics: %s", exc.message)
+    return metrics
+
+
+def _emitter(
+    o: dict[str, Any], config: GuardConfig, current: Callable[[], Summary], bounded: bool
+) -> RunEmitter:
     """OpenLineage events for this run; datasets named per OpenLineage's naming spec."""
     io = config.io
     if isinstance(io, KafkaIO):
@@ -140,6 +164,7 @@ def _emitter(o: dict[str, Any], config: GuardConfig, total: Summary, bounded: bo
         outputs = [("file", str(Path(io.out_dir).resolve()))]
 
     def counts() -> dict[str, dict[str, int]]:
+        total = current()
         rules: dict[str, int] = {}
         for key, n in total.stopped.items():  # `quarantined:STAGE:RULE,RULE…` → records
             for rule in key.split(":", 2)[2].split(","):
@@ -193,8 +218,8 @@ def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
         )  # fail now, with the policy's message, not inside a worker
     if o["exactly_once"] and not o["until_caught_up"]:
         raise ConfigError(
-            "--exactly-once runs bounded rounds (add --until-caught-up): the endless streaming "
-            "job commits offsets from its own state, outside Kafka transactions."
+            "--exactly-once is for bounded runs (add --until-caught-up): the endless streaming "
+            "job commits offsets from its own state, outside Kafka transactions (not yet built)."
         )
     check_job_server(o["runner"], tuple(o["beam_args"]))
     if o["bootstrap_servers"]:
@@ -246,6 +271,7 @@ def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
         signing_key=str(o["signing_key"]) if o["signing_key"] else None,
         runner=o["runner"],
         beam_args=tuple(o["beam_args"]),
+        poll_interval_s=o["poll_interval"],
     )
     return config, bool(o["until_caught_up"])
 

@@ -25,6 +25,7 @@ where to resume.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -32,7 +33,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -150,9 +151,26 @@ COORDINATOR_BUSY = {
 }
 
 
-def retrying(call: Callable[[], T], timeout_s: float) -> T:
+# What a client says of a partition its metadata does not hold yet (one just added to the
+# topic) or whose leader is not elected yet: fresh metadata, then a retry, answers it.
+PARTITION_NOT_YET_KNOWN = {
+    KafkaError._UNKNOWN_PARTITION,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+}
+
+
+def retrying(
+    call: Callable[[], T],
+    timeout_s: float,
+    *,
+    also: Collection[int] = (),
+    before_retry: Callable[[], object] | None = None,
+) -> T:
     """`call()`, retried while Kafka answers with a retriable error (a group coordinator that
-    is loading or moving, as on a fresh broker) for up to `timeout_s`."""
+    is loading or moving, as on a fresh broker; the error codes in `also`) for up to
+    `timeout_s`; `before_retry()` runs before each retry (e.g. to refresh metadata)."""
     deadline = time.monotonic() + timeout_s
     delay = 0.1
     while True:
@@ -161,13 +179,16 @@ def retrying(call: Callable[[], T], timeout_s: float) -> T:
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
             retriable = isinstance(error, KafkaError) and (
-                error.retriable() or error.code() in COORDINATOR_BUSY
+                error.retriable() or error.code() in COORDINATOR_BUSY or error.code() in also
             )
             if not retriable or time.monotonic() + delay > deadline:
                 raise
             log.info("Kafka asked to retry (%s); retrying in %.1f s", error, delay)
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+            if before_retry is not None:
+                with contextlib.suppress(KafkaException):
+                    before_retry()
 
 
 @dataclass(frozen=True, kw_only=True)

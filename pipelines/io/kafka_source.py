@@ -4,9 +4,12 @@
 
 Each element of `ReadPartitions` is one topic-partition; its restriction is the offset range
 `[committed, ∞)`, starting at the consumer group's committed offset (or the partition's first
-offset when the group has none). A `process()` call polls for a short while, claims each offset
-it emits, then defers the rest of the range (a checkpoint): the runner resumes it later, on any
-worker, from the first unclaimed offset. Only checkpoints split a partition's range: its records
+offset when the group has none). A `process()` call polls, claims each offset it emits, then
+defers the rest of the range (a checkpoint): the runner resumes it later, on any worker, from
+the first unclaimed offset. A call ends as soon as it has `max_chunk` records or its first
+record has waited `hand_on_s`: a runner hands a call's output on only when the call returns
+(Prism does), so a call that kept polling for its whole `process_s` would hold every record
+that long under a steady load. Only checkpoints split a partition's range: its records
 are read by one reader at a time, in offset order.
 
 The output is `Chunk`s: records of one partition plus the offset span they cover, including
@@ -36,7 +39,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
-from lineage_guard.io.kafka import KafkaSettings, retrying
+from lineage_guard.io.kafka import PARTITION_NOT_YET_KNOWN, KafkaSettings, retrying
 from lineage_guard.items import Batch, Item, Source
 from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError
 
@@ -63,14 +66,27 @@ class Chunk:
 
 
 def start_offset(consumer: Consumer, topic: str, partition: int, timeout_s: float) -> int:
-    """Where the group resumes `topic`[`partition`]: its committed offset, else the first one."""
+    """Where the group resumes `topic`[`partition`]: its committed offset, else the first one.
+    A partition added moments ago may not be in the client's metadata yet, nor have a
+    leader: the look-up is retried on fresh metadata until `timeout_s`."""
     tp = TopicPartition(topic, partition)
-    try:
-        [committed] = retrying(lambda: consumer.committed([tp], timeout=timeout_s), timeout_s)
+
+    def look_up() -> int:
+        [committed] = consumer.committed([tp], timeout=timeout_s)
+        if committed.error is not None:
+            raise KafkaException(committed.error)
         if committed.offset != OFFSET_INVALID and committed.offset >= 0:
             return int(committed.offset)
         low, _high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
         return int(low)
+
+    try:
+        return retrying(
+            look_up,
+            timeout_s,
+            also=PARTITION_NOT_YET_KNOWN,
+            before_retry=lambda: consumer.list_topics(topic, timeout=timeout_s),
+        )
     except KafkaException as exc:
         raise ServiceUnavailableError(
             f"Kafka did not tell where to resume `{topic}`[{partition}]: {exc.args[0]}"
@@ -115,12 +131,14 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
         max_chunk: int = 500,
         poll_s: float = 0.05,
         process_s: float = 1.0,
+        hand_on_s: float = 0.1,
         idle_resume_s: float = 0.1,
     ) -> None:
         self.settings = settings
         self.max_chunk = max_chunk
         self.poll_s = poll_s
         self.process_s = process_s
+        self.hand_on_s = hand_on_s
         self.idle_resume_s = idle_resume_s
 
     def setup(self) -> None:
@@ -181,8 +199,10 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
         deadline = time.monotonic() + self.process_s
         idle = True
         stopped = False
-        while time.monotonic() < deadline:
-            messages = consumer.consume(num_messages=self.max_chunk, timeout=self.poll_s)
+        emitted = 0
+        while time.monotonic() < deadline and emitted < self.max_chunk:
+            wanted = self.max_chunk - emitted
+            messages = consumer.consume(num_messages=wanted, timeout=self.poll_s)
             items = []
             for message in messages:
                 error = message.error()
@@ -214,7 +234,10 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
                     )
                 )
             if items:
+                if idle:  # the call's first record: hand it on within `hand_on_s`
+                    deadline = min(deadline, time.monotonic() + self.hand_on_s)
                 idle = False
+                emitted += len(items)
                 stop = items[-1].source.offset + 1
                 chunk = Chunk(
                     start=position,
@@ -283,7 +306,8 @@ class FirstSighting(beam.DoFn):
 
 class ReadFromKafka(beam.PTransform):
     """Unbounded `Chunk`s from `topics`, from the group's committed offsets on; partitions
-    added later are found within `discovery_interval_s`."""
+    added later are found within `discovery_interval_s`; a caught-up partition is polled
+    again after `idle_poll_s`."""
 
     def __init__(
         self,
@@ -292,12 +316,14 @@ class ReadFromKafka(beam.PTransform):
         *,
         max_chunk: int = 500,
         discovery_interval_s: float = 10.0,
+        idle_poll_s: float = 0.1,
     ) -> None:
         super().__init__()
         self.settings = settings
         self.topics = tuple(topics)
         self.max_chunk = max_chunk
         self.discovery_interval_s = discovery_interval_s
+        self.idle_poll_s = idle_poll_s
 
     def expand(self, pbegin: Any) -> Any:
         return (
@@ -305,5 +331,10 @@ class ReadFromKafka(beam.PTransform):
             | "Tick" >> PeriodicImpulse(fire_interval=self.discovery_interval_s)
             | "Discover" >> beam.ParDo(DiscoverPartitions(self.settings, self.topics))
             | "FirstSighting" >> beam.ParDo(FirstSighting())
-            | "Read" >> beam.ParDo(ReadPartitions(self.settings, max_chunk=self.max_chunk))
+            | "Read"
+            >> beam.ParDo(
+                ReadPartitions(
+                    self.settings, max_chunk=self.max_chunk, idle_resume_s=self.idle_poll_s
+                )
+            )
         )

@@ -55,17 +55,31 @@ def test_two_stage_pipeline_records_both_hops_and_judges_replies_by_their_parent
     assert traced.returncode == 0, traced.stderr
     events = json.loads(traced.stdout)["events"]
     hops = [(e["pipeline"], e["stage"], e["decision"]) for e in events if e["depth"] == 0]
+    writes = [
+        (e["pipeline"], e["decision"], e["destination"])
+        for e in events
+        if e["depth"] == 0 and e["stage"] == "write"
+    ]
+    # enrich handed the email on inside the pipeline: no delivery claimed, no file named
+    assert writes == [
+        ("enrich", "handed_on", "pipeline:draft-replies"),
+        ("production-sink", "delivered", str(out / "emails.allowed.jsonl")),
+    ]
     assert [h for h in hops if h[1] == "write"] == [
-        ("enrich", "write", "delivered"),
+        ("enrich", "write", "handed_on"),
         ("production-sink", "write", "delivered"),
     ]
+    # every delivery a hop claims happened: the file it names exists
+    for e in json.loads(traced.stdout)["events"]:
+        if e["decision"] == "delivered":
+            assert Path(e["destination"]).is_file(), e
     reply = run_cli(
         "lineage", "trace", reply_of(email), "--lineage-store", store, "--format", "json"
     )
     assert reply.returncode == 0, reply.stderr
     seen = {(e["depth"], e["pipeline"], e["decision"]) for e in json.loads(reply.stdout)["events"]}
     assert (0, "production-sink", "quarantined") in seen  # the reply, stopped at the sink
-    assert {(1, "enrich", "delivered"), (1, "production-sink", "delivered")} <= seen  # its parent
+    assert {(1, "enrich", "handed_on"), (1, "production-sink", "delivered")} <= seen  # its parent
     text = run_cli("lineage", "trace", email, "--lineage-store", store)
     assert text.returncode == 0, text.stderr
     assert "chain `enrich/" in text.stdout  # each hop's chain is named after its stage
