@@ -17,19 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from lineage_guard.lineage.chain import ChainHead
-from lineage_guard.lineage.errors import ConfigError, LineageGuardError, ServiceUnavailableError
+from lineage_guard.lineage.errors import (
+    ConfigError,
+    LineageGuardError,
+    RowRefusedError,
+    ServiceUnavailableError,
+)
 from lineage_guard.lineage.hops import Hop
 from lineage_guard.lineage.private import create_private_file, private_dir
 from lineage_guard.lineage.store import first_line, no_lineage_error
-from lineage_guard.lineage.stores.sql import FETCH_ROWS, HOP_COLUMNS, SqlStore, hop_row
+from lineage_guard.lineage.stores.sql import FETCH_ROWS, INSERT_HOP, SqlStore, hop_row
 
 SCHEMA_VERSION = 2  # 1: one row per event (before hops); not readable by this version
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another one's transaction
 
-_INSERT_HOP = (
-    f"INSERT INTO lineage_hops ({', '.join(HOP_COLUMNS)})"
-    f" VALUES ({', '.join('?' for _ in HOP_COLUMNS)})"
-)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS lineage_chains (
     chain_id TEXT PRIMARY KEY,
@@ -171,7 +172,7 @@ class SqliteStore(SqlStore):
 
     def _insert_hops(self, cursor: Any, entry_id: int, hops: Sequence[Hop]) -> None:
         cursor.executemany(
-            _INSERT_HOP, (hop_row(entry_id, index, hop) for index, hop in enumerate(hops))
+            INSERT_HOP, (hop_row(entry_id, index, hop) for index, hop in enumerate(hops))
         )
 
     def _fetchall(self, query: str, params: Sequence[Any]) -> list[Any]:
@@ -218,7 +219,11 @@ class SqliteStore(SqlStore):
             raise self._unavailable("open", exc) from exc
 
     def _error_class(self, exc: BaseException) -> type[LineageGuardError]:
-        return ConfigError if _is_setting(exc) else ServiceUnavailableError
+        if _is_setting(exc):
+            return ConfigError
+        if getattr(exc, "sqlite_errorname", "") in _ROW_ERRORS:
+            return RowRefusedError
+        return ServiceUnavailableError
 
     def _unavailable(self, action: str, exc: BaseException) -> LineageGuardError:
         return self._error_class(exc)(
@@ -230,6 +235,10 @@ class SqliteStore(SqlStore):
 # SQLite's answers that no amount of waiting changes: a read-only or non-database file, a path
 # that cannot be opened. They are configuration errors (exit 3), not outages to retry.
 _SETTING_ERRORS = ("SQLITE_READONLY", "SQLITE_NOTADB", "SQLITE_CANTOPEN", "SQLITE_PERM")
+
+
+# What SQLite says of a row too large for it (past `SQLITE_MAX_LENGTH`): that row's fault.
+_ROW_ERRORS = ("SQLITE_TOOBIG", "SQLITE_MISMATCH")
 
 
 def _is_setting(exc: BaseException) -> bool:
