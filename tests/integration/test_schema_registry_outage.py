@@ -43,9 +43,10 @@ GUARD = [sys.executable, "-c", "from lineage_guard.cli.main import main; main()"
 class Registry:
     """The registry's REST shape on 127.0.0.1:`port`: holds `HELD_ID` (the contact schema).
     `start()` begins listening (until then connections are refused); `unavailable` answers
-    503 to that many requests; `not_yet` answers 404 to that many requests for `HELD_ID`."""
+    503 to that many requests; with `not_yet`, the first request for `HELD_ID` on each
+    connection (each client: the guard's decoders each have one) is answered 404."""
 
-    def __init__(self, port: int, *, unavailable: int = 0, not_yet: int = 0) -> None:
+    def __init__(self, port: int, *, unavailable: int = 0, not_yet: bool = False) -> None:
         self.port = port
         self.unavailable = unavailable
         self.not_yet = not_yet
@@ -56,6 +57,9 @@ class Registry:
         registry = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: one connection per client
+            held_asked = 0  # requests for HELD_ID on this connection
+
             def do_GET(self) -> None:
                 prefix = "/schemas/ids/"
                 schema_id = int(self.path.split("?")[0][len(prefix) :])
@@ -63,8 +67,8 @@ class Registry:
                 if registry.unavailable > 0:
                     registry.unavailable -= 1
                     self._answer(503, {"error_code": 50003, "message": "starting"})
-                elif schema_id == HELD_ID and registry.not_yet > 0:
-                    registry.not_yet -= 1
+                elif schema_id == HELD_ID and registry.not_yet and not self.held_asked:
+                    self.held_asked += 1
                     self._answer(404, {"error_code": 40403, "message": "Schema not found"})
                 elif schema_id == HELD_ID:
                     self._answer(200, {"schema": json.dumps(load_schema(CONTACT))})
@@ -202,7 +206,7 @@ def test_an_id_the_registry_does_not_hold_is_asked_again_once_before_it_is_a_ver
         *_confluent_records(10, UNKNOWN_ID, seed=1924),
     ]
     produce(kafka_bootstrap, topics[0], sent)
-    registry.not_yet = 1
+    registry.not_yet = True
     registry.start()
 
     result = guard_cli(*_args(kafka_bootstrap, topics, registry, tmp_path), timeout=120)
