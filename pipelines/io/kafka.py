@@ -782,8 +782,18 @@ class KafkaSink:
         interrupted: KafkaError | None = None
         while True:
             try:
-                if interrupted is None or self._committed(batch) < batch.next_offset:
-                    self._transaction(batch)
+                if interrupted is not None:  # did the interrupted commit land?
+                    committed = self._committed(batch)
+                    if committed == batch.next_offset:
+                        log.warning("Kafka transaction for %s had committed", where)
+                        break
+                    if committed > batch.next_offset:  # only we commit it, batch by batch
+                        raise ServiceUnavailableError(
+                            f"The group's offset of {where} is {committed}, past this batch's"
+                            f" end ({batch.next_offset}): another writer commits it. Nothing of"
+                            " this batch is committed; stop the other guard, then rerun."
+                        )
+                self._transaction(batch)
                 break
             except KafkaException as exc:
                 error = exc.args[0] if exc.args else None

@@ -356,6 +356,7 @@ def test_exactly_once_rides_out_a_10_s_broker_restart(
     lines = said.strip().splitlines()
     assert len(lines) <= 40, said
     assert "read 20000, allowed 20000, quarantined 0" in said, said
+    print(said)  # shown when an assertion below fails
 
     figures = _figures(own_kafka, sent, topics, store, "broker restart 10 s, --exactly-once")
     _assert_complete(figures)

@@ -27,6 +27,7 @@ import pytest
 from lineage_guard.contract.schemas import load_schema
 from lineage_guard.generate import CONTACT, generate
 from lineage_guard.io.decode import encode_confluent
+from tests.integration import faults_table
 from tests.integration.kafka_helpers import (
     committed,
     drain,
@@ -129,7 +130,7 @@ def _args(bootstrap: str, topics: list[str], registry: Registry, tmp_path: Path)
 
 
 def test_a_registry_down_at_the_start_is_waited_out_with_a_line_then_everything_decodes(
-    kafka_bootstrap: str, registry: Registry, tmp_path: Path
+    kafka_bootstrap: str, registry: Registry, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """Before: the records were quarantined as `undecodable` ("connection refused") and the
     offsets committed past them, exit 0; or the guard waited silently."""
@@ -169,6 +170,16 @@ def test_a_registry_down_at_the_start_is_waited_out_with_a_line_then_everything_
     assert any("HTTP 503" in line for line in waits), said
     assert len(drain(kafka_bootstrap, topics[1])) == 30
     assert committed(kafka_bootstrap, f"g-{topics[0]}", topics[0]) == {0: 30}
+    faults_table.record(
+        "schema_registry_down_then_up",
+        {
+            "fault": "Schema Registry refusing, then 503 x2, then up",
+            "records_in": 30, "out": 30, "quarantined": 0, "duplicates": 0, "lost": 0,
+            "messages": 30, **faults_table.lineage_figures(f"sqlite:///{tmp_path}/lineage.db"),
+            "command": f"python3 -m pytest {request.node.nodeid}",
+            "notes": f"exit 0; {len(waits)} waiting lines on stderr; nothing quarantined",
+        },
+    )  # fmt: skip
 
 
 def test_a_registry_down_longer_than_the_service_wait_ends_the_run_committing_nothing(

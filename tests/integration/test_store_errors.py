@@ -15,6 +15,7 @@ import pytest
 from lineage_guard.generate import CONTACT, generate
 from lineage_guard.io.decode import encode_single_object
 from lineage_guard.lineage.bounds import ID_LIMIT, digest_id, stored_id
+from tests.integration import faults_table
 from tests.integration.kafka_helpers import (
     committed,
     drain,
@@ -27,7 +28,7 @@ from tests.integration.kafka_helpers import (
 
 
 def test_a_ten_thousand_character_record_id_is_quarantined_and_traceable(
-    kafka_bootstrap: str, pg_store_url: str
+    kafka_bootstrap: str, pg_store_url: str, request: pytest.FixtureRequest
 ) -> None:
     """Issue 19.1: PostgreSQL refused the index row of such an id; the guard waited 300 s,
     exited 4 and delivered nothing, and every rerun did the same."""
@@ -67,6 +68,17 @@ def test_a_ten_thousand_character_record_id_is_quarantined_and_traceable(
 
     again = guard_cli(*args, "--lineage-store", pg_store_url, timeout=150)
     assert again.returncode == 0 and "read 0," in again.stderr, again.stderr
+    faults_table.record(
+        "record_id_10000_characters",
+        {
+            "fault": "10,000-character record_id (PostgreSQL store)",
+            "records_in": 30, "out": 29, "quarantined": 1, "duplicates": 0, "lost": 0,
+            "messages": 30, **faults_table.lineage_figures(pg_store_url),
+            "command": f"python3 -m pytest {request.node.nodeid}",
+            "notes": "quarantined as record_id_not_uuid; kept as its first 64 characters +"
+            " sha256; `trace` of the full id finds it; the rerun reads 0",
+        },
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -91,7 +103,7 @@ def latin1_store_url(pg_dsn: str) -> Iterator[str]:
 
 
 def test_a_row_the_store_refuses_quarantines_its_record_and_the_partition_moves_on(
-    kafka_bootstrap: str, latin1_store_url: str
+    kafka_bootstrap: str, latin1_store_url: str, request: pytest.FixtureRequest
 ) -> None:
     """A record whose hop holds a character the database cannot store is that record's
     fault: it goes to quarantine (`lineage_refused`, stage `write`), the other records are
@@ -129,3 +141,14 @@ def test_a_row_the_store_refuses_quarantines_its_record_and_the_partition_moves_
     assert events[-1]["tenant_id"] is None
     verify = guard_cli("lineage", "verify", "--lineage-store", latin1_store_url)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    faults_table.record(
+        "row_refused_by_the_store",
+        {
+            "fault": "a row the store refuses (LATIN1 database, tenant `東京-tenant`)",
+            "records_in": 30, "out": 29, "quarantined": 1, "duplicates": 0, "lost": 0,
+            "messages": 30, **faults_table.lineage_figures(latin1_store_url),
+            "command": f"python3 -m pytest {request.node.nodeid}",
+            "notes": "that record quarantined (lineage_refused, stage write); the others"
+            " delivered; offsets at the end",
+        },
+    )  # fmt: skip
