@@ -238,7 +238,7 @@ _SETTING_ERRORS = ("SQLITE_READONLY", "SQLITE_NOTADB", "SQLITE_CANTOPEN", "SQLIT
 
 
 # What SQLite says of a row too large for it (past `SQLITE_MAX_LENGTH`): that row's fault.
-_ROW_ERRORS = ("SQLITE_TOOBIG", "SQLITE_MISMATCH")
+_ROW_ERRORS = ("SQLITE_TOOBIG",)
 
 
 def _is_setting(exc: BaseException) -> bool:
