@@ -7,6 +7,7 @@ for unusable input, bad configuration and unreachable services::
     ├── UnusableInputError        exit 2: a file that cannot be read or decoded, a bad argument
     │   └── SchemaError           a schema that cannot be found or parsed
     ├── ConfigError               exit 3: a configuration that cannot work
+    │   └── RowRefusedError       a hop row the lineage store refuses for what it holds
     ├── ServiceUnavailableError   exit 4: Kafka or the lineage database cannot be reached
     └── CorruptLineageError       exit 1: a stored lineage event is no valid event (it was edited)
 """
@@ -51,6 +52,12 @@ class ConfigError(LineageGuardError):
     exit_code = ExitCode.CONFIG
 
 
+class RowRefusedError(ConfigError):
+    """The lineage store refused a batch's rows for what they hold (a value it cannot take),
+    not for an outage: waiting would not help. The recorder quarantines the records whose
+    rows it refuses (`recorder.LineageRecorder`); raised past it, the run ends (exit 3)."""
+
+
 class ServiceUnavailableError(LineageGuardError):
     exit_code = ExitCode.SERVICE_UNAVAILABLE
 
@@ -65,7 +72,8 @@ class CorruptLineageError(LineageGuardError):
 
 
 _RELAYED = re.compile(
-    r"\b(UnusableInputError|SchemaError|ConfigError|ServiceUnavailableError|CorruptLineageError)"
+    r"\b(UnusableInputError|SchemaError|ConfigError|RowRefusedError|ServiceUnavailableError"
+    r"|CorruptLineageError)"
     r": ([^\n]+)"
 )
 _BEAM_SUFFIX = re.compile(r"( \[while running '[^']*'\])+$")
@@ -82,6 +90,7 @@ def relayed_error(text: str) -> LineageGuardError | None:
         "UnusableInputError": UnusableInputError,
         "SchemaError": SchemaError,
         "ConfigError": ConfigError,
+        "RowRefusedError": RowRefusedError,
         "ServiceUnavailableError": ServiceUnavailableError,
         "CorruptLineageError": CorruptLineageError,
     }

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from lineage_guard.lineage.bounds import lookup_ids
 from lineage_guard.lineage.chain import BrokenLink, Verification
 from lineage_guard.lineage.events import Decision, Reason, Stage, StoredEvent, format_time
 from lineage_guard.lineage.hops import Delivery, Outcome, is_handoff
@@ -145,7 +146,8 @@ class LeakReport:
 def trace(store: LineageStore, record_id: str, *, verify_chains: bool = True) -> Trace:
     """Every event of `record_id` and of its ancestors (cycle-safe), with the status of each
     batch they are in (its rows against its Merkle root, its link to the batch before)."""
-    depth_of: dict[str, int] = {record_id: 0}
+    # The record as asked for and as its hops may keep it (`lineage.bounds.lookup_ids`).
+    depth_of: dict[str, int] = dict.fromkeys(lookup_ids([record_id]), 0)
     found: list[StoredEvent] = []
     missing: list[str] = []
     frontier = [record_id]

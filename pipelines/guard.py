@@ -72,6 +72,7 @@ class GuardConfig:
     raw_schema: str | None = None
     schema_registry: str | None = None
     lineage_store: str | None = None  # None: lineage off
+    # How long an unreachable lineage store or Schema Registry is waited out (`--service-wait`).
     lineage_retry_s: float = 300.0
     signing_key: str | None = None  # an Ed25519 PEM file: sign the chain heads at the end
     batch_size: int = 2000
@@ -103,7 +104,11 @@ def build(
             return label >> ReadKafka(io.settings, ranges, config.batch_size, counter=counter)
         return label >> ReadFiles(io.inputs, config.batch_size, counter=counter)
 
-    decode = {"raw_schema": config.raw_schema, "schema_registry": config.schema_registry}
+    decode: dict[str, Any] = {
+        "raw_schema": config.raw_schema,
+        "schema_registry": config.schema_registry,
+        "registry_wait_s": config.lineage_retry_s,
+    }
     parents = pipeline | source("IndexRead", None) | "ParentClasses" >> ParentClasses(**decode)
     decoded = pipeline | source("Read", "read") | "Decode" >> DecodeRecords(**decode)
     validated = decoded.guarded | "Validate" >> ValidateProvenance(

@@ -31,6 +31,15 @@ from lineage_guard.contract.validate import SuiteValidator
 from lineage_guard.contract.verdicts import Violation
 from lineage_guard.io import arrow_decode
 from lineage_guard.io.decode import Decoded, Decoder, known_fingerprints
+from lineage_guard.lineage.bounds import (
+    ID_LIMIT,
+    MESSAGE_LIMIT,
+    PIPELINE_LIMIT,
+    TEXT_LIMIT,
+    TOPIC_LIMIT,
+    bounded,
+    stored_id,
+)
 from lineage_guard.lineage.events import Stage
 from lineage_guard.lineage.hops import HopBatch, HopRows, Outcome
 from lineage_guard.stages import ClassLookup, ParentIndex, clean, known_ranks, parent_ids
@@ -386,7 +395,10 @@ def hop_rows(batch: GuardBatch) -> HopRows:
     blocked = batch.column("blocked").to_pylist() if batch.has("blocked") else [False] * n
     reasons: list[tuple[tuple[str, str], ...]] = [()] * n
     for i, row in batch.violations.items():
-        reasons[i] = tuple((v.rule, clean(v.message)) for v in row)
+        reasons[i] = tuple(
+            (bounded(clean(v.rule), TEXT_LIMIT), bounded(clean(v.message), MESSAGE_LIMIT))
+            for v in row
+        )
     outcomes = [
         Outcome.DELIVERED.value
         if s is None
@@ -402,12 +414,16 @@ def hop_rows(batch: GuardBatch) -> HopRows:
     }
     if batch.has("read") and pc.any(batch.column("read")).as_py():
         for name, column in _HOP_COLUMN_OF.items():
-            columns[name] = _cleaned(batch.column(column)).to_pylist()
+            columns[name] = _bounded(
+                _cleaned(batch.column(column)), ID_LIMIT if name == "record_id" else TEXT_LIMIT
+            )
         parents = pc.list_flatten(batch.column("parent_record_ids"))
         lists = pa.ListArray.from_arrays(
             batch.column("parent_record_ids").offsets, _cleaned(parents)
         ).to_pylist()
-        columns["parent_record_ids"] = [tuple(ids) if ids else () for ids in lists]
+        columns["parent_record_ids"] = [
+            tuple(stored_id(p) for p in ids) if ids else () for ids in lists
+        ]
         rows = [i for i, r in enumerate(batch.records or ()) if r is not None]
     else:
         columns.update((name, [None] * n) for name in _HOP_COLUMN_OF)
@@ -421,14 +437,16 @@ def hop_rows(batch: GuardBatch) -> HopRows:
         provs = [p if type(p) is dict else {} for p in _field(recs, "provenance")]
         gens = _field(provs, "generator")
         from_records: dict[str, list[Any]] = {
-            "record_id": _texts(_field(recs, "record_id")),
+            "record_id": _texts(_field(recs, "record_id"), ID_LIMIT),
             "content_class": _texts(_field(provs, "content_class")),
             "origin_env": _texts(_field(provs, "origin_env")),
             "tenant_id": _texts(_field(recs, "tenant_id")),
             "source_system": _texts(_field(provs, "source_system")),
             "generator": _texts([g.get("name") if type(g) is dict else None for g in gens]),
             "parent_record_ids": [
-                tuple(clean(p) for p in ps if type(p) is str) if type(ps) is list and ps else ()
+                tuple(stored_id(clean(p)) for p in ps if type(p) is str)
+                if type(ps) is list and ps
+                else ()
                 for ps in _field(provs, "parent_record_ids")
             ],
         }
@@ -468,10 +486,10 @@ def hop_batch(
     """The batch's hops with their header, as the stores take them (`rows`: the batch's
     `hop_rows`, when already built)."""
     return HopBatch(
-        pipeline=pipeline,
+        pipeline=bounded(clean(pipeline), PIPELINE_LIMIT),
         run_id=run_id,
         at=at or datetime.now(UTC),
-        source_topic=clean(batch.topic),
+        source_topic=bounded(clean(batch.topic), TOPIC_LIMIT),
         source_partition=batch.partition,
         allowed_to=allowed_to,
         quarantined_to=quarantined_to,
@@ -511,8 +529,19 @@ def _field(objects: Sequence[Any], key: str) -> list[Any]:
         return [o.get(key) for o in objects]
 
 
-def _texts(values: list[Any]) -> list[str | None]:
-    return [clean(v) if type(v) is str else None for v in values]
+def _texts(values: list[Any], limit: int = TEXT_LIMIT) -> list[str | None]:
+    """Text values as a hop keeps them (`stages._text`): cleaned and bounded."""
+    return [bounded(clean(v), limit) if type(v) is str else None for v in values]
+
+
+def _bounded(values: pa.Array, limit: int) -> list[str | None]:
+    """A string column's values bounded (`lineage.bounds`): Python only for the long ones."""
+    texts: list[str | None] = values.to_pylist()
+    for i in pc.indices_nonzero(
+        pc.fill_null(pc.greater(pc.utf8_length(values), limit), False)
+    ).to_pylist():
+        texts[i] = bounded(texts[i], limit)
+    return texts
 
 
 def _strings(values: list[Any]) -> pa.Array:

@@ -10,24 +10,39 @@
    committed. Until then `trace` shows those records as `sending`, never as `delivered`: the
    store never claims a delivery that did not happen.
 
-It opens the store lazily, inside its retry loop, and retries an unreachable store for up to
-`retry_s` seconds, delivering nothing meanwhile. A store that refuses its settings (a
-read-only or non-database file, a refused login) raises `ConfigError` at once: waiting would
-not help.
+Store errors fall in three kinds:
+
+- transient (`ServiceUnavailableError`: the database unreachable, restarting, its disk full):
+  the store is opened lazily, inside a retry loop, and retried for up to `retry_s` seconds
+  with a line on stderr each time, delivering nothing meanwhile; then exit 4;
+- permanent for a record (`RowRefusedError`: a row holds a value the store cannot take, e.g.
+  a character the database's encoding lacks): the rows it refuses are found
+  (`LineageStore.refused_rows`), those records go to quarantine with the rule
+  `lineage_refused` and a hop that keeps only their position, digests and that reason, and
+  the partition moves on. Hop rows keep unbounded fields bounded (`lineage.bounds`), so
+  length alone never gets here;
+- permanent for the run (`ConfigError`: a read-only or non-database file, a refused login,
+  no privilege; or a batch refused with no row to blame): raised at once, exit 3.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from lineage_guard import stages
+from lineage_guard.contract.verdicts import Violation
 from lineage_guard.items import Batch
+from lineage_guard.lineage.bounds import bounded, digest_id
 from lineage_guard.lineage.chain import Entry, Failure
-from lineage_guard.lineage.errors import ServiceUnavailableError
+from lineage_guard.lineage.errors import RowRefusedError, ServiceUnavailableError
+from lineage_guard.lineage.events import Reason, Stage
+from lineage_guard.lineage.hops import Hop, HopBatch, Outcome
 
 if TYPE_CHECKING:
     from lineage_guard.lineage.checkpoints import Checkpoint
@@ -85,6 +100,18 @@ class RetryingStore:
             self.store = None
 
 
+LINEAGE_REFUSED = "lineage_refused"  # the store refused the record's hop row
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recorded:
+    """A recorded batch: its chain entry (to `confirm` once the destination answered) and the
+    batch to deliver, in which the records whose rows the store refused are quarantined."""
+
+    entry: Entry
+    batch: Batch
+
+
 class LineageRecorder:
     def __init__(self, store_url: str, *, pipeline: str, run_id: str, retry_s: float) -> None:
         self.store_url = store_url
@@ -100,11 +127,10 @@ class LineageRecorder:
         allowed_to: str,
         quarantined_to: str,
         stop: Callable[[], bool] = lambda: False,
-    ) -> Entry | None:
-        """Record what the stages decided about `batch`, and where its records are going;
-        returns the chain entry to `confirm` once the destination answered. None when
-        `stop()` turned true while an unavailable store was being retried: nothing was
-        recorded, and the batch must not be delivered."""
+    ) -> Recorded | None:
+        """Record what the stages decided about `batch`, and where its records are going.
+        None when `stop()` turned true while an unavailable store was being retried: nothing
+        was recorded, and the batch must not be delivered."""
         hops = stages.lineage_hops(
             batch,
             pipeline=self.pipeline,
@@ -113,10 +139,56 @@ class LineageRecorder:
             quarantined_to=quarantined_to,
         )
         try:
-            entry: Entry = self.connection.call(lambda store: store.append(hops), stop)
+            try:
+                entry: Entry = self.connection.call(lambda store: store.append(hops), stop)
+            except RowRefusedError as exc:
+                batch, hops = self._quarantine_refused(batch, hops, exc, stop)
+                entry = self.connection.call(lambda store: store.append(hops), stop)
         except _Stopped:
             return None
-        return entry
+        return Recorded(entry=entry, batch=batch)
+
+    def _quarantine_refused(
+        self, batch: Batch, hops: HopBatch, refusal: RowRefusedError, stop: Callable[[], bool]
+    ) -> tuple[Batch, HopBatch]:
+        """`batch` and `hops` with each record whose row the store refuses quarantined
+        (`lineage_refused`), its hop reduced to what any store takes."""
+        refused: dict[int, str] = self.connection.call(lambda store: store.refused_rows(hops), stop)
+        if not refused:  # the batch, not a row: nothing to quarantine it by
+            raise refusal
+        items, rows = list(batch.items), list(hops.hops)
+        for index, error in refused.items():
+            item, hop = items[index], rows[index]
+            message = (
+                f"The lineage store refused this record's hop ({error}); its hop keeps only"
+                " its source position and digest."
+            )
+            message = bounded(message.encode("ascii", "backslashreplace").decode(), 1024)
+            violation = Violation(rule=LINEAGE_REFUSED, column=None, message=message)
+            items[index] = dataclasses.replace(
+                item,
+                stopped_at=item.stopped_at or Stage.WRITE,
+                violations=(*item.violations, violation),
+            )
+            rows[index] = Hop(
+                record_id=digest_id(hop.record_id) if hop.record_id is not None else None,
+                source_offset=hop.source_offset,
+                outcome=Outcome.BLOCKED if hop.outcome is Outcome.BLOCKED else Outcome.QUARANTINED,
+                stopped_at=Stage(item.stopped_at or Stage.WRITE),
+                reasons=(Reason(rule=LINEAGE_REFUSED, message=message),),
+                digest=hop.digest,
+            )
+            log.warning(
+                "lineage store refused the hop of `%s`[%d]@%d: quarantined (%s)",
+                batch.topic,
+                batch.partition,
+                hop.source_offset,
+                error,
+            )
+        return (
+            dataclasses.replace(batch, items=tuple(items)),
+            dataclasses.replace(hops, hops=tuple(rows)),
+        )
 
     def confirm(self, answered: Sequence[tuple[Entry, int, Sequence[Failure]]]) -> None:
         """Record, per batch entry, how many records the destination answered and which it

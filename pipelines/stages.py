@@ -26,6 +26,15 @@ from lineage_guard.contract.validate import SuiteValidator
 from lineage_guard.contract.verdicts import Violation
 from lineage_guard.io.decode import Decoded, Decoder
 from lineage_guard.items import Batch, Item
+from lineage_guard.lineage.bounds import (
+    ID_LIMIT,
+    MESSAGE_LIMIT,
+    PIPELINE_LIMIT,
+    TEXT_LIMIT,
+    TOPIC_LIMIT,
+    bounded,
+    stored_id,
+)
 from lineage_guard.lineage.events import Reason, Stage
 from lineage_guard.lineage.hops import Hop, HopBatch, Outcome
 
@@ -244,29 +253,33 @@ def lineage_hops(
         parents = provenance.get("parent_record_ids")
         hops.append(
             Hop(
-                record_id=_text(record.get("record_id")),
+                record_id=_text(record.get("record_id"), ID_LIMIT),
                 source_offset=item.source.offset,
                 outcome=outcome,
                 stopped_at=Stage(item.stopped_at) if item.stopped_at is not None else None,
                 reasons=tuple(
-                    Reason(rule=v.rule, message=clean(v.message)) for v in item.violations
+                    Reason(
+                        rule=bounded(clean(v.rule), TEXT_LIMIT),
+                        message=bounded(clean(v.message), MESSAGE_LIMIT),
+                    )
+                    for v in item.violations
                 ),
                 content_class=_text(provenance.get("content_class")),
                 origin_env=_text(provenance.get("origin_env")),
                 tenant_id=_text(record.get("tenant_id")),
                 source_system=_text(provenance.get("source_system")),
                 generator=_text(generator.get("name")) if type(generator) is dict else None,
-                parent_record_ids=tuple(clean(p) for p in parents if type(p) is str)
+                parent_record_ids=tuple(stored_id(clean(p)) for p in parents if type(p) is str)
                 if type(parents) is list and parents
                 else (),
                 digest=received_digest(item),
             )
         )
     return HopBatch(
-        pipeline=pipeline,
+        pipeline=bounded(clean(pipeline), PIPELINE_LIMIT),
         run_id=run_id,
         at=at or datetime.now(UTC),
-        source_topic=clean(batch.topic),
+        source_topic=bounded(clean(batch.topic), TOPIC_LIMIT),
         source_partition=batch.partition,
         allowed_to=allowed_to,
         quarantined_to=quarantined_to,
@@ -285,8 +298,9 @@ def received_digest(item: Item) -> str:
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _text(value: Any) -> str | None:
-    return clean(value) if type(value) is str else None
+def _text(value: Any, limit: int = TEXT_LIMIT) -> str | None:
+    """A record's text as a hop keeps it: cleaned and bounded (`lineage.bounds`)."""
+    return bounded(clean(value), limit) if type(value) is str else None
 
 
 def clean(text: str) -> str:

@@ -113,7 +113,11 @@ class _Stage(beam.DoFn):
 
     def setup(self) -> None:
         if self.stage == "decode":
-            decoder = decoder_for(self.config.raw_schema, self.config.schema_registry)
+            decoder = decoder_for(
+                self.config.raw_schema,
+                self.config.schema_registry,
+                wait_s=self.config.lineage_retry_s,
+            )
             self.run = lambda batch: stages.decode(batch, decoder)
         elif self.stage == "validate":
             validator = SuiteValidator(engine=self.config.engine)  # suites: once per worker
@@ -184,9 +188,11 @@ class DeliverAndCommit(beam.DoFn):
         batch = self.sink.prepare(part.batch)  # where each record fits, before its lineage
         receipt = None
         if self.recorder is not None:
-            receipt = self.recorder.record(
+            recorded = self.recorder.record(
                 batch, allowed_to=self.io.output_topic, quarantined_to=self.io.quarantine_topic
             )
+            assert recorded is not None  # None only when a `stop` is given
+            batch, receipt = recorded.batch, recorded.entry  # refused rows: quarantined
         self.sink.write(batch, receipt)
         self.sink.flush()  # raises unless Kafka acknowledged every record of the batch
         self.counters.add(batch)

@@ -228,12 +228,17 @@ class _StageTransform(beam.PTransform):
 
 
 class _Decode(_Stage):
-    def __init__(self, raw_schema: str | None, schema_registry: str | None) -> None:
+    def __init__(
+        self, raw_schema: str | None, schema_registry: str | None, registry_wait_s: float
+    ) -> None:
         self.raw_schema = raw_schema
         self.schema_registry = schema_registry
+        self.registry_wait_s = registry_wait_s
 
     def setup(self) -> None:
-        self.decoder = decoder_for(self.raw_schema, self.schema_registry)
+        self.decoder = decoder_for(
+            self.raw_schema, self.schema_registry, wait_s=self.registry_wait_s
+        )
 
     def check(self, batch: Batch, side: Any) -> Batch:
         return stages.decode(batch, self.decoder)
@@ -241,24 +246,39 @@ class _Decode(_Stage):
 
 class DecodeRecords(_StageTransform):
     """Kafka messages' bytes → records (Confluent framing, single-object, or raw with
-    `raw_schema`); undecodable messages go to `quarantine`. Records read from files pass."""
+    `raw_schema`); undecodable messages go to `quarantine`. Records read from files pass.
+    An unreachable `schema_registry` is waited out for up to `registry_wait_s`, then fails
+    the step (`ServiceUnavailableError`): an outage is never a verdict."""
 
-    def __init__(self, raw_schema: str | None = None, schema_registry: str | None = None):
+    def __init__(
+        self,
+        raw_schema: str | None = None,
+        schema_registry: str | None = None,
+        registry_wait_s: float = 300.0,
+    ):
         super().__init__()
         self.raw_schema = raw_schema
         self.schema_registry = schema_registry
+        self.registry_wait_s = registry_wait_s
 
     def expand(self, batches: PCollection[Batch]) -> Any:
-        return self._apply(batches, _Decode(self.raw_schema, self.schema_registry))
+        return self._apply(
+            batches, _Decode(self.raw_schema, self.schema_registry, self.registry_wait_s)
+        )
 
 
 class _IndexClasses(beam.DoFn):
-    def __init__(self, raw_schema: str | None, schema_registry: str | None) -> None:
+    def __init__(
+        self, raw_schema: str | None, schema_registry: str | None, registry_wait_s: float
+    ) -> None:
         self.raw_schema = raw_schema
         self.schema_registry = schema_registry
+        self.registry_wait_s = registry_wait_s
 
     def setup(self) -> None:
-        self.decoder = decoder_for(self.raw_schema, self.schema_registry)
+        self.decoder = decoder_for(
+            self.raw_schema, self.schema_registry, wait_s=self.registry_wait_s
+        )
 
     def process(self, batch: Batch) -> Iterator[tuple[bytes, bytes]]:
         part = stages.index_keys(stages.class_index(batch, self.decoder))
@@ -298,18 +318,24 @@ class ParentClasses(beam.PTransform):
     and class (a fifth of a full decode), with the same `raw_schema` / `schema_registry` as
     `DecodeRecords`. Decoded batches (and file records) are read as they are."""
 
-    def __init__(self, raw_schema: str | None = None, schema_registry: str | None = None):
+    def __init__(
+        self,
+        raw_schema: str | None = None,
+        schema_registry: str | None = None,
+        registry_wait_s: float = 300.0,
+    ):
         super().__init__()
         self.raw_schema = raw_schema
         self.schema_registry = schema_registry
+        self.registry_wait_s = registry_wait_s
 
     def expand(self, batches: PCollection[Batch]) -> PCollection[tuple[bytes, bytes]]:
         return (
             batches
             | "Generated"
-            >> beam.ParDo(_IndexClasses(self.raw_schema, self.schema_registry)).with_output_types(
-                tuple[bytes, bytes]
-            )
+            >> beam.ParDo(
+                _IndexClasses(self.raw_schema, self.schema_registry, self.registry_wait_s)
+            ).with_output_types(tuple[bytes, bytes])
             | "Index" >> beam.CombineGlobally(_MergeIndex()).with_output_types(tuple[bytes, bytes])
         )
 
@@ -416,11 +442,11 @@ class _RecordHop(beam.DoFn):
 
     def process(self, batch: Batch) -> Iterator[Batch]:
         allowed_to, quarantined_to = self.handoffs
-        entry = self.recorder.record(batch, allowed_to=allowed_to, quarantined_to=quarantined_to)
-        assert entry is not None  # None only when a `stop` is given
-        yield batch
+        recorded = self.recorder.record(batch, allowed_to=allowed_to, quarantined_to=quarantined_to)
+        assert recorded is not None  # None only when a `stop` is given
+        yield recorded.batch
         # handed on to the next transform: `trace` shows `handed_on`, never `delivered`
-        self.recorder.confirm([(entry, len(batch.items), [])])
+        self.recorder.confirm([(recorded.entry, len(batch.items), [])])
 
     def teardown(self) -> None:
         self.recorder.close()
@@ -531,11 +557,12 @@ class _Write(beam.DoFn):
         receipt = None
         if self.recorder is not None:
             allowed_to, quarantined_to = _destinations(self.io, batch)
-            receipt = self.recorder.record(
+            recorded = self.recorder.record(
                 batch, allowed_to=allowed_to, quarantined_to=quarantined_to, stop=stop_requested
             )
-            if receipt is None:  # stopped while the store was being retried
+            if recorded is None:  # stopped while the store was being retried
                 return
+            batch, receipt = recorded.batch, recorded.entry  # refused rows: quarantined
         self.sink.write(batch, receipt)
         self._count(batch)
 

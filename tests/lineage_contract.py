@@ -25,6 +25,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lineage_guard.lineage import queries
+from lineage_guard.lineage.bounds import ID_LIMIT, stored_id
 from lineage_guard.lineage.chain import BreakKind, Failure
 from lineage_guard.lineage.checkpoints import sign
 from lineage_guard.lineage.events import Decision, Reason, Stage
@@ -55,6 +56,7 @@ __all__ = [
     "test_inserting_a_hop_row_is_detected",
     "test_leaks_count_only_acknowledged_deliveries_and_dedupe_redeliveries",
     "test_leaks_none_when_the_guard_blocked_the_attempts",
+    "test_long_ids_are_kept_bounded_and_found_by_their_full_value",
     "test_recomputed_chain_is_detected_only_with_a_key",
     "test_run_counts_count_one_runs_hops_per_decision",
     "test_trace_follows_ancestors_through_a_cycle",
@@ -377,6 +379,35 @@ def test_run_counts_count_one_runs_hops_per_decision(store: LineageStore) -> Non
     }
     assert counted(past={}) == set()
     assert store.run_counts(PIPELINE, "no-such-run") == []
+
+
+def test_long_ids_are_kept_bounded_and_found_by_their_full_value(
+    store: LineageStore, run_sql: RunSql
+) -> None:
+    """A hop keeps a 10,000-character id by its head and digest (`lineage.bounds`): the store
+    takes the row, `trace` and the class look-up find it by the full id, ancestors included,
+    and the chain verifies."""
+    child, parent = "c" * 9_000 + "é" * 1_000, "p" * 10_000
+    store.append(
+        batch([
+            hop(stored_id(child), 0, parent_record_ids=(stored_id(parent),)),
+            hop(stored_id(parent), 1, content_class="AI_ASSISTED"),
+        ])
+    )  # fmt: skip
+    kept = sorted(row[0] for row in run_sql("SELECT record_id FROM lineage_hops"))
+    assert kept == sorted([stored_id(child), stored_id(parent)])
+    assert all(len(record_id) == ID_LIMIT for record_id in kept)
+    assert kept[0].startswith("c" * 64 + "...sha256:")
+    assert [s.event.record_id for s in store.trace(child)] == [stored_id(child)] * len(Stage)
+    assert store.content_classes([parent, child]) == {
+        parent: "AI_ASSISTED",
+        child: "SYNTHETIC",
+    }
+    result = queries.trace(store, child)
+    depths = {(t.stored.event.record_id, t.depth) for t in result.events}
+    assert depths == {(stored_id(child), 0), (stored_id(parent), 1)}
+    assert result.missing_ancestors == ()
+    assert store.verify().ok
 
 
 def test_trace_shows_hops_across_guards_in_order(store: LineageStore) -> None:

@@ -25,6 +25,7 @@ from lineage_guard.lineage.chain import GENESIS_HASH, ChainHead
 from lineage_guard.lineage.errors import (
     ConfigError,
     LineageGuardError,
+    RowRefusedError,
     ServiceUnavailableError,
 )
 from lineage_guard.lineage.store import first_line, no_lineage_error, redact_text, redact_url
@@ -40,6 +41,10 @@ _REFUSED_SETTINGS = re.compile(
 # SQLSTATEs that waiting does not change: no schema to create the tables in (`search_path`
 # names none that exists), no privilege, a read-only transaction or server. Exit 3, not 4.
 _SETTING_STATES = frozenset({"3F000", "42501", "25006"})
+# SQLSTATE classes that name a row's values, not the server: a data exception (22: a
+# character the database's encoding lacks, a value out of range) or a program limit
+# exceeded (54: an index row too large). The record is quarantined; waiting would not help.
+_ROW_CLASSES = frozenset({"22", "54"})
 
 _COPY = f"COPY lineage_hops ({', '.join(HOP_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _COPY_TYPES = [
@@ -235,6 +240,9 @@ class PostgresStore(SqlStore):
         options: dict[str, Any] = {}
         if "connect_timeout" not in self._dsn:
             options["connect_timeout"] = CONNECT_TIMEOUT_S
+        # Python's text goes out as UTF-8 whatever the database's encoding: the server then
+        # names a character its encoding lacks (SQLSTATE 22P05, that row's fault).
+        options["client_encoding"] = "utf8"
         try:
             return psycopg.connect(self._dsn, autocommit=autocommit, **options)
         except psycopg.ProgrammingError as exc:  # a malformed URL or an unknown option
@@ -268,8 +276,11 @@ class PostgresStore(SqlStore):
             self._conn = None
 
     def _error_class(self, exc: BaseException) -> type[LineageGuardError]:
-        if getattr(exc, "sqlstate", None) in _SETTING_STATES:
+        state = getattr(exc, "sqlstate", None) or ""
+        if state in _SETTING_STATES:
             return ConfigError
+        if state[:2] in _ROW_CLASSES:
+            return RowRefusedError
         return ServiceUnavailableError
 
     def _unavailable(self, action: str, exc: BaseException) -> ServiceUnavailableError:

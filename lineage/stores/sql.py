@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
+from lineage_guard.lineage.bounds import lookup_ids, stored_id
 from lineage_guard.lineage.chain import (
     GENESIS_HASH,
     BreakKind,
@@ -41,7 +42,11 @@ from lineage_guard.lineage.chain import (
     verify_chain,
 )
 from lineage_guard.lineage.checkpoints import Checkpoint, is_signed_by, key_id
-from lineage_guard.lineage.errors import LineageGuardError, ServiceUnavailableError
+from lineage_guard.lineage.errors import (
+    LineageGuardError,
+    RowRefusedError,
+    ServiceUnavailableError,
+)
 from lineage_guard.lineage.events import Decision, Reason, Stage, StoredEvent
 from lineage_guard.lineage.hops import (
     Delivery,
@@ -83,6 +88,10 @@ ROWS_OF_ENTRY = (
     f"SELECT {', '.join(HOP_COLUMNS[1:])} FROM lineage_hops h"
     " WHERE h.entry_id = (SELECT id FROM lineage_entries WHERE chain_id = ? AND seq = ?)"
     " ORDER BY h.idx"
+)
+INSERT_HOP = (
+    f"INSERT INTO lineage_hops ({', '.join(HOP_COLUMNS)})"
+    f" VALUES ({', '.join('?' for _ in HOP_COLUMNS)})"
 )
 INSERT_ENTRY = (
     f"INSERT INTO lineage_entries ({', '.join(ENTRY_COLUMNS)})"
@@ -213,6 +222,31 @@ class SqlStore(ABC):
             ) from exc
         return written
 
+    def refused_rows(self, batch: HopBatch) -> dict[int, str]:
+        """The hops of `batch` whose rows the store refuses (index → its error), found by
+        writing each row alone in a transaction that is rolled back: nothing is kept. Asked
+        only after `append` raised `RowRefusedError`."""
+        refused: dict[int, str] = {}
+        try:
+            with self._write() as cursor:
+                for index, hop in enumerate(batch.all_hops()):
+                    cursor.execute("SAVEPOINT probe")
+                    try:
+                        cursor.execute(self._q(INSERT_HOP), hop_row(0, index, hop))
+                    except self._errors as exc:
+                        if self._error_class(exc) is not RowRefusedError:
+                            raise
+                        refused[index] = first_line(exc)
+                    cursor.execute("ROLLBACK TO SAVEPOINT probe")
+                raise _Probed
+        except _Probed:
+            return refused
+        except self._errors as exc:
+            raise self._error_class(exc)(
+                f"Cannot check {len(batch.table())} lineage hops of chain `{batch.chain_id}` in"
+                f" `{self.url}`: {first_line(exc)}."
+            ) from exc
+
     def add_checkpoint(self, checkpoint: Checkpoint) -> None:
         try:
             with self._write() as cursor:
@@ -250,8 +284,9 @@ class SqlStore(ABC):
     # -- reading ----------------------------------------------------------------------------
 
     def hops(self, record_ids: Collection[str]) -> list[StoredHop]:
-        """Every stored hop of `record_ids`, in time order."""
-        ids = list(dict.fromkeys(record_ids))
+        """Every stored hop of `record_ids` (each asked for as given and as a hop keeps it,
+        `lineage.bounds`), in time order."""
+        ids = lookup_ids(record_ids)
         found: list[StoredHop] = []
         for start in range(0, len(ids), IN_CHUNK):
             chunk = ids[start : start + IN_CHUNK]
@@ -322,8 +357,10 @@ class SqlStore(ABC):
 
     def content_classes(self, record_ids: Collection[str]) -> dict[str, str]:
         """The highest content class recorded for each of `record_ids` that the store knows
-        (HUMAN < AI_ASSISTED < SYNTHETIC), whichever guard, worker or run recorded it."""
-        ids = list(dict.fromkeys(record_ids))
+        (HUMAN < AI_ASSISTED < SYNTHETIC), whichever guard, worker or run recorded it; an id
+        longer than a hop keeps is found by its bounded form (`lineage.bounds`)."""
+        wanted = list(dict.fromkeys(record_ids))
+        ids = lookup_ids(wanted)
         found: dict[str, str] = {}
         for start in range(0, len(ids), IN_CHUNK):
             chunk = ids[start : start + IN_CHUNK]
@@ -335,7 +372,12 @@ class SqlStore(ABC):
             for record_id, content_class in self._fetchall(self._q(query), chunk):
                 if CLASS_RANK.get(content_class, -1) > CLASS_RANK.get(found.get(record_id), -1):
                     found[record_id] = content_class
-        return found
+        classes: dict[str, str] = {}
+        for record_id in wanted:
+            ranked = [found[i] for i in (record_id, stored_id(record_id)) if i in found]
+            if ranked:
+                classes[record_id] = max(ranked, key=lambda c: CLASS_RANK.get(c, -1))
+        return classes
 
     def run_counts(
         self,
@@ -602,6 +644,10 @@ def hop_row(entry_id: int, index: int, hop: Hop) -> tuple[Any, ...]:
 
 class _RowError(Exception):
     pass
+
+
+class _Probed(Exception):
+    """Ends `refused_rows`' transaction, which is rolled back."""
 
 
 def read_entry(row: Sequence[Any]) -> Entry | UnreadableRow:

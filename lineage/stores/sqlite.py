@@ -17,18 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from lineage_guard.lineage.chain import ChainHead
-from lineage_guard.lineage.errors import ConfigError, LineageGuardError, ServiceUnavailableError
+from lineage_guard.lineage.errors import (
+    ConfigError,
+    LineageGuardError,
+    RowRefusedError,
+    ServiceUnavailableError,
+)
 from lineage_guard.lineage.private import create_private_file, private_dir
 from lineage_guard.lineage.store import first_line, no_lineage_error
-from lineage_guard.lineage.stores.sql import FETCH_ROWS, HOP_COLUMNS, SqlStore
+from lineage_guard.lineage.stores.sql import FETCH_ROWS, INSERT_HOP, SqlStore
 
 SCHEMA_VERSION = 2  # 1: one row per event (before hops); not readable by this version
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another one's transaction
 
-_INSERT_HOP = (
-    f"INSERT INTO lineage_hops ({', '.join(HOP_COLUMNS)})"
-    f" VALUES ({', '.join('?' for _ in HOP_COLUMNS)})"
-)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS lineage_chains (
     chain_id TEXT PRIMARY KEY,
@@ -169,7 +170,7 @@ class SqliteStore(SqlStore):
         return ChainHead(chain_id=chain_id, seq=row[0], hash=row[1]) if row else None
 
     def _insert_hops(self, cursor: Any, rows: Sequence[tuple[Any, ...]]) -> None:
-        cursor.executemany(_INSERT_HOP, rows)
+        cursor.executemany(INSERT_HOP, rows)
 
     def _fetchall(self, query: str, params: Sequence[Any]) -> list[Any]:
         with self._lock:
@@ -215,7 +216,11 @@ class SqliteStore(SqlStore):
             raise self._unavailable("open", exc) from exc
 
     def _error_class(self, exc: BaseException) -> type[LineageGuardError]:
-        return ConfigError if _is_setting(exc) else ServiceUnavailableError
+        if _is_setting(exc):
+            return ConfigError
+        if getattr(exc, "sqlite_errorname", "") in _ROW_ERRORS:
+            return RowRefusedError
+        return ServiceUnavailableError
 
     def _unavailable(self, action: str, exc: BaseException) -> LineageGuardError:
         return self._error_class(exc)(
@@ -227,6 +232,10 @@ class SqliteStore(SqlStore):
 # SQLite's answers that no amount of waiting changes: a read-only or non-database file, a path
 # that cannot be opened. They are configuration errors (exit 3), not outages to retry.
 _SETTING_ERRORS = ("SQLITE_READONLY", "SQLITE_NOTADB", "SQLITE_CANTOPEN", "SQLITE_PERM")
+
+
+# What SQLite says of a row too large for it (past `SQLITE_MAX_LENGTH`): that row's fault.
+_ROW_ERRORS = ("SQLITE_TOOBIG",)
 
 
 def _is_setting(exc: BaseException) -> bool:

@@ -192,6 +192,13 @@ def validate(paths: tuple[Path, ...], output_format: str, batch_size: int, engin
 )
 @click.option("--no-lineage", is_flag=True, help="Do not record lineage (not for production).")
 @click.option(
+    "--service-wait",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="Seconds an unreachable lineage store or Schema Registry is waited out before exit 4.",
+)
+@click.option(
     "--batch-size",
     type=click.IntRange(min=1),
     default=2000,

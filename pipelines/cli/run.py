@@ -236,6 +236,7 @@ def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
             group_id=o["group_id"],
             client=_kafka_config(o["kafka_config_file"], o["kafka_config"]),
             exactly_once=bool(o["exactly_once"]),
+            outage_s=o["service_wait"],
         )
         io: KafkaIO | FilesIO = KafkaIO(
             settings=settings,
@@ -265,6 +266,7 @@ def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
         raw_schema=o["raw_schema"],
         schema_registry=o["schema_registry"],
         lineage_store=store,
+        lineage_retry_s=o["service_wait"],
         batch_size=o["batch_size"],
         engine=o["engine"],
         pipeline_name=o["pipeline_name"],

@@ -10,8 +10,10 @@ Three framings occur in real deployments:
 - Raw schemaless Avro: the body alone, decoded with the schema named by `--schema`.
 
 A message that cannot be decoded is not an exception: `decode` returns a `DecodeFailure` with
-its reason, and the pipeline quarantines the message. Values are read with lenient logical
-types (`io.avro`), so a legal but out-of-range timestamp reaches the contract, not an error.
+its reason, and the pipeline quarantines the message. A Schema Registry that cannot answer
+is not the message's fault: it is waited out, then ends the run (`io.registry`). Values are
+read with lenient logical types (`io.avro`), so a legal but out-of-range timestamp reaches the
+contract, not an error.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from lineage_guard.contract.schemas import ENTITY_FILES, Schema, load_schema
 from lineage_guard.io.avro import lenient
+from lineage_guard.lineage.errors import LineageGuardError
 
 CONFLUENT_MAGIC = b"\x00"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -171,8 +174,9 @@ class Decoder:
             try:
                 schema = self._registry_lookup(schema_id)
                 self._by_id[schema_id] = (lenient(schema), str(schema.get("name", schema_id)))
-            except Exception as exc:  # the registry client raises its own error types
-                # Not cached: a registry outage must not poison later messages.
+            except LineageGuardError:  # an outage waited out too long, refused settings
+                raise  # never a verdict on the record (`io.registry`)
+            except Exception as exc:  # what the registry said about this id
                 return DecodeFailure(reason=f"schema id {schema_id} could not be resolved: {exc}")
         schema, name = self._by_id[schema_id]
         return _read(value, 5, schema, name, "confluent")
@@ -257,15 +261,19 @@ def _read(
     return Decoded(record=record, schema=name, framing=framing)
 
 
-def decoder_for(raw_schema: str | None, schema_registry: str | None) -> Decoder:
+def decoder_for(
+    raw_schema: str | None, schema_registry: str | None, *, wait_s: float = 300.0
+) -> Decoder:
     """The `Decoder` a worker needs for `--schema` and `--schema-registry` (either may be
-    None)."""
-    lookup = registry_lookup(schema_registry) if schema_registry else None
+    None); an unreachable registry is waited out for up to `wait_s` (`io.registry`)."""
+    lookup = registry_lookup(schema_registry, wait_s=wait_s) if schema_registry else None
     return Decoder(raw_schema=raw_schema, registry_lookup=lookup)
 
 
-def registry_lookup(url: str) -> Callable[[int], Schema]:
-    """A schema-id resolver backed by a Confluent Schema Registry (confluent-kafka's client).
+def registry_lookup(url: str, *, wait_s: float = 300.0) -> Callable[[int], Schema]:
+    """A schema-id resolver backed by a Confluent Schema Registry (confluent-kafka's client),
+    its failures classified as `io.registry` says: an outage is waited out (up to `wait_s`),
+    never a verdict; an id the registry does not hold is asked for twice.
 
     Schema references (an entity schema that refers to the separately registered
     `lineage_guard.Provenance` subject, as Confluent's tools register it) are resolved
@@ -273,9 +281,9 @@ def registry_lookup(url: str) -> Callable[[int], Schema]:
     client caches every schema and subject version it fetched. `mock://…` URLs give
     confluent-kafka's in-memory registry.
     """
-    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from lineage_guard.io.registry import PatientLookup, registry_client
 
-    return schema_resolver(SchemaRegistryClient({"url": url}))
+    return PatientLookup(schema_resolver(registry_client(url)), url=url, wait_s=wait_s)
 
 
 def schema_resolver(client: Any) -> Callable[[int], Schema]:

@@ -30,12 +30,13 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from confluent_kafka import (
     OFFSET_INVALID,
@@ -55,9 +56,47 @@ from lineage_guard.lineage.events import Stage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# librdkafka's own log lines (connection refused, retries…) go through Python logging, so the
-# CLI decides what reaches stderr; failures reach the user as our one-line errors.
-client_log = logging.getLogger("librdkafka")
+
+
+class ClientLog:
+    """Where librdkafka's own log lines go (the clients' `logger`): our `librdkafka` logger, so
+    the CLI decides what reaches stderr, at most at WARNING (what fails reaches the user as our
+    one-line errors), and summarised: a broker outage makes every client say the same few
+    things many times a second. Each distinct line (numbers, client and thread names aside)
+    passes once per `interval_s`; the next one that passes says how many like it were held."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self._seen: dict[str, tuple[float, int]] = {}  # shape → (when it last passed, held)
+        self._lock = threading.Lock()
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        level = min(level, logging.WARNING)
+        if not self.logger.isEnabledFor(level):
+            return
+        text = fmt % args if args else fmt
+        shape = _VARYING.sub("", _NUMBERS.sub("#", text))
+        now = time.monotonic()
+        with self._lock:
+            passed, held = self._seen.get(shape, (-self.interval_s, 0))
+            if now - passed < self.interval_s:
+                self._seen[shape] = (passed, held + 1)
+                return
+            if len(self._seen) > 1000:  # bounded memory whatever the clients say
+                self._seen.clear()
+            self._seen[shape] = (now, 0)
+        if held:
+            text += f" ({held} more like it in the last {self.interval_s:.0f} s)"
+        self.logger.log(level, "%s", text)
+
+
+LOG_SUMMARY_S = 30.0
+_NUMBERS = re.compile(r"\d+")
+# What differs between the clients and brokers saying the same thing: `[rdkafka#producer-#]`,
+# `[thrd:…]`, `HOST:PORT/bootstrap:`, `GroupCoordinator: …:`, `(after #ms in state …)`.
+_VARYING = re.compile(r"\[[^\]]*\]|\S+/(?:bootstrap|#):|GroupCoordinator(?:: \S+)?:|\s*\(after .*$")
+client_log = ClientLog(logging.getLogger("librdkafka"), LOG_SUMMARY_S)
 
 HEADER_PREFIX = "lineage-guard."
 # The headers Confluent's data-contract DLQ action sets (`confluent_kafka.schema_registry.rules
@@ -100,6 +139,7 @@ class KafkaSettings:
     client: Mapping[str, Any] = field(default_factory=dict)  # extra librdkafka settings
     timeout_s: float = 30.0
     exactly_once: bool = False  # one transaction per batch: outputs and offsets together
+    outage_s: float = 300.0  # exactly-once: how long an interrupted transaction is retried
 
     def consumer(self, **overrides: Any) -> Consumer:
         config = {
@@ -565,6 +605,7 @@ class _Pending:
     receipt: Any = None  # the batch's lineage entry, confirmed once every record is answered
     failures: list[Failure] = field(default_factory=list)  # records not in their destination
     fatal: Failure | None = None  # a failure that must stop the run (an outage, not a refusal)
+    refused: list[Failure] = field(default_factory=list)  # the broker refused them (size…)
 
 
 # Called with (receipt, records answered, refusals) of each batch whose every record the
@@ -603,6 +644,7 @@ class KafkaSink:
         self._producer_config = {"batch.size": min(batch_bytes, *self.limits.values())}
         self._producer = settings.producer(**self._producer_config)
         self._transactional: dict[tuple[str, int], Producer] = {}
+        self._abandoned: list[Producer] = []  # stopped answering (`_bounded`)
         self._committer = settings.consumer()
         self._pending: dict[tuple[str, int], deque[_Pending]] = {}
         self._reroutes: list[tuple[Item, _Pending]] = []
@@ -705,6 +747,8 @@ class KafkaSink:
                 pending.remaining -= 1
                 return
             failure = Failure(offset=s.offset, error=f"`{topic}` refused it: {err.str()}")
+            if err.code() in REFUSALS:
+                pending.refused.append(failure)
             fallback = self._fallback(item, err) if err.code() in REFUSALS else None
             if fallback is not None and not self.settings.exactly_once:
                 pending.failures.append(failure)  # not where its lineage said it would go
@@ -744,42 +788,143 @@ class KafkaSink:
 
     def _write_transaction(self, batch: Batch, receipt: Any) -> None:
         """One transaction: the batch's records and its input offset, committed together;
-        lineage confirms the batch only after the commit."""
+        lineage confirms the batch only after the commit.
+
+        A broker restart or a moving transaction coordinator interrupts it (`NOT_COORDINATOR`,
+        a time-out, the producer fenced once the coordinator came back): the transaction is
+        aborted, or its producer replaced (`init_transactions` ends what the old one left
+        open), and once the broker says where the group stands the batch is written again in
+        a new transaction, unless its commit did land. Each wait is a line on stderr; after
+        `settings.outage_s` the run ends (exit 4). read_committed readers see each record
+        once either way. A record the broker refuses stops the run, as before."""
+        where = f"`{batch.topic}`[{batch.partition}]"
+        deadline = time.monotonic() + self.settings.outage_s
+        delay = 0.5
+        interrupted: KafkaError | None = None
+        while True:
+            try:
+                if interrupted is not None:  # did the interrupted commit land?
+                    committed = self._committed(batch)
+                    if committed == batch.next_offset:
+                        log.warning("Kafka transaction for %s had committed", where)
+                        break
+                    if committed > batch.next_offset:  # only we commit it, batch by batch
+                        raise ServiceUnavailableError(
+                            f"The group's offset of {where} is {committed}, past this batch's"
+                            f" end ({batch.next_offset}): another writer commits it. Nothing of"
+                            " this batch is committed; stop the other guard, then rerun."
+                        )
+                self._transaction(batch)
+                break
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                interrupted = error if isinstance(error, KafkaError) else KafkaError(-1, str(exc))
+                self._reset_transaction(batch.topic, batch.partition)
+                if time.monotonic() + delay > deadline:
+                    raise ServiceUnavailableError(
+                        f"Kafka transaction for {where} failed: {interrupted.str()}; retried for"
+                        f" {self.settings.outage_s:.0f} s. Nothing of it is visible to"
+                        " read_committed readers and its offsets are not committed."
+                    ) from None
+                log.warning(
+                    "Kafka transaction for %s interrupted (%s): waiting for the broker, then"
+                    " writing the batch again (in %.1f s)",
+                    where,
+                    interrupted.str(),
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        if receipt is not None and self.on_answered is not None:
+            self.on_answered([(receipt, len(batch.items), [])])
+
+    def _transaction(self, batch: Batch) -> None:
+        """Writes `batch` in one transaction. Raises `KafkaException` when the broker
+        interrupts it, `ServiceUnavailableError` (after aborting) when it refuses a record."""
         producer = self._transaction_producer(batch.topic, batch.partition)
         pending = _Pending(
-            next_offset=batch.next_offset,
-            remaining=len(batch.items),
-            count=len(batch.items),
-            receipt=receipt,
+            next_offset=batch.next_offset, remaining=len(batch.items), count=len(batch.items)
         )
         timeout = self.settings.timeout_s
-        where = f"`{batch.topic}`[{batch.partition}]"
-        try:
-            producer.begin_transaction()
-            for item in batch.items:
-                self._send(producer, item, pending)
-            unanswered = producer.flush(timeout)
-            if unanswered or pending.failures:
-                why = pending.failures[0].error if pending.failures else "no answer"
-                self._abort(producer)
-                raise ServiceUnavailableError(
-                    f"Kafka did not accept records from {where} before offset "
-                    f"{batch.next_offset} ({why}); their transaction was aborted and their "
-                    "offsets are not committed."
-                )
-            offsets = [TopicPartition(batch.topic, batch.partition, batch.next_offset)]
-            producer.send_offsets_to_transaction(
-                offsets, self._committer.consumer_group_metadata(), timeout
-            )
-            producer.commit_transaction(timeout)
-        except KafkaException as exc:
+        producer.begin_transaction()
+        for item in batch.items:
+            self._send(producer, item, pending)
+        unanswered = producer.flush(timeout)
+        if pending.refused:
             self._abort(producer)
             raise ServiceUnavailableError(
-                f"Kafka transaction for {where} failed: {exc.args[0]}; nothing of it is "
-                "visible to read_committed readers and its offsets are not committed."
-            ) from exc
-        if receipt is not None and self.on_answered is not None:
-            self.on_answered([(receipt, pending.count, [])])
+                f"Kafka did not accept records from `{batch.topic}`[{batch.partition}] before"
+                f" offset {batch.next_offset} ({pending.refused[0].error}); their transaction"
+                " was aborted and their offsets are not committed."
+            )
+        if unanswered or pending.failures:
+            why = pending.failures[0].error if pending.failures else f"{unanswered} unanswered"
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, why))
+        offsets = [TopicPartition(batch.topic, batch.partition, batch.next_offset)]
+        metadata = self._committer.consumer_group_metadata()
+        self._bounded(
+            producer, lambda: producer.send_offsets_to_transaction(offsets, metadata, timeout)
+        )
+        self._bounded(producer, lambda: producer.commit_transaction(timeout))
+
+    def _bounded(self, producer: Producer, call: Callable[[], T]) -> T:
+        """`call()` (a transactional call on `producer`), given up after `timeout_s` + 5 s.
+        librdkafka's transactional calls can block past their own time-out when the broker
+        restarted under them (2.16's `send_offsets_to_transaction` waited forever for a
+        coordinator that had rolled the transaction back): the producer is then abandoned,
+        its successor's `init_transactions` fences it, and `KafkaException` says so."""
+        outcome: list[tuple[bool, Any]] = []
+
+        def run() -> None:
+            try:
+                outcome.append((True, call()))
+            except BaseException as exc:  # handed to the caller's thread
+                outcome.append((False, exc))
+
+        thread = threading.Thread(target=run, name="kafka-transaction", daemon=True)
+        thread.start()
+        thread.join(self.settings.timeout_s + 5)
+        if not outcome:
+            for key, known in list(self._transactional.items()):
+                if known is producer:
+                    del self._transactional[key]
+            self._abandoned.append(producer)  # kept alive: a thread is still inside it
+            raise KafkaException(
+                KafkaError(KafkaError._TIMED_OUT, "the transactional producer stopped answering")
+            )
+        done, value = outcome[0]
+        if not done:
+            raise value
+        return cast(T, value)
+
+    def _committed(self, batch: Batch) -> int:
+        """The group's committed offset of the batch's partition, as the broker has it now
+        (no transaction holds it: the one interrupted was aborted or fenced). Raises
+        `KafkaException` while the broker cannot say."""
+        producer = self._transaction_producer(batch.topic, batch.partition)  # fences first
+        assert producer is not None
+        [tp] = self._committer.committed(
+            [TopicPartition(batch.topic, batch.partition)], timeout=self.settings.timeout_s
+        )
+        if tp.error is not None:
+            raise KafkaException(tp.error)
+        return int(tp.offset)
+
+    def _reset_transaction(self, topic: str, partition: int) -> None:
+        """Aborts the partition's open transaction; a producer that cannot (fenced, its
+        coordinator gone) is dropped, and its successor's `init_transactions` ends it."""
+        producer = self._transactional.get((topic, partition))
+        if producer is None:
+            return
+        try:
+            self._bounded(producer, lambda: producer.abort_transaction(self.settings.timeout_s))
+        except KafkaException as exc:
+            log.debug("aborting a Kafka transaction failed (%s): a new producer ends it", exc)
+            if producer in self._abandoned:
+                return
+            self._transactional.pop((topic, partition), None)
+            producer.purge()
+            producer.flush(0)
 
     def _transaction_producer(self, topic: str, partition: int) -> Producer:
         producer = self._transactional.get((topic, partition))
@@ -791,14 +936,14 @@ class KafkaSink:
                     "linger.ms": 5,
                 },
             )
-            try:  # fences a killed run's producer of this partition, aborting its transaction
-                producer.init_transactions(self.settings.timeout_s)
-            except KafkaException as exc:
-                raise ServiceUnavailableError(
-                    f"Kafka at `{self.settings.bootstrap_servers}` did not start a transactional"
-                    f" producer for `{topic}`[{partition}]: {exc.args[0]}."
-                ) from exc
+            # Fences a killed (or our own fenced) producer of this partition, ending its
+            # open transaction. A `KafkaException` here is waited out by the caller.
             self._transactional[(topic, partition)] = producer
+            try:
+                self._bounded(producer, lambda: producer.init_transactions(self.settings.timeout_s))
+            except KafkaException:
+                self._transactional.pop((topic, partition), None)
+                raise
         return producer
 
     def _abort(self, producer: Producer) -> None:

@@ -35,6 +35,22 @@ def record(case: str, figures: dict[str, Any]) -> None:
     FIGURES.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
 
 
+def lineage_figures(store_url: str) -> dict[str, Any]:
+    """A case's lineage columns, from its store: hop rows, confirmed deliveries, `verify`."""
+    from lineage_guard.lineage.hops import Delivery
+    from lineage_guard.lineage.store import open_store
+
+    with open_store(store_url, create=False) as store:
+        hops = list(store.scan())
+        verified = store.verify()
+    assert verified.ok, verified.broken
+    return {
+        "lineage_rows": len(hops),
+        "lineage_confirmed": sum(h.delivery is Delivery.CONFIRMED for h in hops),
+        "verify": f"ok ({verified.batches} batches, {verified.hops} hops)",
+    }
+
+
 def table(document: dict[str, dict[str, Any]]) -> str:
     rows = [[str(figures.get(key, "")) for _, key in COLUMNS] for figures in document.values()]
     widths = [max(len(title), *(len(r[i]) for r in rows)) for i, (title, _) in enumerate(COLUMNS)]

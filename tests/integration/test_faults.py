@@ -328,6 +328,49 @@ def test_broker_stop_and_start_mid_run(
     faults_table.record("broker_stop_start", figures)
 
 
+def test_exactly_once_rides_out_a_10_s_broker_restart(
+    own_kafka: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Issue 19.8: `--exactly-once` exited 4 after `NOT_COORDINATOR` then `_FENCED`, with 20
+    tracebacks and 10,212 lines on stderr, where at-least-once rode the restart out (and
+    librdkafka 2.16 could leave `send_offsets_to_transaction` waiting forever). Now the
+    interrupted transaction is aborted or its producer replaced, and the batch written again:
+    exit 0, every record exactly once as a read_committed reader sees, a few lines."""
+    broker = control(own_kafka)
+    assert broker is not None and own_kafka.endswith(f":{OWN_KAFKA_PORT}")
+    topics = _topics(own_kafka)
+    sent = _records(20_000, seed=48)
+    _produce(own_kafka, topics[0], sent)
+    group, store = f"g-{uuid.uuid4().hex}", f"sqlite:///{tmp_path}/lineage.db"
+    args = [*_args(own_kafka, topics, group, store), "--exactly-once"]
+
+    process = subprocess.Popen([*GUARD, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert _wait_written(own_kafka, topics[1], 2000, process, 180), "the guard ended too early"
+    broker.stop()
+    time.sleep(10)
+    broker.start()
+    _, stderr = process.communicate(timeout=600)
+    said = stderr.decode()
+    assert process.returncode == 0, said
+    assert "Traceback" not in said, said
+    lines = said.strip().splitlines()
+    assert len(lines) <= 40, said
+    assert "read 20000, allowed 20000, quarantined 0" in said, said
+    print(said)  # shown when an assertion below fails
+
+    figures = _figures(own_kafka, sent, topics, store, "broker restart 10 s, --exactly-once")
+    _assert_complete(figures)
+    assert figures["duplicates"] == 0 and figures["out"] == len(sent), figures
+    assert figures["lineage_confirmed"] == figures["messages"] == len(sent), figures
+    assert committed(own_kafka, group, topics[0]) == end_offsets(own_kafka, topics[0])
+    figures.update(
+        command=_command(request),
+        notes=f"own broker on :{OWN_KAFKA_PORT}; the run across the restart exited 0 with"
+        f" {len(lines)} lines on stderr, no traceback",
+    )
+    faults_table.record("broker_restart_exactly_once", figures)
+
+
 def test_database_stop_and_start_mid_run(
     kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

@@ -27,6 +27,7 @@ from lineage_guard.io.decode import (
     rabin_fingerprint,
     schema_resolver,
 )
+from lineage_guard.lineage.errors import ServiceUnavailableError
 
 RECORD = next(generate(1, seed=3, entities=(CONTACT,))).record
 
@@ -80,19 +81,27 @@ def test_confluent_framing_resolves_the_id_through_the_registry() -> None:
     assert asked == [4242]  # resolved once, then cached
 
 
-def test_registry_failure_is_a_reason_and_is_retried_later() -> None:
+def test_a_registry_outage_is_no_verdict_and_what_it_said_of_an_id_is() -> None:
+    """The look-up (`io.registry.PatientLookup`) raises our errors for an outage it waited
+    out or refused settings: they end the step, never a `DecodeFailure`, and are not cached.
+    What the registry said about the id makes that record undecodable."""
     calls = []
 
     def flaky(schema_id: int) -> dict[str, Any]:
         calls.append(schema_id)
         if len(calls) == 1:
-            raise ConnectionError("registry down")
+            raise ServiceUnavailableError("registry down")
+        if len(calls) == 2:
+            raise ValueError("schema id 7 is not an Avro schema")
         return load_schema(CONTACT)
 
     decoder = Decoder(registry_lookup=flaky)
-    first = decoder.decode(encode_confluent(RECORD, CONTACT, schema_id=7))
-    assert isinstance(first, DecodeFailure) and "registry down" in first.reason
-    assert isinstance(decoder.decode(encode_confluent(RECORD, CONTACT, schema_id=7)), Decoded)
+    value = encode_confluent(RECORD, CONTACT, schema_id=7)
+    with pytest.raises(ServiceUnavailableError, match="registry down"):
+        decoder.decode(value)
+    second = decoder.decode(value)
+    assert isinstance(second, DecodeFailure) and "not an Avro schema" in second.reason
+    assert isinstance(decoder.decode(value), Decoded)
 
 
 @pytest.mark.parametrize(

@@ -275,3 +275,37 @@ def test_parent_index_keys_equal_the_per_record_ones() -> None:
             want[i : i + 16] for i in range(0, len(want), 16)
         )
     assert len(expected[0]) > 16 * 50 and len(expected[1]) > 16 * 50
+
+
+def test_long_values_are_bounded_as_the_per_record_hops_bound_them(
+    validator: SuiteValidator,
+) -> None:
+    """A 10,000-character record id, tenant and parent id (`lineage.bounds`): the hop rows
+    the Rust-read columns give equal the per-record ones, leaf for leaf."""
+    records = [g for g in generate(40, seed=4) if g.record["provenance"] is not None]
+    for n, generated in enumerate(records[:10]):
+        generated.record["record_id"] = f"{n}" + "é" * 10_000
+        generated.record["tenant_id"] = "t" * 300
+        generated.record["provenance"]["parent_record_ids"] = ["p" * 5_000]
+    values: list[bytes | None] = [encode_single_object(g.record, g.schema) for g in records]
+    offsets = list(range(len(values)))
+    items = tuple(
+        Item(source=Source(topic="t" * 500, partition=0, offset=o, value=v))
+        for o, v in zip(offsets, values, strict=True)
+    )
+    decoder = Decoder()
+    expected, hops = _by_stages(
+        Batch(topic="t" * 500, partition=0, items=items), validator, POLICIES, decoder
+    )
+    gb, rows = _by_chain(
+        arrow_batch.from_messages("t" * 500, 0, offsets, values), validator, POLICIES, decoder
+    )
+    _assert_same(expected, hops, gb, rows)
+    chained = guard_chain.hop_batch(
+        gb, pipeline="p" * 300, run_id="r", allowed_to="out", quarantined_to="q", rows=rows
+    )
+    reference = stages.lineage_hops(
+        expected, pipeline="p" * 300, run_id="r", allowed_to="out", quarantined_to="q"
+    )
+    assert (chained.pipeline, chained.source_topic) == (reference.pipeline, reference.source_topic)
+    assert max(len(r or "") for r in rows.columns["record_id"]) == 138
