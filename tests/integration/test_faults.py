@@ -93,7 +93,15 @@ def _produce(bootstrap: str, topic: str, sent: Sent, **config: Any) -> None:
 
 
 def _read_all(bootstrap: str, topic: str) -> list[Message]:
-    """Everything a `read_committed` consumer sees in `topic`, to each partition's end."""
+    """Everything a `read_committed` consumer sees in `topic`, to each partition's end.
+
+    The end is the high watermark (`ends`, every record and transaction marker written), not
+    the first end-of-partition a `read_committed` consumer reports: that one is the last
+    stable offset, which stops short of a committed transaction whose markers the
+    coordinator has not written yet (it writes them after `commit_transaction` returned, later
+    still after a broker restart). So a partition is read once its position passed its
+    high watermark."""
+    ends = end_offsets(bootstrap, topic)
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -107,14 +115,16 @@ def _read_all(bootstrap: str, topic: str) -> list[Message]:
     try:
         parts = consumer.list_topics(topic, timeout=30).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-        waiting, out = set(parts), []
-        deadline = time.monotonic() + 60
+        waiting, out = {p for p in parts if ends.get(p, 0) > 0}, []
+        deadline = time.monotonic() + 120
         while waiting and time.monotonic() < deadline:
             for m in consumer.consume(num_messages=2000, timeout=1.0):
                 error = m.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
-                        waiting.discard(m.partition())
+                        [at] = consumer.position([TopicPartition(topic, m.partition())])
+                        if at.offset >= ends[m.partition()]:
+                            waiting.discard(m.partition())
                     continue
                 out.append(
                     Message(m.key(), m.value(), tuple(m.headers() or ()), m.partition(), m.offset())
