@@ -304,8 +304,9 @@ def _text(value: Any, limit: int = TEXT_LIMIT) -> str | None:
 
 
 def clean(text: str) -> str:
-    """Text a database can store: NUL and lone surrogates (possible in decoded JSON and Avro
-    strings) become U+FFFD, so one odd record cannot stop the lineage store."""
+    """Text a database can store, so one odd record cannot stop the lineage store: NUL becomes
+    U+FFFD and a lone surrogate (possible in decoded JSON) `?` (UTF-8's "replace" encoding;
+    hops written so keep their leaves, so it stays)."""
     if text.isascii() and "\x00" not in text:
         return text
     return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
