@@ -82,7 +82,16 @@ def prepare_folder(folder: Path) -> None:
 
 def run_demo(records: int, folder: Path) -> None:
     prepare_folder(folder)
-    os.umask(0o077)  # everything the demo writes is for its user only (0600 files, 0700 folders)
+    # Everything the demo writes is for its user only (0600 files, 0700 folders); the
+    # process's own umask is given back after, for a caller that runs the demo in-process.
+    umask = os.umask(0o077)
+    try:
+        _demo(records, folder)
+    finally:
+        os.umask(umask)
+
+
+def _demo(records: int, folder: Path) -> None:
     source = folder / SOURCE
     generated = list(
         generate(

@@ -158,7 +158,8 @@ def test_outputs_are_private_whatever_the_umask(tmp_path: Path) -> None:
     source = tmp_path / "sync.jsonl"
     source.write_text(Path("examples/crm_synced.jsonl").read_text())
     out, events = tmp_path / "out", tmp_path / "ol.jsonl"
-    (out).mkdir(mode=0o755)
+    out.mkdir()
+    out.chmod(0o755)  # whatever this process's umask is
     (out / "sync.allowed.jsonl").write_text("from an earlier run\n")
     (out / "sync.allowed.jsonl").chmod(0o644)
     command = [*CLI, "run", "--input", str(source), "--output-dir", str(out)]
@@ -192,3 +193,19 @@ def test_run_exits_0_with_records_stopped_and_its_help_says_so(tmp_path: Path) -
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "read 300, allowed 282, quarantined 18, blocked 0" in result.stderr
+
+
+def test_the_demo_gives_the_process_its_umask_back(tmp_path: Path) -> None:
+    """`run_demo` writes for its user only (umask 077) and gives a caller that runs it
+    in-process its own umask back (it kept 077 for the rest of the test session)."""
+    import os
+
+    from lineage_guard.cli.demo import run_demo
+
+    before = os.umask(0o022)
+    try:
+        run_demo(60, tmp_path / "demo")
+        assert os.umask(0o022) == 0o022
+    finally:
+        os.umask(before)
+    assert _mode(tmp_path / "demo" / "lineage.db") == 0o600
