@@ -113,7 +113,7 @@ def measure(path: Path, batch_size: int, workdir: Path) -> dict[str, float]:
         started = time.process_time()
         for start in range(0, len(rows), batch_size):
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(sqlite_store._INSERT_HOP, rows[start : start + batch_size])
+            conn.executemany(sqlite_store.INSERT_HOP, rows[start : start + batch_size])
             conn.execute("COMMIT")
         label = "with" if indexed else "without"
         per_record[f"floor: SQLite rows {label} record_id index"] = (
