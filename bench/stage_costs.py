@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests.reference_chain
 
 from throughput import read_messages, write_messages
 
@@ -37,7 +38,6 @@ from throughput import read_messages, write_messages
 def measure(path: Path, batch_size: int, workdir: Path) -> dict[str, float]:
     import fastavro
 
-    from lineage_guard import stages
     from lineage_guard.contract.policies import parse_policy
     from lineage_guard.contract.schemas import load_schema
     from lineage_guard.contract.validate import SuiteValidator
@@ -46,6 +46,8 @@ def measure(path: Path, batch_size: int, workdir: Path) -> dict[str, float]:
     from lineage_guard.lineage.store import open_store
     from lineage_guard.lineage.stores import sqlite as sqlite_store
     from lineage_guard.lineage.stores.sql import hop_row
+    from lineage_guard.stages import index_keys
+    from tests import reference_chain as stages  # the per-record reference
 
     decoder, validator = Decoder(), SuiteValidator()
     policies = [parse_policy("production")]
@@ -67,7 +69,7 @@ def measure(path: Path, batch_size: int, workdir: Path) -> dict[str, float]:
         )
         batch = Batch(topic="bench", partition=0, items=items)
         t = lap("items", t)
-        stages.index_keys(stages.class_index(batch, decoder))
+        index_keys(stages.class_index(batch, decoder))
         t = lap("parent index (head)", t)
         batch = stages.decode(batch, decoder)
         t = lap("decode", t)

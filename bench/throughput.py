@@ -58,6 +58,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.reference_chain
+
 REPO = Path(__file__).resolve().parents[1]
 MODES = (
     "decode", "core", "core-columnar", "kafka-passthrough", "kafka-guard", "kafka-guard-postgres",
@@ -178,12 +180,12 @@ def mode_decode(path: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def mode_core(path: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from lineage_guard import stages
     from lineage_guard.contract.policies import parse_policy
     from lineage_guard.contract.validate import SuiteValidator
     from lineage_guard.io.decode import Decoder
     from lineage_guard.items import Batch, Item, Source
     from lineage_guard.lineage.store import open_store
+    from tests import reference_chain as stages  # the per-record reference
 
     decoder, validator = Decoder(), SuiteValidator()
     policies = [parse_policy("production")]

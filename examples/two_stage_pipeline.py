@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,16 +31,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from lineage_guard import (
     QUARANTINE,
-    Batch,
     DecodeRecords,
     EnforcePolicies,
     FilesIO,
-    Item,
+    GuardBatch,
     Lineage,
     ReadFiles,
     RecordHop,
     Records,
-    Source,
     ValidateProvenance,
     WriteGuarded,
 )
@@ -49,10 +46,10 @@ from lineage_guard import (
 REPLIES = "replies"  # the source name of the drafted replies (their position: the parent's)
 
 
-def draft_replies(batch: Batch, drafted_at: datetime) -> Iterator[Batch]:
+def draft_replies(batch: GuardBatch, drafted_at: datetime) -> Iterator[GuardBatch]:
     """The data engineer's own enrichment: one AI-drafted reply per allowed inbound email."""
-    items = []
-    for item in batch.items:
+    replies, offsets = [], []
+    for item in batch.items().items:  # the per-record view of the Arrow batch
         email = item.record
         if not item.allowed or email is None or email.get("direction") != "INBOUND":
             continue
@@ -79,10 +76,10 @@ def draft_replies(batch: Batch, drafted_at: datetime) -> Iterator[Batch]:
             "body": "Thank you for your message; we will get back to you shortly.",
             "sent_at": drafted_at.isoformat(),
         }
-        source = Source(topic=REPLIES, partition=0, offset=item.source.offset)
-        items.append(Item(source=source, record=reply))
-    if items:
-        yield Batch(topic=REPLIES, partition=0, items=tuple(items))
+        replies.append(reply)
+        offsets.append(item.source.offset)  # the reply's position: its parent's
+    if replies:
+        yield GuardBatch.of_records(REPLIES, replies, offsets=offsets)
 
 
 def build(pipeline: beam.Pipeline, inbound: str, out_dir: str, store: str, run_id: str) -> FilesIO:
@@ -105,11 +102,11 @@ def build(pipeline: beam.Pipeline, inbound: str, out_dir: str, store: str, run_i
     )
     replies = enriched | "DraftReplies" >> beam.FlatMap(
         draft_replies, drafted_at
-    ).with_output_types(Batch)
-    forwarded = enriched | "Forward" >> beam.FlatMap(_allowed).with_output_types(Batch)
+    ).with_output_types(GuardBatch)
+    forwarded = enriched | "Forward" >> beam.FlatMap(_allowed).with_output_types(GuardBatch)
 
     # stage 2: production sink
-    both = (forwarded, replies) | "Both" >> beam.Flatten().with_output_types(Batch)
+    both = (forwarded, replies) | "Both" >> beam.Flatten().with_output_types(GuardBatch)
     validated = both | "SinkValidate" >> ValidateProvenance(lineage_store=store)
     enforced = validated.guarded | "SinkPolicies" >> EnforcePolicies(["production"])
     lineage = Lineage(store_url=store, stage="production-sink", run_id=run_id)
@@ -117,11 +114,11 @@ def build(pipeline: beam.Pipeline, inbound: str, out_dir: str, store: str, run_i
     return sink
 
 
-def _allowed(batch: Batch) -> Iterator[Batch]:
+def _allowed(batch: GuardBatch) -> Iterator[GuardBatch]:
     """The emails the enrich stage let through go on to the sink (stopped ones stay behind)."""
-    items = tuple(item for item in batch.items if item.allowed)
-    if items:
-        yield replace(batch, items=items)
+    allowed = batch.allowed()
+    if len(allowed):
+        yield allowed
 
 
 def run(inbound: str, out_dir: str, store: str, beam_args: list[str] | None = None) -> None:

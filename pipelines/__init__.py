@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "FilesIO": "lineage_guard.transforms",
     "Guard": "lineage_guard.stages",
     "Checked": "lineage_guard.stages",
+    "GuardBatch": "lineage_guard.arrow_batch",
     "Batch": "lineage_guard.items",
     "Item": "lineage_guard.items",
     "Source": "lineage_guard.items",
@@ -63,6 +64,7 @@ __all__ = [
     "EnforcePolicies",
     "FilesIO",
     "Guard",
+    "GuardBatch",
     "GuardConfig",
     "Item",
     "KafkaIO",
@@ -89,6 +91,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from lineage_guard.arrow_batch import GuardBatch
     from lineage_guard.coders import BatchCoder
     from lineage_guard.contract.policies import parse_policy
     from lineage_guard.contract.schemas import load_schema

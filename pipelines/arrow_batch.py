@@ -113,6 +113,78 @@ class GuardBatch:
             violations=violations,
         )
 
+    def take(self, rows: Sequence[int]) -> GuardBatch:
+        """The batch of `rows` only (in the order given), with their records, headers and
+        violations."""
+        picked = list(rows)
+        at = {row: k for k, row in enumerate(picked)}
+        return GuardBatch(
+            topic=self.topic,
+            partition=self.partition,
+            columns=self.columns.take(pa.array(picked, pa.int64())),
+            records=tuple(self.records[i] for i in picked) if self.records is not None else None,
+            headers=tuple(self.headers[i] for i in picked) if self.headers is not None else None,
+            violations={at[i]: v for i, v in self.violations.items() if i in at},
+        )
+
+    @classmethod
+    def of_records(
+        cls,
+        topic: str,
+        records: Sequence[Any],
+        *,
+        partition: int = 0,
+        offsets: Sequence[int] | None = None,
+    ) -> GuardBatch:
+        """A batch of decoded records (dicts), at `offsets` (default 0, 1, …): what your own
+        transform emits for the guard's stages to check."""
+        if offsets is None:
+            return from_records(topic, partition, records)
+        return from_messages(topic, partition, offsets, [None] * len(records)).with_records(
+            records
+        )
+
+    def allowed(self) -> GuardBatch:
+        """The rows no stage stopped (all of them: this batch itself)."""
+        import numpy as np
+
+        rows = np.flatnonzero(np.asarray(self.allowed_mask(), dtype=bool))
+        return self if len(rows) == len(self) else self.take(rows.tolist())
+
+    def stopped_at(self) -> list[str | None]:
+        """Per row, the stage that stopped it (None: allowed so far)."""
+        if not self.has("stopped_at"):
+            return [None] * len(self)
+        stopped: list[str | None] = self.column("stopped_at").to_pylist()
+        return stopped
+
+    def blocked(self) -> list[bool]:
+        if not self.has("blocked"):
+            return [False] * len(self)
+        return [bool(b) for b in self.column("blocked").to_pylist()]
+
+    def item(self, row: int) -> Item:
+        """One row as an `Item`: for the rare paths that handle a record on its own (a record
+        a destination refused, a quarantine entry)."""
+        headers = self.headers[row] if self.headers is not None else None
+        return Item(
+            source=Source(
+                topic=self.topic,
+                partition=self.partition,
+                offset=self.column("offset")[row].as_py(),
+                key=self.column("key")[row].as_py(),
+                value=self.column("value")[row].as_py(),
+                headers=headers,
+                timestamp_ms=self.column("timestamp_ms")[row].as_py(),
+            ),
+            record=self.records[row] if self.records is not None else None,
+            schema=self.column("schema")[row].as_py() if self.has("schema") else None,
+            error=self.column("error")[row].as_py(),
+            stopped_at=self.column("stopped_at")[row].as_py() if self.has("stopped_at") else None,
+            blocked=bool(self.column("blocked")[row].as_py()) if self.has("blocked") else False,
+            violations=self.violations.get(row, ()),
+        )
+
     def allowed_mask(self) -> pa.BooleanArray:
         import pyarrow.compute as pc
 
@@ -123,8 +195,12 @@ class GuardBatch:
     # -- compatibility with the per-record view ----------------------------------------------
 
     def items(self) -> Batch:
-        """The same batch as `items.Batch` (one `Item` per record). A row read into
-        columns only has no record here: `guard_chain.with_records` reads them first."""
+        """The same batch as `items.Batch` (one `Item` per record, each with its record: a
+        row the Rust reader read into columns is read by fastavro here)."""
+        if self.has("read"):
+            from lineage_guard.guard_chain import with_records
+
+            self = with_records(self)
         offsets = self.column("offset").to_pylist()
         keys = self.column("key").to_pylist()
         values = self.column("value").to_pylist()
@@ -187,6 +263,63 @@ def from_messages(
         partition=partition,
         columns=columns,
         headers=tuple(headers) if headers is not None else None,
+    )
+
+
+def from_kafka(topic: str, partition: int, messages: Sequence[Any]) -> GuardBatch:
+    """A batch of confluent-kafka `Message`s (data messages of one partition, in order)."""
+    headers = [m.headers() for m in messages]
+    return from_messages(
+        topic,
+        partition,
+        [m.offset() for m in messages],
+        [m.value() for m in messages],
+        keys=[m.key() for m in messages],
+        timestamps_ms=[m.timestamp()[1] for m in messages],
+        headers=headers if any(h is not None for h in headers) else None,
+    )
+
+
+def from_file_rows(
+    path: str, indices: Sequence[int], records: Sequence[Any], errors: Sequence[str | None]
+) -> GuardBatch:
+    """Records read from a file (`error`: why the reader could not read one), at their
+    indices in the file."""
+    batch = from_messages(path, 0, indices, [None] * len(indices)).with_records(records)
+    if any(e is not None for e in errors):
+        batch = batch.with_columns(error=pa.array(errors, pa.string()))
+    return batch
+
+
+def concat(batches: Sequence[GuardBatch]) -> GuardBatch:
+    """Batches of the same partition, in order, as one (their columns must match)."""
+    if len(batches) == 1:
+        return batches[0]
+    first = batches[0]
+    table = pa.Table.from_batches([b.columns for b in batches]).combine_chunks()
+    [columns] = table.to_batches() or [first.columns.slice(0, 0)]
+    records = None
+    if any(b.records is not None for b in batches):
+        records = tuple(
+            r for b in batches for r in (b.records if b.records is not None else (None,) * len(b))
+        )
+    headers = None
+    if any(b.headers is not None for b in batches):
+        headers = tuple(
+            h for b in batches for h in (b.headers if b.headers is not None else (None,) * len(b))
+        )
+    violations: dict[int, tuple[Violation, ...]] = {}
+    base = 0
+    for b in batches:
+        violations.update((base + i, v) for i, v in b.violations.items())
+        base += len(b)
+    return GuardBatch(
+        topic=first.topic,
+        partition=first.partition,
+        columns=columns,
+        records=records,
+        headers=headers,
+        violations=violations,
     )
 
 

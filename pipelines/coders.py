@@ -1,11 +1,11 @@
-"""A deterministic Beam coder for the guard's micro-batches (`Batch`), instead of pickles.
+"""A deterministic Beam coder for the guard's micro-batches (`GuardBatch`), instead of pickles.
 
-A batch becomes a tree of primitives (tuples, lists, dicts, str, bytes, int, float, bool,
-None) that Beam's own primitives coder writes in its deterministic mode: dict keys sorted, no
-pickle fallback. Values a decoded record may hold that have no primitive form (datetimes from
-Avro's `timestamp-millis`, dates, times, decimals, UUIDs) are written as tagged tuples;
-decoded records hold lists, never tuples, so a tuple is always a tag. The same batch always
-encodes to the same bytes, so batches and their positions can serve as keys.
+A batch's Arrow columns travel as one Arrow IPC stream; its decoded records (rows read from
+files, or by fastavro) become a tree of primitives (tuples, lists, dicts, str, bytes, int,
+float, bool, None) that Beam's own primitives coder writes in its deterministic mode: dict
+keys sorted, no pickle fallback. Values a decoded record may hold that have no primitive
+form (datetimes from Avro's `timestamp-millis`, dates, times, decimals, UUIDs) are written as
+tagged tuples; decoded records hold lists, never tuples, so a tuple is always a tag.
 
 One difference to the value encoded: a decoded record's keys come back sorted (JSON objects
 and Avro records are unordered).
@@ -18,15 +18,15 @@ from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
 
+import pyarrow as pa
 from apache_beam.coders import coder_impl
 from apache_beam.coders.coders import Coder
 
+from lineage_guard.arrow_batch import GuardBatch
 from lineage_guard.contract.verdicts import Violation
-from lineage_guard.items import Batch, Item, Source
 
-_SAMPLE = 32  # items whose size `estimate_size` looks at
 _ITEM_ALLOWANCE = 256  # bytes per item on top of its message, for `estimate_size`
-_FORMAT = 1  # first element of every encoded batch: bump when the layout changes
+_FORMAT = 2  # first element of every encoded batch: bump when the layout changes
 
 
 def _value(value: Any) -> Any:
@@ -81,105 +81,71 @@ def _unvalue(value: Any) -> Any:
     return value
 
 
-def _item(item: Item) -> tuple[Any, ...]:
-    s = item.source
-    headers = None if s.headers is None else [[k, v] for k, v in s.headers]
-    return (
-        s.topic,
-        s.partition,
-        s.offset,
-        s.key,
-        s.value,
-        headers,
-        s.timestamp_ms,
-        None if item.record is None else _value(item.record),
-        item.schema,
-        item.error,
-        None if item.stopped_at is None else str(item.stopped_at),
-        item.blocked,
-        [[v.rule, v.column, v.message] for v in item.violations],
-    )
-
-
-def _unitem(row: tuple[Any, ...]) -> Item:
-    (
-        topic,
-        partition,
-        offset,
-        key,
-        value,
-        headers,
-        timestamp_ms,
-        record,
-        schema,
-        error,
-        stopped_at,
-        blocked,
-        violations,
-    ) = row
-    source = Source(
-        topic=topic,
-        partition=partition,
-        offset=offset,
-        key=key,
-        value=value,
-        headers=None if headers is None else [(k, v) for k, v in headers],
-        timestamp_ms=timestamp_ms,
-    )
-    return Item(
-        source=source,
-        record=None if record is None else _unvalue(record),
-        schema=schema,
-        error=error,
-        stopped_at=_stage(stopped_at),
-        blocked=blocked,
-        violations=tuple(Violation(rule=r, column=c, message=m) for r, c, m in violations),
-    )
-
-
-def _stage(name: str | None) -> Any:
-    if name is None:
-        return None
-    from lineage_guard.lineage.events import Stage
-
-    return Stage(name)
-
-
 class BatchCoder(Coder):
-    """Encodes `Batch` deterministically (no pickle); registered for `Batch` on import of
-    `lineage_guard.transforms`."""
+    """Encodes `GuardBatch` deterministically (no pickle): its Arrow columns as one Arrow IPC
+    stream, the records, headers and violations beside them as primitives. Registered for
+    `GuardBatch` on import of `lineage_guard.transforms`."""
 
     def __init__(self) -> None:
         self._primitives = coder_impl.FastPrimitivesCoderImpl(
             None, requires_deterministic_step_label="lineage_guard.BatchCoder"
         )
 
-    def encode(self, batch: Batch) -> bytes:
-        tree = (_FORMAT, batch.topic, batch.partition, [_item(i) for i in batch.items])
+    def encode(self, batch: GuardBatch) -> bytes:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, batch.columns.schema) as writer:
+            writer.write_batch(batch.columns)
+        records = None if batch.records is None else [_value(r) for r in batch.records]
+        headers = None
+        if batch.headers is not None:
+            headers = [None if h is None else [[k, v] for k, v in h] for h in batch.headers]
+        violations = [
+            [row, [[v.rule, v.column, v.message] for v in found]]
+            for row, found in sorted(batch.violations.items())
+        ]
+        tree = (
+            _FORMAT,
+            batch.topic,
+            batch.partition,
+            sink.getvalue().to_pybytes(),
+            records,
+            headers,
+            violations,
+        )
         encoded: bytes = self._primitives.encode(tree)
         return encoded
 
-    def decode(self, encoded: bytes) -> Batch:
-        version, topic, partition, items = self._primitives.decode(encoded)
+    def decode(self, encoded: bytes) -> GuardBatch:
+        version, topic, partition, ipc, records, headers, violations = self._primitives.decode(
+            encoded
+        )
         if version != _FORMAT:
             raise ValueError(f"BatchCoder: unknown batch format {version}.")
-        return Batch(topic=topic, partition=partition, items=tuple(_unitem(i) for i in items))
+        return GuardBatch(
+            topic=topic,
+            partition=partition,
+            columns=pa.ipc.open_stream(ipc).read_next_batch(),
+            records=None if records is None else tuple(_unvalue(r) for r in records),
+            headers=None
+            if headers is None
+            else tuple(None if h is None else [(k, v) for k, v in h] for h in headers),
+            violations={
+                row: tuple(Violation(rule=r, column=c, message=m) for r, c, m in found)
+                for row, found in violations
+            },
+        )
 
-    def estimate_size(self, batch: Batch) -> int:
-        """A cheap estimate, for the runner's size metrics: the messages' bytes plus a fixed
-        allowance per item. (Beam's default encodes the whole batch, for every sampled
-        element: a third of the guard's time went there.)"""
-        items = batch.items
-        sample = items[:: max(1, len(items) // _SAMPLE)]  # every n-th item, at most ~_SAMPLE
-        sampled = sum(len(i.source.value or b"") + len(i.source.key or b"") for i in sample)
-        per_item = _ITEM_ALLOWANCE + sampled // max(1, len(sample))
-        return 16 + len(batch.topic) + per_item * len(items)
+    def estimate_size(self, batch: GuardBatch) -> int:
+        """A cheap estimate, for the runner's size metrics: the columns' buffers plus a fixed
+        allowance per record. (Beam's default encodes the whole batch, for every sampled
+        element.)"""
+        return 16 + len(batch.topic) + batch.columns.nbytes + _ITEM_ALLOWANCE * len(batch)
 
     def is_deterministic(self) -> bool:
         return True
 
     def to_type_hint(self) -> type:
-        return Batch
+        return GuardBatch
 
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self)

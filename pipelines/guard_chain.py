@@ -13,6 +13,7 @@ to theirs (`tests/unit/test_guard_chain.py` holds them to it on hostile batches)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -30,7 +31,7 @@ from lineage_guard.contract.records import CLASS_RANK, COLUMNS, provenance_of, r
 from lineage_guard.contract.validate import SuiteValidator
 from lineage_guard.contract.verdicts import Violation
 from lineage_guard.io import arrow_decode
-from lineage_guard.io.decode import Decoded, Decoder, known_fingerprints
+from lineage_guard.io.decode import Decoded, Decoder, decoder_for, known_fingerprints
 from lineage_guard.lineage.bounds import (
     ID_LIMIT,
     MESSAGE_LIMIT,
@@ -45,10 +46,14 @@ from lineage_guard.lineage.hops import HopBatch, HopRows, Outcome
 from lineage_guard.stages import ClassLookup, ParentIndex, clean, known_ranks, parent_ids
 from lineage_guard.stages import index_keys as stages_index_keys
 
+UNDECODABLE = "undecodable"  # message bytes that are not a record of a known schema
+MALFORMED = "malformed_record"  # a file's record its reader could not read
+
 
 def decode(batch: GuardBatch, decoder: Decoder) -> GuardBatch:
     """Message bytes → the contract's columns; a message that does not decode stops here
-    (`undecodable`). Rows that already hold a record (read from a file) pass as they are.
+    (`undecodable`), and so does a file's record its reader could not read
+    (`malformed_record`). Rows that already hold a record (read from a file) pass as they are.
 
     Bodies of a known schema (single-object, or raw with `--schema`) are read by the Rust
     reader into columns (`io.arrow_decode`), grouped by writer schema; a body it cannot read
@@ -78,27 +83,30 @@ def decode(batch: GuardBatch, decoder: Decoder) -> GuardBatch:
     found: dict[int, tuple[Violation, ...]] = {}
     offsets: list[Any] | None = None
     for i in np.flatnonzero(no_record & not_stopped & ~read).tolist():
-        error = batch.column("error")[i].as_py()
-        if error is None:
-            outcome = decoder.decode(values[i].as_py())
-            if isinstance(outcome, Decoded):
-                records[i] = outcome.record
-                schemas[i] = outcome.schema
-                continue
-            error = outcome.reason
         if offsets is None:
             offsets = batch.column("offset").to_pylist()
-        message = f"Message `{batch.topic}`[{batch.partition}]@{offsets[i]}: {error}."
-        found[i] = (Violation(rule="undecodable", column=None, message=message),)
+        error = batch.column("error")[i].as_py()
+        if error is not None:  # the file reader's: the same words as `validate` says them
+            message = f"Record at index {offsets[i]} of `{batch.topic}`: {error}."
+            found[i] = (Violation(rule=MALFORMED, column=None, message=message),)
+            continue
+        outcome = decoder.decode(values[i].as_py())
+        if isinstance(outcome, Decoded):
+            records[i] = outcome.record
+            schemas[i] = outcome.schema
+            continue
+        message = f"Message `{batch.topic}`[{batch.partition}]@{offsets[i]}: {outcome.reason}."
+        found[i] = (Violation(rule=UNDECODABLE, column=None, message=message),)
     batch = batch.with_records(records).with_columns(
         schema=pa.array(schemas, pa.string()), read=pa.array(read, pa.bool_())
     )
     return stop(batch, Stage.DECODE, found)
 
 
-def with_records(batch: GuardBatch, decoder: Decoder) -> GuardBatch:
+def with_records(batch: GuardBatch) -> GuardBatch:
     """`batch` with the record of every row the Rust reader read into columns, read by
-    `decoder` (fastavro): for writers and transforms that need the records themselves."""
+    fastavro with the writer schema the reader used (the `schema` column): for writers and
+    transforms that need the records themselves."""
     if not batch.has("read"):
         return batch
     rows = pc.indices_nonzero(batch.column("read")).to_pylist()
@@ -106,12 +114,43 @@ def with_records(batch: GuardBatch, decoder: Decoder) -> GuardBatch:
         return batch
     records = list(batch.records) if batch.records is not None else [None] * len(batch)
     values = batch.column("value")
+    schemas = batch.column("schema")
     for i in rows:
         if records[i] is None:
-            outcome = decoder.decode(values[i].as_py())
+            value = values[i].as_py()
+            outcome = _reader_of(value, schemas[i].as_py()).decode(value)
             assert isinstance(outcome, Decoded), "a body the Rust reader read must decode"
             records[i] = outcome.record
     return batch.with_records(records)
+
+
+def _reader_of(value: bytes, schema: str) -> Decoder:
+    """The decoder that reads `value` as the Rust reader did: single-object when it says so
+    (and its fingerprint is `schema`'s), else raw with `schema`."""
+    if value[:2] == b"\xc3\x01" and known_fingerprints().get(value[2:10]) == schema:
+        return _decoder(None)
+    return _decoder(schema)
+
+
+@functools.cache
+def _decoder(raw_schema: str | None) -> Decoder:
+    return decoder_for(raw_schema, None)
+
+
+def refuse(batch: GuardBatch, found: Mapping[int, Violation]) -> GuardBatch:
+    """`batch` with each row of `found` stopped at the write step (unless a stage stopped it
+    before), its violation added to the row's: a destination cannot take it."""
+    if not found:
+        return batch
+    stopped = _stopped(batch)
+    violations = dict(batch.violations)
+    for i, violation in found.items():
+        stopped[i] = stopped[i] or str(Stage.WRITE)
+        violations[i] = (*violations.get(i, ()), violation)
+    return batch.with_columns(
+        stopped_at=pa.array(stopped, pa.string()),
+        blocked=pa.array(batch.blocked(), pa.bool_()),
+    ).with_violations(violations)
 
 
 def _read_columns(
@@ -362,7 +401,7 @@ def index_keys(batch: GuardBatch) -> tuple[bytes, bytes]:
     rows read by fastavro). Run it after `decode`: only records that decode are indexed (the
     per-record head read, `Decoder.head`, also indexes a message whose tail is damaged)."""
     pairs: list[tuple[str, int]] = []
-    if batch.has("read"):
+    if batch.has("read") and batch.has("content_class"):
         generated = pc.and_(
             batch.column("read"),
             pc.is_in(batch.column("content_class"), value_set=_CLASSES.slice(1)),

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from lineage_guard import stages
+from lineage_guard import guard_chain
+from lineage_guard.arrow_batch import GuardBatch
 from lineage_guard.contract.verdicts import Violation
-from lineage_guard.items import Batch
 from lineage_guard.lineage.bounds import bounded, digest_id
 from lineage_guard.lineage.chain import Entry, Failure
 from lineage_guard.lineage.errors import RowRefusedError, ServiceUnavailableError
@@ -109,7 +109,7 @@ class Recorded:
     batch to deliver, in which the records whose rows the store refused are quarantined."""
 
     entry: Entry
-    batch: Batch
+    batch: GuardBatch
 
 
 class LineageRecorder:
@@ -122,7 +122,7 @@ class LineageRecorder:
 
     def record(
         self,
-        batch: Batch,
+        batch: GuardBatch,
         *,
         allowed_to: str,
         quarantined_to: str,
@@ -131,7 +131,7 @@ class LineageRecorder:
         """Record what the stages decided about `batch`, and where its records are going.
         None when `stop()` turned true while an unavailable store was being retried: nothing
         was recorded, and the batch must not be delivered."""
-        hops = stages.lineage_hops(
+        hops = guard_chain.hop_batch(
             batch,
             pipeline=self.pipeline,
             run_id=self.run_id,
@@ -149,46 +149,42 @@ class LineageRecorder:
         return Recorded(entry=entry, batch=batch)
 
     def _quarantine_refused(
-        self, batch: Batch, hops: HopBatch, refusal: RowRefusedError, stop: Callable[[], bool]
-    ) -> tuple[Batch, HopBatch]:
+        self, batch: GuardBatch, hops: HopBatch, refusal: RowRefusedError, stop: Callable[[], bool]
+    ) -> tuple[GuardBatch, HopBatch]:
         """`batch` and `hops` with each record whose row the store refuses quarantined
         (`lineage_refused`), its hop reduced to what any store takes."""
         refused: dict[int, str] = self.connection.call(lambda store: store.refused_rows(hops), stop)
         if not refused:  # the batch, not a row: nothing to quarantine it by
             raise refusal
-        items, rows = list(batch.items), list(hops.hops)
+        rows = list(hops.all_hops())
+        found: dict[int, Violation] = {}
         for index, error in refused.items():
-            item, hop = items[index], rows[index]
             message = (
                 f"The lineage store refused this record's hop ({error}); its hop keeps only"
                 " its source position and digest."
             )
             message = bounded(message.encode("ascii", "backslashreplace").decode(), 1024)
-            violation = Violation(rule=LINEAGE_REFUSED, column=None, message=message)
-            items[index] = dataclasses.replace(
-                item,
-                stopped_at=item.stopped_at or Stage.WRITE,
-                violations=(*item.violations, violation),
-            )
-            rows[index] = Hop(
-                record_id=digest_id(hop.record_id) if hop.record_id is not None else None,
-                source_offset=hop.source_offset,
-                outcome=Outcome.BLOCKED if hop.outcome is Outcome.BLOCKED else Outcome.QUARANTINED,
-                stopped_at=Stage(item.stopped_at or Stage.WRITE),
-                reasons=(Reason(rule=LINEAGE_REFUSED, message=message),),
-                digest=hop.digest,
-            )
+            found[index] = Violation(rule=LINEAGE_REFUSED, column=None, message=message)
             log.warning(
                 "lineage store refused the hop of `%s`[%d]@%d: quarantined (%s)",
                 batch.topic,
                 batch.partition,
-                hop.source_offset,
+                rows[index].source_offset,
                 error,
             )
-        return (
-            dataclasses.replace(batch, items=tuple(items)),
-            dataclasses.replace(hops, hops=tuple(rows)),
-        )
+        batch = guard_chain.refuse(batch, found)
+        stopped = batch.stopped_at()
+        for index in refused:
+            hop = rows[index]
+            rows[index] = Hop(
+                record_id=digest_id(hop.record_id) if hop.record_id is not None else None,
+                source_offset=hop.source_offset,
+                outcome=Outcome.BLOCKED if hop.outcome is Outcome.BLOCKED else Outcome.QUARANTINED,
+                stopped_at=Stage(stopped[index] or Stage.WRITE),
+                reasons=(Reason(rule=LINEAGE_REFUSED, message=found[index].message),),
+                digest=hop.digest,
+            )
+        return batch, dataclasses.replace(hops, hops=tuple(rows), rows=None)
 
     def confirm(self, answered: Sequence[tuple[Entry, int, Sequence[Failure]]]) -> None:
         """Record, per batch entry, how many records the destination answered and which it

@@ -38,18 +38,13 @@ from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from confluent_kafka import KafkaException, TopicPartition
 
-from lineage_guard import stages
-from lineage_guard.contract.policies import parse_policy
-from lineage_guard.contract.validate import SuiteValidator
+from lineage_guard.arrow_batch import GuardBatch, concat
 from lineage_guard.guard import GuardConfig, KafkaIO
-from lineage_guard.io.decode import decoder_for
 from lineage_guard.io.kafka import KafkaSink, retrying
 from lineage_guard.io.kafka_source import Chunk, ReadFromKafka, start_offset
-from lineage_guard.items import Batch
 from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError
-from lineage_guard.recorder import LineageRecorder, RetryingStore
-from lineage_guard.stop import stop_requested
-from lineage_guard.transforms import OutcomeCounters
+from lineage_guard.transforms import _Decode, _Enforce, _Validate
+from lineage_guard.writer import Lineage, Writer
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +61,7 @@ class Part:
 
     key: str  # "topic/partition"
     spans: tuple[Span, ...]
-    batch: Batch
+    batch: GuardBatch
 
 
 def merge_spans(spans: Iterable[Span]) -> list[Span]:
@@ -95,49 +90,39 @@ def advance(frontier: int, delivered: Iterable[Span]) -> tuple[int, list[Span]]:
 def to_part(element: tuple[str, Iterable[Chunk]]) -> Part:
     key, chunks = element
     ordered = sorted(chunks, key=lambda c: c.start)
-    first = ordered[0].batch
-    items = tuple(item for chunk in ordered for item in chunk.batch.items)
     return Part(
         key=key,
         spans=tuple(merge_spans((c.start, c.stop) for c in ordered)),
-        batch=Batch(topic=first.topic, partition=first.partition, items=items),
+        batch=concat([c.batch for c in ordered]),
     )
 
 
 class _Stage(beam.DoFn):
-    """Runs one of the guard's stages on a `Part`'s batch (the stages are plain functions)."""
+    """Runs one of the bounded graph's stage DoFns (the one guard chain) on a `Part`'s batch."""
 
-    def __init__(self, config: GuardConfig, stage: str) -> None:
-        self.config = config
+    def __init__(self, stage: Any) -> None:
         self.stage = stage
 
     def setup(self) -> None:
-        if self.stage == "decode":
-            decoder = decoder_for(
-                self.config.raw_schema,
-                self.config.schema_registry,
-                wait_s=self.config.lineage_retry_s,
-            )
-            self.run = lambda batch: stages.decode(batch, decoder)
-        elif self.stage == "validate":
-            validator = SuiteValidator(engine=self.config.engine)  # suites: once per worker
-            store_url = self.config.lineage_store
-            classes: stages.ClassLookup | None = None
-            if store_url:
-                store = self.store = RetryingStore(store_url, retry_s=self.config.lineage_retry_s)
-                classes = lambda ids: store.content_classes(ids, stop_requested)  # noqa: E731
-            self.run = lambda batch: stages.validate(batch, validator, lookup=classes)
-        else:
-            policies = [parse_policy(text) for text in self.config.policies]
-            self.run = lambda batch: stages.enforce(batch, policies)
+        self.stage.setup()
 
     def process(self, part: Part) -> Iterator[Part]:
-        yield replace(part, batch=self.run(part.batch))
+        yield replace(part, batch=self.stage.check(part.batch, None))
 
     def teardown(self) -> None:
-        store = getattr(self, "store", None)
-        if store is not None:
-            store.close()
+        teardown = getattr(self.stage, "teardown", None)
+        if teardown is not None:
+            teardown()
+
+
+def stages_of(config: GuardConfig) -> list[tuple[str, Any]]:
+    """The chain's stage DoFns as the streaming job runs them (no run-wide parent index:
+    parents come from the lineage store)."""
+    return [
+        ("Decode", _Decode(config.raw_schema, config.schema_registry, config.lineage_retry_s)),
+        ("Validate", _Validate(config.engine, config.lineage_store, config.lineage_retry_s)),
+        ("Enforce", _Enforce(config.policies)),
+    ]
 
 
 class DeliverAndCommit(beam.DoFn):
@@ -152,31 +137,33 @@ class DeliverAndCommit(beam.DoFn):
         self.io: KafkaIO = config.io
 
     def setup(self) -> None:
-        self.recorder = (
-            LineageRecorder(
-                self.config.lineage_store,
-                pipeline=self.config.pipeline_name,
+        io = self.io
+        lineage = (
+            Lineage(
+                store_url=self.config.lineage_store,
+                stage=self.config.pipeline_name,
                 run_id=self.config.run_id,
                 retry_s=self.config.lineage_retry_s,
             )
             if self.config.lineage_store
             else None
         )
-        self.sink = KafkaSink(
-            self.io.settings,
-            output_topic=self.io.output_topic,
-            quarantine_topic=self.io.quarantine_topic,
-            on_answered=self.recorder.confirm if self.recorder is not None else None,
-            commits=False,
+        self.writer = Writer(
+            lineage,
+            lambda answered: KafkaSink(
+                io.settings,
+                output_topic=io.output_topic,
+                quarantine_topic=io.quarantine_topic,
+                on_answered=answered,
+                commits=False,
+            ),
+            io.destinations,
         )
-        self.committer = self.io.settings.consumer()
-        self.counters = OutcomeCounters()
+        self.committer = io.settings.consumer()
 
     def teardown(self) -> None:
-        self.sink.close()
+        self.writer.close()
         self.committer.close()
-        if self.recorder is not None:
-            self.recorder.close()
 
     def process(
         self,
@@ -185,17 +172,9 @@ class DeliverAndCommit(beam.DoFn):
         waiting_state: Any = WAITING_STATE,
     ) -> None:
         _key, part = element
-        batch = self.sink.prepare(part.batch)  # where each record fits, before its lineage
-        receipt = None
-        if self.recorder is not None:
-            recorded = self.recorder.record(
-                batch, allowed_to=self.io.output_topic, quarantined_to=self.io.quarantine_topic
-            )
-            assert recorded is not None  # None only when a `stop` is given
-            batch, receipt = recorded.batch, recorded.entry  # refused rows: quarantined
-        self.sink.write(batch, receipt)
-        self.sink.flush()  # raises unless Kafka acknowledged every record of the batch
-        self.counters.add(batch)
+        batch = part.batch
+        self.writer.write(batch, lambda: False)
+        self.writer.flush()  # raises unless Kafka acknowledged every record of the batch
 
         frontier = frontier_state.read()
         if frontier is None:  # first batch of this partition in this run: where the source began
@@ -231,7 +210,7 @@ def build_streaming(
         raise ConfigError("The streaming guard reads Kafka: give --bootstrap-servers.")
     max_chunk = max(1, min(max_chunk, config.batch_size))
     chunks_per_batch = max(1, config.batch_size // max_chunk)
-    _ = (
+    parts = (
         pipeline
         | "ReadKafka"
         >> ReadFromKafka(
@@ -246,9 +225,11 @@ def build_streaming(
         >> beam.GroupIntoBatches(chunks_per_batch, max_buffering_duration_secs=max_buffering_s)
         | "ToPart" >> beam.Map(to_part)
         | "Spread" >> beam.Reshuffle()
-        | "Decode" >> beam.ParDo(_Stage(config, "decode"))
-        | "Validate" >> beam.ParDo(_Stage(config, "validate"))
-        | "Enforce" >> beam.ParDo(_Stage(config, "enforce"))
+    )
+    for name, stage in stages_of(config):
+        parts = parts | name >> beam.ParDo(_Stage(stage))
+    _ = (
+        parts
         | "KeyForWrite" >> beam.Map(lambda part: (part.key, part))
         | "Write" >> beam.ParDo(DeliverAndCommit(config))
     )

@@ -1,7 +1,10 @@
 """The guard's stages as composable Beam transforms, for the CLI's graph and for your own.
 
-Elements are micro-batches (`Batch`: the records of one partition or file, in offset order),
-encoded with `BatchCoder` (deterministic, no pickle). Each checking stage has three outputs:
+Elements are micro-batches (`GuardBatch`: the messages of one partition or file, in offset
+order, as one Arrow RecordBatch; see `arrow_batch`), encoded with `BatchCoder` (Arrow IPC, no
+pickle). Every stage is a function of the one guard chain (`guard_chain`), which the
+streaming job, `validate`, `Guard.check` and the gateway call too. Each checking stage has
+three outputs:
 
 - `valid` (main): per input batch, the records still allowed after this stage;
 - `quarantine`: the records this stage stopped, with their `violations`;
@@ -24,36 +27,36 @@ and in the lineage store, never in one worker's memory: see `stages.parent_ranks
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsSingleton, PBegin, PCollection, TaggedOutput
 
-from lineage_guard import stages
+from lineage_guard import guard_chain
+from lineage_guard.arrow_batch import GuardBatch
 from lineage_guard.coders import BatchCoder
 from lineage_guard.contract.policies import parse_policy
-from lineage_guard.contract.records import provenance_of
+from lineage_guard.contract.records import record_id_of
 from lineage_guard.contract.validate import SuiteValidator
 from lineage_guard.io.decode import decoder_for
 from lineage_guard.io.file_io import FileSink, finalize_files, output_names, read_file
 from lineage_guard.io.kafka import KafkaSettings, KafkaSink, PartitionRange, read_range
-from lineage_guard.items import Batch
 from lineage_guard.lineage.hops import HANDOFF
 from lineage_guard.recorder import LineageRecorder, RetryingStore
+from lineage_guard.stages import Checked, ParentIndex
 from lineage_guard.stop import stop_requested
+from lineage_guard.writer import NAMESPACE, Lineage, OutcomeCounters, Writer, outcome_counts
 
 VALID = "valid"
 QUARANTINE = "quarantine"
 GUARDED = "guarded"
-NAMESPACE = "lineage_guard"
-
-beam.coders.registry.register_coder(Batch, BatchCoder)
+beam.coders.registry.register_coder(GuardBatch, BatchCoder)
+__all__ = ["Lineage", "OutcomeCounters", "outcome_counts"]  # re-exported from `writer`
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,9 +103,9 @@ class FilesIO:
 
 
 def _typed(outputs: Any, *tags: str) -> Any:
-    """Declares every tagged output a PCollection of `Batch`, so Beam uses `BatchCoder`."""
+    """Declares every tagged output a PCollection of `GuardBatch`, so Beam uses `BatchCoder`."""
     for tag in tags:
-        outputs[tag].element_type = Batch
+        outputs[tag].element_type = GuardBatch
     return outputs
 
 
@@ -119,11 +122,11 @@ class _ReadKafka(beam.DoFn):
         self.consumer = self.settings.consumer()
         self.read = Metrics.counter(NAMESPACE, self.counter) if self.counter else None
 
-    def process(self, part: PartitionRange) -> Iterator[Batch]:
+    def process(self, part: PartitionRange) -> Iterator[GuardBatch]:
         timeout_s = self.settings.timeout_s
         for batch in read_range(self.consumer, part, self.batch_size, timeout_s, stop_requested):
             if self.read is not None:
-                self.read.inc(len(batch.items))
+                self.read.inc(len(batch))
             yield batch
 
     def teardown(self) -> None:
@@ -148,7 +151,7 @@ class ReadKafka(beam.PTransform):
         self.batch_size = batch_size
         self.counter = counter
 
-    def expand(self, pbegin: PBegin) -> PCollection[Batch]:
+    def expand(self, pbegin: PBegin) -> PCollection[GuardBatch]:
         return (
             pbegin
             | "Partitions" >> beam.Create(self.ranges)
@@ -156,7 +159,7 @@ class ReadKafka(beam.PTransform):
             | "Read"
             >> beam.ParDo(
                 _ReadKafka(self.settings, self.batch_size, self.counter)
-            ).with_output_types(Batch)
+            ).with_output_types(GuardBatch)
         )
 
 
@@ -168,12 +171,12 @@ class _ReadFiles(beam.DoFn):
     def setup(self) -> None:
         self.read = Metrics.counter(NAMESPACE, self.counter) if self.counter else None
 
-    def process(self, path: str) -> Iterator[Batch]:
+    def process(self, path: str) -> Iterator[GuardBatch]:
         for batch in read_file(path, self.batch_size):
             if stop_requested():  # a stop signal: read no further
                 return
             if self.read is not None:
-                self.read.inc(len(batch.items))
+                self.read.inc(len(batch))
             yield batch
 
 
@@ -189,13 +192,13 @@ class ReadFiles(beam.PTransform):
         self.batch_size = batch_size
         self.counter = counter
 
-    def expand(self, pbegin: PBegin) -> PCollection[Batch]:
+    def expand(self, pbegin: PBegin) -> PCollection[GuardBatch]:
         return (
             pbegin
             | "Files" >> beam.Create(self.paths)
             | "Spread" >> beam.Reshuffle()
             | "Read"
-            >> beam.ParDo(_ReadFiles(self.batch_size, self.counter)).with_output_types(Batch)
+            >> beam.ParDo(_ReadFiles(self.batch_size, self.counter)).with_output_types(GuardBatch)
         )
 
 
@@ -205,24 +208,26 @@ class ReadFiles(beam.PTransform):
 class _Stage(beam.DoFn):
     """Applies one stage to a batch and emits its three outputs (see the module docstring)."""
 
-    def check(self, batch: Batch, side: Any) -> Batch:
+    def check(self, batch: GuardBatch, side: Any) -> GuardBatch:
         raise NotImplementedError
 
-    def process(self, batch: Batch, side: Any = None) -> Iterator[Any]:
+    def process(self, batch: GuardBatch, side: Any = None) -> Iterator[Any]:
         after = self.check(batch, side)
         yield TaggedOutput(GUARDED, after)
-        valid = tuple(item for item in after.items if item.allowed)
-        if valid:
-            yield replace(after, items=valid)
-        stopped = tuple(
-            a for b, a in zip(batch.items, after.items, strict=True) if b.allowed and not a.allowed
-        )
-        if stopped:
-            yield TaggedOutput(QUARANTINE, replace(after, items=stopped))
+        before = np.asarray(batch.allowed_mask(), dtype=bool)
+        now = np.asarray(after.allowed_mask(), dtype=bool)
+        valid = np.flatnonzero(now)
+        if len(valid) == len(after):
+            yield after
+        elif len(valid):
+            yield after.take(valid.tolist())
+        stopped = np.flatnonzero(before & ~now)
+        if len(stopped):
+            yield TaggedOutput(QUARANTINE, after.take(stopped.tolist()))
 
 
 class _StageTransform(beam.PTransform):
-    def _apply(self, batches: PCollection[Batch], fn: _Stage, *side: Any) -> Any:
+    def _apply(self, batches: PCollection[GuardBatch], fn: _Stage, *side: Any) -> Any:
         outputs = batches | beam.ParDo(fn, *side).with_outputs(GUARDED, QUARANTINE, main=VALID)
         return _typed(outputs, VALID, GUARDED, QUARANTINE)
 
@@ -240,8 +245,8 @@ class _Decode(_Stage):
             self.raw_schema, self.schema_registry, wait_s=self.registry_wait_s
         )
 
-    def check(self, batch: Batch, side: Any) -> Batch:
-        return stages.decode(batch, self.decoder)
+    def check(self, batch: GuardBatch, side: Any) -> GuardBatch:
+        return guard_chain.decode(batch, self.decoder)
 
 
 class DecodeRecords(_StageTransform):
@@ -261,7 +266,7 @@ class DecodeRecords(_StageTransform):
         self.schema_registry = schema_registry
         self.registry_wait_s = registry_wait_s
 
-    def expand(self, batches: PCollection[Batch]) -> Any:
+    def expand(self, batches: PCollection[GuardBatch]) -> Any:
         return self._apply(
             batches, _Decode(self.raw_schema, self.schema_registry, self.registry_wait_s)
         )
@@ -280,8 +285,8 @@ class _IndexClasses(beam.DoFn):
             self.raw_schema, self.schema_registry, wait_s=self.registry_wait_s
         )
 
-    def process(self, batch: Batch) -> Iterator[tuple[bytes, bytes]]:
-        part = stages.index_keys(stages.class_index(batch, self.decoder))
+    def process(self, batch: GuardBatch) -> Iterator[tuple[bytes, bytes]]:
+        part = guard_chain.index_keys(guard_chain.decode(batch, self.decoder))
         if part != (b"", b""):
             yield part
 
@@ -301,11 +306,11 @@ class _MergeIndex(beam.CombineFn):
     def merge_accumulators(
         self, accumulators: Iterable[list[tuple[bytes, bytes]]]
     ) -> list[tuple[bytes, bytes]]:
-        merged = stages.ParentIndex.merge(part for parts in accumulators for part in parts)
+        merged = ParentIndex.merge(part for parts in accumulators for part in parts)
         return [(merged.synthetic, merged.ai_assisted)]
 
     def extract_output(self, parts: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
-        merged = stages.ParentIndex.merge(parts)
+        merged = ParentIndex.merge(parts)
         return merged.synthetic, merged.ai_assisted
 
 
@@ -314,9 +319,9 @@ class ParentClasses(beam.PTransform):
     bytes per AI_ASSISTED or SYNTHETIC record, as `(synthetic keys, AI-assisted keys)`): the
     side input that lets `ValidateProvenance` see parents in any partition of the same run.
 
-    `batches` may come straight from a source: a message is read only as far as its record id
-    and class (a fifth of a full decode), with the same `raw_schema` / `schema_registry` as
-    `DecodeRecords`. Decoded batches (and file records) are read as they are."""
+    `batches` may come straight from a source: they are decoded (the Rust reader: a few µs
+    per record) with the same `raw_schema` / `schema_registry` as `DecodeRecords`. Decoded
+    batches (and file records) are read as they are."""
 
     def __init__(
         self,
@@ -329,7 +334,7 @@ class ParentClasses(beam.PTransform):
         self.schema_registry = schema_registry
         self.registry_wait_s = registry_wait_s
 
-    def expand(self, batches: PCollection[Batch]) -> PCollection[tuple[bytes, bytes]]:
+    def expand(self, batches: PCollection[GuardBatch]) -> PCollection[tuple[bytes, bytes]]:
         return (
             batches
             | "Generated"
@@ -354,11 +359,11 @@ class _Validate(_Stage):
             else None
         )
 
-    def check(self, batch: Batch, side: Any) -> Batch:
+    def check(self, batch: GuardBatch, side: Any) -> GuardBatch:
         index = None
         if side is not None:
-            index = stages.ParentIndex(*side)
-        return stages.validate(batch, self.validator, index, self._lookup)
+            index = ParentIndex(*side)
+        return guard_chain.validate(batch, self.validator, index, self._lookup)
 
     def _lookup(self, record_ids: Iterable[str]) -> dict[str, str]:
         if self.store is None:
@@ -391,7 +396,7 @@ class ValidateProvenance(_StageTransform):
         self.lineage_store = lineage_store
         self.lineage_retry_s = lineage_retry_s
 
-    def expand(self, batches: PCollection[Batch]) -> Any:
+    def expand(self, batches: PCollection[GuardBatch]) -> Any:
         side = [AsSingleton(self.parents)] if self.parents is not None else []
         validate = _Validate(self.engine, self.lineage_store, self.lineage_retry_s)
         return self._apply(batches, validate, *side)
@@ -404,8 +409,8 @@ class _Enforce(_Stage):
     def setup(self) -> None:
         self.policies = [parse_policy(text) for text in self.policy_texts]
 
-    def check(self, batch: Batch, side: Any) -> Batch:
-        return stages.enforce(batch, self.policies)
+    def check(self, batch: GuardBatch, side: Any) -> GuardBatch:
+        return guard_chain.enforce(batch, self.policies)
 
 
 class EnforcePolicies(_StageTransform):
@@ -418,7 +423,7 @@ class EnforcePolicies(_StageTransform):
             parse_policy(text)  # a bad policy fails at construction, not inside a worker
         self.policies = tuple(policies)
 
-    def expand(self, batches: PCollection[Batch]) -> Any:
+    def expand(self, batches: PCollection[GuardBatch]) -> Any:
         return self._apply(batches, _Enforce(self.policies))
 
 
@@ -440,20 +445,16 @@ class _RecordHop(beam.DoFn):
             self.store_url, pipeline=self.stage, run_id=self.run_id, retry_s=self.retry_s
         )
 
-    def process(self, batch: Batch) -> Iterator[Batch]:
+    def process(self, batch: GuardBatch) -> Iterator[GuardBatch]:
         allowed_to, quarantined_to = self.handoffs
         recorded = self.recorder.record(batch, allowed_to=allowed_to, quarantined_to=quarantined_to)
         assert recorded is not None  # None only when a `stop` is given
         yield recorded.batch
         # handed on to the next transform: `trace` shows `handed_on`, never `delivered`
-        self.recorder.confirm([(recorded.entry, len(batch.items), [])])
+        self.recorder.confirm([(recorded.entry, len(batch), [])])
 
     def teardown(self) -> None:
         self.recorder.close()
-
-
-def _destinations(io: KafkaIO | FilesIO, batch: Batch) -> tuple[str, str]:
-    return io.destinations(batch.topic)
 
 
 class RecordHop(beam.PTransform):
@@ -498,25 +499,14 @@ class RecordHop(beam.PTransform):
         self.run_id = run_id or str(uuid.uuid4())
         self.retry_s = retry_s
 
-    def expand(self, batches: PCollection[Batch]) -> PCollection[Batch]:
+    def expand(self, batches: PCollection[GuardBatch]) -> PCollection[GuardBatch]:
         fn = _RecordHop(self.stage, self.store_url, self.run_id, self.handoffs, self.retry_s)
-        return batches | beam.ParDo(fn).with_output_types(Batch)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Lineage:
-    """Where `WriteGuarded` records its hop: the store, the stage name it shows under, and the
-    run (fixed on the launcher, so every worker and retry records under the same run)."""
-
-    store_url: str
-    stage: str
-    run_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    retry_s: float = 300.0
+        return batches | beam.ParDo(fn).with_output_types(GuardBatch)
 
 
 class _Write(beam.DoFn):
-    """Records the hop, writes allowed and quarantined records, confirms what the destination
-    answered, then commits (Kafka) behind it."""
+    """Writes through `writer.Writer`: the hop, the records, what the destination answered;
+    then commits (Kafka) behind it."""
 
     def __init__(self, io: KafkaIO | FilesIO, lineage: Lineage | None, expected: int | None):
         self.io = io
@@ -524,122 +514,30 @@ class _Write(beam.DoFn):
         self.expected = expected
 
     def setup(self) -> None:
-        io, lineage = self.io, self.lineage
-        self.recorder = (
-            LineageRecorder(
-                lineage.store_url,
-                pipeline=lineage.stage,
-                run_id=lineage.run_id,
-                retry_s=lineage.retry_s,
-            )
-            if lineage is not None
-            else None
-        )
-        answered = self.recorder.confirm if self.recorder is not None else None
-        if isinstance(io, KafkaIO):
-            self.sink: KafkaSink | FileSink = KafkaSink(
-                io.settings,
-                output_topic=io.output_topic,
-                quarantine_topic=io.quarantine_topic,
-                on_answered=answered,
-            )
-        else:
-            self.sink = FileSink(io.out_dir, io.names, on_answered=answered)
-        self.counters = OutcomeCounters()
-        self.written = 0
-        self.started = self.last_report = time.monotonic()
+        io = self.io
 
-    def process(self, batch: Batch) -> None:
+        def make_sink(answered: Any) -> KafkaSink | FileSink:
+            if isinstance(io, KafkaIO):
+                return KafkaSink(
+                    io.settings,
+                    output_topic=io.output_topic,
+                    quarantine_topic=io.quarantine_topic,
+                    on_answered=answered,
+                )
+            return FileSink(io.out_dir, io.names, on_answered=answered)
+
+        self.writer = Writer(self.lineage, make_sink, io.destinations, expected=self.expected)
+
+    def process(self, batch: GuardBatch) -> None:
         if stop_requested():  # a stop signal: deliver nothing more, commit nothing past here
             return
-        if isinstance(self.sink, KafkaSink):
-            batch = self.sink.prepare(batch)  # where each record fits, before its lineage
-        receipt = None
-        if self.recorder is not None:
-            allowed_to, quarantined_to = _destinations(self.io, batch)
-            recorded = self.recorder.record(
-                batch, allowed_to=allowed_to, quarantined_to=quarantined_to, stop=stop_requested
-            )
-            if recorded is None:  # stopped while the store was being retried
-                return
-            batch, receipt = recorded.batch, recorded.entry  # refused rows: quarantined
-        self.sink.write(batch, receipt)
-        self._count(batch)
+        self.writer.write(batch, stop_requested)
 
     def finish_bundle(self) -> None:
-        self.sink.flush()
+        self.writer.flush()
 
     def teardown(self) -> None:
-        self.sink.close()
-        if self.recorder is not None:
-            self.recorder.close()
-
-    def _count(self, batch: Batch) -> None:
-        self.counters.add(batch)
-        self.written += len(batch.items)
-        now = time.monotonic()
-        if now - self.last_report >= 2.0:
-            import logging
-
-            self.last_report = now
-            rate = self.written / max(now - self.started, 1e-9)
-            total = f"/{self.expected}" if self.expected is not None else ""
-            logging.getLogger("lineage_guard.progress").info(
-                "guarded %d%s records (%.0f records/s)", self.written, total, rate
-            )
-
-
-class OutcomeCounters:
-    """The Beam counters a written batch adds to (read back by `Summary`): `outcome:allowed`,
-    `outcome:quarantined:STAGE:RULES`, `outcome:blocked:STAGE:RULES`, `content_class:X`,
-    `origin_env:X` and, for allowed records, `allowed_class:X` (a training export's
-    synthetic ratio)."""
-
-    def __init__(self) -> None:
-        self.counters: dict[str, Any] = {}
-
-    def add(self, batch: Batch) -> None:
-        # Counted by what the names are made of, then named once per distinct kind.
-        kinds: Counter[tuple[Any, ...]] = Counter()
-        for item in batch.items:
-            provenance = provenance_of(item.record)
-            kinds[
-                (
-                    item.stopped_at,
-                    item.blocked,
-                    item.violations,
-                    str(provenance.get("content_class")),  # any JSON value: keyed as text
-                    str(provenance.get("origin_env")),
-                )
-            ] += 1
-        counts = outcome_counts(
-            (stopped_at, blocked, [v.rule for v in violations], content_class, origin_env, n)
-            for (stopped_at, blocked, violations, content_class, origin_env), n in kinds.items()
-        )
-        for name, n in counts.items():
-            counter = self.counters.get(name)
-            if counter is None:
-                counter = self.counters[name] = Metrics.counter(NAMESPACE, name)
-            counter.inc(n)
-
-
-def outcome_counts(
-    kinds: Iterable[tuple[str | None, bool, Iterable[str], str, str, int]],
-) -> Counter[str]:
-    """The counter names (see `OutcomeCounters`) of `(stopped_at, blocked, rules,
-    content_class, origin_env, records)` groups: one naming for the write step's counters and
-    for the counts read back from the lineage store."""
-    counts: Counter[str] = Counter()
-    for stopped_at, blocked, rules, content_class, origin_env, n in kinds:
-        if stopped_at is None:
-            counts["outcome:allowed"] += n
-            counts[f"allowed_class:{content_class}"] += n
-        else:
-            decision = "blocked" if blocked else "quarantined"
-            counts[f"outcome:{decision}:{stopped_at}:{','.join(sorted(set(rules)))}"] += n
-        counts[f"content_class:{content_class}"] += n
-        counts[f"origin_env:{origin_env}"] += n
-    return counts
+        self.writer.close()
 
 
 class WriteGuarded(beam.PTransform):
@@ -664,7 +562,7 @@ class WriteGuarded(beam.PTransform):
         self.expected = expected
         self.lineage = lineage
 
-    def expand(self, batches: PCollection[Batch]) -> PCollection[Any]:
+    def expand(self, batches: PCollection[GuardBatch]) -> PCollection[Any]:
         return batches | beam.ParDo(_Write(self.io, self.lineage, self.expected))
 
 
@@ -679,13 +577,29 @@ class Records(beam.PTransform):
         super().__init__()
         self.verdicts = verdicts
 
-    def expand(self, batches: PCollection[Batch]) -> PCollection[Any]:
-        if not self.verdicts:
-            return batches | beam.FlatMap(
-                lambda batch: [i.record for i in batch.items if i.record is not None]
-            )
-        return batches | beam.FlatMap(
-            lambda batch: [
-                (i.record, stages.Checked.of(i)) for i in batch.items if i.record is not None
-            ]
+    def expand(self, batches: PCollection[GuardBatch]) -> PCollection[Any]:
+        return batches | beam.FlatMap(_records, self.verdicts)
+
+
+def _records(batch: GuardBatch, verdicts: bool) -> list[Any]:
+    batch = guard_chain.with_records(batch)
+    records = batch.records if batch.records is not None else (None,) * len(batch)
+    if not verdicts:
+        return [r for r in records if r is not None]
+    stopped = batch.stopped_at()
+    blocked = batch.blocked()
+    return [
+        (
+            record,
+            Checked(
+                record_id=record_id_of(record),
+                decision="allowed"
+                if stopped[i] is None
+                else ("blocked" if blocked[i] else "quarantined"),
+                stage=stopped[i],
+                violations=batch.violations.get(i, ()),
+            ),
         )
+        for i, record in enumerate(records)
+        if record is not None
+    ]

@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lineage_guard.contract.records import describe
+from lineage_guard import guard_chain
+from lineage_guard.arrow_batch import from_file_rows
+from lineage_guard.contract.records import describe, record_id_of
 from lineage_guard.contract.validate import SuiteValidator
 from lineage_guard.contract.verdicts import Violation
+from lineage_guard.io.decode import Decoder
 from lineage_guard.io.files import FileRecord, read_records
 from lineage_guard.lineage.cli import shown
 
@@ -86,35 +89,30 @@ def check_files(
 
 
 def _check_batch(batch: list[FileRecord], validator: SuiteValidator, result: CheckResult) -> None:
+    """The guard chain's decode and validate (`guard_chain`), as `run` applies them to the
+    same records: the same rules and messages."""
     if not batch:
         return
-    decoded = [r for r in batch if r.error is None]
-    verdicts = iter(validator.validate([r.value for r in decoded]))
-    for record in batch:
-        result.total += 1
-        result.files[record.file] += 1
-        if record.error is not None:
-            violation = Violation(
-                rule="malformed_record",
-                column=None,
-                message=f"Record at index {record.index} of `{record.file}`: {record.error}.",
+    file = batch[0].file
+    checked = from_file_rows(
+        file, [r.index for r in batch], [r.value for r in batch], [r.error for r in batch]
+    )
+    checked = guard_chain.validate(guard_chain.decode(checked, _NO_BYTES), validator)
+    result.total += len(batch)
+    result.files[file] += len(batch)
+    for row in sorted(checked.violations):
+        record = batch[row]
+        result.rejected.append(
+            Rejection(
+                file=record.file,
+                index=record.index,
+                record_id=record_id_of(record.value) if record.error is None else None,
+                violations=checked.violations[row],
             )
-            result.rejected.append(
-                Rejection(
-                    file=record.file, index=record.index, record_id=None, violations=(violation,)
-                )
-            )
-            continue
-        verdict = next(verdicts)
-        if not verdict.passed:
-            result.rejected.append(
-                Rejection(
-                    file=record.file,
-                    index=record.index,
-                    record_id=verdict.record_id,
-                    violations=verdict.violations,
-                )
-            )
+        )
+
+
+_NO_BYTES = Decoder()  # file rows hold records: nothing is read from bytes
 
 
 def render_text(result: CheckResult) -> str:

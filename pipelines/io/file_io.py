@@ -15,6 +15,7 @@ data. (Object stores have no file modes: their buckets' access rules apply.)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -23,9 +24,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from lineage_guard import guard_chain
+from lineage_guard.arrow_batch import GuardBatch, from_file_rows
 from lineage_guard.contract.records import is_unicode
 from lineage_guard.io.files import json_default, read_records
-from lineage_guard.items import Batch, Item, Source
+from lineage_guard.items import Item
 from lineage_guard.lineage.private import FILE_MODE
 
 PARTS = ".parts"
@@ -37,22 +40,25 @@ def is_uri(path: str) -> bool:
     return "://" in path
 
 
-def read_file(path: str, batch_size: int) -> Iterator[Batch]:
+def read_file(path: str, batch_size: int) -> Iterator[GuardBatch]:
     if is_uri(path):
         yield from _read_remote(path, batch_size)
         return
-    items: list[Item] = []
+    indices: list[int] = []
+    records: list[Any] = []
+    errors: list[str | None] = []
     for record in read_records(Path(path)):
-        source = Source(topic=path, partition=0, offset=record.index)
-        items.append(Item(source=source, record=record.value, error=record.error))
-        if len(items) >= batch_size:
-            yield Batch(topic=path, partition=0, items=tuple(items))
-            items = []
-    if items:
-        yield Batch(topic=path, partition=0, items=tuple(items))
+        indices.append(record.index)
+        records.append(record.value)
+        errors.append(record.error)
+        if len(indices) >= batch_size:
+            yield from_file_rows(path, indices, records, errors)
+            indices, records, errors = [], [], []
+    if indices:
+        yield from_file_rows(path, indices, records, errors)
 
 
-def _read_remote(uri: str, batch_size: int) -> Iterator[Batch]:
+def _read_remote(uri: str, batch_size: int) -> Iterator[GuardBatch]:
     """A `FileSystems` URI: copied to a local temporary file, then read like a local one."""
     from apache_beam.io.filesystems import FileSystems
 
@@ -61,15 +67,7 @@ def _read_remote(uri: str, batch_size: int) -> Iterator[Batch]:
         with FileSystems.open(uri) as source, open(local, "wb") as target:
             shutil.copyfileobj(source, target)
         for batch in read_file(local, batch_size):
-            items = tuple(
-                Item(
-                    source=Source(topic=uri, partition=0, offset=item.source.offset),
-                    record=item.record,
-                    error=item.error,
-                )
-                for item in batch.items
-            )
-            yield Batch(topic=uri, partition=0, items=items)
+            yield dataclasses.replace(batch, topic=uri)
 
 
 def output_names(paths: Sequence[str]) -> dict[str, str]:
@@ -111,22 +109,26 @@ class FileSink:
         base = join(self.out_dir, self.names[source])
         return f"{base}.allowed.jsonl", f"{base}.quarantine.jsonl"
 
-    def write(self, batch: Batch, receipt: Any = None) -> None:
+    def write(self, batch: GuardBatch, receipt: Any = None) -> None:
+        """Records read from Kafka by the Rust reader are read again by fastavro here
+        (`guard_chain.with_records`): a file holds the record, not its bytes."""
+        batch = guard_chain.with_records(batch)
         lines: dict[str, list[str]] = {kind: [] for kind in KINDS}
-        for item in batch.items:
-            if item.allowed:
-                lines["allowed"].append(json_line(item.record))
+        records = batch.records if batch.records is not None else (None,) * len(batch)
+        for i, stopped in enumerate(batch.stopped_at()):
+            if stopped is None:
+                lines["allowed"].append(json_line(records[i]))
             else:
-                lines["quarantine"].append(json_line(quarantine_entry(item)))
+                lines["quarantine"].append(json_line(quarantine_entry(batch.item(i))))
         folder = join(self.out_dir, PARTS, self.names[batch.topic])
-        first = batch.items[0].source.offset
+        first = batch.column("offset")[0].as_py()
         for kind, text in lines.items():
             if text:
                 part = join(folder, f"{first:012d}.{kind}.jsonl")
                 _write_part(part, ("\n".join(text) + "\n").encode("utf-8"))
 
         if receipt is not None:
-            self._written.append((receipt, len(batch.items), []))
+            self._written.append((receipt, len(batch), []))
 
     def flush(self) -> None:
         written, self._written = self._written, []

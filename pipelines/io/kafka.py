@@ -38,6 +38,8 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
+import numpy as np
+import pyarrow.compute as pc
 from confluent_kafka import (
     OFFSET_INVALID,
     Consumer,
@@ -48,8 +50,10 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
+from lineage_guard import guard_chain
+from lineage_guard.arrow_batch import GuardBatch, from_kafka
 from lineage_guard.contract.verdicts import Violation
-from lineage_guard.items import Batch, Item, Source
+from lineage_guard.items import Item
 from lineage_guard.lineage.chain import Failure
 from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError
 from lineage_guard.lineage.events import Stage
@@ -447,7 +451,7 @@ def read_range(
     batch_size: int,
     timeout_s: float,
     stop: Callable[[], bool] = lambda: False,
-) -> Iterator[Batch]:
+) -> Iterator[GuardBatch]:
     """Reads `part` into batches of up to `batch_size` messages, in offset order, until its
     end or until `stop()` is true. Raises when Kafka sends nothing for `timeout_s` while this
     reader waits (time spent downstream of a `yield`, e.g. retrying the lineage store, is not
@@ -460,7 +464,7 @@ def read_range(
             messages = consumer.consume(
                 num_messages=min(batch_size, part.end - next_offset), timeout=1.0
             )
-            items = []
+            data = []
             reached_eof = False
             for message in messages:
                 error = message.error()
@@ -478,22 +482,10 @@ def read_range(
                 if offset >= part.end:
                     reached_eof = True
                     break
-                items.append(
-                    Item(
-                        source=Source(
-                            topic=part.topic,
-                            partition=part.partition,
-                            offset=offset,
-                            key=message.key(),
-                            value=message.value(),
-                            headers=message.headers(),  # type: ignore[arg-type]
-                            timestamp_ms=message.timestamp()[1],
-                        )
-                    )
-                )
+                data.append(message)
                 next_offset = offset + 1
-            if items:
-                yield Batch(topic=part.topic, partition=part.partition, items=tuple(items))
+            if data:
+                yield from_kafka(part.topic, part.partition, data)
                 # From when the stages downstream gave control back: time they spent (e.g.
                 # retrying the lineage store) is not Kafka being idle.
                 idle_since = time.monotonic()
@@ -652,52 +644,65 @@ class KafkaSink:
         self._commit_interval_s = commit_interval_s
         self._last_commit = time.monotonic()
 
-    def prepare(self, batch: Batch) -> Batch:
+    def prepare(self, batch: GuardBatch) -> GuardBatch:
         """`batch` with every record routed where it fits, decided before lineage is recorded:
         a record the output topic cannot take is quarantined (`output_refused`); one that
         quarantine cannot take either is marked `quarantine_refused`, and only a reference to
-        it (`reference_value`) is written there."""
-        items = list(batch.items)
-        for n, item in enumerate(items):
-            s = item.source
-            where = f"Message `{s.topic}`[{s.partition}]@{s.offset}"
-            if item.allowed:
-                size = message_size(s.key, s.value, input_headers(s.headers))
-                limit = self.limits[self.output_topic]
-                if size <= limit:
-                    continue
-                item = refuse(
-                    item,
-                    OUTPUT_REFUSED,
-                    f"{where} has {size} bytes; output topic `{self.output_topic}` takes at "
-                    f"most {limit}.",
+        it (`reference_value`) is written there. Sizes are column lengths; Python looks at a
+        record on its own only when it has headers or is stopped."""
+        n = len(batch)
+        sizes = np.zeros(n, dtype=np.int64)
+        for name in ("key", "value"):
+            sizes += pc.fill_null(pc.binary_length(batch.column(name)), 0).to_numpy(
+                zero_copy_only=False
+            )
+        if batch.headers is not None:
+            for i, headers in enumerate(batch.headers):
+                if headers:
+                    sizes[i] = message_size(
+                        batch.column("key")[i].as_py(),
+                        batch.column("value")[i].as_py(),
+                        input_headers(headers),
+                    )
+        allowed = np.asarray(batch.allowed_mask(), dtype=bool)
+        limit = self.limits[self.output_topic]
+        offsets = batch.column("offset")
+        where = f"Message `{batch.topic}`[{batch.partition}]@"
+        batch = guard_chain.refuse(
+            batch,
+            {
+                i: Violation(
+                    rule=OUTPUT_REFUSED,
+                    column=None,
+                    message=f"{where}{offsets[i].as_py()} has {int(sizes[i])} bytes; output "
+                    f"topic `{self.output_topic}` takes at most {limit}.",
                 )
-            size = self._quarantine_size(item)
-            limit = self.limits[self.quarantine_topic]
+                for i in np.flatnonzero(allowed & (sizes > limit)).tolist()
+            },
+        )
+        limit = self.limits[self.quarantine_topic]
+        too_large = {}
+        for i in pc.indices_nonzero(pc.invert(batch.allowed_mask())).to_pylist():
+            size = self._quarantine_size(batch.item(i))
             if size > limit:
-                item = refuse(
-                    item,
-                    QUARANTINE_REFUSED,
-                    f"{where} would have {size} bytes in quarantine topic "
-                    f"`{self.quarantine_topic}`, which takes at most {limit}: only its source "
-                    "position and SHA-256 are there.",
+                too_large[i] = Violation(
+                    rule=QUARANTINE_REFUSED,
+                    column=None,
+                    message=f"{where}{offsets[i].as_py()} would have {size} bytes in quarantine"
+                    f" topic `{self.quarantine_topic}`, which takes at most {limit}: only its "
+                    "source position and SHA-256 are there.",
                 )
-            items[n] = item
-        return dataclasses.replace(batch, items=tuple(items))
+        return guard_chain.refuse(batch, too_large)
 
-    def write(self, batch: Batch, receipt: Any = None) -> None:
+    def write(self, batch: GuardBatch, receipt: Any = None) -> None:
         if self.settings.exactly_once:
             self._write_transaction(batch, receipt)
             return
         pending = _Pending(
-            next_offset=batch.next_offset,
-            remaining=len(batch.items),
-            count=len(batch.items),
-            receipt=receipt,
+            next_offset=batch.next_offset, remaining=len(batch), count=len(batch), receipt=receipt
         )
         self._pending.setdefault((batch.topic, batch.partition), deque()).append(pending)
-        for item in batch.items:
-            self._send(self._producer, item, pending)
+        self._send_batch(self._producer, batch, pending)
         self._producer.poll(0)
         self._reroute()
         self._advance()
@@ -730,6 +735,31 @@ class KafkaSink:
         s = item.source
         return message_size(s.key, s.value, [*input_headers(s.headers), *quarantine_headers(item)])
 
+    def _send_batch(self, producer: Producer, batch: GuardBatch, pending: _Pending) -> None:
+        """Produces every row of `batch`: allowed ones straight from the columns, stopped ones
+        (few) as `Item`s with their quarantine headers."""
+        allowed = np.asarray(batch.allowed_mask(), dtype=bool).tolist()
+        keys = batch.column("key").to_pylist()
+        values = batch.column("value").to_pylist()
+        stamps = batch.column("timestamp_ms").to_pylist()
+        offsets = batch.column("offset").to_pylist()
+        headers = batch.headers if batch.headers is not None else (None,) * len(batch)
+        topic = self.output_topic
+        for i, ok in enumerate(allowed):
+            if not ok:
+                self._send(producer, batch.item(i), pending)
+                continue
+            own = headers[i]
+            self._produce(
+                producer,
+                topic,
+                keys[i],
+                values[i],
+                input_headers(own) if own else None,
+                stamps[i],
+                self._answer(pending, topic, offsets[i], lambda i=i: batch.item(i)),  # type: ignore[misc]
+            )
+
     def _send(self, producer: Producer, item: Item, pending: _Pending) -> None:
         s = item.source
         if item.allowed:
@@ -741,15 +771,22 @@ class KafkaSink:
         else:
             topic, key, value = self.quarantine_topic, s.key, s.value
             headers = [*input_headers(s.headers), *quarantine_headers(item)]
+        answer = self._answer(pending, topic, s.offset, lambda: item)
+        self._produce(producer, topic, key, value, headers, s.timestamp_ms, answer)
+
+    def _answer(
+        self, pending: _Pending, topic: str, offset: int, item: Callable[[], Item]
+    ) -> Callable[[KafkaError | None, Any], None]:
+        """The delivery callback of one record (`item`: the record, built only if refused)."""
 
         def delivered(err: KafkaError | None, _msg: Any) -> None:
             if err is None:
                 pending.remaining -= 1
                 return
-            failure = Failure(offset=s.offset, error=f"`{topic}` refused it: {err.str()}")
+            failure = Failure(offset=offset, error=f"`{topic}` refused it: {err.str()}")
             if err.code() in REFUSALS:
                 pending.refused.append(failure)
-            fallback = self._fallback(item, err) if err.code() in REFUSALS else None
+            fallback = self._fallback(item(), err) if err.code() in REFUSALS else None
             if fallback is not None and not self.settings.exactly_once:
                 pending.failures.append(failure)  # not where its lineage said it would go
                 self._reroutes.append((fallback, pending))  # answered once the fallback is
@@ -758,7 +795,7 @@ class KafkaSink:
             pending.failures.append(failure)
             pending.fatal = pending.fatal or failure
 
-        self._produce(producer, topic, key, value, headers, s.timestamp_ms, delivered)
+        return delivered
 
     def _fallback(self, item: Item, err: KafkaError) -> Item | None:
         """Where a record goes that its topic refused: from the output topic to quarantine,
@@ -786,7 +823,7 @@ class KafkaSink:
             self._send(self._producer, item, pending)
         self._producer.poll(0)
 
-    def _write_transaction(self, batch: Batch, receipt: Any) -> None:
+    def _write_transaction(self, batch: GuardBatch, receipt: Any) -> None:
         """One transaction: the batch's records and its input offset, committed together;
         lineage confirms the batch only after the commit.
 
@@ -836,19 +873,16 @@ class KafkaSink:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
         if receipt is not None and self.on_answered is not None:
-            self.on_answered([(receipt, len(batch.items), [])])
+            self.on_answered([(receipt, len(batch), [])])
 
-    def _transaction(self, batch: Batch) -> None:
+    def _transaction(self, batch: GuardBatch) -> None:
         """Writes `batch` in one transaction. Raises `KafkaException` when the broker
         interrupts it, `ServiceUnavailableError` (after aborting) when it refuses a record."""
         producer = self._transaction_producer(batch.topic, batch.partition)
-        pending = _Pending(
-            next_offset=batch.next_offset, remaining=len(batch.items), count=len(batch.items)
-        )
+        pending = _Pending(next_offset=batch.next_offset, remaining=len(batch), count=len(batch))
         timeout = self.settings.timeout_s
         producer.begin_transaction()
-        for item in batch.items:
-            self._send(producer, item, pending)
+        self._send_batch(producer, batch, pending)
         unanswered = producer.flush(timeout)
         if pending.refused:
             self._abort(producer)
@@ -897,7 +931,7 @@ class KafkaSink:
             raise value
         return cast(T, value)
 
-    def _committed(self, batch: Batch) -> int:
+    def _committed(self, batch: GuardBatch) -> int:
         """The group's committed offset of the batch's partition, as the broker has it now
         (no transaction holds it: the one interrupted was aborted or fenced). Raises
         `KafkaException` while the broker cannot say."""

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+import pyarrow.compute as pc
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.metrics import Metrics
@@ -39,8 +40,8 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
+from lineage_guard.arrow_batch import GuardBatch, from_kafka
 from lineage_guard.io.kafka import PARTITION_NOT_YET_KNOWN, KafkaSettings, retrying
-from lineage_guard.items import Batch, Item, Source
 from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class Chunk:
 
     start: int
     stop: int
-    batch: Batch
+    batch: GuardBatch
 
 
 def start_offset(consumer: Consumer, topic: str, partition: int, timeout_s: float) -> int:
@@ -203,7 +204,7 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
         while time.monotonic() < deadline and emitted < self.max_chunk:
             wanted = self.max_chunk - emitted
             messages = consumer.consume(num_messages=wanted, timeout=self.poll_s)
-            items = []
+            data = []
             for message in messages:
                 error = message.error()
                 if error is not None:
@@ -220,38 +221,23 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
                     stopped = True
                     next_offset[0] = -1
                     break
-                items.append(
-                    Item(
-                        source=Source(
-                            topic=topic,
-                            partition=partition,
-                            offset=offset,
-                            key=message.key(),
-                            value=message.value(),
-                            headers=message.headers(),  # type: ignore[arg-type]
-                            timestamp_ms=message.timestamp()[1],
-                        )
-                    )
-                )
-            if items:
+                data.append(message)
+            if data:
                 if idle:  # the call's first record: hand it on within `hand_on_s`
                     deadline = min(deadline, time.monotonic() + self.hand_on_s)
                 idle = False
-                emitted += len(items)
-                stop = items[-1].source.offset + 1
-                chunk = Chunk(
-                    start=position,
-                    stop=stop,
-                    batch=Batch(topic=topic, partition=partition, items=tuple(items)),
-                )
+                emitted += len(data)
+                batch = from_kafka(topic, partition, data)
+                stop = batch.next_offset
+                chunk = Chunk(start=position, stop=stop, batch=batch)
                 position = stop
                 if not stopped:
                     next_offset[0] = stop
-                self.read.inc(len(items))
-                yield TimestampedValue(chunk, self._advance(watermark, items))
+                self.read.inc(len(data))
+                yield TimestampedValue(chunk, self._advance(watermark, batch))
             if stopped:
                 return  # the residual is already the runner's
-            if not items:
+            if not data:
                 break  # caught up: give the runner a checkpoint
         if idle:
             # Nothing new: an idle partition must not hold back the pipeline's watermark.
@@ -262,9 +248,9 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
         tracker.defer_remainder(Duration(seconds=self.idle_resume_s if idle else 0))
 
     @staticmethod
-    def _advance(watermark: Any, items: list[Item]) -> Timestamp:
+    def _advance(watermark: Any, batch: GuardBatch) -> Timestamp:
         """The chunk's event time (its newest record, never before the watermark)."""
-        newest = max((i.source.timestamp_ms or 0) for i in items)
+        newest = max(0, pc.max(batch.column("timestamp_ms")).as_py() or 0)
         stamp = Timestamp(micros=newest * 1000)
         current = watermark.current_watermark()
         if current is not None and stamp < current:

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from lineage_guard import stages
 from lineage_guard.contract.policies import parse_policy
 from lineage_guard.contract.validate import SuiteValidator
 from lineage_guard.generate import Faults, generate
 from lineage_guard.io.decode import Decoder, encode_single_object
 from lineage_guard.items import Batch, Item, Source
+from tests import reference_chain as stages
 from tests.cli import run_cli
 from tests.integration.kafka_helpers import drain, guard_args, guard_cli, new_topics, produce
 

@@ -10,6 +10,7 @@ from uuid import uuid4
 
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
+from lineage_guard.arrow_batch import from_items
 from lineage_guard.io.kafka import KafkaSettings, KafkaSink
 from lineage_guard.items import Batch, Item, Source
 from tests.integration.kafka_helpers import committed, drain, end_offsets, new_topics
@@ -41,10 +42,12 @@ def test_a_record_refused_after_the_fact_is_quarantined_and_recorded_as_failed(
     _lower_limit(kafka_bootstrap, out, 10_000)
     time.sleep(2)  # the broker applies a topic's new config asynchronously
     value = os.urandom(50_000)  # incompressible: the broker limits compressed batches
-    batch = Batch(
-        topic=src,
-        partition=0,
-        items=(Item(source=Source(topic=src, partition=0, offset=7, key=b"k7", value=value)),),
+    batch = from_items(
+        Batch(
+            topic=src,
+            partition=0,
+            items=(Item(source=Source(topic=src, partition=0, offset=7, key=b"k7", value=value)),),
+        )
     )
     assert sink.prepare(batch) == batch  # within the limits the sink knows
     sink.write(batch, "receipt-1")

@@ -10,13 +10,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lineage_guard import arrow_batch, guard_chain, stages
+from lineage_guard import arrow_batch, guard_chain
 from lineage_guard.contract.policies import parse_policy
 from lineage_guard.contract.validate import SuiteValidator
 from lineage_guard.generate import Faults, generate
 from lineage_guard.io.decode import Decoder, encode_single_object
 from lineage_guard.items import Batch, Item, Source
 from lineage_guard.lineage.hops import merkle_root
+from lineage_guard.stages import index_keys
+from tests import reference_chain as stages
 from tests.unit.test_compiled_suite import NOW_MS, clean_batches, dirty_batches
 
 POLICIES = ("production", "tenant:acme")
@@ -106,7 +108,7 @@ def _assert_same(
     rows: Any,
     decoder: Decoder | None = None,
 ) -> None:
-    got = guard_chain.with_records(gb, decoder or Decoder()).items()
+    got = guard_chain.with_records(gb).items()
     assert len(got.items) == len(expected.items)
     for want, have in zip(expected.items, got.items, strict=True):
         assert (have.stopped_at, have.blocked, have.violations) == (
@@ -181,7 +183,7 @@ def test_the_items_view_round_trips(validator: SuiteValidator) -> None:
         guard_chain.validate(guard_chain.decode(gb, Decoder()), validator),
         [parse_policy("production")],
     )
-    gb = guard_chain.with_records(gb, Decoder())  # the items view carries records
+    gb = guard_chain.with_records(gb)  # the items view carries records
     again = arrow_batch.from_items(gb.items())
     assert again.items() == gb.items()
     assert guard_chain.hop_rows(again).leaves() == guard_chain.hop_rows(gb).leaves()
@@ -267,7 +269,7 @@ def test_parent_index_keys_equal_the_per_record_ones() -> None:
         for o, v in zip(offsets, values, strict=True)
     )
     decoded = stages.decode(Batch(topic="t", partition=0, items=items), decoder)
-    expected = stages.index_keys(stages.class_index(decoded))
+    expected = index_keys(stages.class_index(decoded))
     gb = guard_chain.decode(arrow_batch.from_messages("t", 0, offsets, values), decoder)
     got = guard_chain.index_keys(gb)
     for want, have in zip(expected, got, strict=True):

@@ -24,11 +24,13 @@ from lineage_guard import (
     BatchCoder,
     EnforcePolicies,
     Guard,
+    GuardBatch,
     Item,
     Source,
     ValidateProvenance,
     Violation,
 )
+from lineage_guard.arrow_batch import from_items
 from lineage_guard.io.file_io import FileSink, finalize_files
 from lineage_guard.io.files import write_json_lines
 from lineage_guard.recorder import LineageRecorder
@@ -40,16 +42,16 @@ CHILD = "22222222-2222-4333-8444-555555555555"
 OTHER = "33333333-2222-4333-8444-555555555555"
 
 
-def batch_of(*records: dict[str, Any], topic: str = "t", first: int = 0) -> Batch:
+def batch_of(*records: dict[str, Any], topic: str = "t", first: int = 0) -> GuardBatch:
     items = tuple(
         Item(source=Source(topic=topic, partition=0, offset=first + n), record=r)
         for n, r in enumerate(records)
     )
-    return Batch(topic=topic, partition=0, items=items)
+    return from_items(Batch(topic=topic, partition=0, items=items))
 
 
 def test_batch_coder_is_deterministic_and_round_trips_every_value() -> None:
-    coder = beam.coders.registry.get_coder(Batch)
+    coder = beam.coders.registry.get_coder(GuardBatch)
     assert isinstance(coder, BatchCoder)
     assert coder.is_deterministic()
     record = make_record("SYNTHETIC", parent_record_ids=[PARENT])
@@ -79,9 +81,12 @@ def test_batch_coder_is_deterministic_and_round_trips_every_value() -> None:
         blocked=True,
         violations=(Violation(rule="leak_test_origin", column="x", message="m"),),
     )
-    batch = Batch(topic="crm", partition=3, items=(stopped, batch_of(record).items[0]))
+    batch = from_items(
+        Batch(topic="crm", partition=3, items=(stopped, batch_of(record).items().items[0]))
+    )
     encoded = coder.encode(batch)
     assert coder.decode(encoded) == batch
+    assert coder.decode(encoded).items() == batch.items()
     # equal batches encode to equal bytes, whatever the order their records' keys were set in
     reordered = dict(reversed(list(record.items())))
     again = Batch(
@@ -96,9 +101,10 @@ def test_batch_coder_is_deterministic_and_round_trips_every_value() -> None:
                 blocked=True,
                 violations=stopped.violations,
             ),
-            batch_of(reordered).items[0],
+            batch_of(reordered).items().items[0],
         ),
     )
+    again = from_items(again)
     assert coder.encode(again) == encoded
     with pytest.raises(TypeError, match="cannot encode a record value of type `set`"):
         coder.encode(batch_of({"bad": {1}}))
@@ -110,15 +116,17 @@ def test_validate_and_enforce_have_valid_quarantine_and_guarded_outputs() -> Non
     invalid = with_id(make_record("SYNTHETIC", disclosure=None), PARENT)
     batch = batch_of(ok, leak, invalid)
 
-    def ids(b: Batch) -> tuple[Any, ...]:
-        return tuple((i.record["record_id"] if i.record else None, i.stopped_at) for i in b.items)
+    def ids(b: GuardBatch) -> tuple[Any, ...]:
+        return tuple(
+            (i.record["record_id"] if i.record else None, i.stopped_at) for i in b.items().items
+        )
 
     pipeline = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
     checked = pipeline | beam.Create([batch]) | "Validate" >> ValidateProvenance()
     enforced = checked.valid | "Enforce" >> EnforcePolicies(["production"])
     chained = checked.guarded | "EnforceAll" >> EnforcePolicies(["production"])
     for name in ("valid", QUARANTINE, GUARDED):
-        assert checked[name].element_type is Batch
+        assert checked[name].element_type is GuardBatch
     assert_that(
         checked.valid | "v" >> beam.Map(ids), equal_to([((OTHER, None), (CHILD, None))]), "v"
     )
