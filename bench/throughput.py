@@ -225,16 +225,16 @@ def mode_kafka_passthrough(path: Path, args: argparse.Namespace) -> dict[str, An
     ranges: list[PartitionRange] = plan_ranges(settings, [args.topic])
     for part in ranges:
         for batch in read_range(consumer, part, args.batch_size, 30.0):
-            for item in batch.items:
-                s = item.source
+            keys = batch.column("key").to_pylist()
+            for key, value in zip(keys, batch.column("value").to_pylist(), strict=True):
                 while True:
                     try:
-                        producer.produce(args.topic + "-passthrough", key=s.key, value=s.value)
+                        producer.produce(args.topic + "-passthrough", key=key, value=value)
                         break
                     except BufferError:
                         producer.poll(0.05)
             producer.poll(0)
-            count += len(batch.items)
+            count += len(batch)
         assert producer.flush(60) == 0
         consumer.commit(
             offsets=[TopicPartition(part.topic, part.partition, part.end)], asynchronous=False
