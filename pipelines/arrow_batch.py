@@ -140,9 +140,7 @@ class GuardBatch:
         transform emits for the guard's stages to check."""
         if offsets is None:
             return from_records(topic, partition, records)
-        return from_messages(topic, partition, offsets, [None] * len(records)).with_records(
-            records
-        )
+        return from_messages(topic, partition, offsets, [None] * len(records)).with_records(records)
 
     def allowed(self) -> GuardBatch:
         """The rows no stage stopped (all of them: this batch itself)."""

@@ -110,14 +110,19 @@ def build(
         "registry_wait_s": config.lineage_retry_s,
     }
     parents = pipeline | source("IndexRead", None) | "ParentClasses" >> ParentClasses(**decode)
-    decoded = pipeline | source("Read", "read") | "Decode" >> DecodeRecords(**decode)
-    validated = decoded.guarded | "Validate" >> ValidateProvenance(
-        config.engine,
-        parents=parents,
-        lineage_store=config.lineage_store,
-        lineage_retry_s=config.lineage_retry_s,
+    # The graph chains on `guarded` alone: the stages fill no `valid` / `quarantine` copies.
+    decoded = pipeline | source("Read", "read") | "Decode" >> DecodeRecords(**decode).guarded_only()
+    validated = (
+        decoded.guarded
+        | "Validate"
+        >> ValidateProvenance(
+            config.engine,
+            parents=parents,
+            lineage_store=config.lineage_store,
+            lineage_retry_s=config.lineage_retry_s,
+        ).guarded_only()
     )
-    enforced = validated.guarded | "Enforce" >> EnforcePolicies(config.policies)
+    enforced = validated.guarded | "Enforce" >> EnforcePolicies(config.policies).guarded_only()
     lineage = (
         Lineage(
             store_url=config.lineage_store,

@@ -208,12 +208,16 @@ class ReadFiles(beam.PTransform):
 class _Stage(beam.DoFn):
     """Applies one stage to a batch and emits its three outputs (see the module docstring)."""
 
+    split = True  # False: only `guarded` gets batches (`_StageTransform.guarded_only`)
+
     def check(self, batch: GuardBatch, side: Any) -> GuardBatch:
         raise NotImplementedError
 
     def process(self, batch: GuardBatch, side: Any = None) -> Iterator[Any]:
         after = self.check(batch, side)
         yield TaggedOutput(GUARDED, after)
+        if not self.split:
+            return
         before = np.asarray(batch.allowed_mask(), dtype=bool)
         now = np.asarray(after.allowed_mask(), dtype=bool)
         valid = np.flatnonzero(now)
@@ -227,7 +231,17 @@ class _Stage(beam.DoFn):
 
 
 class _StageTransform(beam.PTransform):
+    split = True
+
+    def guarded_only(self) -> Any:
+        """This stage with only its `guarded` output filled (`valid` and `quarantine` stay
+        empty): for a graph that chains on `guarded` alone, as the CLI's does, it saves
+        copying every batch into two more per stage."""
+        self.split = False
+        return self
+
     def _apply(self, batches: PCollection[GuardBatch], fn: _Stage, *side: Any) -> Any:
+        fn.split = self.split
         outputs = batches | beam.ParDo(fn, *side).with_outputs(GUARDED, QUARANTINE, main=VALID)
         return _typed(outputs, VALID, GUARDED, QUARANTINE)
 
