@@ -41,7 +41,7 @@ from lineage_guard.lineage.errors import (
 )
 from lineage_guard.lineage.store import first_line
 from lineage_guard.recorder import LineageRecorder
-from lineage_guard.stop import stop_requested
+from lineage_guard.stop import RunStop
 from lineage_guard.transforms import (
     NAMESPACE,
     DecodeRecords,
@@ -82,6 +82,7 @@ class GuardConfig:
     runner: str = DEFAULT_RUNNER
     beam_args: tuple[str, ...] = ()
     poll_interval_s: float = 0.1  # endless mode: a caught-up partition's wait before it polls
+    stop: RunStop = field(default_factory=RunStop)  # the run's stop (`lineage_guard.stop`)
 
 
 def build(
@@ -101,8 +102,10 @@ def build(
 
     def source(label: str, counter: str | None) -> beam.PTransform:
         if isinstance(io, KafkaIO):
-            return label >> ReadKafka(io.settings, ranges, config.batch_size, counter=counter)
-        return label >> ReadFiles(io.inputs, config.batch_size, counter=counter)
+            return label >> ReadKafka(
+                io.settings, ranges, config.batch_size, counter=counter, stop=config.stop
+            )
+        return label >> ReadFiles(io.inputs, config.batch_size, counter=counter, stop=config.stop)
 
     decode: dict[str, Any] = {
         "raw_schema": config.raw_schema,
@@ -134,7 +137,7 @@ def build(
         else None
     )
     expected = sum(r.size for r in ranges) if isinstance(io, KafkaIO) else None
-    _ = enforced.guarded | "Write" >> WriteGuarded(io, expected, lineage=lineage)
+    _ = enforced.guarded | "Write" >> WriteGuarded(io, expected, lineage=lineage, stop=config.stop)
 
 
 # Runners whose workers run in this process or on this machine, in this working directory.
@@ -292,7 +295,12 @@ def run_once(config: GuardConfig) -> Summary:
         result = pipeline.run()
         result.wait_until_finish()
     except Exception as exc:
-        if workers and stop_requested() and not _ours(exc) and relayed_error(str(exc)) is None:
+        if (
+            workers
+            and config.stop.requested()
+            and not _ours(exc)
+            and relayed_error(str(exc)) is None
+        ):
             # `--direct_running_mode=multi_processing`: Ctrl-C reaches the worker processes too
             # (one process group) and ends them before they deliver more. SIGTERM to the guard
             # alone stops them cleanly (`lineage_guard.stop`).

@@ -1,4 +1,5 @@
-"""One clean stop path: SIGTERM or SIGINT sets a flag that the guard's stages check.
+"""One clean stop path: SIGTERM or SIGINT asks the run's stop (`RunStop`), which its stages
+check between batches.
 
 No exception is thrown into Beam's code: the read stages stop reading at the next batch, the
 write stage delivers nothing it had not started before the signal, the Kafka sink still waits
@@ -6,10 +7,10 @@ for what it already produced and commits offsets only behind delivered records, 
 returns its summary. A second signal stops the process at once (exit 130), as `kill -9`
 would: offsets never run ahead of delivered records, so nothing is lost either way.
 
-The flag lives in this process; worker processes of the in-process runner
-(`--direct_running_mode=multi_processing`, which a bounded run over several partitions uses)
-see it through a file: `stop_on_signals` names one in `LINEAGE_GUARD_STOP_FILE`, which the
-workers inherit, and the signal creates it. Ctrl-C reaches the workers too (one process
+Each run has its own stop, passed to its stages (no process-wide flag): worker processes of
+the in-process runner (`--direct_running_mode=multi_processing`, which a bounded run over
+several partitions uses) see it through a file whose path the stop carries, which the signal
+creates. Ctrl-C reaches the workers too (one process
 group) and ends them at once; SIGTERM to the guard stops them cleanly.
 """
 
@@ -21,60 +22,61 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any
-
-_requested = threading.Event()
-_signal_name: list[str] = []
-_signal_at: list[datetime] = []
 
 
-STOP_FILE = "LINEAGE_GUARD_STOP_FILE"
+@dataclass(frozen=True)
+class RunStop:
+    """One run's stop signal. Picklable: the stages carry it to every worker, in this process
+    or another (`--direct_running_mode=multi_processing`, a bounded run spread over the
+    cores), where a stop shows as the file at `path` existing. `RunStop()` (no path) never
+    stops: what the library's transforms get unless a caller gives them one. Two runs in one
+    process (a test, a server) have two stops, never one flag."""
+
+    path: str | None = None
+
+    def requested(self) -> bool:
+        """True once this run was asked to stop: stages check it between batches."""
+        if self.path is None:
+            return False
+        return self.path in _requests or os.path.exists(self.path)
+
+    def request(self, name: str = "request") -> None:
+        """Asks this run to stop (`name`: why, e.g. the signal's name)."""
+        if self.path is None or self.path in _requests:
+            return
+        _requests[self.path] = (name, datetime.now(UTC))
+        with contextlib.suppress(OSError):  # for the worker processes
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+    @property
+    def by(self) -> str | None:
+        """The name of the signal that asked to stop (`SIGTERM`, `SIGINT`), or None."""
+        request = _requests.get(self.path or "")
+        return request[0] if request else None
+
+    @property
+    def since(self) -> datetime | None:
+        """When the stop was asked for (UTC), or None."""
+        request = _requests.get(self.path or "")
+        return request[1] if request else None
 
 
-def stop_requested() -> bool:
-    """True once a stop signal arrived, here or in the launcher: stages check it between
-    batches."""
-    if _requested.is_set():
-        return True
-    path = os.environ.get(STOP_FILE)
-    return path is not None and os.path.exists(path)
-
-
-def stopped_by() -> str | None:
-    """The name of the signal that asked to stop (`SIGTERM`, `SIGINT`), or None."""
-    return _signal_name[0] if _signal_name else None
-
-
-def stopped_since() -> datetime | None:
-    """When the stop signal arrived (UTC), or None."""
-    return _signal_at[0] if _signal_at else None
-
-
-def wait(seconds: float) -> bool:
-    """Sleep up to `seconds`, waking early on a stop signal; True when stopped."""
-    return _requested.wait(seconds)
-
-
-def request_stop(name: str = "request") -> None:
-    if not _requested.is_set():
-        _signal_name.append(name)
-        _signal_at.append(datetime.now(UTC))
-        _requested.set()
-        path = os.environ.get(STOP_FILE)
-        if path is not None:  # for the worker processes
-            with contextlib.suppress(OSError):
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+# Stops asked for in this process, by path: (why, when).
+_requests: dict[str, tuple[str, datetime]] = {}
+# The runs whose stop a signal asks for (innermost last): signals reach a process, not a run.
+_active: list[RunStop] = []
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    if _requested.is_set():
+    current = _active[-1]
+    if current.by is not None:
         exit_at_once()
-    request_stop(signal.Signals(signum).name)
+    current.request(signal.Signals(signum).name)
 
 
 def exit_at_once() -> None:
@@ -84,30 +86,36 @@ def exit_at_once() -> None:
     os._exit(130)
 
 
-def reset() -> None:
-    """A new run: an earlier run's stop is not this one's."""
-    _requested.clear()
-    _signal_name.clear()
-    _signal_at.clear()
+@contextmanager
+def new_stop() -> Iterator[RunStop]:
+    """A fresh run's stop (its file in a private folder, removed afterwards)."""
+    folder = tempfile.mkdtemp(prefix="lineage-guard-stop-")
+    run_stop = RunStop(os.path.join(folder, "stop"))
+    try:
+        yield run_stop
+    finally:
+        _requests.pop(run_stop.path or "", None)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """Within this block SIGTERM and SIGINT request a clean stop instead of killing."""
-    reset()
-    previous: dict[int, Any] = {}
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        previous[signum] = signal.signal(signum, _on_signal)
-    folder = tempfile.mkdtemp(prefix="lineage-guard-stop-")
-    outer = os.environ.get(STOP_FILE)
-    os.environ[STOP_FILE] = os.path.join(folder, "stop")
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-        if outer is None:
-            os.environ.pop(STOP_FILE, None)
-        else:
-            os.environ[STOP_FILE] = outer
-        shutil.rmtree(folder, ignore_errors=True)
+def stop_on_signals(
+    handler: Callable[[int, FrameType | None], None] = _on_signal,
+) -> Iterator[RunStop]:
+    """Within this block SIGTERM and SIGINT ask the run's stop (yielded) to stop instead of
+    killing the process; a second signal exits at once. `handler`: what a signal does
+    instead (it finds the run's stop as `active()`)."""
+    with new_stop() as run_stop:
+        _active.append(run_stop)
+        previous = {n: signal.signal(n, handler) for n in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield run_stop
+        finally:
+            for number, old in previous.items():
+                signal.signal(number, old)
+            _active.remove(run_stop)
+
+
+def active() -> RunStop:
+    """The stop of the innermost `stop_on_signals` block (the run a signal is for)."""
+    return _active[-1]

@@ -120,7 +120,10 @@ def stages_of(config: GuardConfig) -> list[tuple[str, Any]]:
     parents come from the lineage store)."""
     return [
         ("Decode", _Decode(config.raw_schema, config.schema_registry, config.lineage_retry_s)),
-        ("Validate", _Validate(config.engine, config.lineage_store, config.lineage_retry_s)),
+        (
+            "Validate",
+            _Validate(config.engine, config.lineage_store, config.lineage_retry_s, config.stop),
+        ),
         ("Enforce", _Enforce(config.policies)),
     ]
 

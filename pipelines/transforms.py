@@ -49,7 +49,7 @@ from lineage_guard.io.kafka import KafkaSettings, KafkaSink, PartitionRange, rea
 from lineage_guard.lineage.hops import HANDOFF
 from lineage_guard.recorder import LineageRecorder, RetryingStore
 from lineage_guard.stages import Checked, ParentIndex
-from lineage_guard.stop import stop_requested
+from lineage_guard.stop import RunStop
 from lineage_guard.writer import NAMESPACE, Lineage, OutcomeCounters, Writer, outcome_counts
 
 VALID = "valid"
@@ -113,10 +113,13 @@ def _typed(outputs: Any, *tags: str) -> Any:
 
 
 class _ReadKafka(beam.DoFn):
-    def __init__(self, settings: KafkaSettings, batch_size: int, counter: str | None) -> None:
+    def __init__(
+        self, settings: KafkaSettings, batch_size: int, counter: str | None, stop: RunStop
+    ) -> None:
         self.settings = settings
         self.batch_size = batch_size
         self.counter = counter
+        self.stop = stop
 
     def setup(self) -> None:
         self.consumer = self.settings.consumer()
@@ -124,7 +127,8 @@ class _ReadKafka(beam.DoFn):
 
     def process(self, part: PartitionRange) -> Iterator[GuardBatch]:
         timeout_s = self.settings.timeout_s
-        for batch in read_range(self.consumer, part, self.batch_size, timeout_s, stop_requested):
+        stop = self.stop.requested
+        for batch in read_range(self.consumer, part, self.batch_size, timeout_s, stop):
             if self.read is not None:
                 self.read.inc(len(batch))
             yield batch
@@ -135,7 +139,8 @@ class _ReadKafka(beam.DoFn):
 
 class ReadKafka(beam.PTransform):
     """Bounded: the given partition ranges, each read in offset order by one worker.
-    `counter`: the Beam counter that counts records read (None: not counted)."""
+    `counter`: the Beam counter that counts records read (None: not counted); `stop`: the
+    run's stop (`lineage_guard.stop`): reading ends at the next batch once it is asked."""
 
     def __init__(
         self,
@@ -144,12 +149,14 @@ class ReadKafka(beam.PTransform):
         batch_size: int = 2000,
         *,
         counter: str | None = "read",
+        stop: RunStop | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
         self.ranges = list(ranges)
         self.batch_size = batch_size
         self.counter = counter
+        self.stop = stop or RunStop()
 
     def expand(self, pbegin: PBegin) -> PCollection[GuardBatch]:
         return (
@@ -158,22 +165,23 @@ class ReadKafka(beam.PTransform):
             | "Spread" >> beam.Reshuffle()
             | "Read"
             >> beam.ParDo(
-                _ReadKafka(self.settings, self.batch_size, self.counter)
+                _ReadKafka(self.settings, self.batch_size, self.counter, self.stop)
             ).with_output_types(GuardBatch)
         )
 
 
 class _ReadFiles(beam.DoFn):
-    def __init__(self, batch_size: int, counter: str | None) -> None:
+    def __init__(self, batch_size: int, counter: str | None, stop: RunStop) -> None:
         self.batch_size = batch_size
         self.counter = counter
+        self.stop = stop
 
     def setup(self) -> None:
         self.read = Metrics.counter(NAMESPACE, self.counter) if self.counter else None
 
     def process(self, path: str) -> Iterator[GuardBatch]:
         for batch in read_file(path, self.batch_size):
-            if stop_requested():  # a stop signal: read no further
+            if self.stop.requested():  # a stop signal: read no further
                 return
             if self.read is not None:
                 self.read.inc(len(batch))
@@ -185,12 +193,18 @@ class ReadFiles(beam.PTransform):
     as batches whose position is (file, 0, record index)."""
 
     def __init__(
-        self, paths: Sequence[str], batch_size: int = 2000, *, counter: str | None = "read"
+        self,
+        paths: Sequence[str],
+        batch_size: int = 2000,
+        *,
+        counter: str | None = "read",
+        stop: RunStop | None = None,
     ) -> None:
         super().__init__()
         self.paths = list(paths)
         self.batch_size = batch_size
         self.counter = counter
+        self.stop = stop or RunStop()
 
     def expand(self, pbegin: PBegin) -> PCollection[GuardBatch]:
         return (
@@ -198,7 +212,9 @@ class ReadFiles(beam.PTransform):
             | "Files" >> beam.Create(self.paths)
             | "Spread" >> beam.Reshuffle()
             | "Read"
-            >> beam.ParDo(_ReadFiles(self.batch_size, self.counter)).with_output_types(GuardBatch)
+            >> beam.ParDo(_ReadFiles(self.batch_size, self.counter, self.stop)).with_output_types(
+                GuardBatch
+            )
         )
 
 
@@ -360,10 +376,13 @@ class ParentClasses(beam.PTransform):
 
 
 class _Validate(_Stage):
-    def __init__(self, engine: str, lineage_store: str | None, retry_s: float) -> None:
+    def __init__(
+        self, engine: str, lineage_store: str | None, retry_s: float, stop: RunStop
+    ) -> None:
         self.engine = engine
         self.lineage_store = lineage_store
         self.retry_s = retry_s
+        self.stop = stop
 
     def setup(self) -> None:
         self.validator = SuiteValidator(engine=self.engine)  # suites: once per worker
@@ -382,7 +401,7 @@ class _Validate(_Stage):
     def _lookup(self, record_ids: Iterable[str]) -> dict[str, str]:
         if self.store is None:
             return {}
-        return self.store.content_classes(record_ids, stop_requested)
+        return self.store.content_classes(record_ids, self.stop.requested)
 
     def teardown(self) -> None:
         if self.store is not None:
@@ -393,7 +412,8 @@ class ValidateProvenance(_StageTransform):
     """Records in, three outputs: `valid`, `quarantine` (with reasons) and `guarded`.
 
     `parents`: a `ParentClasses` PCollection (parents in the same run, any partition);
-    `lineage_store`: where parents recorded earlier (any worker, round or run) are looked up.
+    `lineage_store`: where parents recorded earlier (any worker, round or run) are looked up
+    (an unreachable store is retried until `stop` is asked).
     """
 
     def __init__(
@@ -403,16 +423,18 @@ class ValidateProvenance(_StageTransform):
         parents: PCollection[tuple[bytes, bytes]] | None = None,
         lineage_store: str | None = None,
         lineage_retry_s: float = 300.0,
+        stop: RunStop | None = None,
     ) -> None:
         super().__init__()
         self.engine = engine
         self.parents = parents
         self.lineage_store = lineage_store
         self.lineage_retry_s = lineage_retry_s
+        self.stop = stop or RunStop()
 
     def expand(self, batches: PCollection[GuardBatch]) -> Any:
         side = [AsSingleton(self.parents)] if self.parents is not None else []
-        validate = _Validate(self.engine, self.lineage_store, self.lineage_retry_s)
+        validate = _Validate(self.engine, self.lineage_store, self.lineage_retry_s, self.stop)
         return self._apply(batches, validate, *side)
 
 
@@ -522,10 +544,17 @@ class _Write(beam.DoFn):
     """Writes through `writer.Writer`: the hop, the records, what the destination answered;
     then commits (Kafka) behind it."""
 
-    def __init__(self, io: KafkaIO | FilesIO, lineage: Lineage | None, expected: int | None):
+    def __init__(
+        self,
+        io: KafkaIO | FilesIO,
+        lineage: Lineage | None,
+        expected: int | None,
+        stop: RunStop,
+    ) -> None:
         self.io = io
         self.lineage = lineage
         self.expected = expected
+        self.stop = stop
 
     def setup(self) -> None:
         io = self.io
@@ -543,9 +572,9 @@ class _Write(beam.DoFn):
         self.writer = Writer(self.lineage, make_sink, io.destinations, expected=self.expected)
 
     def process(self, batch: GuardBatch) -> None:
-        if stop_requested():  # a stop signal: deliver nothing more, commit nothing past here
+        if self.stop.requested():  # a stop signal: deliver nothing more, commit nothing past
             return
-        self.writer.write(batch, stop_requested)
+        self.writer.write(batch, self.stop.requested)
 
     def finish_bundle(self) -> None:
         self.writer.flush()
@@ -562,7 +591,8 @@ class WriteGuarded(beam.PTransform):
     With `lineage`, each batch's hop is recorded under `lineage.stage` before any of its
     records is written, and its delivery once the destination answered (fail closed).
     File outputs are written per batch, keyed on its source position, so a retried bundle
-    rewrites the same part; `finalize_files` joins the parts once the pipeline is done."""
+    rewrites the same part; `finalize_files` joins the parts once the pipeline is done.
+    Once `stop` is asked, nothing more is delivered (offsets stay behind what was)."""
 
     def __init__(
         self,
@@ -570,14 +600,16 @@ class WriteGuarded(beam.PTransform):
         expected: int | None = None,
         *,
         lineage: Lineage | None = None,
+        stop: RunStop | None = None,
     ) -> None:
         super().__init__()
         self.io = io
         self.expected = expected
         self.lineage = lineage
+        self.stop = stop or RunStop()
 
     def expand(self, batches: PCollection[GuardBatch]) -> PCollection[Any]:
-        return batches | beam.ParDo(_Write(self.io, self.lineage, self.expected))
+        return batches | beam.ParDo(_Write(self.io, self.lineage, self.expected, self.stop))
 
 
 class Records(beam.PTransform):

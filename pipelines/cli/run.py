@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -67,10 +67,13 @@ def run_guard(**o: Any) -> None:
     emitter = _emitter(o, config, counts, bounded) if o["openlineage"] else None
     error: BaseException | None = None
     signal_name: str | None = None
-    # A bounded run stops through the flag its stages check (`lineage_guard.stop`); the endless
-    # streaming job is cancelled through its runner on KeyboardInterrupt (`cli.endless`).
-    stopping = stop.stop_on_signals() if bounded else _interrupt_on_signals()
-    with stopping, contextlib.ExitStack() as members:
+    # A bounded run stops through the run's stop, which its stages check (`lineage_guard.stop`);
+    # the endless streaming job is cancelled through its runner on KeyboardInterrupt
+    # (`cli.endless`).
+    stopping = stop.stop_on_signals() if bounded else stop.stop_on_signals(_raise_interrupt)
+    signal_at = None
+    with stopping as run_stop, contextlib.ExitStack() as members:
+        config = dataclasses.replace(config, stop=run_stop)
         if emitter is not None:
             emitter.start()
         try:
@@ -85,12 +88,12 @@ def run_guard(**o: Any) -> None:
             else:
                 total.add(_guarded(run_once, config))
         except KeyboardInterrupt:
-            pass  # stopping an endless run is its normal end (`_interrupt_on_signals`)
+            pass  # stopping an endless run is its normal end (`_raise_interrupt`)
         except BaseException as exc:
             error = exc
             raise
         finally:
-            signal_name = stop.stopped_by() or signal_name
+            signal_name, signal_at = run_stop.by, run_stop.since
             checkpoint = None
             if error is None:
                 checkpoint = sign_checkpoint(config)  # what was written is signed, even if stopped
@@ -102,29 +105,18 @@ def run_guard(**o: Any) -> None:
                     checkpoint=checkpoint.to_dict() if checkpoint else None,
                 )
     print_summary(counts(), config, time.monotonic() - started)
-    signal_at = stop.stopped_since()
     if signal_name is not None and signal_at is not None:
         click.echo(stop_message(config, signal_name, signal_at), err=True)
         sys.exit(EXIT_STOPPED)
 
 
-@contextmanager
-def _interrupt_on_signals() -> Iterator[None]:
-    """The endless mode: SIGTERM and SIGINT note the stop (`lineage_guard.stop`) and raise
-    KeyboardInterrupt in the launcher, which cancels the streaming job through its runner."""
-    stop.reset()
-    previous = {n: signal.signal(n, _raise_interrupt) for n in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-
-
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    if stop.stopped_by() is not None:
+    """The endless mode: SIGTERM and SIGINT note the stop and raise KeyboardInterrupt in the
+    launcher, which cancels the streaming job through its runner."""
+    run_stop = stop.active()
+    if run_stop.by is not None:
         stop.exit_at_once()
-    stop.request_stop(signal.Signals(signum).name)
+    run_stop.request(signal.Signals(signum).name)
     raise KeyboardInterrupt
 
 

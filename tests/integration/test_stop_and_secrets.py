@@ -43,7 +43,7 @@ def _produce(bootstrap: str, topic: str, count: int, partitions: int) -> list[by
     [(["--", "--direct_num_workers=1"], False), ([], False), ([], True)],
     ids=["in-process-sigterm", "worker-processes-sigterm", "worker-processes-ctrl-c"],
 )  # 3 partitions: the guard's own choice is one worker process per core, which learn of the
-# signal through `LINEAGE_GUARD_STOP_FILE`; Ctrl-C reaches the whole process group
+# signal through the stop file their stages carry (`RunStop`); Ctrl-C reaches the process group
 def test_sigterm_stops_cleanly_and_a_rerun_finishes_with_nothing_lost_or_doubled(
     kafka_bootstrap: str, tmp_path: Path, workers: list[str], ctrl_c: bool
 ) -> None:
@@ -115,7 +115,7 @@ def test_time_spent_downstream_does_not_count_as_kafka_being_idle(kafka_bootstra
         part = PartitionRange(topic=src, partition=0, start=0, end=600)
         seen = 0
         for batch in read_range(consumer, part, batch_size=200, timeout_s=1.0):
-            seen += len(batch.items)
+            seen += len(batch)
             time.sleep(2.5)  # e.g. the write stage retrying the lineage store
         assert seen == 600
     finally:
