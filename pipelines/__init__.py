@@ -50,6 +50,7 @@ _EXPORTS: dict[str, str] = {
     "LineageStore": "lineage_guard.lineage.store",
     "open_store": "lineage_guard.lineage.store",
     "LineageGuardError": "lineage_guard.lineage.errors",
+    "RunStop": "lineage_guard.stop",
 }
 
 __all__ = [
@@ -78,6 +79,7 @@ __all__ = [
     "ReadKafka",
     "RecordHop",
     "Records",
+    "RunStop",
     "Source",
     "SuiteValidator",
     "ValidateProvenance",
@@ -104,6 +106,7 @@ if TYPE_CHECKING:
     from lineage_guard.lineage.errors import LineageGuardError
     from lineage_guard.lineage.store import LineageStore, open_store
     from lineage_guard.stages import Checked, Guard
+    from lineage_guard.stop import RunStop
     from lineage_guard.transforms import (
         GUARDED,
         QUARANTINE,
