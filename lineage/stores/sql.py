@@ -9,6 +9,9 @@ JSON text, digests as raw bytes), so tampering can be shown with plain SQL on ei
 - `lineage_chains`: each chain's head;
 - `lineage_checkpoints`: signed checkpoints of the heads (`lineage.checkpoints`).
 
+and, for the gateway (`web.gateway`), `gateway_answers`: each admit request's answer under its
+client's `Idempotency-Key`, created when first used.
+
 A subclass supplies the connection handling, the write transaction with its lock on the
 chain's head, and the bulk insert of hop rows.
 """
@@ -98,6 +101,15 @@ INSERT_ENTRY = (
     f" VALUES ({', '.join('?' for _ in ENTRY_COLUMNS)}) RETURNING id"
 )
 
+ANSWERS_TABLE = """CREATE TABLE IF NOT EXISTS gateway_answers (
+    client TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    request_sha256 TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    PRIMARY KEY (client, idempotency_key)
+)"""
+
 
 class SqlStore(ABC):
     """The `LineageStore` logic over a DB-API connection; queries use `?` placeholders."""
@@ -106,6 +118,7 @@ class SqlStore(ABC):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._answers_ready = False
 
     def _error_class(self, exc: BaseException) -> type[LineageGuardError]:
         """The error a failed write raises: an outage to retry unless the store says
@@ -221,6 +234,49 @@ class SqlStore(ABC):
                 f" {first_line(exc)}. Their offsets are not committed."
             ) from exc
         return written
+
+    def answer_of(self, client: str, key: str) -> tuple[str, str] | None:
+        """The (request digest, answer) kept for `client`'s `Idempotency-Key` `key`, if any."""
+        self._answers_table()
+        rows = self._fetchall(
+            self._q(
+                "SELECT request_sha256, answer FROM gateway_answers"
+                " WHERE client = ? AND idempotency_key = ?"
+            ),
+            (client, key),
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def keep_answer(self, client: str, key: str, request_sha256: str, answer: str) -> None:
+        """Keep `answer` under `client`'s `key`; a key already kept keeps its first answer."""
+        self._answers_table()
+        try:
+            with self._write() as cursor:
+                cursor.execute(
+                    self._q(
+                        "INSERT INTO gateway_answers"
+                        " (client, idempotency_key, request_sha256, answer, at)"
+                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+                    ),
+                    (client, key, request_sha256, answer, _millis(datetime.now(UTC))),
+                )
+        except self._errors as exc:
+            raise self._error_class(exc)(
+                f"Cannot keep the answer to `Idempotency-Key` `{key}` in `{self.url}`:"
+                f" {first_line(exc)}."
+            ) from exc
+
+    def _answers_table(self) -> None:
+        if self._answers_ready:
+            return
+        try:
+            with self._write() as cursor:
+                cursor.execute(ANSWERS_TABLE)
+        except self._errors as exc:
+            raise self._error_class(exc)(
+                f"Cannot create the gateway's answers table in `{self.url}`: {first_line(exc)}."
+            ) from exc
+        self._answers_ready = True
 
     def refused_rows(self, batch: HopBatch) -> dict[int, str]:
         """The hops of `batch` whose rows the store refuses (index → its error), found by

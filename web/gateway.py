@@ -1,0 +1,586 @@
+"""`lineage-guard gateway`: records checked and admitted over HTTP, with the stream's verdicts.
+
+    POST /v1/records:check               the verdicts, nothing recorded or produced
+    POST /v1/records:admit?stage=NAME    the verdicts, each record's hop in the lineage store
+                                         (the client's identity as the source), and with
+                                         output topics the records produced to Kafka
+    GET  /readyz                         the lineage store (and the broker) answer
+
+A request's body (`web.bodies`) becomes one `GuardBatch` and goes through the one guard chain
+(`guard_chain`: decode → validate → enforce → hop rows), as a micro-batch of the Kafka guard
+does: the same verdicts, hop rows and Merkle leaves. An admit request:
+
+1. writes its hops (`LineageStore.append`) before any record is produced: a store that cannot
+   be written answers 503 and nothing is produced (the guard fails closed);
+2. with `--output-topic` / `--quarantine-topic`, produces allowed records there and stopped
+   ones to quarantine with the Kafka guard's headers (`io.kafka.quarantine_headers`), with
+   its idempotent, `acks=all` producer settings, and waits for the broker's acknowledgements;
+3. records the acknowledged delivery (`LineageStore.confirm`): only then does lineage say
+   `delivered`. A broker that did not acknowledge every record answers 503, and the hops stay
+   unconfirmed (`sending`), never `delivered`.
+
+`Idempotency-Key`: the answer is kept in the store under the client and key, and a retry with
+the same key and body gets it back without admitting anything again. A retry after a 503 runs
+again under the same lineage run (derived from the key), so the store's `append` finds the hops
+the first attempt wrote instead of writing them twice; its records are produced again (at
+least once on the topic when the first attempt's acknowledgements were lost).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import Counter
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from lineage_guard import guard_chain
+from lineage_guard.arrow_batch import GuardBatch
+from lineage_guard.contract.policies import Policy, TrainingPolicy, parse_policy
+from lineage_guard.contract.records import record_id_of
+from lineage_guard.contract.validate import SuiteValidator
+from lineage_guard.io.decode import Decoder
+from lineage_guard.io.file_io import json_line
+from lineage_guard.io.kafka import KafkaSettings, quarantine_headers
+from lineage_guard.lineage.chain import Entry
+from lineage_guard.lineage.errors import (
+    ConfigError,
+    LineageGuardError,
+    ServiceUnavailableError,
+    UnusableInputError,
+)
+from lineage_guard.lineage.store import LineageStore, first_line, open_store
+from lineage_guard.web import bodies
+
+log = logging.getLogger(__name__)
+
+VERDICTS = Counter(
+    "lineage_guard_gateway_verdicts",
+    "Records judged by the gateway, by route and rule (`allowed`: records that passed)",
+    ["route", "rule"],
+)
+
+CHECK = "records:check"
+ADMIT = "records:admit"
+SOURCE_PREFIX = "api:"  # a hop's source topic: the client's identity
+DEFAULT_STAGE = "gateway"
+
+
+class IdempotencyKeyReusedError(UnusableInputError):
+    """An `Idempotency-Key` sent again with another body (HTTP 422)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewaySettings:
+    """What `lineage-guard gateway` was started with (built once, at the entry point)."""
+
+    lineage_store: str
+    policies: tuple[str, ...] = ("production",)
+    engine: str = "compiled"
+    limits: bodies.Limits = field(default_factory=bodies.Limits)
+    kafka: KafkaSettings | None = None
+    output_topic: str | None = None
+    quarantine_topic: str | None = None
+    ack_timeout_s: float = 10.0  # how long the broker's acknowledgements are waited for
+    retry_after_s: int = 5  # the `Retry-After` of a 503
+
+
+@dataclass(frozen=True, kw_only=True)
+class Client:
+    """Who is asking, as the gateway needs it: a name (the hops' source) and, for a client
+    bound to a tenant, that tenant (its other tenants' records get `tenant_mismatch`)."""
+
+    name: str
+    tenant: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordVerdict:
+    index: int
+    record_id: str | None
+    allowed: bool
+    violations: tuple[dict[str, Any], ...]
+    hop_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "index": self.index,
+            "record_id": self.record_id,
+            "allowed": self.allowed,
+            "violations": list(self.violations),
+        }
+        if self.hop_id is not None:
+            out["hop_id"] = self.hop_id
+        return out
+
+
+def answer_of(verdicts: Sequence[RecordVerdict]) -> dict[str, Any]:
+    allowed = sum(v.allowed for v in verdicts)
+    return {
+        "total": len(verdicts),
+        "allowed": allowed,
+        "rejected": len(verdicts) - allowed,
+        "records": [v.to_dict() for v in verdicts],
+    }
+
+
+def hop_id(entry: Entry, index: int) -> str:
+    """A hop's identity in the store: its chain, its batch's place in it, its place there."""
+    return f"{entry.chain_id}#{entry.seq}/{index}"
+
+
+class Gateway:
+    """The gateway's work, without HTTP: one per process, shared by every request (the
+    validator, the store connection and the producer are thread-safe)."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.policies = [parse_policy(text) for text in settings.policies]
+        if any(isinstance(p, TrainingPolicy) for p in self.policies):
+            raise ConfigError(
+                "The gateway judges each request on its own: the `training` policy, which "
+                "keeps an export's kind across batches, cannot apply. Drop it."
+            )
+        if (settings.output_topic or settings.quarantine_topic) and settings.kafka is None:
+            raise ConfigError("`--output-topic` / `--quarantine-topic` need `--bootstrap-servers`.")
+        self.validator = SuiteValidator(engine=settings.engine)
+        self.decoder = Decoder()
+        self._store: LineageStore | None = None
+        self._store_lock = threading.Lock()
+        self._producer: _Producer | None = None
+        if settings.kafka is not None and (settings.output_topic or settings.quarantine_topic):
+            self._producer = _Producer(settings.kafka, settings.ack_timeout_s)
+
+    # -- the store -----------------------------------------------------------------------
+
+    def store(self) -> LineageStore:
+        """The lineage store, opened at first use (and again after an outage closed it)."""
+        with self._store_lock:
+            if self._store is None:
+                self._store = open_store(self.settings.lineage_store)
+            return self._store
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close()
+        with self._store_lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+    def ready(self) -> None:
+        """Raises `ServiceUnavailableError` unless the store and the broker answer."""
+        self.store().head("readyz")
+        if self._producer is not None:
+            self._producer.ping()
+
+    # -- the chain -----------------------------------------------------------------------
+
+    def judge(self, batch: GuardBatch, client: Client) -> GuardBatch:
+        """The one guard chain over the request's batch; parents' classes from the store."""
+        policies: list[Policy] = list(self.policies)
+        if client.tenant is not None:
+            policies.append(parse_policy(f"tenant:{client.tenant}"))
+        batch = guard_chain.decode(batch, self.decoder)
+        batch = guard_chain.validate(batch, self.validator, lookup=self.store().content_classes)
+        batch = guard_chain.enforce(batch, policies)
+        return guard_chain.with_records(batch, self.decoder)
+
+    def check(self, batch: GuardBatch, client: Client) -> dict[str, Any]:
+        return answer_of(verdicts(self.judge(batch, client)))
+
+    def admit(
+        self,
+        batch: GuardBatch,
+        client: Client,
+        *,
+        stage: str,
+        key: str | None,
+        request_sha256: str,
+    ) -> dict[str, Any]:
+        store = self.store()
+        if key is not None:
+            kept = store.answer_of(client.name, key)  # type: ignore[attr-defined]
+            if kept is not None:
+                digest, answer = kept
+                if digest != request_sha256:
+                    raise IdempotencyKeyReusedError(
+                        f"The `Idempotency-Key` `{key}` was used before with another body: "
+                        "use a new key for new records."
+                    )
+                kept_answer: dict[str, Any] = json.loads(answer)
+                return kept_answer
+        judged = self.judge(batch, client)
+        run_id = _run_id(client.name, key)
+        settings = self.settings
+        hops = guard_chain.hop_batch(
+            judged,
+            pipeline=stage,
+            run_id=run_id,
+            allowed_to=settings.output_topic or f"client:{client.name}",
+            quarantined_to=settings.quarantine_topic or f"client:{client.name}",
+        )
+        entry = store.append(hops)
+        if self._producer is not None:
+            self._producer.send(self._messages(judged))
+        store.confirm([(entry, len(judged), ())], at=datetime.now(UTC))
+        answer = answer_of(verdicts(judged, entry))
+        if key is not None:
+            store.keep_answer(  # type: ignore[attr-defined]
+                client.name, key, request_sha256, json.dumps(answer, ensure_ascii=False)
+            )
+        return answer
+
+    def _messages(self, batch: GuardBatch) -> list[tuple[str, bytes | None, bytes, Any]]:
+        """(topic, key, value, headers) of each record to produce: allowed records to the
+        output topic, stopped ones to quarantine with the Kafka guard's headers. A message
+        goes as it came; a JSON record as its JSON."""
+        out = []
+        for item in batch.items().items:
+            value = item.source.value
+            if value is None:
+                value = json_line(item.record).encode("utf-8", "surrogatepass")
+            record_id = record_id_of(item.record)
+            key = record_id.encode("utf-8", "surrogatepass") if record_id is not None else None
+            if item.allowed and self.settings.output_topic:
+                out.append((self.settings.output_topic, key, value, None))
+            elif not item.allowed and self.settings.quarantine_topic:
+                out.append((self.settings.quarantine_topic, key, value, quarantine_headers(item)))
+        return out
+
+
+def verdicts(batch: GuardBatch, entry: Entry | None = None) -> list[RecordVerdict]:
+    """Each record's verdict, in input order (with its hop's id once `entry` is written)."""
+    stopped = batch.column("stopped_at").to_pylist()
+    records = batch.records if batch.records is not None else (None,) * len(batch)
+    return [
+        RecordVerdict(
+            index=i,
+            record_id=record_id_of(records[i]),
+            allowed=stopped[i] is None,
+            violations=tuple(v.to_dict() for v in batch.violations.get(i, ())),
+            hop_id=hop_id(entry, i) if entry is not None else None,
+        )
+        for i in range(len(batch))
+    ]
+
+
+def _run_id(client: str, key: str | None) -> str:
+    """The lineage run of one admit request: derived from the client and its
+    `Idempotency-Key`, so a retry's hops are the ones the store already holds."""
+    if key is None:
+        return str(uuid.uuid4())
+    digest = hashlib.sha256(f"{client}\x00{key}".encode("utf-8", "surrogatepass")).hexdigest()
+    return f"gateway-{digest[:32]}"
+
+
+class _Producer:
+    """One idempotent `acks=all` producer (the Kafka guard's settings) for every request;
+    a thread serves its delivery reports, each request waits for its own."""
+
+    def __init__(self, settings: KafkaSettings, ack_timeout_s: float) -> None:
+        self.ack_timeout_s = ack_timeout_s
+        # One record answered in milliseconds: no 20 ms linger; librdkafka gives up on a
+        # message when the request stops waiting for it, so none arrives after a 503.
+        self.producer = settings.producer(
+            **{"linger.ms": 1, "message.timeout.ms": max(int(ack_timeout_s * 1000), 1)}
+        )
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="gateway-acks", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._closing.is_set():
+            self.producer.poll(0.05)
+
+    def ping(self) -> None:
+        from confluent_kafka import KafkaException
+
+        try:
+            self.producer.list_topics(timeout=2.0)
+        except KafkaException as exc:
+            raise ServiceUnavailableError(
+                f"The Kafka broker does not answer: {first_line(exc)}."
+            ) from None
+
+    def send(self, messages: Sequence[tuple[str, bytes | None, bytes, Any]]) -> None:
+        """Produce `messages` and wait until the broker acknowledged every one; raises
+        `ServiceUnavailableError` naming how many it did not."""
+        if not messages:
+            return
+        done = threading.Event()
+        lock = threading.Lock()
+        left = [len(messages)]
+        errors: list[str] = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            with lock:
+                if err is not None:
+                    errors.append(str(err))
+                left[0] -= 1
+                if left[0] == 0:
+                    done.set()
+
+        deadline = time.monotonic() + self.ack_timeout_s
+        for topic, key, value, headers in messages:
+            while True:
+                try:
+                    self.producer.produce(
+                        topic, value=value, key=key, headers=headers, on_delivery=delivered
+                    )
+                    break
+                except BufferError:  # the local queue is full: wait for room
+                    if time.monotonic() > deadline:
+                        raise ServiceUnavailableError(
+                            "The producer's queue stayed full: the broker is not taking records."
+                        ) from None
+                    time.sleep(0.01)
+        # librdkafka reports every message by `message.timeout.ms`: wait a little beyond.
+        done.wait(self.ack_timeout_s + 5.0)
+        with lock:
+            missing = left[0] + len(errors)
+            first = errors[0] if errors else "no answer"
+        if missing:
+            raise ServiceUnavailableError(
+                f"The Kafka broker did not acknowledge {missing} of {len(messages)} records"
+                f" ({first}): lineage does not record them as delivered. Retry with the same"
+                " `Idempotency-Key`."
+            )
+
+    def close(self) -> None:
+        self._closing.set()
+        self._thread.join(timeout=2.0)
+        self.producer.flush(5.0)
+
+
+# -- HTTP ----------------------------------------------------------------------------------
+
+# Errors → HTTP statuses: the one table at the edge (most specific class first).
+STATUS_OF: tuple[tuple[type[LineageGuardError], int], ...] = (
+    (bodies.BodyTooLargeError, 413),
+    (bodies.UnsupportedMediaTypeError, 415),
+    (IdempotencyKeyReusedError, 422),
+    (bodies.MalformedBodyError, 400),
+    (UnusableInputError, 400),
+    (ServiceUnavailableError, 503),
+    (ConfigError, 503),  # a store that refuses the gateway's writes: not the client's fault
+)
+
+
+def status_of(exc: LineageGuardError) -> int:
+    for kind, status in STATUS_OF:
+        if isinstance(exc, kind):
+            return status
+    return 500
+
+
+def request_digest(content_type: str | None, body: bytes) -> str:
+    return hashlib.sha256((content_type or "").encode() + b"\x00" + body).hexdigest()
+
+
+ClientOf = Callable[..., Client]
+
+
+_BODY_SCHEMAS = {
+    bodies.JSON: {
+        "schema": {
+            "oneOf": [
+                {"type": "object"},
+                {"type": "array", "items": {"type": "object"}},
+            ]
+        }
+    },
+    **{kind: {"schema": {"type": "string"}} for kind in bodies.JSON_LINES},
+    **{
+        kind: {"schema": {"type": "string", "format": "binary"}}
+        for kind in (bodies.SINGLE_OBJECT, *bodies.CONTAINER)
+    },
+}
+
+
+class Violation(BaseModel):
+    rule: str
+    column: str | None
+    message: str
+
+
+class Verdict(BaseModel):
+    index: int
+    record_id: str | None
+    allowed: bool
+    violations: list[Violation]
+    hop_id: str | None = Field(default=None, description="admit only: the record's hop")
+
+
+class Answer(BaseModel):
+    total: int
+    allowed: int
+    rejected: int
+    records: list[Verdict]
+
+
+class Problem(BaseModel):
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+
+
+class Ready(BaseModel):
+    status: str
+
+
+def routes(gateway: Gateway, client_of: Callable[[str], Any]) -> APIRouter:
+    """The gateway's routes; `client_of(scope)` is the dependency that authenticates the
+    caller, checks it holds `scope`, and gives its `Client`."""
+    router = APIRouter()
+    may_check, may_admit = client_of(CHECK), client_of(ADMIT)
+    problem_doc = {
+        "model": Problem,
+        "description": "A problem (RFC 9457): nothing of the request was admitted",
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        },
+    }
+    responses: dict[int | str, dict[str, Any]] = {
+        code: problem_doc for code in (400, 401, 403, 413, 415, 422, 503)
+    }
+    extra = {"requestBody": {"required": True, "content": _BODY_SCHEMAS}}
+
+    def problem(exc: LineageGuardError) -> JSONResponse:
+        status = status_of(exc)
+        headers = {"Retry-After": str(gateway.settings.retry_after_s)} if status == 503 else None
+        body = Problem(title=_TITLES.get(status, "Error"), status=status, detail=exc.message)
+        return JSONResponse(
+            body.model_dump(), status, headers=headers, media_type="application/problem+json"
+        )
+
+    async def read(request: Request) -> tuple[bytes, str | None]:
+        limits = gateway.settings.limits
+        content_type = request.headers.get("content-type")
+        bodies.media_type(content_type)  # 415 before reading a byte
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limits.max_body_bytes:
+            raise bodies.too_large(limits)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limits.max_body_bytes:
+                raise bodies.too_large(limits)
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        return body, content_type
+
+    @router.post(
+        "/v1/records:check",
+        response_model=Answer,
+        responses=responses,
+        openapi_extra=extra,
+        summary="Judge records; nothing is recorded or produced",
+    )
+    async def check(request: Request, client: Client = Depends(may_check)) -> Any:  # noqa: B008
+        try:
+            body, content_type = await read(request)
+            batch = await run_in_threadpool(
+                bodies.parse,
+                body,
+                content_type,
+                source=SOURCE_PREFIX + client.name,
+                limits=gateway.settings.limits,
+            )
+            answer = await run_in_threadpool(gateway.check, batch, client)
+        except LineageGuardError as exc:
+            return problem(exc)
+        _count(CHECK, answer)
+        return JSONResponse(answer)
+
+    @router.post(
+        "/v1/records:admit",
+        response_model=Answer,
+        responses=responses,
+        openapi_extra=extra,
+        summary="Judge records, record their hops, produce them (with output topics)",
+    )
+    async def admit(
+        request: Request,
+        stage: Annotated[
+            str,
+            Query(
+                min_length=1,
+                max_length=200,
+                pattern=r"^[A-Za-z0-9._:-]+$",
+                description="The stage name the hops are recorded under",
+            ),
+        ] = DEFAULT_STAGE,
+        client: Client = Depends(may_admit),  # noqa: B008
+    ) -> Any:
+        key = request.headers.get("idempotency-key")
+        try:
+            if key is not None and not (0 < len(key) <= 255 and key.isprintable()):
+                raise UnusableInputError(
+                    "The `Idempotency-Key` header must be 1 to 255 printable characters."
+                )
+            body, content_type = await read(request)
+            batch = await run_in_threadpool(
+                bodies.parse,
+                body,
+                content_type,
+                source=SOURCE_PREFIX + client.name,
+                limits=gateway.settings.limits,
+            )
+            answer = await run_in_threadpool(
+                lambda: gateway.admit(
+                    batch,
+                    client,
+                    stage=stage,
+                    key=key,
+                    request_sha256=request_digest(content_type, body),
+                )
+            )
+        except LineageGuardError as exc:
+            return problem(exc)
+        _count(ADMIT, answer)
+        return JSONResponse(answer)
+
+    @router.get(
+        "/readyz",
+        response_model=Ready,
+        responses={503: problem_doc},
+        summary="Whether the lineage store (and the broker) answer",
+    )
+    async def readyz() -> Any:
+        try:
+            await run_in_threadpool(gateway.ready)
+        except LineageGuardError as exc:
+            return problem(exc)
+        return {"status": "ready"}
+
+    return router
+
+
+_TITLES = {
+    400: "Malformed body",
+    413: "Body too large",
+    415: "Unsupported media type",
+    422: "Idempotency-Key reused",
+    503: "Service unavailable",
+}
+
+
+def _count(route: str, answer: dict[str, Any]) -> None:
+    """Verdicts by rule (`allowed`: records that passed), for `/metrics`."""
+    VERDICTS.labels(route=route, rule="allowed").inc(answer["allowed"])
+    for record in answer["records"]:
+        for violation in record["violations"]:
+            VERDICTS.labels(route=route, rule=violation["rule"]).inc()
