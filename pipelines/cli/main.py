@@ -305,6 +305,15 @@ def _attach_lineage_commands() -> None:
 _attach_lineage_commands()
 
 
+def _attach_gateway_command() -> None:
+    from lineage_guard.cli.gateway import gateway
+
+    cli.add_command(gateway)
+
+
+_attach_gateway_command()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the CLI and turns expected failures into one line and an exit code."""
     for stream in (sys.stdout, sys.stderr):  # data may hold lone surrogates: never crash on them
