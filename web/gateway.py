@@ -238,7 +238,7 @@ class Gateway:
         answer = answer_of(verdicts(judged, entry))
         if key is not None:
             store.keep_answer(  # type: ignore[attr-defined]
-                client.name, key, request_sha256, json.dumps(answer, ensure_ascii=False)
+                client.name, key, request_sha256, json.dumps(answer)
             )
         return answer
 
@@ -441,6 +441,14 @@ class Ready(BaseModel):
     status: str
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII text escaped: a record's text may hold a lone surrogate (legal in
+    JSON, not in UTF-8), which must come back as the `\\udXXX` escape it arrived as."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 def routes(gateway: Gateway, client_of: Callable[[str], Any]) -> APIRouter:
     """The gateway's routes; `client_of(scope)` is the dependency that authenticates the
     caller, checks it holds `scope`, and gives its `Client`."""
@@ -462,7 +470,7 @@ def routes(gateway: Gateway, client_of: Callable[[str], Any]) -> APIRouter:
         status = status_of(exc)
         headers = {"Retry-After": str(gateway.settings.retry_after_s)} if status == 503 else None
         body = Problem(title=_TITLES.get(status, "Error"), status=status, detail=exc.message)
-        return JSONResponse(
+        return AsciiJSONResponse(
             body.model_dump(), status, headers=headers, media_type="application/problem+json"
         )
 
@@ -503,7 +511,7 @@ def routes(gateway: Gateway, client_of: Callable[[str], Any]) -> APIRouter:
         except LineageGuardError as exc:
             return problem(exc)
         _count(CHECK, answer)
-        return JSONResponse(answer)
+        return AsciiJSONResponse(answer)
 
     @router.post(
         "/v1/records:admit",
@@ -551,7 +559,7 @@ def routes(gateway: Gateway, client_of: Callable[[str], Any]) -> APIRouter:
         except LineageGuardError as exc:
             return problem(exc)
         _count(ADMIT, answer)
-        return JSONResponse(answer)
+        return AsciiJSONResponse(answer)
 
     @router.get(
         "/readyz",

@@ -4,21 +4,23 @@ hostile bodies, limits, admission with lineage and Kafka, `Idempotency-Key`, ten
 from __future__ import annotations
 
 import copy
+import io
 import json
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import fastavro
-import pytest
 import requests
 
 from lineage_guard.contract.schemas import load_schema
-from lineage_guard.generate import Faults, generate
+from lineage_guard.generate import CONTACT, Faults, generate
 from lineage_guard.io.decode import encode_single_object
 from lineage_guard.io.file_io import json_line
+from lineage_guard.io.kafka import KafkaSettings
 from lineage_guard.lineage.hops import Delivery
 from lineage_guard.lineage.store import open_store
 from lineage_guard.web.bodies import Limits
@@ -179,3 +181,192 @@ def test_same_verdicts_as_validate_and_the_kafka_guard(
         "class_below_parent",
     } <= set(rules), rules
     assert 0 < figures["kafka_guard"]["allowed"] < len(records)
+
+
+def _single_objects(records: list[tuple[str, dict[str, Any]]]) -> bytes:
+    return b"".join(encode_single_object(r, s) for s, r in records)
+
+
+def _container(records: list[dict[str, Any]]) -> bytes:
+    """An Avro object container file of contacts."""
+    buffer = io.BytesIO()
+    fastavro.writer(buffer, load_schema(CONTACT), records)
+    return buffer.getvalue()
+
+
+VALID = [(g.schema, g.record) for g in generate(6, seed=5)]
+CONTACTS = [g.record for g in generate(6, seed=6, entities=(CONTACT,))]
+TWO = _single_objects(VALID[:2])
+CONTAINED = _container(CONTACTS)
+
+BAD_JSON = "The body is not valid JSON"
+BAD_MESSAGE = f"The message at byte {len(TWO)} of the body (message 2) has the schema fingerprint"
+HOSTILE = [
+    ("application/json", b"{\"a\": ", 400, f"{BAD_JSON}: Expecting value at line 1 column 7."),
+    ("application/json", b"42", 400, "The body is a JSON int: send one JSON object or an array"),
+    ("application/json", b'[{}, "x"]', 400, "Element 1 of the body's array is a JSON str, not an"),
+    ("application/json", b"[" * 100_000 + b"]" * 100_000, 400, f"{BAD_JSON} (RecursionError)."),
+    ("application/json", b'{"a": "\xff"}', 400, f"{BAD_JSON} (UnicodeDecodeError)."),
+    ("application/json", b"", 400, f"{BAD_JSON}: Expecting value at line 1 column 1."),
+    ("application/json", b"[]", 400, "The body holds no record: send at least one."),
+    (NDJSON, b'{"a": 1}\n\n{"b": 2}\n{"c": \n', 400, "Line 4 of the body is not valid JSON: Expec"),
+    (NDJSON, b'{"a": 1}\n\n{"b": 2}\n{"c": \n', 400, "Expecting value at column 7."),
+    (NDJSON, b'{"a": 1}\n[1]\n', 400, "Line 2 of the body is a JSON list, not an object"),
+    (SINGLE, b"garbage", 400, "No Avro single-object message starts at byte 0 of the body"),
+    (SINGLE, TWO + b"\xc3\x01" + b"\x00" * 8 + b"x", 400, BAD_MESSAGE),
+    (SINGLE, TWO[:-4], 400, "(message 1) does not decode as"),
+    (CONTAINER, b"Obj\x01garbage", 400, "Cannot decode Avro file `the request body` at its header"),
+    (CONTAINER, CONTAINED[:-40], 400, "Cannot decode Avro file `the request body`"),
+    ("text/plain", b"{}", 415, "Cannot read a body of type `text/plain`"),
+    ("", b"{}", 415, "Cannot read a body of type `none`"),
+]  # fmt: skip
+
+
+def test_hostile_bodies_get_one_line_problems_naming_where(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path}/lineage.db"
+    with gateway(GatewaySettings(lineage_store=store)) as (served, headers):
+        for route in ("check", "admit"):
+            for content_type, body, status, detail in HOSTILE:
+                answer = requests.post(
+                    f"{served.url}/v1/records:{route}",
+                    data=body,
+                    headers={**headers, "Content-Type": content_type},
+                    timeout=30,
+                )
+                assert answer.status_code == status, (content_type, body[:40], answer.text)
+                assert answer.headers["content-type"] == "application/problem+json"
+                problem = answer.json()
+                assert problem["status"] == status
+                assert detail in problem["detail"], (detail, problem)
+                assert "Traceback" not in answer.text
+        # A lone surrogate (legal JSON, not UTF-8) is a record like any other.
+        odd = json.dumps({**VALID[0][1], "record_id": "\ud800"}, default=str).encode()
+        answer = requests.post(
+            f"{served.url}/v1/records:admit",
+            data=odd,
+            headers={**headers, "Content-Type": "application/json"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["records"][0]["record_id"] == "\ud800"
+    with open_store(store) as opened:
+        assert opened.verify().ok
+        assert [h.hop.outcome for h in opened.scan()] == ["quarantined"]  # only the odd one
+
+
+def test_limits_413_before_judging(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path}/lineage.db"
+    limits = Limits(max_body_bytes=4000, max_records=3)
+    records = [r for _, r in VALID[:4]]
+    with gateway(GatewaySettings(lineage_store=store, limits=limits)) as (served, headers):
+        url = f"{served.url}/v1/records:admit"
+        json_headers = {**headers, "Content-Type": "application/json"}
+        big = json.dumps([records[0]] * 20, default=str).encode()
+        assert len(big) > 4000
+        declared = requests.post(url, data=big, headers=json_headers, timeout=30)
+        chunked = requests.post(url, data=iter([big[:3000], big[3000:]]), headers=json_headers)
+        many = requests.post(url, data=json.dumps(records, default=str), headers=json_headers)
+        contained = requests.post(
+            url, data=_container(CONTACTS), headers={**headers, "Content-Type": CONTAINER}
+        )
+        one = requests.post(url, data=json.dumps(records[:3], default=str), headers=json_headers)
+    for answer in (declared, chunked):
+        assert answer.status_code == 413, answer.text
+        assert answer.json()["detail"] == (
+            "The body is larger than 4000 bytes: send fewer records per request."
+        )
+    assert many.status_code == 413
+    assert many.json()["detail"] == (
+        "The body holds 4 records, more than 3: send them in several requests."
+    )
+    assert contained.status_code == 413, contained.text
+    assert one.status_code == 200, one.text
+    with open_store(store) as opened:
+        assert len(list(opened.scan())) == 3  # only the request within the limits
+
+
+def _drained(bootstrap: str, topic: str) -> dict[str, Any]:
+    return {m.key.decode(): m for m in drain(bootstrap, topic) if m.key is not None}
+
+
+def test_admit_records_hops_then_produces_and_confirms_after_acks(
+    kafka_bootstrap: str, pg_store_url: str
+) -> None:
+    out, quarantine = new_topics(kafka_bootstrap, "out", "q")
+    records = _records(60, seed=71)
+    body = _single_objects(records)
+    settings = GatewaySettings(
+        lineage_store=pg_store_url,
+        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, group_id="unused"),
+        output_topic=out,
+        quarantine_topic=quarantine,
+    )
+    with gateway(settings, name="crm-api") as (served, headers):
+        answer = requests.post(
+            f"{served.url}/v1/records:admit?stage=crm-ingest",
+            data=body,
+            headers={**headers, "Content-Type": SINGLE},
+            timeout=60,
+        )
+    assert answer.status_code == 200, answer.text
+    verdicts = answer.json()["records"]
+    allowed = {v["record_id"] for v in verdicts if v["allowed"]}
+    stopped = {v["record_id"]: v for v in verdicts if not v["allowed"]}
+    assert allowed and stopped
+    delivered, quarantined = _drained(kafka_bootstrap, out), _drained(kafka_bootstrap, quarantine)
+    sent = {r["record_id"]: encode_single_object(r, s) for s, r in records}
+    assert set(delivered) == allowed
+    assert all(m.value == sent[k] for k, m in delivered.items())  # byte for byte
+    assert set(quarantined) == set(stopped)
+    for record_id, m in quarantined.items():
+        violations = stopped[record_id]["violations"]
+        assert m.value == sent[record_id]
+        assert m.header("__rule.name") == violations[0]["rule"].encode()
+        assert m.header("__rule.mode") == b"READ"
+        assert m.header("__rule.topic") == b"api:crm-api"
+        assert json.loads(m.header("lineage-guard.reasons") or b"") == violations
+    with open_store(pg_store_url) as opened:
+        hops = opened.hops(list(sent))
+        assert opened.verify().ok
+    assert len(hops) == len(records)
+    by_id = {h.hop.record_id: h for h in hops}
+    for v in verdicts:
+        stored = by_id[v["record_id"]]
+        assert v["hop_id"] == f"{stored.chain_id}#{stored.seq}/{stored.index}"
+        assert stored.pipeline == "crm-ingest" and stored.source_topic == "api:crm-api"
+        assert stored.delivery is Delivery.CONFIRMED
+        assert stored.destination == (out if v["allowed"] else quarantine)
+        assert [r.rule for r in stored.hop.reasons] == [x["rule"] for x in v["violations"]]
+
+
+def test_idempotency_key_replays_the_answer_and_admits_nothing_twice(
+    kafka_bootstrap: str, pg_store_url: str
+) -> None:
+    out, quarantine = new_topics(kafka_bootstrap, "out", "q")
+    records = _records(20, seed=72)
+    body = "".join(json_line(r) + "\n" for _, r in records)
+    settings = GatewaySettings(
+        lineage_store=pg_store_url,
+        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, group_id="unused"),
+        output_topic=out,
+        quarantine_topic=quarantine,
+    )
+    with gateway(settings) as (served, headers):
+        url, key = f"{served.url}/v1/records:admit", {"Idempotency-Key": "order-7"}
+        sent = {**headers, **key, "Content-Type": NDJSON}
+        first = requests.post(url, data=body, headers=sent, timeout=60)
+        again = requests.post(url, data=body, headers=sent, timeout=60)
+        other = requests.post(url, data=body + "\n", headers=sent, timeout=60)
+        fresh = requests.post(url, data=body, headers={**sent, "Idempotency-Key": "order-8"})
+    assert first.status_code == again.status_code == fresh.status_code == 200, first.text
+    assert again.json() == first.json()
+    assert other.status_code == 422, other.text
+    assert "`order-7` was used before with another body" in other.json()["detail"]
+    ids = [r["record_id"] for _, r in records]
+    messages = [*drain(kafka_bootstrap, out), *drain(kafka_bootstrap, quarantine)]
+    copies = Counter(m.key.decode() for m in messages if m.key)
+    assert copies == Counter({i: 2 for i in ids})  # order-7 once, order-8 once
+    with open_store(pg_store_url) as opened:
+        hops = opened.hops(ids)
+    assert Counter(h.hop.record_id for h in hops) == Counter({i: 2 for i in ids})
+    assert all(h.delivery is Delivery.CONFIRMED for h in hops)
