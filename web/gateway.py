@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -75,6 +76,8 @@ CHECK = "records:check"
 ADMIT = "records:admit"
 SOURCE_PREFIX = "api:"  # a hop's source topic: the client's identity
 DEFAULT_STAGE = "gateway"
+STAGE_NAME = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+STAGE_RULE = "1 to 200 letters, digits, `.`, `_`, `:` or `-`"
 
 
 class IdempotencyKeyReusedError(UnusableInputError):
@@ -524,17 +527,14 @@ def routes(gateway: Gateway, client_of: Callable[[str], Any]) -> APIRouter:
         request: Request,
         stage: Annotated[
             str,
-            Query(
-                min_length=1,
-                max_length=200,
-                pattern=r"^[A-Za-z0-9._:-]+$",
-                description="The stage name the hops are recorded under",
-            ),
+            Query(description="The stage name the hops are recorded under: " + STAGE_RULE),
         ] = DEFAULT_STAGE,
         client: Client = Depends(may_admit),  # noqa: B008
     ) -> Any:
         key = request.headers.get("idempotency-key")
         try:
+            if not STAGE_NAME.fullmatch(stage):
+                raise UnusableInputError(f"The stage name must be {STAGE_RULE}.")
             if key is not None and not (0 < len(key) <= 255 and key.isprintable()):
                 raise UnusableInputError(
                     "The `Idempotency-Key` header must be 1 to 255 printable characters."
