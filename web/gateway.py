@@ -22,8 +22,10 @@ does: the same verdicts, hop rows and Merkle leaves. An admit request:
 `Idempotency-Key`: the answer is kept in the store under the client and key, and a retry with
 the same key and body gets it back without admitting anything again. A retry after a 503 runs
 again under the same lineage run (derived from the key), so the store's `append` finds the hops
-the first attempt wrote instead of writing them twice; its records are produced again (at
-least once on the topic when the first attempt's acknowledgements were lost).
+the first attempt wrote instead of writing them twice. Its records are produced again unless
+this process saw the broker acknowledge them (the store failed after that): a retry that
+reaches another gateway process after such a failure puts them on the topic twice (at least
+once), while lineage still holds one hop per record.
 """
 
 from __future__ import annotations
@@ -162,6 +164,9 @@ class Gateway:
         self._store: LineageStore | None = None
         self._store_lock = threading.Lock()
         self._producer: _Producer | None = None
+        # Runs (a client's `Idempotency-Key`) whose records the broker acknowledged but whose
+        # answer the store has not kept yet (it went down): their retry is not produced again.
+        self._acknowledged: set[str] = set()
         if settings.kafka is not None and (settings.output_topic or settings.quarantine_topic):
             self._producer = _Producer(settings.kafka, settings.ack_timeout_s)
 
@@ -235,14 +240,17 @@ class Gateway:
             quarantined_to=settings.quarantine_topic or f"client:{client.name}",
         )
         entry = store.append(hops)
-        if self._producer is not None:
+        if self._producer is not None and run_id not in self._acknowledged:
             self._producer.send(self._messages(judged))
+            if key is not None:
+                self._acknowledged.add(run_id)
         store.confirm([(entry, len(judged), ())], at=datetime.now(UTC))
         answer = answer_of(verdicts(judged, entry))
         if key is not None:
             store.keep_answer(  # type: ignore[attr-defined]
                 client.name, key, request_sha256, json.dumps(answer)
             )
+            self._acknowledged.discard(run_id)
         return answer
 
     def _messages(self, batch: GuardBatch) -> list[tuple[str, bytes | None, bytes, Any]]:
