@@ -14,8 +14,9 @@ In one run, on this machine:
    process (decode → validate → enforce → hops → append → confirm on SQLite, as
    `bench/throughput.py`'s `core-columnar` times it).
 
-wrk holds the rate by a per-connection delay (`delay()` in its Lua script): 8 connections, each
-waiting 40 ms after an answer; the rate it reached is printed beside the percentiles. wrk comes
+wrk holds the rate by a per-connection delay (`delay()` in its Lua script): 10 connections,
+each waiting 45 ms after an answer (about 200 requests/s); the rate reached is printed beside
+the percentiles. wrk comes
 from Debian's packages: the script installs it with `apt-get` when it is missing.
 """
 
@@ -221,7 +222,7 @@ def main() -> None:
             from tests.integration.services import local_postgres
 
             args.pg_dsn = services.enter_context(local_postgres())
-        rate = {"seconds": args.seconds, "connections": 8, "delay_ms": 40, "script": script}
+        rate = {"seconds": args.seconds, "connections": 10, "delay_ms": 45, "script": script}
 
         port = free_port()
         with server([sys.executable, "-c", BARE, str(port)], port):

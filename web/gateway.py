@@ -202,8 +202,7 @@ class Gateway:
             policies.append(parse_policy(f"tenant:{client.tenant}"))
         batch = guard_chain.decode(batch, self.decoder)
         batch = guard_chain.validate(batch, self.validator, lookup=self.store().content_classes)
-        batch = guard_chain.enforce(batch, policies)
-        return guard_chain.with_records(batch, self.decoder)
+        return guard_chain.enforce(batch, policies)
 
     def check(self, batch: GuardBatch, client: Client) -> dict[str, Any]:
         return answer_of(verdicts(self.judge(batch, client)))
@@ -257,12 +256,12 @@ class Gateway:
         """(topic, key, value, headers) of each record to produce: allowed records to the
         output topic, stopped ones to quarantine with the Kafka guard's headers. A message
         goes as it came; a JSON record as its JSON."""
-        out = []
-        for item in batch.items().items:
+        out: list[tuple[str, bytes | None, bytes, Any]] = []
+        ids = record_ids(batch)
+        for item, record_id in zip(batch.items().items, ids, strict=True):
             value = item.source.value
             if value is None:
                 value = json_line(item.record).encode("utf-8", "surrogatepass")
-            record_id = record_id_of(item.record)
             key = record_id.encode("utf-8", "surrogatepass") if record_id is not None else None
             if item.allowed and self.settings.output_topic:
                 out.append((self.settings.output_topic, key, value, None))
@@ -274,17 +273,28 @@ class Gateway:
 def verdicts(batch: GuardBatch, entry: Entry | None = None) -> list[RecordVerdict]:
     """Each record's verdict, in input order (with its hop's id once `entry` is written)."""
     stopped = batch.column("stopped_at").to_pylist()
-    records = batch.records if batch.records is not None else (None,) * len(batch)
+    ids = record_ids(batch)
     return [
         RecordVerdict(
             index=i,
-            record_id=record_id_of(records[i]),
+            record_id=ids[i],
             allowed=stopped[i] is None,
             violations=tuple(v.to_dict() for v in batch.violations.get(i, ())),
             hop_id=hop_id(entry, i) if entry is not None else None,
         )
         for i in range(len(batch))
     ]
+
+
+def record_ids(batch: GuardBatch) -> list[str | None]:
+    """Each row's record id: from its record, or from the columns the Rust reader read."""
+    records = batch.records if batch.records is not None else (None,) * len(batch)
+    ids = [record_id_of(r) for r in records]
+    if batch.has("record_id"):  # some rows were read into columns
+        read = batch.column("read").to_pylist()
+        column = batch.column("record_id").to_pylist()
+        ids = [column[i] if read[i] else ids[i] for i in range(len(batch))]
+    return ids
 
 
 def _run_id(client: str, key: str | None) -> str:
