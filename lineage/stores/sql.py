@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
+from lineage_guard.lineage.accounts import AccessRecord, ApiKeyRecord, UserRecord
 from lineage_guard.lineage.bounds import lookup_ids, stored_id
 from lineage_guard.lineage.chain import (
     GENESIS_HASH,
@@ -49,6 +50,7 @@ from lineage_guard.lineage.errors import (
     LineageGuardError,
     RowRefusedError,
     ServiceUnavailableError,
+    UnusableInputError,
 )
 from lineage_guard.lineage.events import Decision, Reason, Stage, StoredEvent
 from lineage_guard.lineage.hops import (
@@ -667,6 +669,144 @@ class SqlStore(ABC):
                 )
         return result
 
+    # -- users, API keys and the access log (`lineage.accounts`) ----------------------------
+
+    _ACCOUNT_SCHEMA: Sequence[str] = ()  # the dialect's CREATE statements for those tables
+    _TABLE_EXISTS = ""  # the dialect's query: one row with a non-null value if table `?` exists
+    _accounts_ready = False
+
+    def _accounts(self) -> None:
+        """Create the account tables on first use, if missing (a store written by an earlier
+        lineage-guard has none); a role that may not create them needs them made before."""
+        if self._accounts_ready:
+            return
+        rows = self._fetchall(self._q(self._TABLE_EXISTS), ["lineage_access_log"])
+        if not rows or rows[0][0] is None:
+            self._account_write(lambda cursor: [cursor.execute(s) for s in self._ACCOUNT_SCHEMA])
+        self._accounts_ready = True
+
+    def _account_write(self, work: Any) -> Any:
+        try:
+            with self._write() as cursor:
+                return work(cursor)
+        except self._errors as exc:
+            raise self._error_class(exc)(
+                f"Cannot write to the lineage store `{self.url}`: {first_line(exc)}."
+                " Check `--lineage-store` and the user's rights."
+            ) from exc
+
+    def add_user(self, user: UserRecord) -> None:
+        self._accounts()
+
+        def work(cursor: Any) -> None:
+            cursor.execute(self._q("SELECT 1 FROM lineage_users WHERE name = ?"), (user.name,))
+            if cursor.fetchone() is not None:
+                raise UnusableInputError(
+                    f"A user `{user.name}` exists already: remove it first (`users remove`)."
+                )
+            cursor.execute(
+                self._q(
+                    "INSERT INTO lineage_users (name, password_hash, role, tenants, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)"
+                ),
+                (
+                    user.name,
+                    user.password_hash,
+                    user.role,
+                    _tenants_text(user.tenants),
+                    _millis(user.created_at),
+                ),
+            )
+
+        self._account_write(work)
+
+    def user(self, name: str) -> UserRecord | None:
+        self._accounts()
+        rows = self._fetchall(self._q(f"{_SELECT_USERS} WHERE name = ?"), [name])
+        return _user(rows[0]) if rows else None
+
+    def users(self) -> list[UserRecord]:
+        self._accounts()
+        return [_user(row) for row in self._fetchall(f"{_SELECT_USERS} ORDER BY name", [])]
+
+    def remove_user(self, name: str) -> bool:
+        self._accounts()
+
+        def work(cursor: Any) -> bool:
+            cursor.execute(self._q("DELETE FROM lineage_users WHERE name = ?"), (name,))
+            return bool(cursor.rowcount)
+
+        return bool(self._account_write(work))
+
+    def add_api_key(self, key: ApiKeyRecord) -> None:
+        self._accounts()
+        self._account_write(
+            lambda cursor: cursor.execute(
+                self._q(
+                    "INSERT INTO lineage_api_keys (key_id, name, secret_hash, scopes, tenants,"
+                    " created_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, NULL)"
+                ),
+                (
+                    key.key_id,
+                    key.name,
+                    key.secret_hash,
+                    _json(sorted(key.scopes)),
+                    _tenants_text(key.tenants),
+                    _millis(key.created_at),
+                ),
+            )
+        )
+
+    def api_key(self, key_id: str) -> ApiKeyRecord | None:
+        self._accounts()
+        rows = self._fetchall(self._q(f"{_SELECT_KEYS} WHERE key_id = ?"), [key_id])
+        return _api_key(rows[0]) if rows else None
+
+    def api_keys(self) -> list[ApiKeyRecord]:
+        self._accounts()
+        return [_api_key(r) for r in self._fetchall(f"{_SELECT_KEYS} ORDER BY name, key_id", [])]
+
+    def revoke_api_key(self, key_id: str, *, at: datetime) -> bool:
+        self._accounts()
+
+        def work(cursor: Any) -> bool:
+            cursor.execute(
+                self._q(
+                    "UPDATE lineage_api_keys SET revoked_at = ?"
+                    " WHERE key_id = ? AND revoked_at IS NULL"
+                ),
+                (_millis(at), key_id),
+            )
+            return bool(cursor.rowcount)
+
+        return bool(self._account_write(work))
+
+    def log_access(self, access: AccessRecord) -> None:
+        self._accounts()
+        self._account_write(
+            lambda cursor: cursor.execute(
+                self._q(
+                    "INSERT INTO lineage_access_log (at, principal, via, query, records)"
+                    " VALUES (?, ?, ?, ?, ?)"
+                ),
+                (_millis(access.at), access.principal, access.via, access.query, access.records),
+            )
+        )
+
+    def access_log(self, *, limit: int = 100, offset: int = 0) -> list[AccessRecord]:
+        self._accounts()
+        rows = self._fetchall(
+            self._q(
+                "SELECT at, principal, via, query, records FROM lineage_access_log"
+                " ORDER BY id DESC LIMIT ? OFFSET ?"
+            ),
+            [limit, offset],
+        )
+        return [
+            AccessRecord(at=_time(r[0]), principal=r[1], via=r[2], query=r[3], records=r[4])
+            for r in rows
+        ]
+
     def __enter__(self) -> Self:
         return self
 
@@ -917,3 +1057,42 @@ def _time(millis: int) -> datetime:
 
 def _json(value: Any) -> str:
     return compact_json(value).decode("utf-8")
+
+
+# -- rows of the account tables ---------------------------------------------------------------
+
+_SELECT_USERS = "SELECT name, password_hash, role, tenants, created_at FROM lineage_users"
+_SELECT_KEYS = (
+    "SELECT key_id, name, secret_hash, scopes, tenants, created_at, revoked_at"
+    " FROM lineage_api_keys"
+)
+
+
+def _tenants_text(tenants: frozenset[str] | None) -> str | None:
+    return None if tenants is None else _json(sorted(tenants))
+
+
+def _tenants(text: str | None) -> frozenset[str] | None:
+    return None if text is None else frozenset(json.loads(text))
+
+
+def _user(row: Sequence[Any]) -> UserRecord:
+    return UserRecord(
+        name=row[0],
+        password_hash=row[1],
+        role=row[2],
+        tenants=_tenants(row[3]),
+        created_at=_time(row[4]),
+    )
+
+
+def _api_key(row: Sequence[Any]) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        key_id=row[0],
+        name=row[1],
+        secret_hash=row[2],
+        scopes=frozenset(json.loads(row[3])),
+        tenants=_tenants(row[4]),
+        created_at=_time(row[5]),
+        revoked_at=None if row[6] is None else _time(row[6]),
+    )

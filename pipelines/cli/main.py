@@ -302,7 +302,15 @@ def _attach_lineage_commands() -> None:
     cli.add_command(lineage)
 
 
+def _attach_web_commands() -> None:
+    from lineage_guard.cli.users import keys, users
+
+    cli.add_command(users)
+    cli.add_command(keys)
+
+
 _attach_lineage_commands()
+_attach_web_commands()
 
 
 def _attach_gateway_command() -> None:
