@@ -3,7 +3,8 @@
 uvicorn (127.0.0.1 by default).
 
 Errors, one table for both servers (`STATUS_OF`): a `LineageGuardError` becomes its status with
-its one-line message; the lineage store unreachable is 503 with `Retry-After`; a malformed
+its one-line message (an error class may name its own `http_status`, e.g. the gateway's 413,
+415 and 422); the lineage store unreachable is 503 with `Retry-After`; a malformed
 request 400 with one line; anything else 500 with one line (the traceback goes to stderr's log,
 never to the client). The API answers with problem details (RFC 9457), a browser (an `Accept:
 text/html` request to an app with an `error_page`) with a plain page.
@@ -186,6 +187,8 @@ _TITLES = {
     405: "Method Not Allowed",
     409: "Conflict",
     413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
     429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",
@@ -230,7 +233,9 @@ def _install_errors(app: FastAPI, error_page: ErrorPage | None, signin_path: str
 
     async def our_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, LineageGuardError)
-        status = next(s for cls, s in STATUS_OF.items() if isinstance(exc, cls))
+        status = getattr(exc, "http_status", None) or next(
+            s for cls, s in STATUS_OF.items() if isinstance(exc, cls)
+        )
         headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
         if status >= 500:
             log.error("%s %s: %s", request.method, request.url.path, exc.message)
