@@ -51,9 +51,13 @@ class MalformedBodyError(UnusableInputError):
 class UnsupportedMediaTypeError(UnusableInputError):
     """A Content-Type the gateway does not read (HTTP 415)."""
 
+    http_status = 415
+
 
 class BodyTooLargeError(UnusableInputError):
     """A body past the size limit, or with more records than the limit (HTTP 413)."""
+
+    http_status = 413
 
 
 @dataclass(frozen=True, kw_only=True)

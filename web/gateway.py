@@ -37,12 +37,12 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
@@ -59,12 +59,14 @@ from lineage_guard.io.kafka import KafkaSettings, quarantine_headers
 from lineage_guard.lineage.chain import Entry
 from lineage_guard.lineage.errors import (
     ConfigError,
-    LineageGuardError,
     ServiceUnavailableError,
     UnusableInputError,
 )
 from lineage_guard.lineage.store import LineageStore, first_line, open_store
 from lineage_guard.web import bodies
+from lineage_guard.web.access import Permission, require
+from lineage_guard.web.app import create_app
+from lineage_guard.web.auth import AuthSettings, Principal
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,8 @@ STAGE_RULE = "1 to 200 letters, digits, `.`, `_`, `:` or `-`"
 
 class IdempotencyKeyReusedError(UnusableInputError):
     """An `Idempotency-Key` sent again with another body (HTTP 422)."""
+
+    http_status = 422
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,9 +191,17 @@ class Gateway:
                 self._store.close()
                 self._store = None
 
+    def accounts(self) -> Any:
+        """The API keys' store (`lineage.accounts.AccountStore`): the lineage store."""
+        return self.store()
+
+    def store_ready(self) -> None:
+        """Raises `ServiceUnavailableError` unless the lineage store answers."""
+        self.store().head("readyz")
+
     def ready(self) -> None:
         """Raises `ServiceUnavailableError` unless the store and the broker answer."""
-        self.store().head("readyz")
+        self.store_ready()
         if self._producer is not None:
             self._producer.ping()
 
@@ -387,47 +399,31 @@ class _Producer:
 
 # -- HTTP ----------------------------------------------------------------------------------
 
-# Errors → HTTP statuses: the one table at the edge (most specific class first).
-STATUS_OF: tuple[tuple[type[LineageGuardError], int], ...] = (
-    (bodies.BodyTooLargeError, 413),
-    (bodies.UnsupportedMediaTypeError, 415),
-    (IdempotencyKeyReusedError, 422),
-    (bodies.MalformedBodyError, 400),
-    (UnusableInputError, 400),
-    (ServiceUnavailableError, 503),
-    (ConfigError, 503),  # a store that refuses the gateway's writes: not the client's fault
-)
-
-
-def status_of(exc: LineageGuardError) -> int:
-    for kind, status in STATUS_OF:
-        if isinstance(exc, kind):
-            return status
-    return 500
-
 
 def request_digest(content_type: str | None, body: bytes) -> str:
     return hashlib.sha256((content_type or "").encode() + b"\x00" + body).hexdigest()
 
 
-ClientOf = Callable[..., Client]
+def client_of(principal: Principal) -> Client:
+    """The caller as the gateway needs it. A principal bound to one tenant admits that
+    tenant's records only (`tenant_mismatch` for the others); one bound to several is refused:
+    a gateway request is judged for one tenant."""
+    tenants = principal.tenants
+    if tenants is not None and len(tenants) != 1:
+        raise HTTPException(
+            status_code=403,
+            detail=f"`{principal.name}` is bound to {len(tenants)} tenants: the gateway admits"
+            " for one tenant per API key or token. Use a key bound to one tenant.",
+        )
+    return Client(name=principal.name, tenant=next(iter(tenants)) if tenants else None)
 
 
-_BODY_SCHEMAS = {
-    bodies.JSON: {
-        "schema": {
-            "oneOf": [
-                {"type": "object"},
-                {"type": "array", "items": {"type": "object"}},
-            ]
-        }
-    },
-    **{kind: {"schema": {"type": "string"}} for kind in bodies.JSON_LINES},
-    **{
-        kind: {"schema": {"type": "string", "format": "binary"}}
-        for kind in (bodies.SINGLE_OBJECT, *bodies.CONTAINER)
-    },
-}
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII text escaped: a record's text may hold a lone surrogate (legal in
+    JSON, not in UTF-8), which must come back as the `\\udXXX` escape it arrived as."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 class Violation(BaseModel):
@@ -451,54 +447,52 @@ class Answer(BaseModel):
     records: list[Verdict]
 
 
-class Problem(BaseModel):
-    type: str = "about:blank"
-    title: str
-    status: int
-    detail: str
-
-
 class Ready(BaseModel):
     status: str
 
 
-class AsciiJSONResponse(JSONResponse):
-    """JSON with non-ASCII text escaped: a record's text may hold a lone surrogate (legal in
-    JSON, not in UTF-8), which must come back as the `\\udXXX` escape it arrived as."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
-
-
-def routes(gateway: Gateway, client_of: Callable[[str], Any]) -> APIRouter:
-    """The gateway's routes; `client_of(scope)` is the dependency that authenticates the
-    caller, checks it holds `scope`, and gives its `Client`."""
-    router = APIRouter()
-    may_check, may_admit = client_of(CHECK), client_of(ADMIT)
-    problem_doc = {
-        "model": Problem,
-        "description": "A problem (RFC 9457): nothing of the request was admitted",
+_BODY = {
+    "requestBody": {
+        "required": True,
         "content": {
-            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+            bodies.JSON: {
+                "schema": {
+                    "oneOf": [
+                        {"type": "object"},
+                        {"type": "array", "items": {"type": "object"}},
+                    ]
+                }
+            },
+            **{kind: {"schema": {"type": "string"}} for kind in bodies.JSON_LINES},
+            **{
+                kind: {"schema": {"type": "string", "format": "binary"}}
+                for kind in (bodies.SINGLE_OBJECT, *bodies.CONTAINER)
+            },
         },
     }
-    responses: dict[int | str, dict[str, Any]] = {
-        code: problem_doc for code in (400, 401, 403, 413, 415, 422, 503)
-    }
-    extra = {"requestBody": {"required": True, "content": _BODY_SCHEMAS}}
+}
+_PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"description": "The body is past the size or record limit", "content": _PROBLEM},
+    415: {"description": "A Content-Type the gateway does not read", "content": _PROBLEM},
+    422: {"description": "An `Idempotency-Key` sent before with another body", "content": _PROBLEM},
+    503: {
+        "description": "The lineage store or the broker is unavailable: nothing was recorded as"
+        " delivered; retry after `Retry-After` seconds (with the same `Idempotency-Key`)",
+        "content": _PROBLEM,
+    },
+}
 
-    def problem(exc: LineageGuardError) -> JSONResponse:
-        status = status_of(exc)
-        headers = {"Retry-After": str(gateway.settings.retry_after_s)} if status == 503 else None
-        body = Problem(title=_TITLES.get(status, "Error"), status=status, detail=exc.message)
-        return AsciiJSONResponse(
-            body.model_dump(), status, headers=headers, media_type="application/problem+json"
-        )
+
+def routes(gateway: Gateway) -> APIRouter:
+    """The gateway's routes, each behind `access.require` with its scope."""
+    router = APIRouter(tags=["records"])
+    limits = gateway.settings.limits
 
     async def read(request: Request) -> tuple[bytes, str | None]:
-        limits = gateway.settings.limits
+        """The body, refused (415, 413) before it is read whole when it cannot be taken."""
         content_type = request.headers.get("content-type")
-        bodies.media_type(content_type)  # 415 before reading a byte
+        bodies.media_type(content_type)
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limits.max_body_bytes:
             raise bodies.too_large(limits)
@@ -508,100 +502,90 @@ def routes(gateway: Gateway, client_of: Callable[[str], Any]) -> APIRouter:
             if size > limits.max_body_bytes:
                 raise bodies.too_large(limits)
             chunks.append(chunk)
-        body = b"".join(chunks)
-        return body, content_type
+        return b"".join(chunks), content_type
+
+    async def batch_of(request: Request, client: Client) -> tuple[GuardBatch, str]:
+        body, content_type = await read(request)
+        batch = await run_in_threadpool(
+            bodies.parse, body, content_type, source=SOURCE_PREFIX + client.name, limits=limits
+        )
+        return batch, request_digest(content_type, body)
 
     @router.post(
         "/v1/records:check",
         response_model=Answer,
-        responses=responses,
-        openapi_extra=extra,
-        summary="Judge records; nothing is recorded or produced",
+        responses=_RESPONSES,
+        openapi_extra=_BODY,
+        summary="Judge records: the verdicts, nothing recorded or produced",
     )
-    async def check(request: Request, client: Client = Depends(may_check)) -> Any:  # noqa: B008
-        try:
-            body, content_type = await read(request)
-            batch = await run_in_threadpool(
-                bodies.parse,
-                body,
-                content_type,
-                source=SOURCE_PREFIX + client.name,
-                limits=gateway.settings.limits,
-            )
-            answer = await run_in_threadpool(gateway.check, batch, client)
-        except LineageGuardError as exc:
-            return problem(exc)
+    async def check(
+        request: Request, principal: Annotated[Principal, require(Permission.RECORDS_CHECK)]
+    ) -> Any:
+        client = client_of(principal)
+        batch, _ = await batch_of(request, client)
+        answer = await run_in_threadpool(gateway.check, batch, client)
         _count(CHECK, answer)
         return AsciiJSONResponse(answer)
 
     @router.post(
         "/v1/records:admit",
         response_model=Answer,
-        responses=responses,
-        openapi_extra=extra,
+        responses=_RESPONSES,
+        openapi_extra=_BODY,
         summary="Judge records, record their hops, produce them (with output topics)",
     )
     async def admit(
         request: Request,
+        principal: Annotated[Principal, require(Permission.RECORDS_ADMIT)],
         stage: Annotated[
             str,
             Query(description="The stage name the hops are recorded under: " + STAGE_RULE),
         ] = DEFAULT_STAGE,
-        client: Client = Depends(may_admit),  # noqa: B008
     ) -> Any:
+        client = client_of(principal)
+        if not STAGE_NAME.fullmatch(stage):
+            raise UnusableInputError(f"The stage name must be {STAGE_RULE}.")
         key = request.headers.get("idempotency-key")
-        try:
-            if not STAGE_NAME.fullmatch(stage):
-                raise UnusableInputError(f"The stage name must be {STAGE_RULE}.")
-            if key is not None and not (0 < len(key) <= 255 and key.isprintable()):
-                raise UnusableInputError(
-                    "The `Idempotency-Key` header must be 1 to 255 printable characters."
-                )
-            body, content_type = await read(request)
-            batch = await run_in_threadpool(
-                bodies.parse,
-                body,
-                content_type,
-                source=SOURCE_PREFIX + client.name,
-                limits=gateway.settings.limits,
+        if key is not None and not (0 < len(key) <= 255 and key.isprintable()):
+            raise UnusableInputError(
+                "The `Idempotency-Key` header must be 1 to 255 printable characters."
             )
-            answer = await run_in_threadpool(
-                lambda: gateway.admit(
-                    batch,
-                    client,
-                    stage=stage,
-                    key=key,
-                    request_sha256=request_digest(content_type, body),
-                )
-            )
-        except LineageGuardError as exc:
-            return problem(exc)
+        batch, digest = await batch_of(request, client)
+        answer = await run_in_threadpool(
+            lambda: gateway.admit(batch, client, stage=stage, key=key, request_sha256=digest)
+        )
         _count(ADMIT, answer)
         return AsciiJSONResponse(answer)
 
     @router.get(
         "/readyz",
         response_model=Ready,
-        responses={503: problem_doc},
-        summary="Whether the lineage store (and the broker) answer",
+        summary="Whether the lineage store and the broker (with output topics) answer",
     )
-    async def readyz() -> Any:
-        try:
-            await run_in_threadpool(gateway.ready)
-        except LineageGuardError as exc:
-            return problem(exc)
+    async def readyz(principal: Annotated[Principal, require(Permission.RECORDS_CHECK)]) -> Any:
+        await run_in_threadpool(gateway.ready)
         return {"status": "ready"}
 
     return router
 
 
-_TITLES = {
-    400: "Malformed body",
-    413: "Body too large",
-    415: "Unsupported media type",
-    422: "Idempotency-Key reused",
-    503: "Service unavailable",
-}
+def build_app(
+    settings: GatewaySettings,
+    *,
+    gateway: Gateway | None = None,
+    auth: AuthSettings | None = None,
+) -> FastAPI:
+    """The gateway's app on the shared stack (`web.app.create_app`): its routes, the API keys
+    kept in the lineage store, `/healthz` answering for the store."""
+    gateway = gateway or Gateway(settings)
+    return create_app(
+        title="lineage-guard gateway",
+        description="Check and admit CRM records with the stream's verdicts and lineage.",
+        store=gateway.accounts(),
+        auth=auth or AuthSettings(),
+        routers=[routes(gateway)],
+        ready=gateway.store_ready,
+    )
 
 
 def _count(route: str, answer: dict[str, Any]) -> None:

@@ -76,19 +76,32 @@ from lineage_guard.lineage.store import DEFAULT_STORE_URL, STORE_URL_ENV
     show_default=True,
     help="Bodies with more records get 413.",
 )
+@click.option("--oidc-issuer", help="Accept OIDC bearer tokens of this issuer (`iss`).")
+@click.option("--oidc-audience", help="… for this audience (`aud`).")
+@click.option("--oidc-jwks-url", help="… signed by a key of this JWKS.")
 def gateway(**options: Any) -> None:
     """Check and admit records over HTTP, with the stream's verdicts and lineage.
 
-    POST /v1/records:check and /v1/records:admit?stage=NAME (API keys or OIDC tokens with
-    the `records:check` / `records:admit` scopes); /openapi.json, /metrics, /healthz, /readyz.
+    POST /v1/records:check and /v1/records:admit?stage=NAME for clients with an API key
+    (`lineage-guard keys add NAME --scope records:check --scope records:admit [--tenant T]`)
+    or an OIDC token carrying those scopes; /openapi.json, /metrics, /healthz, /readyz.
     """
-    import uvicorn
-
+    from lineage_guard.web.app import serve
+    from lineage_guard.web.auth import AuthSettings, OidcSettings
     from lineage_guard.web.gateway import build_app
 
     settings = settings_of(options)
-    app = build_app(settings)
-    uvicorn.run(app, host=options["host"], port=options["port"], log_level="warning")
+    oidc = [options["oidc_issuer"], options["oidc_audience"], options["oidc_jwks_url"]]
+    if any(oidc) and not all(oidc):
+        from lineage_guard.lineage.errors import ConfigError
+
+        raise ConfigError(
+            "Give `--oidc-issuer`, `--oidc-audience` and `--oidc-jwks-url` together, or none."
+        )
+    auth = AuthSettings(
+        oidc=OidcSettings(issuer=oidc[0], audience=oidc[1], jwks_url=oidc[2]) if all(oidc) else None
+    )
+    serve(build_app(settings, auth=auth), host=options["host"], port=options["port"])
 
 
 def settings_of(o: dict[str, Any]) -> Any:

@@ -303,23 +303,16 @@ def _attach_lineage_commands() -> None:
 
 
 def _attach_web_commands() -> None:
+    from lineage_guard.cli.gateway import gateway
     from lineage_guard.cli.users import keys, users
 
     cli.add_command(users)
     cli.add_command(keys)
+    cli.add_command(gateway)
 
 
 _attach_lineage_commands()
 _attach_web_commands()
-
-
-def _attach_gateway_command() -> None:
-    from lineage_guard.cli.gateway import gateway
-
-    cli.add_command(gateway)
-
-
-_attach_gateway_command()
 
 
 def main(argv: list[str] | None = None) -> None:

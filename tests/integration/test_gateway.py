@@ -23,8 +23,9 @@ from lineage_guard.io.file_io import json_line
 from lineage_guard.io.kafka import KafkaSettings
 from lineage_guard.lineage.hops import Delivery
 from lineage_guard.lineage.store import open_store
+from lineage_guard.web.auth import new_api_key, utcnow
 from lineage_guard.web.bodies import Limits
-from lineage_guard.web.gateway import Gateway, GatewaySettings
+from lineage_guard.web.gateway import Gateway, GatewaySettings, build_app
 from tests.cli import run_cli
 from tests.gateway_server import Served
 from tests.gateway_server import serve as serve_app
@@ -41,23 +42,13 @@ def gateway(
     settings: GatewaySettings, *, scopes: tuple[str, ...] = ("records:check", "records:admit"),
     tenant: str | None = None, name: str = "crm-api",
 ) -> Iterator[tuple[Served, dict[str, str]]]:  # fmt: skip
-    """A gateway server and the headers of a client with `scopes`, bound to `tenant`."""
-    from lineage_guard.web.gateway import build_app
-
+    """A gateway server, and the headers of a client holding an API key with `scopes`
+    (bound to `tenant`) in the gateway's store, as `lineage-guard keys add` makes one."""
     gw = Gateway(settings)
-    app, headers = build_app(settings, gateway=gw), {}
-    headers = add_client(settings.lineage_store, name=name, scopes=scopes, tenant=tenant)
-    with serve_app(app, gw) as served:
-        yield served, headers
-
-
-def add_client(store: str, *, name: str, scopes: tuple[str, ...], tenant: str | None) -> Any:
-    """An API key for `name` in `store` (as `lineage-guard keys add` makes one)."""
-    from lineage_guard.web.auth import add_api_key
-
-    with open_store(store) as opened:
-        key = add_api_key(opened, name=name, scopes=scopes, tenants=(tenant,) if tenant else ())
-    return {"Authorization": f"Bearer {key}"}
+    made = new_api_key(name, scopes, (tenant,) if tenant else None, now=utcnow())
+    gw.accounts().add_api_key(made.record)
+    with serve_app(build_app(settings, gateway=gw), gw) as served:
+        yield served, {"Authorization": f"Bearer {made.key}"}
 
 
 def _records(count: int, seed: int) -> list[tuple[str, dict[str, Any]]]:
@@ -380,7 +371,7 @@ def test_openapi_no_5xx_and_every_response_matches_its_schema(tmp_path: Path) ->
 
     store = f"sqlite:///{tmp_path}/lineage.db"
     with gateway(GatewaySettings(lineage_store=store)) as (served, headers):
-        document = requests.get(f"{served.url}/openapi.json", timeout=30).json()
+        document = requests.get(f"{served.url}/openapi.json", headers=headers, timeout=30).json()
         assert document["openapi"].startswith("3.1")
         schema = schemathesis.openapi.from_dict(document)
         operations = [result.ok() for result in schema.get_all_operations()]
@@ -426,3 +417,74 @@ def _explore(cases: Any, url: str, headers: dict[str, str], called: Counter[str]
         called[f"{case.operation.label} {response.status_code}"] += 1
 
     call()
+
+
+def test_a_tenant_bound_key_gets_tenant_mismatch_for_another_tenants_record(
+    tmp_path: Path,
+) -> None:
+    store = f"sqlite:///{tmp_path}/lineage.db"
+    acme = next(iter(generate(1, seed=1, tenant="acme"))).record
+    globex = next(iter(generate(1, seed=2, tenant="globex"))).record
+    body = json.dumps([acme, globex], default=str)
+    with gateway(GatewaySettings(lineage_store=store), tenant="acme") as (served, headers):
+        sent = {**headers, "Content-Type": "application/json"}
+        checked = requests.post(f"{served.url}/v1/records:check", data=body, headers=sent)
+        admitted = requests.post(f"{served.url}/v1/records:admit", data=body, headers=sent)
+    for answer in (checked, admitted):
+        assert answer.status_code == 200, answer.text
+        first, second = answer.json()["records"]
+        assert first["allowed"] and first["violations"] == []
+        assert not second["allowed"]
+        assert second["violations"] == [
+            {
+                "rule": "tenant_mismatch",
+                "column": "tenant_id",
+                "message": f"Record `{globex['record_id']}`: tenant `globex` may not reach the"
+                " sink of tenant `acme`.",
+            }
+        ]
+    with open_store(store) as opened:
+        hops = opened.hops([acme["record_id"], globex["record_id"]])
+    assert sorted((h.hop.tenant_id, str(h.hop.outcome)) for h in hops) == [
+        ("acme", "delivered"),
+        ("globex", "blocked"),
+    ]
+
+
+def test_scopes_and_credentials(tmp_path: Path) -> None:
+    """A key without `records:admit` gets 403 from admit (and nothing is recorded); no key or
+    a wrong one 401; a key bound to two tenants 403."""
+    store = f"sqlite:///{tmp_path}/lineage.db"
+    body = json.dumps(VALID[0][1], default=str)
+    settings = GatewaySettings(lineage_store=store)
+    with gateway(settings, scopes=("records:check",)) as (served, headers):
+        sent = {**headers, "Content-Type": "application/json"}
+        checked = requests.post(f"{served.url}/v1/records:check", data=body, headers=sent)
+        refused = requests.post(f"{served.url}/v1/records:admit", data=body, headers=sent)
+        anonymous = requests.post(
+            f"{served.url}/v1/records:admit",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        wrong = requests.post(
+            f"{served.url}/v1/records:check",
+            data=body,
+            headers={"Content-Type": "application/json", "Authorization": "Bearer lgk_x_y"},
+        )
+        two = new_api_key("two", ("records:check",), ("acme", "globex"), now=utcnow())
+        served.gateway.accounts().add_api_key(two.record)
+        both = requests.post(
+            f"{served.url}/v1/records:check",
+            data=body,
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {two.key}"},
+        )
+    assert checked.status_code == 200, checked.text
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["detail"] == (
+        "`crm-api` may not do `records:admit`: ask an admin for access."
+    )
+    assert anonymous.status_code == wrong.status_code == 401
+    assert both.status_code == 403
+    assert "bound to 2 tenants" in both.json()["detail"]
+    with open_store(store) as opened:
+        assert list(opened.scan()) == []
