@@ -196,10 +196,14 @@ def guard_records_per_s(messages: list[bytes], workdir: Path, seconds: float) ->
 
 
 def api_key(store: str) -> str:
-    """An API key with both scopes, made as `lineage-guard keys add` makes one."""
-    from bench_keys import add_key  # type: ignore[import-not-found]
+    """An API key with both scopes in `store`, made as `lineage-guard keys add` makes one."""
+    from lineage_guard.lineage.store import open_store
+    from lineage_guard.web.auth import new_api_key, utcnow
 
-    return str(add_key(store))
+    made = new_api_key("bench", ("records:check", "records:admit"), None, now=utcnow())
+    with open_store(store) as opened:
+        opened.add_api_key(made.record)  # type: ignore[attr-defined]
+    return made.key
 
 
 def main() -> None:
