@@ -30,14 +30,17 @@ once), while lineage still holds one hop per record.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import queue
 import re
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -63,6 +66,7 @@ from lineage_guard.lineage.errors import (
     UnusableInputError,
 )
 from lineage_guard.lineage.store import LineageStore, first_line, open_store
+from lineage_guard.lineage.stores.sql import Admission
 from lineage_guard.web import bodies
 from lineage_guard.web.access import Permission, require
 from lineage_guard.web.app import create_app
@@ -171,6 +175,7 @@ class Gateway:
         # Runs (a client's `Idempotency-Key`) whose records the broker acknowledged but whose
         # answer the store has not kept yet (it went down): their retry is not produced again.
         self._acknowledged: set[str] = set()
+        self._committer = _Committer(self.store)
         if settings.kafka is not None and (settings.output_topic or settings.quarantine_topic):
             self._producer = _Producer(settings.kafka, settings.ack_timeout_s)
 
@@ -184,6 +189,7 @@ class Gateway:
             return self._store
 
     def close(self) -> None:
+        self._committer.close()
         if self._producer is not None:
             self._producer.close()
         with self._store_lock:
@@ -250,19 +256,24 @@ class Gateway:
             allowed_to=settings.output_topic or f"client:{client.name}",
             quarantined_to=settings.quarantine_topic or f"client:{client.name}",
         )
-        entry = store.append(hops)
-        if self._producer is not None and run_id not in self._acknowledged:
-            self._producer.send(self._messages(judged))
-            if key is not None:
-                self._acknowledged.add(run_id)
-        store.confirm([(entry, len(judged), ())], at=datetime.now(UTC))
-        answer = answer_of(verdicts(judged, entry))
-        if key is not None:
-            store.keep_answer(  # type: ignore[attr-defined]
-                client.name, key, request_sha256, json.dumps(answer)
-            )
+        the_verdicts = verdicts(judged)
+
+        def kept(entry: Entry) -> tuple[str, str, str, str]:
+            text = json.dumps(answer_of(with_hops(the_verdicts, entry)))
+            return (client.name, key or "", request_sha256, text)
+
+        answer = kept if key is not None else None
+        if self._producer is None:  # hops, delivery and answer: one transaction
+            entry = self._committer.write(Admission(batch=hops, confirmed=True, answer=answer))
+        else:  # hops first; delivered once the broker acknowledged every record
+            entry = self._committer.write(Admission(batch=hops))
+            if run_id not in self._acknowledged:
+                self._producer.send(self._messages(judged))
+                if key is not None:
+                    self._acknowledged.add(run_id)
+            self._committer.write(Admission(entry=entry, confirmed=True, answer=answer))
             self._acknowledged.discard(run_id)
-        return answer
+        return answer_of(with_hops(the_verdicts, entry))
 
     def _messages(self, batch: GuardBatch) -> list[tuple[str, bytes | None, bytes, Any]]:
         """(topic, key, value, headers) of each record to produce: allowed records to the
@@ -282,8 +293,8 @@ class Gateway:
         return out
 
 
-def verdicts(batch: GuardBatch, entry: Entry | None = None) -> list[RecordVerdict]:
-    """Each record's verdict, in input order (with its hop's id once `entry` is written)."""
+def verdicts(batch: GuardBatch) -> list[RecordVerdict]:
+    """Each record's verdict, in input order."""
     stopped = batch.column("stopped_at").to_pylist()
     ids = record_ids(batch)
     return [
@@ -292,10 +303,14 @@ def verdicts(batch: GuardBatch, entry: Entry | None = None) -> list[RecordVerdic
             record_id=ids[i],
             allowed=stopped[i] is None,
             violations=tuple(v.to_dict() for v in batch.violations.get(i, ())),
-            hop_id=hop_id(entry, i) if entry is not None else None,
         )
         for i in range(len(batch))
     ]
+
+
+def with_hops(found: Sequence[RecordVerdict], entry: Entry) -> list[RecordVerdict]:
+    """The verdicts with their hops' ids, once `entry` is written."""
+    return [dataclasses.replace(v, hop_id=hop_id(entry, v.index)) for v in found]
 
 
 def record_ids(batch: GuardBatch) -> list[str | None]:
@@ -316,6 +331,53 @@ def _run_id(client: str, key: str | None) -> str:
         return str(uuid.uuid4())
     digest = hashlib.sha256(f"{client}\x00{key}".encode("utf-8", "surrogatepass")).hexdigest()
     return f"gateway-{digest[:32]}"
+
+
+class _Committer:
+    """Writes the requests' admissions to the store in groups: while one transaction
+    commits, the requests that arrive wait and go together into the next (one commit, one
+    fsync, for all of them). A failed transaction fails each request of its group."""
+
+    MAX_GROUP = 200
+
+    def __init__(self, store: Callable[[], LineageStore]) -> None:
+        self._store = store
+        self._queue: queue.Queue[tuple[Admission, Future[Entry]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._serve, name="gateway-commits", daemon=True)
+        self._thread.start()
+
+    def write(self, admission: Admission) -> Entry:
+        done: Future[Entry] = Future()
+        self._queue.put((admission, done))
+        return done.result()
+
+    def _serve(self) -> None:
+        while (first := self._queue.get()) is not None:
+            group = [first]
+            while len(group) < self.MAX_GROUP:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # stop after this group
+                    break
+                group.append(item)
+            try:
+                store = self._store()
+                entries = store.admit(  # type: ignore[attr-defined]
+                    [admission for admission, _ in group], at=datetime.now(UTC)
+                )
+            except BaseException as exc:
+                for _, done in group:
+                    done.set_exception(exc)
+                continue
+            for (_, done), entry in zip(group, entries, strict=True):
+                done.set_result(entry)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
 
 
 class _Producer:

@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -103,6 +104,20 @@ INSERT_ENTRY = (
     f" VALUES ({', '.join('?' for _ in ENTRY_COLUMNS)}) RETURNING id"
 )
 
+
+@dataclass(frozen=True, kw_only=True)
+class Admission:
+    """One gateway request's writes (`SqlStore.admit`): its hops (`batch`, or the `entry`
+    written before), whether the destination acknowledged them all (`confirmed`), and its
+    answer to keep under its `Idempotency-Key`, made from the hops entry: (client, key,
+    request digest, answer)."""
+
+    batch: HopBatch | None = None
+    entry: Entry | None = None
+    confirmed: bool = False
+    answer: Callable[[Entry], tuple[str, str, str, str]] | None = None
+
+
 ANSWERS_TABLE = """CREATE TABLE IF NOT EXISTS gateway_answers (
     client TEXT NOT NULL,
     idempotency_key TEXT NOT NULL,
@@ -174,34 +189,32 @@ class SqlStore(ABC):
         returned."""
         try:
             with self._write() as cursor:
-                head = self._lock_head(cursor, batch.chain_id)
-                table = batch.table()
-                entry = hops_entry(batch, head=head)
-                cursor.execute(
-                    self._q(
-                        f"{SELECT_ENTRIES} WHERE chain_id = ? AND run_id = ? AND first_offset = ?"
-                        " AND kind = 'hops' AND last_offset = ? AND root = ?"
-                    ),
-                    (
-                        entry.chain_id,
-                        entry.run_id,
-                        entry.first_offset,
-                        entry.last_offset,
-                        entry.root,
-                    ),
-                )
-                if (row := cursor.fetchone()) is not None:
-                    written = read_entry(row)
-                    if isinstance(written, Entry):
-                        return written
-                entry_id = self._insert_entry(cursor, entry)
-                self._insert_hops(cursor, table.store_rows(entry_id))
-                self._set_head(cursor, entry)
+                entry = self._append_in(cursor, batch)
         except self._errors as exc:
             raise self._error_class(exc)(
                 f"Cannot write {len(batch.table())} lineage hops to chain `{batch.chain_id}` in"
                 f" `{self.url}`: {first_line(exc)}. Nothing of this batch was written."
             ) from exc
+        return entry
+
+    def _append_in(self, cursor: Any, batch: HopBatch) -> Entry:
+        head = self._lock_head(cursor, batch.chain_id)
+        table = batch.table()
+        entry = hops_entry(batch, head=head)
+        cursor.execute(
+            self._q(
+                f"{SELECT_ENTRIES} WHERE chain_id = ? AND run_id = ? AND first_offset = ?"
+                " AND kind = 'hops' AND last_offset = ? AND root = ?"
+            ),
+            (entry.chain_id, entry.run_id, entry.first_offset, entry.last_offset, entry.root),
+        )
+        if (row := cursor.fetchone()) is not None:
+            written = read_entry(row)
+            if isinstance(written, Entry):
+                return written
+        entry_id = self._insert_entry(cursor, entry)
+        self._insert_hops(cursor, table.store_rows(entry_id))
+        self._set_head(cursor, entry)
         return entry
 
     def confirm(
@@ -215,27 +228,71 @@ class SqlStore(ABC):
         try:
             with self._write() as cursor:
                 for confirmed, count, failed in confirmations:
-                    head = self._lock_head(cursor, confirmed.chain_id)
-                    assert head is not None, "a delivery entry follows its hops entry"
-                    cursor.execute(
-                        self._q(
-                            "SELECT 1 FROM lineage_entries WHERE chain_id = ?"
-                            " AND kind = 'delivery' AND confirms = ?"
-                        ),
-                        (confirmed.chain_id, confirmed.seq),
-                    )
-                    if cursor.fetchone() is not None:
-                        continue  # a retried bundle's batch, already answered once
-                    entry = delivery_entry(confirmed, count=count, failed=failed, at=at, head=head)
-                    self._insert_entry(cursor, entry)
-                    self._set_head(cursor, entry)
-                    written.append(entry)
+                    entry = self._confirm_in(cursor, confirmed, count, failed, at)
+                    if entry is not None:
+                        written.append(entry)
         except self._errors as exc:
             raise self._error_class(exc)(
                 f"Cannot record {len(confirmations)} delivery confirmations in `{self.url}`:"
                 f" {first_line(exc)}. Their offsets are not committed."
             ) from exc
         return written
+
+    def _confirm_in(
+        self, cursor: Any, confirmed: Entry, count: int, failed: Sequence[Failure], at: datetime
+    ) -> Entry | None:
+        head = self._lock_head(cursor, confirmed.chain_id)
+        assert head is not None, "a delivery entry follows its hops entry"
+        cursor.execute(
+            self._q(
+                "SELECT 1 FROM lineage_entries WHERE chain_id = ?"
+                " AND kind = 'delivery' AND confirms = ?"
+            ),
+            (confirmed.chain_id, confirmed.seq),
+        )
+        if cursor.fetchone() is not None:
+            return None  # a retried bundle's batch, already answered once
+        entry = delivery_entry(confirmed, count=count, failed=failed, at=at, head=head)
+        self._insert_entry(cursor, entry)
+        self._set_head(cursor, entry)
+        return entry
+
+    def admit(self, admissions: Sequence[Admission], *, at: datetime) -> list[Entry]:
+        """The gateway's writes for several requests in one transaction (one commit, one
+        fsync, for all of them), or nothing: per admission, its hops (or the entry written
+        before), their delivery entry when `confirmed`, and its answer under its key.
+        Returns each admission's hops entry."""
+        if not admissions:
+            return []
+        if any(a.answer is not None for a in admissions):
+            self._answers_table()
+        entries = []
+        try:
+            with self._write() as cursor:
+                for admission in admissions:
+                    entry = admission.entry
+                    if entry is None:
+                        assert admission.batch is not None, "an admission writes or names hops"
+                        entry = self._append_in(cursor, admission.batch)
+                    if admission.confirmed:
+                        self._confirm_in(cursor, entry, entry.count, (), at)
+                    if admission.answer is not None:
+                        client, key, digest, answer = admission.answer(entry)
+                        cursor.execute(
+                            self._q(
+                                "INSERT INTO gateway_answers"
+                                " (client, idempotency_key, request_sha256, answer, at)"
+                                " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+                            ),
+                            (client, key, digest, answer, _millis(at)),
+                        )
+                    entries.append(entry)
+        except self._errors as exc:
+            raise self._error_class(exc)(
+                f"Cannot record {len(admissions)} gateway requests in `{self.url}`:"
+                f" {first_line(exc)}. Nothing of them was recorded."
+            ) from exc
+        return entries
 
     def answer_of(self, client: str, key: str) -> tuple[str, str] | None:
         """The (request digest, answer) kept for `client`'s `Idempotency-Key` `key`, if any."""
@@ -248,25 +305,6 @@ class SqlStore(ABC):
             (client, key),
         )
         return (rows[0][0], rows[0][1]) if rows else None
-
-    def keep_answer(self, client: str, key: str, request_sha256: str, answer: str) -> None:
-        """Keep `answer` under `client`'s `key`; a key already kept keeps its first answer."""
-        self._answers_table()
-        try:
-            with self._write() as cursor:
-                cursor.execute(
-                    self._q(
-                        "INSERT INTO gateway_answers"
-                        " (client, idempotency_key, request_sha256, answer, at)"
-                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
-                    ),
-                    (client, key, request_sha256, answer, _millis(datetime.now(UTC))),
-                )
-        except self._errors as exc:
-            raise self._error_class(exc)(
-                f"Cannot keep the answer to `Idempotency-Key` `{key}` in `{self.url}`:"
-                f" {first_line(exc)}."
-            ) from exc
 
     def _answers_table(self) -> None:
         if self._answers_ready:
