@@ -236,15 +236,15 @@ class Gateway:
     ) -> dict[str, Any]:
         store = self.store()
         if key is not None:
-            kept = store.answer_of(client.name, key)  # type: ignore[attr-defined]
-            if kept is not None:
-                digest, answer = kept
+            earlier = store.answer_of(client.name, key)  # type: ignore[attr-defined]
+            if earlier is not None:
+                digest, text = earlier
                 if digest != request_sha256:
                     raise IdempotencyKeyReusedError(
                         f"The `Idempotency-Key` `{key}` was used before with another body: "
                         "use a new key for new records."
                     )
-                kept_answer: dict[str, Any] = json.loads(answer)
+                kept_answer: dict[str, Any] = json.loads(text)
                 return kept_answer
         judged = self.judge(batch, client)
         run_id = _run_id(client.name, key)
@@ -259,8 +259,8 @@ class Gateway:
         the_verdicts = verdicts(judged)
 
         def kept(entry: Entry) -> tuple[str, str, str, str]:
-            text = json.dumps(answer_of(with_hops(the_verdicts, entry)))
-            return (client.name, key or "", request_sha256, text)
+            answered = json.dumps(answer_of(with_hops(the_verdicts, entry)))
+            return (client.name, key or "", request_sha256, answered)
 
         answer = kept if key is not None else None
         if self._producer is None:  # hops, delivery and answer: one transaction
