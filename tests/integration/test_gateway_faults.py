@@ -130,6 +130,12 @@ def _figures(
         "http": dict(sorted(load.statuses.items())),
         "retry_after": sorted(load.retry_after),
         "replays": load.replays,
+        "command": "flock /tmp/faults.lock python3 -m pytest tests/integration/"
+        "test_gateway_faults.py",
+        "notes": f"HTTP {dict(sorted(load.statuses.items()))} over {CLIENTS} clients (each body"
+        " retried with its Idempotency-Key after a 503, then once more after its 200);"
+        f" admitted twice {sum(n > 1 for n in hop_counts.values())}, confirmed but not on the"
+        f" topic {len(confirmed - set(copies))}",
     }
 
 
