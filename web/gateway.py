@@ -10,14 +10,18 @@ A request's body (`web.bodies`) becomes one `GuardBatch` and goes through the on
 (`guard_chain`: decode → validate → enforce → hop rows), as a micro-batch of the Kafka guard
 does: the same verdicts, hop rows and Merkle leaves. An admit request:
 
-1. writes its hops (`LineageStore.append`) before any record is produced: a store that cannot
-   be written answers 503 and nothing is produced (the guard fails closed);
+1. writes its hops before any record is produced: a store that cannot be written answers 503
+   and nothing is produced (the guard fails closed);
 2. with `--output-topic` / `--quarantine-topic`, produces allowed records there and stopped
    ones to quarantine with the Kafka guard's headers (`io.kafka.quarantine_headers`), with
    its idempotent, `acks=all` producer settings, and waits for the broker's acknowledgements;
-3. records the acknowledged delivery (`LineageStore.confirm`): only then does lineage say
-   `delivered`. A broker that did not acknowledge every record answers 503, and the hops stay
-   unconfirmed (`sending`), never `delivered`.
+3. records the acknowledged delivery (and the answer under its `Idempotency-Key`): only then
+   does lineage say `delivered`. A broker that did not acknowledge every record answers 503,
+   and the hops stay unconfirmed (`sending`), never `delivered`.
+
+Without output topics, hops, delivery and answer are one write. The writes go through
+`SqlStore.admit` in groups (`_Committer`): the requests that arrive while one transaction
+commits share the next one (one commit, one fsync, for all of them).
 
 `Idempotency-Key`: the answer is kept in the store under the client and key, and a retry with
 the same key and body gets it back without admitting anything again. A retry after a 503 runs
