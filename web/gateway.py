@@ -110,7 +110,6 @@ class GatewaySettings:
     output_topic: str | None = None
     quarantine_topic: str | None = None
     ack_timeout_s: float = 10.0  # how long the broker's acknowledgements are waited for
-    retry_after_s: int = 5  # the `Retry-After` of a 503
 
 
 @dataclass(frozen=True, kw_only=True)
