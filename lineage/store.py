@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
+from lineage_guard.lineage.accounts import AccountStore
 from lineage_guard.lineage.errors import ConfigError
 from lineage_guard.lineage.events import STAGE_ORDER, Decision, Stage, StoredEvent
 
@@ -48,9 +49,9 @@ class RunCount:
     count: int
 
 
-class LineageStore(Protocol):
-    """Where lineage is kept: hops in batches, chained by hash. Implementations are
-    thread-safe.
+class LineageStore(AccountStore, Protocol):
+    """Where lineage is kept: hops in batches, chained by hash; and, for the web side, its
+    users, API keys and access log (`lineage.accounts`). Implementations are thread-safe.
 
     Reads and writes that fail because the database is unreachable or refuses them raise
     `ServiceUnavailableError`; a stored row that is no valid hop raises `CorruptLineageError`

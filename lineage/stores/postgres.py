@@ -113,10 +113,41 @@ _SCHEMA = [
 ]
 
 
+# The web side's users, API keys and access log (`lineage.accounts`), made on first use.
+_ACCOUNT_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS lineage_users (
+        name text PRIMARY KEY,
+        password_hash text NOT NULL,
+        role text NOT NULL,
+        tenants text,
+        created_at bigint NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS lineage_api_keys (
+        key_id text PRIMARY KEY,
+        name text NOT NULL,
+        secret_hash text NOT NULL,
+        scopes text NOT NULL,
+        tenants text,
+        created_at bigint NOT NULL,
+        revoked_at bigint
+    )""",
+    """CREATE TABLE IF NOT EXISTS lineage_access_log (
+        id bigserial PRIMARY KEY,
+        at bigint NOT NULL,
+        principal text NOT NULL,
+        via text NOT NULL,
+        query text NOT NULL,
+        records integer NOT NULL
+    )""",
+)
+
+
 class PostgresStore(SqlStore):
     """A `LineageStore` in the PostgreSQL database that `url` (a libpq URL) names."""
 
     _errors = (psycopg.Error,)
+    _ACCOUNT_SCHEMA = _ACCOUNT_SCHEMA
+    _TABLE_EXISTS = "SELECT to_regclass(?)"
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         super().__init__()

@@ -9,6 +9,9 @@ JSON text, digests as raw bytes), so tampering can be shown with plain SQL on ei
 - `lineage_chains`: each chain's head;
 - `lineage_checkpoints`: signed checkpoints of the heads (`lineage.checkpoints`).
 
+and, for the gateway (`web.gateway`), `gateway_answers`: each admit request's answer under its
+client's `Idempotency-Key`, created when first used.
+
 A subclass supplies the connection handling, the write transaction with its lock on the
 chain's head, and the bulk insert of hop rows.
 """
@@ -18,12 +21,14 @@ from __future__ import annotations
 import json
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
+from lineage_guard.lineage.accounts import AccessRecord, ApiKeyRecord, UserRecord
 from lineage_guard.lineage.bounds import lookup_ids, stored_id
 from lineage_guard.lineage.chain import (
     GENESIS_HASH,
@@ -46,6 +51,7 @@ from lineage_guard.lineage.errors import (
     LineageGuardError,
     RowRefusedError,
     ServiceUnavailableError,
+    UnusableInputError,
 )
 from lineage_guard.lineage.events import Decision, Reason, Stage, StoredEvent
 from lineage_guard.lineage.hops import (
@@ -99,6 +105,29 @@ INSERT_ENTRY = (
 )
 
 
+@dataclass(frozen=True, kw_only=True)
+class Admission:
+    """One gateway request's writes (`SqlStore.admit`): its hops (`batch`, or the `entry`
+    written before), whether the destination acknowledged them all (`confirmed`), and its
+    answer to keep under its `Idempotency-Key`, made from the hops entry: (client, key,
+    request digest, answer)."""
+
+    batch: HopBatch | None = None
+    entry: Entry | None = None
+    confirmed: bool = False
+    answer: Callable[[Entry], tuple[str, str, str, str]] | None = None
+
+
+ANSWERS_TABLE = """CREATE TABLE IF NOT EXISTS gateway_answers (
+    client TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    request_sha256 TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    PRIMARY KEY (client, idempotency_key)
+)"""
+
+
 class SqlStore(ABC):
     """The `LineageStore` logic over a DB-API connection; queries use `?` placeholders."""
 
@@ -106,6 +135,7 @@ class SqlStore(ABC):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._answers_ready = False
 
     def _error_class(self, exc: BaseException) -> type[LineageGuardError]:
         """The error a failed write raises: an outage to retry unless the store says
@@ -159,34 +189,32 @@ class SqlStore(ABC):
         returned."""
         try:
             with self._write() as cursor:
-                head = self._lock_head(cursor, batch.chain_id)
-                table = batch.table()
-                entry = hops_entry(batch, head=head)
-                cursor.execute(
-                    self._q(
-                        f"{SELECT_ENTRIES} WHERE chain_id = ? AND run_id = ? AND first_offset = ?"
-                        " AND kind = 'hops' AND last_offset = ? AND root = ?"
-                    ),
-                    (
-                        entry.chain_id,
-                        entry.run_id,
-                        entry.first_offset,
-                        entry.last_offset,
-                        entry.root,
-                    ),
-                )
-                if (row := cursor.fetchone()) is not None:
-                    written = read_entry(row)
-                    if isinstance(written, Entry):
-                        return written
-                entry_id = self._insert_entry(cursor, entry)
-                self._insert_hops(cursor, table.store_rows(entry_id))
-                self._set_head(cursor, entry)
+                entry = self._append_in(cursor, batch)
         except self._errors as exc:
             raise self._error_class(exc)(
                 f"Cannot write {len(batch.table())} lineage hops to chain `{batch.chain_id}` in"
                 f" `{self.url}`: {first_line(exc)}. Nothing of this batch was written."
             ) from exc
+        return entry
+
+    def _append_in(self, cursor: Any, batch: HopBatch) -> Entry:
+        head = self._lock_head(cursor, batch.chain_id)
+        table = batch.table()
+        entry = hops_entry(batch, head=head)
+        cursor.execute(
+            self._q(
+                f"{SELECT_ENTRIES} WHERE chain_id = ? AND run_id = ? AND first_offset = ?"
+                " AND kind = 'hops' AND last_offset = ? AND root = ?"
+            ),
+            (entry.chain_id, entry.run_id, entry.first_offset, entry.last_offset, entry.root),
+        )
+        if (row := cursor.fetchone()) is not None:
+            written = read_entry(row)
+            if isinstance(written, Entry):
+                return written
+        entry_id = self._insert_entry(cursor, entry)
+        self._insert_hops(cursor, table.store_rows(entry_id))
+        self._set_head(cursor, entry)
         return entry
 
     def confirm(
@@ -200,27 +228,95 @@ class SqlStore(ABC):
         try:
             with self._write() as cursor:
                 for confirmed, count, failed in confirmations:
-                    head = self._lock_head(cursor, confirmed.chain_id)
-                    assert head is not None, "a delivery entry follows its hops entry"
-                    cursor.execute(
-                        self._q(
-                            "SELECT 1 FROM lineage_entries WHERE chain_id = ?"
-                            " AND kind = 'delivery' AND confirms = ?"
-                        ),
-                        (confirmed.chain_id, confirmed.seq),
-                    )
-                    if cursor.fetchone() is not None:
-                        continue  # a retried bundle's batch, already answered once
-                    entry = delivery_entry(confirmed, count=count, failed=failed, at=at, head=head)
-                    self._insert_entry(cursor, entry)
-                    self._set_head(cursor, entry)
-                    written.append(entry)
+                    entry = self._confirm_in(cursor, confirmed, count, failed, at)
+                    if entry is not None:
+                        written.append(entry)
         except self._errors as exc:
             raise self._error_class(exc)(
                 f"Cannot record {len(confirmations)} delivery confirmations in `{self.url}`:"
                 f" {first_line(exc)}. Their offsets are not committed."
             ) from exc
         return written
+
+    def _confirm_in(
+        self, cursor: Any, confirmed: Entry, count: int, failed: Sequence[Failure], at: datetime
+    ) -> Entry | None:
+        head = self._lock_head(cursor, confirmed.chain_id)
+        assert head is not None, "a delivery entry follows its hops entry"
+        cursor.execute(
+            self._q(
+                "SELECT 1 FROM lineage_entries WHERE chain_id = ?"
+                " AND kind = 'delivery' AND confirms = ?"
+            ),
+            (confirmed.chain_id, confirmed.seq),
+        )
+        if cursor.fetchone() is not None:
+            return None  # a retried bundle's batch, already answered once
+        entry = delivery_entry(confirmed, count=count, failed=failed, at=at, head=head)
+        self._insert_entry(cursor, entry)
+        self._set_head(cursor, entry)
+        return entry
+
+    def admit(self, admissions: Sequence[Admission], *, at: datetime) -> list[Entry]:
+        """The gateway's writes for several requests in one transaction (one commit, one
+        fsync, for all of them), or nothing: per admission, its hops (or the entry written
+        before), their delivery entry when `confirmed`, and its answer under its key.
+        Returns each admission's hops entry."""
+        if not admissions:
+            return []
+        if any(a.answer is not None for a in admissions):
+            self._answers_table()
+        entries = []
+        try:
+            with self._write() as cursor:
+                for admission in admissions:
+                    entry = admission.entry
+                    if entry is None:
+                        assert admission.batch is not None, "an admission writes or names hops"
+                        entry = self._append_in(cursor, admission.batch)
+                    if admission.confirmed:
+                        self._confirm_in(cursor, entry, entry.count, (), at)
+                    if admission.answer is not None:
+                        client, key, digest, answer = admission.answer(entry)
+                        cursor.execute(
+                            self._q(
+                                "INSERT INTO gateway_answers"
+                                " (client, idempotency_key, request_sha256, answer, at)"
+                                " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+                            ),
+                            (client, key, digest, answer, _millis(at)),
+                        )
+                    entries.append(entry)
+        except self._errors as exc:
+            raise self._error_class(exc)(
+                f"Cannot record {len(admissions)} gateway requests in `{self.url}`:"
+                f" {first_line(exc)}. Nothing of them was recorded."
+            ) from exc
+        return entries
+
+    def answer_of(self, client: str, key: str) -> tuple[str, str] | None:
+        """The (request digest, answer) kept for `client`'s `Idempotency-Key` `key`, if any."""
+        self._answers_table()
+        rows = self._fetchall(
+            self._q(
+                "SELECT request_sha256, answer FROM gateway_answers"
+                " WHERE client = ? AND idempotency_key = ?"
+            ),
+            (client, key),
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def _answers_table(self) -> None:
+        if self._answers_ready:
+            return
+        try:
+            with self._write() as cursor:
+                cursor.execute(ANSWERS_TABLE)
+        except self._errors as exc:
+            raise self._error_class(exc)(
+                f"Cannot create the gateway's answers table in `{self.url}`: {first_line(exc)}."
+            ) from exc
+        self._answers_ready = True
 
     def refused_rows(self, batch: HopBatch) -> dict[int, str]:
         """The hops of `batch` whose rows the store refuses (index → its error), found by
@@ -611,6 +707,144 @@ class SqlStore(ABC):
                 )
         return result
 
+    # -- users, API keys and the access log (`lineage.accounts`) ----------------------------
+
+    _ACCOUNT_SCHEMA: Sequence[str] = ()  # the dialect's CREATE statements for those tables
+    _TABLE_EXISTS = ""  # the dialect's query: one row with a non-null value if table `?` exists
+    _accounts_ready = False
+
+    def _accounts(self) -> None:
+        """Create the account tables on first use, if missing (a store written by an earlier
+        lineage-guard has none); a role that may not create them needs them made before."""
+        if self._accounts_ready:
+            return
+        rows = self._fetchall(self._q(self._TABLE_EXISTS), ["lineage_access_log"])
+        if not rows or rows[0][0] is None:
+            self._account_write(lambda cursor: [cursor.execute(s) for s in self._ACCOUNT_SCHEMA])
+        self._accounts_ready = True
+
+    def _account_write(self, work: Any) -> Any:
+        try:
+            with self._write() as cursor:
+                return work(cursor)
+        except self._errors as exc:
+            raise self._error_class(exc)(
+                f"Cannot write to the lineage store `{self.url}`: {first_line(exc)}."
+                " Check `--lineage-store` and the user's rights."
+            ) from exc
+
+    def add_user(self, user: UserRecord) -> None:
+        self._accounts()
+
+        def work(cursor: Any) -> None:
+            cursor.execute(self._q("SELECT 1 FROM lineage_users WHERE name = ?"), (user.name,))
+            if cursor.fetchone() is not None:
+                raise UnusableInputError(
+                    f"A user `{user.name}` exists already: remove it first (`users remove`)."
+                )
+            cursor.execute(
+                self._q(
+                    "INSERT INTO lineage_users (name, password_hash, role, tenants, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)"
+                ),
+                (
+                    user.name,
+                    user.password_hash,
+                    user.role,
+                    _tenants_text(user.tenants),
+                    _millis(user.created_at),
+                ),
+            )
+
+        self._account_write(work)
+
+    def user(self, name: str) -> UserRecord | None:
+        self._accounts()
+        rows = self._fetchall(self._q(f"{_SELECT_USERS} WHERE name = ?"), [name])
+        return _user(rows[0]) if rows else None
+
+    def users(self) -> list[UserRecord]:
+        self._accounts()
+        return [_user(row) for row in self._fetchall(f"{_SELECT_USERS} ORDER BY name", [])]
+
+    def remove_user(self, name: str) -> bool:
+        self._accounts()
+
+        def work(cursor: Any) -> bool:
+            cursor.execute(self._q("DELETE FROM lineage_users WHERE name = ?"), (name,))
+            return bool(cursor.rowcount)
+
+        return bool(self._account_write(work))
+
+    def add_api_key(self, key: ApiKeyRecord) -> None:
+        self._accounts()
+        self._account_write(
+            lambda cursor: cursor.execute(
+                self._q(
+                    "INSERT INTO lineage_api_keys (key_id, name, secret_hash, scopes, tenants,"
+                    " created_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, NULL)"
+                ),
+                (
+                    key.key_id,
+                    key.name,
+                    key.secret_hash,
+                    _json(sorted(key.scopes)),
+                    _tenants_text(key.tenants),
+                    _millis(key.created_at),
+                ),
+            )
+        )
+
+    def api_key(self, key_id: str) -> ApiKeyRecord | None:
+        self._accounts()
+        rows = self._fetchall(self._q(f"{_SELECT_KEYS} WHERE key_id = ?"), [key_id])
+        return _api_key(rows[0]) if rows else None
+
+    def api_keys(self) -> list[ApiKeyRecord]:
+        self._accounts()
+        return [_api_key(r) for r in self._fetchall(f"{_SELECT_KEYS} ORDER BY name, key_id", [])]
+
+    def revoke_api_key(self, key_id: str, *, at: datetime) -> bool:
+        self._accounts()
+
+        def work(cursor: Any) -> bool:
+            cursor.execute(
+                self._q(
+                    "UPDATE lineage_api_keys SET revoked_at = ?"
+                    " WHERE key_id = ? AND revoked_at IS NULL"
+                ),
+                (_millis(at), key_id),
+            )
+            return bool(cursor.rowcount)
+
+        return bool(self._account_write(work))
+
+    def log_access(self, access: AccessRecord) -> None:
+        self._accounts()
+        self._account_write(
+            lambda cursor: cursor.execute(
+                self._q(
+                    "INSERT INTO lineage_access_log (at, principal, via, query, records)"
+                    " VALUES (?, ?, ?, ?, ?)"
+                ),
+                (_millis(access.at), access.principal, access.via, access.query, access.records),
+            )
+        )
+
+    def access_log(self, *, limit: int = 100, offset: int = 0) -> list[AccessRecord]:
+        self._accounts()
+        rows = self._fetchall(
+            self._q(
+                "SELECT at, principal, via, query, records FROM lineage_access_log"
+                " ORDER BY id DESC LIMIT ? OFFSET ?"
+            ),
+            [limit, offset],
+        )
+        return [
+            AccessRecord(at=_time(r[0]), principal=r[1], via=r[2], query=r[3], records=r[4])
+            for r in rows
+        ]
+
     def __enter__(self) -> Self:
         return self
 
@@ -861,3 +1095,42 @@ def _time(millis: int) -> datetime:
 
 def _json(value: Any) -> str:
     return compact_json(value).decode("utf-8")
+
+
+# -- rows of the account tables ---------------------------------------------------------------
+
+_SELECT_USERS = "SELECT name, password_hash, role, tenants, created_at FROM lineage_users"
+_SELECT_KEYS = (
+    "SELECT key_id, name, secret_hash, scopes, tenants, created_at, revoked_at"
+    " FROM lineage_api_keys"
+)
+
+
+def _tenants_text(tenants: frozenset[str] | None) -> str | None:
+    return None if tenants is None else _json(sorted(tenants))
+
+
+def _tenants(text: str | None) -> frozenset[str] | None:
+    return None if text is None else frozenset(json.loads(text))
+
+
+def _user(row: Sequence[Any]) -> UserRecord:
+    return UserRecord(
+        name=row[0],
+        password_hash=row[1],
+        role=row[2],
+        tenants=_tenants(row[3]),
+        created_at=_time(row[4]),
+    )
+
+
+def _api_key(row: Sequence[Any]) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        key_id=row[0],
+        name=row[1],
+        secret_hash=row[2],
+        scopes=frozenset(json.loads(row[3])),
+        tenants=_tenants(row[4]),
+        created_at=_time(row[5]),
+        revoked_at=None if row[6] is None else _time(row[6]),
+    )

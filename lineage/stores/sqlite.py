@@ -92,10 +92,41 @@ CREATE TABLE IF NOT EXISTS lineage_checkpoints (
 """
 
 
+# The web side's users, API keys and access log (`lineage.accounts`), made on first use.
+_ACCOUNT_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS lineage_users (
+        name TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        role TEXT NOT NULL,
+        tenants TEXT,
+        created_at INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS lineage_api_keys (
+        key_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        secret_hash TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        tenants TEXT,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    )""",
+    """CREATE TABLE IF NOT EXISTS lineage_access_log (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        principal TEXT NOT NULL,
+        via TEXT NOT NULL,
+        query TEXT NOT NULL,
+        records INTEGER NOT NULL
+    )""",
+)
+
+
 class SqliteStore(SqlStore):
     """A `LineageStore` in the SQLite file at `path` (created, with its folders, if missing)."""
 
     _errors = (sqlite3.Error,)
+    _ACCOUNT_SCHEMA = _ACCOUNT_SCHEMA
+    _TABLE_EXISTS = "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?"
 
     def __init__(self, path: str | Path, *, create: bool = True) -> None:
         super().__init__()

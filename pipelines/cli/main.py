@@ -302,7 +302,17 @@ def _attach_lineage_commands() -> None:
     cli.add_command(lineage)
 
 
+def _attach_web_commands() -> None:
+    from lineage_guard.cli.gateway import gateway
+    from lineage_guard.cli.users import keys, users
+
+    cli.add_command(users)
+    cli.add_command(keys)
+    cli.add_command(gateway)
+
+
 _attach_lineage_commands()
+_attach_web_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -164,6 +164,12 @@ def _avro(path: Path, handle: IO[bytes], position: list[int] | None) -> Iterator
         ) from exc
 
 
+def read_avro_stream(name: Path, handle: IO[bytes]) -> Iterator[FileRecord]:
+    """Every record of an Avro container file read from `handle` (e.g. a request body), as
+    `read_records` reads a file; `name` names it in errors."""
+    return _avro(name, handle, None)
+
+
 def _blocks(path: Path, blocks: Iterable[Any], codec: str) -> Iterator[Any]:
     """The file's blocks; a codec whose library is missing is said so, not called corrupt."""
     iterator = iter(blocks)

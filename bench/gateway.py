@@ -1,0 +1,274 @@
+"""The gateway under a real HTTP load generator (wrk), beside a bare endpoint of the same stack.
+
+    python bench/gateway.py                 # SQLite and PostgreSQL, prints the table
+    python bench/gateway.py --json --seconds 10
+
+In one run, on this machine:
+
+1. a bare FastAPI endpoint on uvicorn (reads the body, answers a constant): the stack's floor;
+2. `lineage-guard gateway` (a process of its own), single-record `admit` (one JSON record) at
+   200 requests/s, with lineage on SQLite, then on PostgreSQL (`--pg-dsn`, else
+   `LINEAGE_GUARD_PG_DSN`, else a server from `infra/postgres/postgres.sh` started for the run);
+3. `admit` of 1,000-record bodies (Avro single-object messages), as fast as two connections
+   go, against the guard's own records/s on the same records: the columnar chain in this
+   process (decode → validate → enforce → hops → append → confirm on SQLite, as
+   `bench/throughput.py`'s `core-columnar` times it).
+
+wrk holds the rate by a per-connection delay (`delay()` in its Lua script): 10 connections,
+each waiting 45 ms after an answer (about 200 requests/s); the rate reached is printed beside
+the percentiles. wrk comes
+from Debian's packages: the script installs it with `apt-get` when it is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+LUA = """
+local f = io.open(os.getenv("BODY_FILE"), "rb")
+wrk.method = "POST"
+wrk.body = f:read("*all")
+f:close()
+wrk.headers["Content-Type"] = os.getenv("CONTENT_TYPE")
+wrk.headers["Authorization"] = os.getenv("AUTHORIZATION")
+local pause = tonumber(os.getenv("DELAY_MS") or "0")
+if pause > 0 then
+  function delay() return pause end
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'RESULT {"requests": %d, "seconds": %.3f, "p50_us": %d, "p90_us": %d, "p99_us": %d, ' ..
+    '"max_us": %d, "non_2xx": %d, "socket_errors": %d}\\n',
+    summary.requests, summary.duration / 1e6, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max, e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+BARE = """
+from fastapi import FastAPI, Request
+import uvicorn
+app = FastAPI()
+@app.post("/bare")
+async def bare(request: Request) -> dict:
+    await request.body()
+    return {"total": 1, "allowed": 1, "rejected": 0, "records": []}
+uvicorn.run(app, host="127.0.0.1", port=int(__import__("sys").argv[1]), log_level="warning")
+"""
+
+
+def wrk_path() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    print("installing wrk from Debian's packages (apt-get) ...", file=sys.stderr)
+    subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True)
+    found = shutil.which("wrk")
+    assert found, "apt-get installed no `wrk`"
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(
+                f"the server ended: {process.stderr.read().decode() if process.stderr else ''}"
+            )
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port} after {timeout} s")
+
+
+@contextlib.contextmanager
+def server(command: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[None]:
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        wait_port(port, process)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def gateway_server(store: str, port: int) -> contextlib.AbstractContextManager[None]:
+    command = [
+        sys.executable, "-c", "from lineage_guard.cli.main import main; main()",
+        "gateway", "--port", str(port), "--lineage-store", store,
+        "--max-records", "1000",
+    ]  # fmt: skip
+    return server(command, port)
+
+
+def run_wrk(
+    url: str, body: Path, content_type: str, auth: str, *, seconds: int, connections: int,
+    delay_ms: int, script: Path,
+) -> dict[str, Any]:  # fmt: skip
+    command = [
+        wrk_path(), "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s",
+        "-s", str(script), url,
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "BODY_FILE": str(body),
+        "CONTENT_TYPE": content_type,
+        "AUTHORIZATION": auth,
+        "DELAY_MS": str(delay_ms),
+    }
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+    result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
+    result["rate"] = result["requests"] / result["seconds"]
+    return result
+
+
+def bodies(workdir: Path) -> tuple[Path, Path, list[bytes]]:
+    from lineage_guard.generate import generate
+    from lineage_guard.io.decode import encode_single_object
+    from lineage_guard.io.file_io import json_line
+
+    one = next(iter(generate(1, seed=3)))
+    single = workdir / "one.json"
+    single.write_text(json_line(one.record))
+    messages = [encode_single_object(g.record, g.schema) for g in generate(1000, seed=4)]
+    batch = workdir / "batch.avro"
+    batch.write_bytes(b"".join(messages))
+    return single, batch, messages
+
+
+def guard_records_per_s(messages: list[bytes], workdir: Path, seconds: float) -> float:
+    """The columnar chain in this process on the same 1,000 messages, lineage on SQLite."""
+    from lineage_guard import arrow_batch, guard_chain
+    from lineage_guard.contract.policies import parse_policy
+    from lineage_guard.contract.validate import SuiteValidator
+    from lineage_guard.io.decode import Decoder
+    from lineage_guard.lineage.store import open_store
+
+    decoder, validator = Decoder(), SuiteValidator()
+    policies = [parse_policy("production")]
+    store = open_store(f"sqlite:///{workdir / 'guard.db'}")
+    count, started, run = 0, time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        batch = arrow_batch.from_messages("bench", 0, range(len(messages)), messages)
+        batch = guard_chain.decode(batch, decoder)
+        batch = guard_chain.enforce(guard_chain.validate(batch, validator), policies)
+        hops = guard_chain.hop_batch(
+            batch, pipeline="bench", run_id=f"r{run}", allowed_to="out", quarantined_to="q"
+        )
+        entry = store.append(hops)
+        store.confirm([(entry, len(messages), [])], at=hops.at)
+        count += len(messages)
+        run += 1
+    elapsed = time.perf_counter() - started
+    store.close()
+    return count / elapsed
+
+
+def api_key(store: str) -> str:
+    """An API key with both scopes in `store`, made as `lineage-guard keys add` makes one."""
+    from lineage_guard.lineage.store import open_store
+    from lineage_guard.web.auth import new_api_key, utcnow
+
+    made = new_api_key("bench", ("records:check", "records:admit"), None, now=utcnow())
+    with open_store(store) as opened:
+        opened.add_api_key(made.record)  # type: ignore[attr-defined]
+    return made.key
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=15, help="each wrk run's length")
+    parser.add_argument("--pg-dsn", default=os.environ.get("LINEAGE_GUARD_PG_DSN"))
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    wrk_path()
+    rows: list[dict[str, Any]] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp,
+        contextlib.ExitStack() as services,
+    ):
+        workdir = Path(tmp)
+        script = workdir / "load.lua"
+        script.write_text(LUA)
+        single, batch, messages = bodies(workdir)
+        if not args.pg_dsn:
+            from tests.integration.services import local_postgres
+
+            args.pg_dsn = services.enter_context(local_postgres())
+        rate = {"seconds": args.seconds, "connections": 10, "delay_ms": 45, "script": script}
+
+        port = free_port()
+        with server([sys.executable, "-c", BARE, str(port)], port):
+            got = run_wrk(f"http://127.0.0.1:{port}/bare", single, "application/json", "", **rate)
+        rows.append({"case": "bare endpoint, 1 record", **got})
+
+        stores = {"SQLite": f"sqlite:///{workdir / 'gateway.db'}", "PostgreSQL": args.pg_dsn}
+        for name, store in stores.items():
+            auth = f"Bearer {api_key(store)}"
+            port = free_port()
+            with gateway_server(store, port):
+                url = f"http://127.0.0.1:{port}/v1/records:admit"
+                got = run_wrk(url, single, "application/json", auth, **rate)
+                rows.append({"case": f"admit 1 record, lineage on {name}", **got})
+                if name == "SQLite":
+                    got = run_wrk(
+                        url, batch, "application/vnd.apache.avro.single-object", auth,
+                        seconds=args.seconds, connections=2, delay_ms=0, script=script,
+                    )  # fmt: skip
+                    rows.append({"case": "admit 1,000 records, lineage on SQLite", **got,
+                                 "records_per_s": got["rate"] * 1000})  # fmt: skip
+        own = guard_records_per_s(messages, workdir, args.seconds)
+        rows.append(
+            {"case": "the guard's chain in-process, 1,000-record batches", "records_per_s": own}
+        )
+    gateway_batch = next(r for r in rows if r["case"].startswith("admit 1,000"))
+    ratio = gateway_batch["records_per_s"] / own
+    if args.json:
+        print(json.dumps({"rows": rows, "batch_ratio": ratio}, indent=2))
+        return
+    print(f"{'case':<52} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'non-2xx':>7} {'records/s':>10}")
+    for r in rows:
+        if "p99_us" in r:
+            records = f"{r['records_per_s']:>10,.0f}" if "records_per_s" in r else f"{'':>10}"
+            print(
+                f"{r['case']:<52} {r['rate']:>7.1f} {r['p50_us'] / 1000:>7.2f} "
+                f"{r['p99_us'] / 1000:>7.2f} {r['non_2xx'] + r['socket_errors']:>7} {records}"
+            )
+        else:
+            print(f"{r['case']:<52} {'':>7} {'':>7} {'':>7} {'':>7} {r['records_per_s']:>10,.0f}")
+    print(f"1,000-record admit / the guard's own records/s: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,661 @@
+"""`lineage-guard gateway`: records checked and admitted over HTTP, with the stream's verdicts.
+
+    POST /v1/records:check               the verdicts, nothing recorded or produced
+    POST /v1/records:admit?stage=NAME    the verdicts, each record's hop in the lineage store
+                                         (the client's identity as the source), and with
+                                         output topics the records produced to Kafka
+    GET  /readyz                         the lineage store (and the broker) answer
+
+A request's body (`web.bodies`) becomes one `GuardBatch` and goes through the one guard chain
+(`guard_chain`: decode → validate → enforce → hop rows), as a micro-batch of the Kafka guard
+does: the same verdicts, hop rows and Merkle leaves. An admit request:
+
+1. writes its hops before any record is produced: a store that cannot be written answers 503
+   and nothing is produced (the guard fails closed);
+2. with `--output-topic` / `--quarantine-topic`, produces allowed records there and stopped
+   ones to quarantine with the Kafka guard's headers (`io.kafka.quarantine_headers`), with
+   its idempotent, `acks=all` producer settings, and waits for the broker's acknowledgements;
+3. records the acknowledged delivery (and the answer under its `Idempotency-Key`): only then
+   does lineage say `delivered`. A broker that did not acknowledge every record answers 503,
+   and the hops stay unconfirmed (`sending`), never `delivered`.
+
+Without output topics, hops, delivery and answer are one write. The writes go through
+`SqlStore.admit` in groups (`_Committer`): the requests that arrive while one transaction
+commits share the next one (one commit, one fsync, for all of them).
+
+`Idempotency-Key`: the answer is kept in the store under the client and key, and a retry with
+the same key and body gets it back without admitting anything again. A retry after a 503 runs
+again under the same lineage run (derived from the key), so the store's `append` finds the hops
+the first attempt wrote instead of writing them twice. Its records are produced again unless
+this process saw the broker acknowledge them (the store failed after that): a retry that
+reaches another gateway process after such a failure puts them on the topic twice (at least
+once), while lineage still holds one hop per record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import queue
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import Counter
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from lineage_guard import guard_chain
+from lineage_guard.arrow_batch import GuardBatch
+from lineage_guard.contract.policies import Policy, TrainingPolicy, parse_policy
+from lineage_guard.contract.records import record_id_of
+from lineage_guard.contract.validate import SuiteValidator
+from lineage_guard.io.decode import Decoder
+from lineage_guard.io.file_io import json_line
+from lineage_guard.io.kafka import KafkaSettings, quarantine_headers
+from lineage_guard.lineage.chain import Entry
+from lineage_guard.lineage.errors import (
+    ConfigError,
+    ServiceUnavailableError,
+    UnusableInputError,
+)
+from lineage_guard.lineage.store import LineageStore, first_line, open_store
+from lineage_guard.lineage.stores.sql import Admission
+from lineage_guard.web import bodies
+from lineage_guard.web.access import Permission, require
+from lineage_guard.web.app import create_app
+from lineage_guard.web.auth import AuthSettings, Principal
+
+log = logging.getLogger(__name__)
+
+VERDICTS = Counter(
+    "lineage_guard_gateway_verdicts",
+    "Records judged by the gateway, by route and rule (`allowed`: records that passed)",
+    ["route", "rule"],
+)
+
+CHECK = "records:check"
+ADMIT = "records:admit"
+SOURCE_PREFIX = "api:"  # a hop's source topic: the client's identity
+DEFAULT_STAGE = "gateway"
+STAGE_NAME = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+STAGE_RULE = "1 to 200 letters, digits, `.`, `_`, `:` or `-`"
+
+
+class IdempotencyKeyReusedError(UnusableInputError):
+    """An `Idempotency-Key` sent again with another body (HTTP 422)."""
+
+    http_status = 422
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewaySettings:
+    """What `lineage-guard gateway` was started with (built once, at the entry point)."""
+
+    lineage_store: str
+    policies: tuple[str, ...] = ("production",)
+    engine: str = "compiled"
+    limits: bodies.Limits = field(default_factory=bodies.Limits)
+    kafka: KafkaSettings | None = None
+    output_topic: str | None = None
+    quarantine_topic: str | None = None
+    ack_timeout_s: float = 10.0  # how long the broker's acknowledgements are waited for
+
+
+@dataclass(frozen=True, kw_only=True)
+class Client:
+    """Who is asking, as the gateway needs it: a name (the hops' source) and, for a client
+    bound to a tenant, that tenant (its other tenants' records get `tenant_mismatch`)."""
+
+    name: str
+    tenant: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordVerdict:
+    index: int
+    record_id: str | None
+    allowed: bool
+    violations: tuple[dict[str, Any], ...]
+    hop_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "index": self.index,
+            "record_id": self.record_id,
+            "allowed": self.allowed,
+            "violations": list(self.violations),
+        }
+        if self.hop_id is not None:
+            out["hop_id"] = self.hop_id
+        return out
+
+
+def answer_of(verdicts: Sequence[RecordVerdict]) -> dict[str, Any]:
+    allowed = sum(v.allowed for v in verdicts)
+    return {
+        "total": len(verdicts),
+        "allowed": allowed,
+        "rejected": len(verdicts) - allowed,
+        "records": [v.to_dict() for v in verdicts],
+    }
+
+
+def hop_id(entry: Entry, index: int) -> str:
+    """A hop's identity in the store: its chain, its batch's place in it, its place there."""
+    return f"{entry.chain_id}#{entry.seq}/{index}"
+
+
+class Gateway:
+    """The gateway's work, without HTTP: one per process, shared by every request (the
+    validator, the store connection and the producer are thread-safe)."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.policies = [parse_policy(text) for text in settings.policies]
+        if any(isinstance(p, TrainingPolicy) for p in self.policies):
+            raise ConfigError(
+                "The gateway judges each request on its own: the `training` policy, which "
+                "keeps an export's kind across batches, cannot apply. Drop it."
+            )
+        if (settings.output_topic or settings.quarantine_topic) and settings.kafka is None:
+            raise ConfigError("`--output-topic` / `--quarantine-topic` need `--bootstrap-servers`.")
+        self.validator = SuiteValidator(engine=settings.engine)
+        self.decoder = Decoder()
+        self._store: LineageStore | None = None
+        self._store_lock = threading.Lock()
+        self._producer: _Producer | None = None
+        # Runs (a client's `Idempotency-Key`) whose records the broker acknowledged but whose
+        # answer the store has not kept yet (it went down): their retry is not produced again.
+        self._acknowledged: set[str] = set()
+        self._committer = _Committer(self.store)
+        if settings.kafka is not None and (settings.output_topic or settings.quarantine_topic):
+            self._producer = _Producer(settings.kafka, settings.ack_timeout_s)
+
+    # -- the store -----------------------------------------------------------------------
+
+    def store(self) -> LineageStore:
+        """The lineage store, opened at first use (and again after an outage closed it)."""
+        with self._store_lock:
+            if self._store is None:
+                self._store = open_store(self.settings.lineage_store)
+            return self._store
+
+    def close(self) -> None:
+        self._committer.close()
+        if self._producer is not None:
+            self._producer.close()
+        with self._store_lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+    def accounts(self) -> Any:
+        """The API keys' store (`lineage.accounts.AccountStore`): the lineage store."""
+        return self.store()
+
+    def store_ready(self) -> None:
+        """Raises `ServiceUnavailableError` unless the lineage store answers."""
+        self.store().head("readyz")
+
+    def ready(self) -> None:
+        """Raises `ServiceUnavailableError` unless the store and the broker answer."""
+        self.store_ready()
+        if self._producer is not None:
+            self._producer.ping()
+
+    # -- the chain -----------------------------------------------------------------------
+
+    def judge(self, batch: GuardBatch, client: Client) -> GuardBatch:
+        """The one guard chain over the request's batch; parents' classes from the store."""
+        policies: list[Policy] = list(self.policies)
+        if client.tenant is not None:
+            policies.append(parse_policy(f"tenant:{client.tenant}"))
+        batch = guard_chain.decode(batch, self.decoder)
+        batch = guard_chain.validate(batch, self.validator, lookup=self.store().content_classes)
+        return guard_chain.enforce(batch, policies)
+
+    def check(self, batch: GuardBatch, client: Client) -> dict[str, Any]:
+        return answer_of(verdicts(self.judge(batch, client)))
+
+    def admit(
+        self,
+        batch: GuardBatch,
+        client: Client,
+        *,
+        stage: str,
+        key: str | None,
+        request_sha256: str,
+    ) -> dict[str, Any]:
+        store = self.store()
+        if key is not None:
+            earlier = store.answer_of(client.name, key)  # type: ignore[attr-defined]
+            if earlier is not None:
+                digest, text = earlier
+                if digest != request_sha256:
+                    raise IdempotencyKeyReusedError(
+                        f"The `Idempotency-Key` `{key}` was used before with another body: "
+                        "use a new key for new records."
+                    )
+                kept_answer: dict[str, Any] = json.loads(text)
+                return kept_answer
+        judged = self.judge(batch, client)
+        run_id = _run_id(client.name, key)
+        settings = self.settings
+        hops = guard_chain.hop_batch(
+            judged,
+            pipeline=stage,
+            run_id=run_id,
+            allowed_to=settings.output_topic or f"client:{client.name}",
+            quarantined_to=settings.quarantine_topic or f"client:{client.name}",
+        )
+        the_verdicts = verdicts(judged)
+
+        def kept(entry: Entry) -> tuple[str, str, str, str]:
+            answered = json.dumps(answer_of(with_hops(the_verdicts, entry)))
+            return (client.name, key or "", request_sha256, answered)
+
+        answer = kept if key is not None else None
+        if self._producer is None:  # hops, delivery and answer: one transaction
+            entry = self._committer.write(Admission(batch=hops, confirmed=True, answer=answer))
+        else:  # hops first; delivered once the broker acknowledged every record
+            entry = self._committer.write(Admission(batch=hops))
+            if run_id not in self._acknowledged:
+                self._producer.send(self._messages(judged))
+                if key is not None:
+                    self._acknowledged.add(run_id)
+            self._committer.write(Admission(entry=entry, confirmed=True, answer=answer))
+            self._acknowledged.discard(run_id)
+        return answer_of(with_hops(the_verdicts, entry))
+
+    def _messages(self, batch: GuardBatch) -> list[tuple[str, bytes | None, bytes, Any]]:
+        """(topic, key, value, headers) of each record to produce: allowed records to the
+        output topic, stopped ones to quarantine with the Kafka guard's headers. A message
+        goes as it came; a JSON record as its JSON."""
+        out: list[tuple[str, bytes | None, bytes, Any]] = []
+        ids = record_ids(batch)
+        for item, record_id in zip(batch.items().items, ids, strict=True):
+            value = item.source.value
+            if value is None:
+                value = json_line(item.record).encode("utf-8", "surrogatepass")
+            key = record_id.encode("utf-8", "surrogatepass") if record_id is not None else None
+            if item.allowed and self.settings.output_topic:
+                out.append((self.settings.output_topic, key, value, None))
+            elif not item.allowed and self.settings.quarantine_topic:
+                out.append((self.settings.quarantine_topic, key, value, quarantine_headers(item)))
+        return out
+
+
+def verdicts(batch: GuardBatch) -> list[RecordVerdict]:
+    """Each record's verdict, in input order."""
+    stopped = batch.column("stopped_at").to_pylist()
+    ids = record_ids(batch)
+    return [
+        RecordVerdict(
+            index=i,
+            record_id=ids[i],
+            allowed=stopped[i] is None,
+            violations=tuple(v.to_dict() for v in batch.violations.get(i, ())),
+        )
+        for i in range(len(batch))
+    ]
+
+
+def with_hops(found: Sequence[RecordVerdict], entry: Entry) -> list[RecordVerdict]:
+    """The verdicts with their hops' ids, once `entry` is written."""
+    return [dataclasses.replace(v, hop_id=hop_id(entry, v.index)) for v in found]
+
+
+def record_ids(batch: GuardBatch) -> list[str | None]:
+    """Each row's record id: from its record, or from the columns the Rust reader read."""
+    records = batch.records if batch.records is not None else (None,) * len(batch)
+    ids = [record_id_of(r) for r in records]
+    if batch.has("record_id"):  # some rows were read into columns
+        read = batch.column("read").to_pylist()
+        column = batch.column("record_id").to_pylist()
+        ids = [column[i] if read[i] else ids[i] for i in range(len(batch))]
+    return ids
+
+
+def _run_id(client: str, key: str | None) -> str:
+    """The lineage run of one admit request: derived from the client and its
+    `Idempotency-Key`, so a retry's hops are the ones the store already holds."""
+    if key is None:
+        return str(uuid.uuid4())
+    digest = hashlib.sha256(f"{client}\x00{key}".encode("utf-8", "surrogatepass")).hexdigest()
+    return f"gateway-{digest[:32]}"
+
+
+class _Committer:
+    """Writes the requests' admissions to the store in groups: while one transaction
+    commits, the requests that arrive wait and go together into the next (one commit, one
+    fsync, for all of them). A failed transaction fails each request of its group."""
+
+    MAX_GROUP = 200
+
+    def __init__(self, store: Callable[[], LineageStore]) -> None:
+        self._store = store
+        self._queue: queue.Queue[tuple[Admission, Future[Entry]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._serve, name="gateway-commits", daemon=True)
+        self._thread.start()
+
+    def write(self, admission: Admission) -> Entry:
+        done: Future[Entry] = Future()
+        self._queue.put((admission, done))
+        return done.result()
+
+    def _serve(self) -> None:
+        while (first := self._queue.get()) is not None:
+            group = [first]
+            while len(group) < self.MAX_GROUP:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # stop after this group
+                    break
+                group.append(item)
+            try:
+                store = self._store()
+                entries = store.admit(  # type: ignore[attr-defined]
+                    [admission for admission, _ in group], at=datetime.now(UTC)
+                )
+            except BaseException as exc:
+                for _, done in group:
+                    done.set_exception(exc)
+                continue
+            for (_, done), entry in zip(group, entries, strict=True):
+                done.set_result(entry)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+
+class _Producer:
+    """One idempotent `acks=all` producer (the Kafka guard's settings) for every request;
+    a thread serves its delivery reports, each request waits for its own."""
+
+    def __init__(self, settings: KafkaSettings, ack_timeout_s: float) -> None:
+        self.ack_timeout_s = ack_timeout_s
+        # One record answered in milliseconds: no 20 ms linger; librdkafka gives up on a
+        # message when the request stops waiting for it, so none arrives after a 503.
+        self.producer = settings.producer(
+            **{"linger.ms": 1, "message.timeout.ms": max(int(ack_timeout_s * 1000), 1)}
+        )
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="gateway-acks", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._closing.is_set():
+            self.producer.poll(0.05)
+
+    def ping(self) -> None:
+        from confluent_kafka import KafkaException
+
+        try:
+            self.producer.list_topics(timeout=2.0)
+        except KafkaException as exc:
+            raise ServiceUnavailableError(
+                f"The Kafka broker does not answer: {first_line(exc)}."
+            ) from None
+
+    def send(self, messages: Sequence[tuple[str, bytes | None, bytes, Any]]) -> None:
+        """Produce `messages` and wait until the broker acknowledged every one; raises
+        `ServiceUnavailableError` naming how many it did not."""
+        if not messages:
+            return
+        done = threading.Event()
+        lock = threading.Lock()
+        left = [len(messages)]
+        errors: list[str] = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            with lock:
+                if err is not None:
+                    errors.append(str(err))
+                left[0] -= 1
+                if left[0] == 0:
+                    done.set()
+
+        deadline = time.monotonic() + self.ack_timeout_s
+        for topic, key, value, headers in messages:
+            while True:
+                try:
+                    self.producer.produce(
+                        topic, value=value, key=key, headers=headers, on_delivery=delivered
+                    )
+                    break
+                except BufferError:  # the local queue is full: wait for room
+                    if time.monotonic() > deadline:
+                        raise ServiceUnavailableError(
+                            "The producer's queue stayed full: the broker is not taking records."
+                        ) from None
+                    time.sleep(0.01)
+        # librdkafka reports every message by `message.timeout.ms`: wait a little beyond.
+        done.wait(self.ack_timeout_s + 5.0)
+        with lock:
+            missing = left[0] + len(errors)
+            first = errors[0] if errors else "no answer"
+        if missing:
+            raise ServiceUnavailableError(
+                f"The Kafka broker did not acknowledge {missing} of {len(messages)} records"
+                f" ({first}): lineage does not record them as delivered. Retry with the same"
+                " `Idempotency-Key`."
+            )
+
+    def close(self) -> None:
+        self._closing.set()
+        self._thread.join(timeout=2.0)
+        self.producer.flush(5.0)
+
+
+# -- HTTP ----------------------------------------------------------------------------------
+
+
+def request_digest(content_type: str | None, body: bytes) -> str:
+    return hashlib.sha256((content_type or "").encode() + b"\x00" + body).hexdigest()
+
+
+def client_of(principal: Principal) -> Client:
+    """The caller as the gateway needs it. A principal bound to one tenant admits that
+    tenant's records only (`tenant_mismatch` for the others); one bound to several is refused:
+    a gateway request is judged for one tenant."""
+    tenants = principal.tenants
+    if tenants is not None and len(tenants) != 1:
+        raise HTTPException(
+            status_code=403,
+            detail=f"`{principal.name}` is bound to {len(tenants)} tenants: the gateway admits"
+            " for one tenant per API key or token. Use a key bound to one tenant.",
+        )
+    return Client(name=principal.name, tenant=next(iter(tenants)) if tenants else None)
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII text escaped: a record's text may hold a lone surrogate (legal in
+    JSON, not in UTF-8), which must come back as the `\\udXXX` escape it arrived as."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+class Violation(BaseModel):
+    rule: str
+    column: str | None
+    message: str
+
+
+class Verdict(BaseModel):
+    index: int
+    record_id: str | None
+    allowed: bool
+    violations: list[Violation]
+    hop_id: str | None = Field(default=None, description="admit only: the record's hop")
+
+
+class Answer(BaseModel):
+    total: int
+    allowed: int
+    rejected: int
+    records: list[Verdict]
+
+
+class Ready(BaseModel):
+    status: str
+
+
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            bodies.JSON: {
+                "schema": {
+                    "oneOf": [
+                        {"type": "object"},
+                        {"type": "array", "items": {"type": "object"}},
+                    ]
+                }
+            },
+            **{kind: {"schema": {"type": "string"}} for kind in bodies.JSON_LINES},
+            **{
+                kind: {"schema": {"type": "string", "format": "binary"}}
+                for kind in (bodies.SINGLE_OBJECT, *bodies.CONTAINER)
+            },
+        },
+    }
+}
+_PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"description": "The body is past the size or record limit", "content": _PROBLEM},
+    415: {"description": "A Content-Type the gateway does not read", "content": _PROBLEM},
+    422: {"description": "An `Idempotency-Key` sent before with another body", "content": _PROBLEM},
+    503: {
+        "description": "The lineage store or the broker is unavailable: nothing was recorded as"
+        " delivered; retry after `Retry-After` seconds (with the same `Idempotency-Key`)",
+        "content": _PROBLEM,
+    },
+}
+
+
+def routes(gateway: Gateway) -> APIRouter:
+    """The gateway's routes, each behind `access.require` with its scope."""
+    router = APIRouter(tags=["records"])
+    limits = gateway.settings.limits
+
+    async def read(request: Request) -> tuple[bytes, str | None]:
+        """The body, refused (415, 413) before it is read whole when it cannot be taken."""
+        content_type = request.headers.get("content-type")
+        bodies.media_type(content_type)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limits.max_body_bytes:
+            raise bodies.too_large(limits)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limits.max_body_bytes:
+                raise bodies.too_large(limits)
+            chunks.append(chunk)
+        return b"".join(chunks), content_type
+
+    async def batch_of(request: Request, client: Client) -> tuple[GuardBatch, str]:
+        body, content_type = await read(request)
+        batch = await run_in_threadpool(
+            bodies.parse, body, content_type, source=SOURCE_PREFIX + client.name, limits=limits
+        )
+        return batch, request_digest(content_type, body)
+
+    @router.post(
+        "/v1/records:check",
+        response_model=Answer,
+        responses=_RESPONSES,
+        openapi_extra=_BODY,
+        summary="Judge records: the verdicts, nothing recorded or produced",
+    )
+    async def check(
+        request: Request, principal: Annotated[Principal, require(Permission.RECORDS_CHECK)]
+    ) -> Any:
+        client = client_of(principal)
+        batch, _ = await batch_of(request, client)
+        answer = await run_in_threadpool(gateway.check, batch, client)
+        _count(CHECK, answer)
+        return AsciiJSONResponse(answer)
+
+    @router.post(
+        "/v1/records:admit",
+        response_model=Answer,
+        responses=_RESPONSES,
+        openapi_extra=_BODY,
+        summary="Judge records, record their hops, produce them (with output topics)",
+    )
+    async def admit(
+        request: Request,
+        principal: Annotated[Principal, require(Permission.RECORDS_ADMIT)],
+        stage: Annotated[
+            str,
+            Query(description="The stage name the hops are recorded under: " + STAGE_RULE),
+        ] = DEFAULT_STAGE,
+    ) -> Any:
+        client = client_of(principal)
+        if not STAGE_NAME.fullmatch(stage):
+            raise UnusableInputError(f"The stage name must be {STAGE_RULE}.")
+        key = request.headers.get("idempotency-key")
+        if key is not None and not (0 < len(key) <= 255 and key.isprintable()):
+            raise UnusableInputError(
+                "The `Idempotency-Key` header must be 1 to 255 printable characters."
+            )
+        batch, digest = await batch_of(request, client)
+        answer = await run_in_threadpool(
+            lambda: gateway.admit(batch, client, stage=stage, key=key, request_sha256=digest)
+        )
+        _count(ADMIT, answer)
+        return AsciiJSONResponse(answer)
+
+    @router.get(
+        "/readyz",
+        response_model=Ready,
+        summary="Whether the lineage store and the broker (with output topics) answer",
+    )
+    async def readyz(principal: Annotated[Principal, require(Permission.RECORDS_CHECK)]) -> Any:
+        await run_in_threadpool(gateway.ready)
+        return {"status": "ready"}
+
+    return router
+
+
+def build_app(
+    settings: GatewaySettings,
+    *,
+    gateway: Gateway | None = None,
+    auth: AuthSettings | None = None,
+) -> FastAPI:
+    """The gateway's app on the shared stack (`web.app.create_app`): its routes, the API keys
+    kept in the lineage store, `/healthz` answering for the store."""
+    gateway = gateway or Gateway(settings)
+    return create_app(
+        title="lineage-guard gateway",
+        description="Check and admit CRM records with the stream's verdicts and lineage.",
+        store=gateway.accounts(),
+        auth=auth or AuthSettings(),
+        routers=[routes(gateway)],
+        ready=gateway.store_ready,
+    )
+
+
+def _count(route: str, answer: dict[str, Any]) -> None:
+    """Verdicts by rule (`allowed`: records that passed), for `/metrics`."""
+    VERDICTS.labels(route=route, rule="allowed").inc(answer["allowed"])
+    for record in answer["records"]:
+        for violation in record["violations"]:
+            VERDICTS.labels(route=route, rule=violation["rule"]).inc()
