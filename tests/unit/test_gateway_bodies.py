@@ -41,7 +41,7 @@ def test_every_media_type_gives_the_records_in_input_order(content_type: str, bo
     batch = bodies.parse(body, content_type, source="api:c", limits=bodies.Limits())
     assert (batch.topic, batch.partition, len(batch)) == ("api:c", 0, 5)
     assert batch.column("offset").to_pylist() == [0, 1, 2, 3, 4]
-    batch = guard_chain.with_records(guard_chain.decode(batch, Decoder()), Decoder())
+    batch = guard_chain.with_records(guard_chain.decode(batch, Decoder()))
     assert [record_id_of(r) for r in batch.records or ()] == IDS
 
 
