@@ -10,7 +10,8 @@ JSON text, digests as raw bytes), so tampering can be shown with plain SQL on ei
 - `lineage_checkpoints`: signed checkpoints of the heads (`lineage.checkpoints`).
 
 A subclass supplies the connection handling, the write transaction with its lock on the
-chain's head, and the bulk insert of hop rows.
+chain's head, the bulk insert of hop rows, and how the hops of given record ids are found
+(PostgreSQL: an index on `record_id`; SQLite: its record-key levels, `stores/sqlite.py`).
 """
 
 from __future__ import annotations

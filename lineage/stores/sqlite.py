@@ -147,7 +147,9 @@ class SqliteStore(SqlStore):
             elif version < SCHEMA_VERSION and create:
                 self._convert()
             self._keyed = create or version == SCHEMA_VERSION
-            self._level_rows: list[int] | None = None  # keys in each level but the last
+            # Keys in each level but the last, as this store object counts them (other writers'
+            # keys are counted when it reopens: a level may then hold more before its merge).
+            self._level_rows: list[int] | None = None
         except sqlite3.Error as exc:
             self._conn.close()
             raise self._unavailable("open", exc) from exc
