@@ -202,6 +202,22 @@ def test_a_version_2_store_is_read_as_it_is_and_converted_when_opened_to_write(
         assert [(e.seq, e.root, e.hash) for e in entries] == before
 
 
+@pytest.mark.parametrize("version", [1, 4])
+def test_a_store_of_a_schema_version_it_cannot_read_is_a_config_error(
+    store_url: str, run_sql: RunSql, version: int
+) -> None:
+    with open_store(store_url) as store:
+        store.append(batch([hop("a", 0)]))
+    run_sql(f"PRAGMA user_version = {version}")
+    for create in (True, False):
+        with pytest.raises(ConfigError) as raised:
+            open_store(store_url, create=create)
+        assert raised.value.message == (
+            f"The lineage store `{store_url}` has schema version {version}; this lineage-guard"
+            " reads versions 2 to 3. Use a new store file."
+        )
+
+
 def test_an_append_writes_as_many_pages_at_110k_hops_as_at_10k(
     store: LineageStore, db_path: Path
 ) -> None:
