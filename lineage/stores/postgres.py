@@ -101,7 +101,12 @@ _SCHEMA = [
         digest bytea NOT NULL,
         PRIMARY KEY (entry_id, idx)
     )""",
-    "CREATE INDEX IF NOT EXISTS lineage_hops_record_id ON lineage_hops (record_id)",
+    # A hash index: hops are only ever looked up by equal ids, and it keeps a 4-byte hash per
+    # hop where a B-tree keeps the id (37 against 79 bytes per hop). The B-tree of earlier
+    # versions is replaced when a guard opens the store.
+    """CREATE INDEX IF NOT EXISTS lineage_hops_record_id_hash
+        ON lineage_hops USING hash (record_id)""",
+    "DROP INDEX IF EXISTS lineage_hops_record_id",
     """CREATE TABLE IF NOT EXISTS lineage_checkpoints (
         id bigserial PRIMARY KEY,
         at bigint NOT NULL,

@@ -13,7 +13,8 @@ and, for the gateway (`web.gateway`), `gateway_answers`: each admit request's an
 client's `Idempotency-Key`, created when first used.
 
 A subclass supplies the connection handling, the write transaction with its lock on the
-chain's head, and the bulk insert of hop rows.
+chain's head, the bulk insert of hop rows, and how the hops of given record ids are found
+(PostgreSQL: an index on `record_id`; SQLite: its record-key levels, `stores/sqlite.py`).
 """
 
 from __future__ import annotations
@@ -179,6 +180,13 @@ class SqlStore(ABC):
 
     def _q(self, query: str) -> str:
         return query
+
+    def _hops_of(self, record_ids: Sequence[str]) -> tuple[str, str, list[Any]]:
+        """How a query finds the hops of `record_ids`: what replaces `lineage_hops h` in its
+        `FROM`, its `WHERE` condition, and their parameters (in that order). Here through
+        the `record_id` index; a dialect may find them otherwise."""
+        marks = ", ".join("?" for _ in record_ids)
+        return "lineage_hops h", f"h.record_id IN ({marks})", list(record_ids)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -385,9 +393,10 @@ class SqlStore(ABC):
         ids = lookup_ids(record_ids)
         found: list[StoredHop] = []
         for start in range(0, len(ids), IN_CHUNK):
-            chunk = ids[start : start + IN_CHUNK]
-            query = f"{SELECT_HOPS} WHERE h.record_id IN ({', '.join('?' for _ in chunk)})"
-            found.extend(stored_hop(row) for row in self._fetchall(self._q(query), chunk))
+            hops, where, params = self._hops_of(ids[start : start + IN_CHUNK])
+            query = SELECT_HOPS.replace("FROM lineage_hops h", f"FROM {hops}", 1)
+            query += f" WHERE {where}"
+            found.extend(stored_hop(row) for row in self._fetchall(self._q(query), params))
         return sorted(found, key=lambda s: (s.at, s.chain_id, s.seq, s.index))
 
     def trace(self, record_id: str) -> list[StoredEvent]:
@@ -459,13 +468,12 @@ class SqlStore(ABC):
         ids = lookup_ids(wanted)
         found: dict[str, str] = {}
         for start in range(0, len(ids), IN_CHUNK):
-            chunk = ids[start : start + IN_CHUNK]
+            hops, where, params = self._hops_of(ids[start : start + IN_CHUNK])
             query = (
-                "SELECT DISTINCT record_id, content_class FROM lineage_hops"
-                f" WHERE record_id IN ({', '.join('?' for _ in chunk)})"
-                " AND content_class IS NOT NULL"
+                f"SELECT DISTINCT h.record_id, h.content_class FROM {hops}"
+                f" WHERE {where} AND h.content_class IS NOT NULL"
             )
-            for record_id, content_class in self._fetchall(self._q(query), chunk):
+            for record_id, content_class in self._fetchall(self._q(query), params):
                 if CLASS_RANK.get(content_class, -1) > CLASS_RANK.get(found.get(record_id), -1):
                     found[record_id] = content_class
         classes: dict[str, str] = {}

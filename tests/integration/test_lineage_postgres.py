@@ -20,7 +20,7 @@ from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError  #
 from lineage_guard.lineage.store import LineageStore, open_store  # noqa: E402
 from lineage_guard.lineage.stores.postgres import PostgresStore  # noqa: E402
 from tests.lineage_contract import *  # noqa: E402, F403 (the contract suite runs here)
-from tests.lineage_contract import CHAIN, RunSql, batch, hop  # noqa: E402
+from tests.lineage_contract import CHAIN, RunSql, batch, filled, hop  # noqa: E402
 
 
 @pytest.fixture
@@ -84,11 +84,11 @@ def test_tables_and_indexes_are_created_in_the_urls_schema(
         ("lineage_entries_pkey",),
         ("lineage_entries_position",),
         ("lineage_hops_pkey",),
-        ("lineage_hops_record_id",),
+        ("lineage_hops_record_id_hash",),
     ]
 
 
-def test_trace_uses_the_record_id_index(store: LineageStore, pg_dsn: str, schema: str) -> None:
+def test_trace_uses_the_record_id_hash_index(store: LineageStore, pg_dsn: str, schema: str) -> None:
     store.append(batch([hop("a", 0)]))
     with psycopg.connect(pg_dsn, autocommit=True, options=f"-c search_path={schema}") as conn:
         conn.execute("ANALYZE lineage_hops")
@@ -98,9 +98,30 @@ def test_trace_uses_the_record_id_index(store: LineageStore, pg_dsn: str, schema
             "EXPLAIN SELECT * FROM lineage_hops WHERE record_id IN ('a', 'b')"
         ).fetchall()
     text = "\n".join(row[0] for row in plan)
-    assert "Index Scan using lineage_hops_record_id" in text or (
-        "Bitmap Index Scan on lineage_hops_record_id" in text
+    assert "Index Scan using lineage_hops_record_id_hash" in text or (
+        "Bitmap Index Scan on lineage_hops_record_id_hash" in text
     ), text
+
+
+def test_an_earlier_stores_record_id_b_tree_becomes_the_hash_index(
+    store_url: str, run_sql: RunSql, schema: str
+) -> None:
+    with open_store(store_url) as store:
+        entries = filled(store)
+    run_sql("DROP INDEX lineage_hops_record_id_hash")
+    run_sql("CREATE INDEX lineage_hops_record_id ON lineage_hops (record_id)")  # as before
+    with open_store(store_url, create=False) as reader:
+        assert [h.hop.record_id for h in reader.hops(["r5", "r6"])] == ["r5", "r6"]
+    with open_store(store_url) as writer:
+        assert [h.hop.record_id for h in writer.hops(["r5", "r6"])] == ["r5", "r6"]
+        assert writer.verify().ok
+        seqs = [e.seq for e in entries]
+        assert writer.verify_batches(CHAIN, seqs) == dict.fromkeys(seqs)
+    indexes = run_sql(
+        f"SELECT indexname FROM pg_indexes WHERE schemaname = '{schema}'"
+        " AND tablename = 'lineage_hops' ORDER BY indexname"
+    )
+    assert indexes == [("lineage_hops_pkey",), ("lineage_hops_record_id_hash",)]
 
 
 def test_the_store_reconnects_after_its_connection_is_killed(
