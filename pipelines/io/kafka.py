@@ -900,6 +900,19 @@ class KafkaSink:
             producer, lambda: producer.send_offsets_to_transaction(offsets, metadata, timeout)
         )
         self._bounded(producer, lambda: producer.commit_transaction(timeout))
+        # After a broker restart librdkafka can report a commit that the coordinator never
+        # made: the transaction stayed open, the next batch's records joined it, and the
+        # coordinator aborted both. A read_committed fetch of the group's offset waits out the
+        # commit's markers; anything but the batch's end is an interrupted transaction.
+        landed = self._group_offset(batch)
+        if landed != batch.next_offset:
+            raise KafkaException(
+                KafkaError(
+                    KafkaError._STATE,
+                    f"the commit did not land (the group's offset is {landed}, not "
+                    f"{batch.next_offset})",
+                )
+            )
 
     def _bounded(self, producer: Producer, call: Callable[[], T]) -> T:
         """`call()` (a transactional call on `producer`), given up after `timeout_s` + 5 s.
@@ -937,6 +950,12 @@ class KafkaSink:
         `KafkaException` while the broker cannot say."""
         producer = self._transaction_producer(batch.topic, batch.partition)  # fences first
         assert producer is not None
+        return self._group_offset(batch)
+
+    def _group_offset(self, batch: GuardBatch) -> int:
+        """The group's committed offset of the batch's partition; the committer reads
+        `read_committed`, so the broker answers only once no transaction holds it (librdkafka
+        retries `UNSTABLE_OFFSET_COMMIT`). Raises `KafkaException` while the broker cannot say."""
         [tp] = self._committer.committed(
             [TopicPartition(batch.topic, batch.partition)], timeout=self.settings.timeout_s
         )
@@ -957,8 +976,10 @@ class KafkaSink:
             if producer in self._abandoned:
                 return
             self._transactional.pop((topic, partition), None)
-            producer.purge()
-            producer.flush(0)
+            # A producer in a fatal state (fenced, INVALID_TXN_STATE) raises from these too.
+            with contextlib.suppress(KafkaException):
+                producer.purge()
+                producer.flush(0)
 
     def _transaction_producer(self, topic: str, partition: int) -> Producer:
         producer = self._transactional.get((topic, partition))
