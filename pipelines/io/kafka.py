@@ -900,10 +900,10 @@ class KafkaSink:
             producer, lambda: producer.send_offsets_to_transaction(offsets, metadata, timeout)
         )
         self._bounded(producer, lambda: producer.commit_transaction(timeout))
-        # After a broker restart librdkafka can report a commit that the coordinator never
-        # made: the transaction stayed open, the next batch's records joined it, and the
-        # coordinator aborted both. A read_committed fetch of the group's offset waits out the
-        # commit's markers; anything but the batch's end is an interrupted transaction.
+        # Across a broker restart a commit librdkafka reported was seen not to land: the
+        # batch's records had no commit marker and the next batch's abort took them along
+        # (the fault test's lost 500). A read_committed fetch of the group's offset waits for
+        # the commit's markers; anything but the batch's end is an interrupted transaction.
         landed = self._group_offset(batch)
         if landed != batch.next_offset:
             raise KafkaException(
