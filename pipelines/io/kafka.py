@@ -900,19 +900,6 @@ class KafkaSink:
             producer, lambda: producer.send_offsets_to_transaction(offsets, metadata, timeout)
         )
         self._bounded(producer, lambda: producer.commit_transaction(timeout))
-        # Across a broker restart a commit librdkafka reported was seen not to land: the
-        # batch's records had no commit marker and the next batch's abort took them along
-        # (the fault test's lost 500). A read_committed fetch of the group's offset waits for
-        # the commit's markers; anything but the batch's end is an interrupted transaction.
-        landed = self._group_offset(batch)
-        if landed != batch.next_offset:
-            raise KafkaException(
-                KafkaError(
-                    KafkaError._STATE,
-                    f"the commit did not land (the group's offset is {landed}, not "
-                    f"{batch.next_offset})",
-                )
-            )
 
     def _bounded(self, producer: Producer, call: Callable[[], T]) -> T:
         """`call()` (a transactional call on `producer`), given up after `timeout_s` + 5 s.
@@ -950,12 +937,6 @@ class KafkaSink:
         `KafkaException` while the broker cannot say."""
         producer = self._transaction_producer(batch.topic, batch.partition)  # fences first
         assert producer is not None
-        return self._group_offset(batch)
-
-    def _group_offset(self, batch: GuardBatch) -> int:
-        """The group's committed offset of the batch's partition; the committer reads
-        `read_committed`, so the broker answers only once no transaction holds it (librdkafka
-        retries `UNSTABLE_OFFSET_COMMIT`). Raises `KafkaException` while the broker cannot say."""
         [tp] = self._committer.committed(
             [TopicPartition(batch.topic, batch.partition)], timeout=self.settings.timeout_s
         )
