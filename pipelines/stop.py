@@ -17,11 +17,14 @@ group) and ends them at once; SIGTERM to the guard stops them cleanly.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import signal
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,6 +56,33 @@ class RunStop:
         with contextlib.suppress(OSError):  # for the worker processes
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
 
+    @contextmanager
+    def writing(self) -> Iterator[bool]:
+        """Around one batch's delivery in a worker: yields False once this run was asked to
+        stop (deliver nothing more); until the block ends, `wait_written` waits for it."""
+        if self.path is None:
+            yield True
+            return
+        marker = f"{self.path}{_WRITING}{os.getpid()}-{threading.get_ident()}"
+        with contextlib.suppress(OSError):
+            os.close(os.open(marker, os.O_CREAT | os.O_WRONLY, 0o600))
+        try:
+            yield not self.requested()  # asked after the marker exists: never missed
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(marker)
+
+    def wait_written(self, timeout_s: float) -> bool:
+        """After a stop: waits until no worker of this machine is inside `writing()` (the
+        streaming job's cancel returns while its workers still deliver, so counting before
+        would miss them). False if some still were after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while self.path is not None and glob.glob(glob.escape(self.path) + _WRITING + "*"):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     @property
     def by(self) -> str | None:
         """The name of the signal that asked to stop (`SIGTERM`, `SIGINT`), or None."""
@@ -66,6 +96,7 @@ class RunStop:
         return request[1] if request else None
 
 
+_WRITING = ".writing-"  # `RunStop.writing`'s marker files: the stop's path, this, pid-thread
 # Stops asked for in this process, by path: (why, when).
 _requests: dict[str, tuple[str, datetime]] = {}
 # The runs whose stop a signal asks for (innermost last): signals reach a process, not a run.

@@ -175,6 +175,11 @@ class DeliverAndCommit(beam.DoFn):
         waiting_state: Any = WAITING_STATE,
     ) -> None:
         _key, part = element
+        with self.config.stop.writing() as go:
+            if go:  # once stopped, nothing more is delivered; the launcher counts after this
+                self._deliver(part, frontier_state, waiting_state)
+
+    def _deliver(self, part: Part, frontier_state: Any, waiting_state: Any) -> None:
         batch = part.batch
         self.writer.write(batch, lambda: False)
         self.writer.flush()  # raises unless Kafka acknowledged every record of the batch

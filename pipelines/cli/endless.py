@@ -51,6 +51,7 @@ def streaming_config(config: GuardConfig, prism_location: str | None) -> tuple[G
 
 
 METRICS_POLL_S = 2.0  # how often the job's counters are read while it runs
+WRITES_WAIT_S = 60.0  # a batch's delivery: Kafka's 30 s time-out, the lineage store's retries
 
 
 def run_endless(config: GuardConfig, prism_location: str | None, total: Summary) -> None:
@@ -70,6 +71,14 @@ def run_endless(config: GuardConfig, prism_location: str | None, total: Summary)
             result.cancel()
         except Exception:  # the runner went down with us (e.g. SIGTERM to the process group)
             log.info("the streaming job could not be cancelled: its runner is gone")
+        # The cancel returns while workers (LOOPBACK ones run in this process) still deliver
+        # the batches in hand: the counts are read once those deliveries ended.
+        if not config.stop.wait_written(WRITES_WAIT_S):
+            log.warning(
+                "workers were still delivering %.0f s after the stop: the counts below may miss"
+                " their last batches (`lineage trace` shows them)",
+                WRITES_WAIT_S,
+            )
         counts.finish()
         raise
     except LineageGuardError:

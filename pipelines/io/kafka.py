@@ -957,8 +957,10 @@ class KafkaSink:
             if producer in self._abandoned:
                 return
             self._transactional.pop((topic, partition), None)
-            producer.purge()
-            producer.flush(0)
+            # A producer in a fatal state (fenced, INVALID_TXN_STATE) raises from these too.
+            with contextlib.suppress(KafkaException):
+                producer.purge()
+                producer.flush(0)
 
     def _transaction_producer(self, topic: str, partition: int) -> Producer:
         producer = self._transactional.get((topic, partition))

@@ -92,8 +92,9 @@ def _produce(bootstrap: str, topic: str, sent: Sent, **config: Any) -> None:
     assert producer.flush(60) == 0
 
 
-def _read_all(bootstrap: str, topic: str) -> list[Message]:
-    """Everything a `read_committed` consumer sees in `topic`, to each partition's end.
+def _read_all(bootstrap: str, topic: str, isolation: str = "read_committed") -> list[Message]:
+    """Everything a `read_committed` consumer (or `isolation`) sees in `topic`, to each
+    partition's end.
 
     The end is the high watermark (`ends`, every record and transaction marker written), not
     the first end-of-partition a `read_committed` consumer reports: that one is the last
@@ -108,7 +109,7 @@ def _read_all(bootstrap: str, topic: str) -> list[Message]:
             "group.id": f"read-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
-            "isolation.level": "read_committed",
+            "isolation.level": isolation,
             "fetch.message.max.bytes": 10_000_000,
         }
     )
@@ -163,6 +164,19 @@ def _figures(
     with open_store(store, create=False) as lineage:
         hops = lineage.hops([key.decode() for key in keys])
     confirmed = Counter(h.hop.record_id for h in hops if h.delivery is Delivery.CONFIRMED)
+    lost = keys - set(copies)
+    if lost:  # written and aborted (in the topic uncommitted), or never written?
+        written = {
+            m.key: (m.partition, m.offset) for m in _read_all(bootstrap, out, "read_uncommitted")
+        }
+        where = sorted(written[k] for k in lost if k in written)
+        lost_detail = {
+            "lost_written_uncommitted": len(where),
+            "lost_offsets": f"{where[0]}..{where[-1]}" if where else None,
+            "lost_confirmed_in_lineage": sum(1 for k in lost if confirmed[k.decode()]),
+        }
+    else:
+        lost_detail = {}
     return {
         "fault": fault,
         "seed": SEED,
@@ -170,7 +184,8 @@ def _figures(
         "out": len(delivered),
         "quarantined": len(stopped),
         "duplicates": sum(n - 1 for n in copies.values()),
-        "lost": len(keys - set(copies)),
+        "lost": len(lost),
+        **lost_detail,
         "foreign": len(set(copies) - keys),
         "lineage_rows": len(hops),
         "lineage_confirmed": sum(confirmed.values()),

@@ -7,6 +7,8 @@ import multiprocessing
 import os
 import pickle
 import signal
+import threading
+import time
 
 from lineage_guard.stop import RunStop, new_stop, stop_on_signals
 
@@ -48,3 +50,35 @@ def test_a_signal_asks_the_innermost_run_to_stop() -> None:
         assert inner.by == "SIGTERM"
         assert outer.by is None
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is given back
+
+
+def test_after_a_stop_the_launcher_waits_for_the_deliveries_in_hand() -> None:
+    """The streaming job's cancel returns while a worker thread still delivers a batch (seen
+    in the endless guard: a batch flushed after the cancel, while the counts were being
+    read). `wait_written` waits for it; a delivery that starts after the stop delivers
+    nothing."""
+    with new_stop() as run_stop:
+        inside, release, done = threading.Event(), threading.Event(), []
+
+        def deliver() -> None:
+            with run_stop.writing() as go:
+                assert go
+                inside.set()
+                release.wait(30)
+                done.append(time.monotonic())
+
+        worker = threading.Thread(target=deliver)
+        worker.start()
+        assert inside.wait(30)
+        run_stop.request("SIGTERM")
+        assert not run_stop.wait_written(0.2)  # still delivering
+        threading.Timer(0.3, release.set).start()
+        assert run_stop.wait_written(30)
+        assert len(done) == 1 and done[0] <= time.monotonic()
+        worker.join(30)
+        with run_stop.writing() as go:
+            assert not go  # after the stop: deliver nothing more
+        assert run_stop.wait_written(0)
+    with RunStop().writing() as go:
+        assert go
+    assert RunStop().wait_written(0)
