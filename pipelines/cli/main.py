@@ -303,9 +303,11 @@ def demo(records: int, folder: Path) -> None:
 
 
 def _attach_lineage_commands() -> None:
+    from lineage_guard.cli.evidence import evidence
     from lineage_guard.lineage.cli import lineage
 
     cli.add_command(lineage)
+    cli.add_command(evidence)
 
 
 _attach_lineage_commands()
