@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from securesystemslib.dsse import Envelope
 from securesystemslib.exceptions import FormatError, VerificationError
 
+from lineage_guard.contract.verdicts import BASIS
 from lineage_guard.evidence.controls import Control, Mapping, load_mapping, mapping_bytes
 from lineage_guard.lineage import queries
 from lineage_guard.lineage.checkpoints import (
@@ -67,7 +68,6 @@ OSCAL_FILE = "oscal/assessment-results.json"
 PROPERTY_NS = "https://lineage-guard.dev/ns/oscal"
 SAMPLE_PER_OUTCOME = 3
 SAMPLE_POOL = 1000  # record ids read per outcome before the deterministic pick
-BASIS = "metadata"  # Code of Practice Commitment 2: what every verdict rests on
 
 
 @dataclass(frozen=True, kw_only=True)

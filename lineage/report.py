@@ -19,7 +19,7 @@ from typing import Any
 
 from lineage_guard.lineage import csv_cells
 from lineage_guard.lineage.errors import UnusableInputError
-from lineage_guard.lineage.events import Decision, Stage
+from lineage_guard.lineage.events import BASIS, Decision, Stage
 from lineage_guard.lineage.private import private_dir, write_private
 from lineage_guard.lineage.store import LineageStore
 
@@ -80,6 +80,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "basis": BASIS,  # the guard's verdicts rest on the records' provenance block
             "since": self.since.isoformat() if self.since else None,
             "until": self.until.isoformat() if self.until else None,
             "first_event": self.first.isoformat() if self.first else None,
@@ -288,7 +289,8 @@ td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
 </style></head><body>
 <h1>lineage-guard evidence report</h1>
 {preface}
-<p>Events from {html.escape(span)}.</p>
+<p>Events from {html.escape(span)}. Every verdict rests on the records' metadata (their
+provenance block), not on a watermark or forensic detection (basis: metadata).</p>
 <p><span class="kpi">records read: <b>{report.records}</b></span>
 <span class="kpi">delivered: <b>{report.outcomes.get("delivered", 0)}</b></span>
 <span class="kpi">quarantined: <b>{report.outcomes.get("quarantined", 0)}</b></span>

@@ -139,6 +139,8 @@ def test_the_pack_holds_every_part_and_verifies(pack: Path, keys: tuple[Path, Pa
     html = (pack / "report/report.html").read_text()
     assert html.index("<h2>Controls</h2>") < html.index("<h2>Tables</h2>")
     assert "AI Act Article 50(2)" in html
+    assert "(basis: metadata)" in html
+    assert json.loads((pack / "report/report.json").read_text())["basis"] == "metadata"
 
 
 def test_the_oscal_is_valid_against_the_official_schemas(pack: Path) -> None:
