@@ -41,9 +41,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from securesystemslib.dsse import Envelope
 from securesystemslib.exceptions import FormatError, VerificationError
 
-from lineage_guard.contract.verdicts import BASIS
 from lineage_guard.evidence.controls import Control, Mapping, load_mapping, mapping_bytes
 from lineage_guard.lineage import queries
+from lineage_guard.lineage.chain import ChainHead
 from lineage_guard.lineage.checkpoints import (
     PAYLOAD_TYPE,
     STATEMENT_TYPE,
@@ -56,7 +56,7 @@ from lineage_guard.lineage.checkpoints import (
     read_envelope,
 )
 from lineage_guard.lineage.errors import UnusableInputError
-from lineage_guard.lineage.events import format_time
+from lineage_guard.lineage.events import BASIS, format_time, parse_time
 from lineage_guard.lineage.hops import Outcome
 from lineage_guard.lineage.private import private_dir, write_private
 from lineage_guard.lineage.report import Report, build_report, write_report
@@ -163,7 +163,6 @@ def export_pack(
                 "signing_key_id": key_id(key.public_key()),
             },
         },
-        "source_type": _source_types(),
     }
     written: dict[str, bytes] = {"controls.json": mapping_bytes()}
     for kind, body in observations.items():
@@ -256,35 +255,47 @@ def verify_pack(pack_dir: Path, key: Ed25519PublicKey) -> list[str]:
 
 
 def _check_checkpoints(pack_dir: Path, key: Ed25519PublicKey, names: Sequence[str]) -> list[str]:
+    """Every checkpoint the pack holds that `key` signed verifies, and each one's predecessor
+    (`previous`) is in the pack too: the export writes every checkpoint of the store."""
     problems = []
-    digests: dict[str, int] = {}
-    chained: list[tuple[str, Checkpoint]] = []
-    for position, name in enumerate(names, start=1):
+    ours: list[tuple[str, Checkpoint]] = []
+    for name in names:
         try:
-            text = (pack_dir / name).read_text().strip()
+            checkpoint = _read_checkpoint((pack_dir / name).read_text())
         except OSError:
             continue  # reported as missing
-        if not text.startswith('{"payload"') and '"payloadType"' not in text:
+        except (ValueError, KeyError, TypeError):
+            problems.append(f"`{name}` holds no readable checkpoint")
             continue
-        try:
-            checkpoint = read_envelope(text)
-        except ValueError:
-            problems.append(f"`{name}` is no signed checkpoint envelope")
-            continue
-        if checkpoint.key_id != key_id(key) or not is_signed_by(checkpoint, key):
+        if checkpoint.key_id != key_id(key):
+            continue  # signed by another key: it vouches for nothing here
+        if not is_signed_by(checkpoint, key):
             problems.append(f"`{name}` does not verify with the public key")
             continue
-        digests[checkpoint.digest()] = checkpoint.seq or position
-        chained.append((name, checkpoint))
-    for name, checkpoint in chained:
+        ours.append((name, checkpoint))
+    digests = {checkpoint.digest() for _, checkpoint in ours}
+    for name, checkpoint in ours:
         previous = checkpoint.previous
-        if previous is not None and previous.sha256 not in digests and previous.seq > 0:
-            older = [seq for seq in digests.values() if seq < (checkpoint.seq or 0)]
-            if older:  # its predecessor was exported too, and is gone
-                problems.append(
-                    f"`{name}` follows checkpoint {previous.seq}, which the pack does not hold"
-                )
+        if previous is not None and previous.sha256 not in digests:
+            problems.append(
+                f"`{name}` follows checkpoint {previous.seq}, which the pack does not hold"
+            )
     return problems
+
+
+def _read_checkpoint(text: str) -> Checkpoint:
+    """A checkpoint file of the pack: a DSSE envelope, or (written before chaining) the JSON
+    of `Checkpoint.to_dict`."""
+    document = json.loads(text)
+    if "payloadType" in document:
+        return read_envelope(text.strip())
+    return Checkpoint(
+        at=parse_time(document["at"]),
+        run_id=document["run_id"],
+        heads=tuple(ChainHead(**head) for head in document["heads"]),
+        key_id=document["key_id"],
+        signature=document["signature"],
+    )
 
 
 # -- observations -------------------------------------------------------------------------
@@ -341,14 +352,6 @@ def _suite_digests() -> dict[str, str]:
         for entry in sorted(folder.iterdir(), key=lambda e: e.name)
         if entry.name.endswith(".json")
     }
-
-
-def _source_types() -> dict[str, Any]:
-    try:
-        from lineage_guard.contract.source_types import DEFAULT_SOURCE_TYPES
-    except ImportError:  # a build without the IPTC field
-        return {"default_by_content_class": None}
-    return {"default_by_content_class": dict(DEFAULT_SOURCE_TYPES)}
 
 
 # -- the control table --------------------------------------------------------------------

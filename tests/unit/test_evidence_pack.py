@@ -20,7 +20,7 @@ from in_toto.models.metadata import Envelope as InTotoEnvelope
 from in_toto.models.metadata import Metadata
 from jsonschema import validators
 
-from lineage_guard.lineage.checkpoints import key_id
+from lineage_guard.lineage.checkpoints import key_id, read_envelope, sign
 from lineage_guard.lineage.events import Reason, Stage
 from lineage_guard.lineage.hops import Outcome
 from lineage_guard.lineage.store import LineageStore, open_store
@@ -269,3 +269,28 @@ def test_a_leak_is_a_finding_of_the_controls_the_leak_query_evidences(
     )
     leaks = json.loads((tmp_path / "pack/observations/leaks.json").read_text())["data"]
     assert [leak["record_id"] for leak in leaks["leaks"]] == ["leaked"]
+
+
+def test_a_forged_checkpoint_in_the_store_fails_the_pack(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """A checkpoint whose signed statement was altered in the store: the export reports the
+    broken chain as a finding, and the pack does not verify."""
+    url = f"sqlite:///{tmp_path}/forged.db"
+    with open_store(url) as store:
+        filled(store)
+        signed(store)
+        real = sign(KEY, at=T0, run_id=RUN_2, heads=store.heads(), previous=store.checkpoints()[0])
+        assert real.envelope is not None
+        envelope = json.loads(real.envelope)
+        payload = base64.b64decode(envelope["payload"]).replace(RUN_2.encode(), b"forged-run")
+        envelope["payload"] = base64.b64encode(payload).decode()
+        store.add_checkpoint(read_envelope(json.dumps(envelope)))
+    result = export(url, keys, tmp_path / "pack")
+    assert result.returncode == 1
+    assert "does not verify with the public key: it was forged or edited" in result.stderr
+    verified = verify(tmp_path / "pack", keys)
+    assert verified.returncode == 1
+    assert verified.stderr.splitlines() == [
+        "lineage-guard: `checkpoints/0002-forged-run.dsse.json` does not verify with the public key"
+    ]
