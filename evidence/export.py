@@ -375,7 +375,7 @@ def _control_rows(mapping: Mapping, observations: dict[str, Any]) -> tuple[Contr
             )
         if "stripped_blocked" in kinds:
             named = sum(stopped.get(rule, 0) for rule in control.rules)
-            facts.append(f"{named} stops by its rules at validate")
+            facts.append(f"{named} violations of its rules at validate")
         if "crossings_blocked" in kinds:
             facts.append(f"{sum(crossings.values())} crossings blocked at enforce")
         if "leaks" in kinds:
