@@ -86,7 +86,7 @@ def export(
 
 
 @evidence.command()
-@click.argument("pack_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("pack_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "--public-key",
     required=True,
