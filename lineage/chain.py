@@ -21,7 +21,9 @@ What a walk detects without a key: an edited, inserted or deleted hop row (the b
 root or row count no longer matches), an edited entry (its hash), a deleted or inserted entry
 (the next entry's `prev_hash`, or a seq gap), a deleted tail (the recorded head). What it cannot
 see: someone with write access who recomputes every hash after an edit, head included, or
-deletes a whole chain with its head. Signed checkpoints (`lineage.checkpoints`) close both.
+deletes a whole chain with its head. Signed checkpoints (`lineage.checkpoints`) close both;
+a rollback of the newest entries with their checkpoint is seen against a checkpoint kept
+outside the store (`check_held_heads`).
 
 Pure: no database driver.
 """
@@ -185,6 +187,7 @@ class BreakKind(StrEnum):
     HEAD = "head"  # the recorded head does not match the chain's last entry, or is missing
     SIGNATURE = "signature"  # a checkpoint's signature does not verify with the public key
     UNSIGNED = "unsigned"  # a chain a signed checkpoint names is gone, or was recomputed
+    ROLLED_BACK = "rolled_back"  # the store no longer extends a checkpoint: newer ones deleted
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -393,6 +396,35 @@ def check_signed_heads(
             text = (
                 f"chain `{chain_id}` batch {head.seq} is not the batch a signed checkpoint"
                 " covers: the chain was recomputed or truncated after an edit"
+            )
+            return BrokenLink(
+                chain_id=chain_id, seq=head.seq, kind=BreakKind.UNSIGNED, description=text
+            )
+    return None
+
+
+def check_held_heads(
+    signed: Mapping[str, ChainHead], hashes: Mapping[str, Mapping[int, str]], held: str
+) -> BrokenLink | None:
+    """Every head of a checkpoint kept outside the store (`held` describes it) must still be
+    in its chain with the signed hash: a store rolled back, or rewritten and recomputed,
+    fails here even when its own newest checkpoint went with it."""
+    for chain_id in sorted(signed):
+        head = signed[chain_id]
+        seen = hashes.get(chain_id, {})
+        if head.seq and head.seq not in seen:
+            text = (
+                f"chain `{chain_id}` batch {head.seq}, which the held {held} signed, is no"
+                f" longer in the store (it ends at batch {max(seen, default=0)}): the store was"
+                " rolled back"
+            )
+            return BrokenLink(
+                chain_id=chain_id, seq=head.seq, kind=BreakKind.ROLLED_BACK, description=text
+            )
+        if head.seq and seen[head.seq] != head.hash:
+            text = (
+                f"chain `{chain_id}` batch {head.seq} is not the batch the held {held} signed:"
+                " the chain was rewritten and recomputed"
             )
             return BrokenLink(
                 chain_id=chain_id, seq=head.seq, kind=BreakKind.UNSIGNED, description=text

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import click
 
 from lineage_guard.lineage import csv_cells, queries
-from lineage_guard.lineage.checkpoints import load_public_key
+from lineage_guard.lineage.checkpoints import load_checkpoint, load_public_key
 from lineage_guard.lineage.errors import ExitCode, UnusableInputError
 from lineage_guard.lineage.events import StoredEvent, format_time
 from lineage_guard.lineage.store import DEFAULT_STORE_URL, STORE_URL_ENV, open_store
@@ -213,20 +213,40 @@ def report(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Ed25519 public key (PEM): also check the signed checkpoints of the chain heads.",
 )
+@click.option(
+    "--checkpoint",
+    "held_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A checkpoint kept outside the store (the file `run --checkpoint-out` wrote, a run's"
+    " OpenLineage COMPLETE event, or one from an evidence pack): prove the store extends it."
+    " Needs --public-key.",
+)
 @_store_option
 @_format_option
 def verify(
-    chain_id: str | None, public_key: Path | None, store_url: str, output_format: str
+    chain_id: str | None,
+    public_key: Path | None,
+    held_file: Path | None,
+    store_url: str,
+    output_format: str,
 ) -> None:
     """Walk every chain: each batch's rows against its Merkle root, each batch's link to the
-    one before, each chain's head; with --public-key, the signed checkpoints too.
+    one before, each chain's head; with --public-key, the signed checkpoints and their links
+    too; with --checkpoint, that the store still extends the checkpoint you hold.
 
     Exit 0 when everything is intact, 1 at the first broken link (edited, inserted or deleted
-    row or batch, deleted tail, recomputed or deleted chain, forged checkpoint).
+    row or batch, deleted tail, recomputed or deleted chain, forged checkpoint, a store rolled
+    back or rewritten behind the held checkpoint).
     """
+    if held_file is not None and public_key is None:
+        raise UnusableInputError(
+            f"`--checkpoint {held_file}` needs `--public-key`: a checkpoint proves nothing"
+            " until its signature is checked."
+        )
     key = load_public_key(public_key) if public_key is not None else None
+    held = load_checkpoint(held_file) if held_file is not None else None
     with open_store(store_url, create=False) as store:
-        result = store.verify(chain_id, public_key=key)
+        result = store.verify(chain_id, public_key=key, held=held)
     broken = result.broken
     counts = {
         "ok": result.ok,

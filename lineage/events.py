@@ -29,6 +29,11 @@ class Stage(StrEnum):
 
 STAGE_ORDER: dict[Stage, int] = {stage: rank for rank, stage in enumerate(Stage)}
 
+# What every decision of the guard rests on: the record's metadata (its provenance block),
+# never a watermark or forensic detection of the content (Code of Practice, Commitment 2).
+# Shown as `basis` where verdicts are: validate's JSON and JUnit, the report, the evidence pack.
+BASIS = "metadata"
+
 
 class Decision(StrEnum):
     PASSED = "passed"  # the stage let the record go on

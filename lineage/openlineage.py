@@ -53,7 +53,10 @@ UNKNOWN = "UNKNOWN"  # the key for records without a readable class / origin
 # the package, in `lineage_guard/lineage/facets/`.
 FACET_SCHEMA_BASE = "https://lineage-guard.dev/spec/facets/1-0-0/"
 FACET_SCHEMA_ID = FACET_SCHEMA_BASE + "LineageGuardCountsRunFacet.json"
-CHECKPOINT_SCHEMA_ID = FACET_SCHEMA_BASE + "LineageGuardCheckpointRunFacet.json"
+# 1-1-0: `seq`, `previous` and `envelope` (the chained checkpoint's DSSE envelope) added
+CHECKPOINT_SCHEMA_ID = (
+    "https://lineage-guard.dev/spec/facets/1-1-0/LineageGuardCheckpointRunFacet.json"
+)
 
 
 def facet_schemas() -> list[dict[str, Any]]:
@@ -89,6 +92,9 @@ class LineageGuardCheckpointRunFacet(RunFacet):
     heads: list[dict[str, Any]] = attr.field(factory=list)
     keyId: str = attr.field(default="")
     signature: str = attr.field(default="")
+    seq: int | None = attr.field(default=None)
+    previous: dict[str, Any] | None = attr.field(default=None)
+    envelope: dict[str, Any] | None = attr.field(default=None)  # verify this one
 
     @staticmethod
     def _get_schema() -> str:
@@ -197,6 +203,9 @@ class RunEmitter:
                 heads=list(checkpoint["heads"]),
                 keyId=checkpoint["key_id"],
                 signature=checkpoint["signature"],
+                seq=checkpoint.get("seq"),
+                previous=checkpoint.get("previous"),
+                envelope=checkpoint.get("envelope"),
                 producer=PRODUCER,
             )
         self._emit(RunState.FAIL if error is not None else RunState.COMPLETE, extra, error)

@@ -19,7 +19,7 @@ from typing import Any
 
 from lineage_guard.lineage import csv_cells
 from lineage_guard.lineage.errors import UnusableInputError
-from lineage_guard.lineage.events import Decision, Stage
+from lineage_guard.lineage.events import BASIS, Decision, Stage
 from lineage_guard.lineage.private import private_dir, write_private
 from lineage_guard.lineage.store import LineageStore
 
@@ -44,6 +44,8 @@ class Report:
     reasons: Counter[tuple[str, str]] = field(default_factory=Counter)  # (stage, rule)
     # (hour bucket ISO, outcome): decisions over time
     timeline: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # (content class, stage, decision): every stage event, for the evidence pack
+    by_class_stage: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
     def tables(self) -> dict[str, tuple[list[str], list[list[Any]]]]:
         """Every table of the report: name → (header, rows)."""
@@ -70,10 +72,15 @@ class Report:
                 ["hour", "outcome", "records"],
                 [[h, o, n] for (h, o), n in sorted(self.timeline.items())],
             ),
+            "by_class_stage": (
+                ["content_class", "stage", "decision", "records"],
+                [[c, s, d, n] for (c, s, d), n in sorted(self.by_class_stage.items())],
+            ),
         }
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "basis": BASIS,  # the guard's verdicts rest on the records' provenance block
             "since": self.since.isoformat() if self.since else None,
             "until": self.until.isoformat() if self.until else None,
             "first_event": self.first.isoformat() if self.first else None,
@@ -94,6 +101,7 @@ def build_report(
         e = stored.event
         report.first = e.at if report.first is None else min(report.first, e.at)
         report.last = e.at if report.last is None else max(report.last, e.at)
+        report.by_class_stage[(e.content_class or "(unknown)", str(e.stage), str(e.decision))] += 1
         if e.stage == Stage.SOURCE:
             report.records += 1
             report.by_content_class[e.content_class or "(unknown)"] += 1
@@ -127,7 +135,7 @@ def _outcome(report: Report, e: Any, outcome: str) -> None:
         report.generator_outcomes[(e.generator, outcome)] += 1
 
 
-def write_report(report: Report, out_dir: Path) -> dict[str, Path]:
+def write_report(report: Report, out_dir: Path, *, preface: str = "") -> dict[str, Path]:
     """Writes report.json, one CSV per table and report.html; returns their paths.
 
     The folder (and any parent it creates) is `0700`, the files `0600`: a report names
@@ -156,7 +164,7 @@ def write_report(report: Report, out_dir: Path) -> dict[str, Path]:
             writer.writerow(header)
             writer.writerows(rows)
             write_private(path, text.getvalue())
-        write_private(written["html"], render_html(report))
+        write_private(written["html"], render_html(report, preface=preface))
     except OSError as exc:
         raise UnusableInputError(
             f"Cannot write the report to `{out_dir}`: {exc.strerror or exc}."
@@ -233,7 +241,9 @@ def _generator_chart(report: Report) -> str:
     return _svg(figure)
 
 
-def render_html(report: Report) -> str:
+def render_html(report: Report, *, preface: str = "") -> str:
+    """The page; `preface` (HTML, escaped by its maker) goes first, e.g. the evidence pack's
+    control table."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -257,7 +267,7 @@ def render_html(report: Report) -> str:
     tables = "\n".join(
         _table(name, header, rows)
         for name, (header, rows) in report.tables().items()
-        if name != "timeline"
+        if name not in ("timeline", "by_class_stage")
     )
     span = (
         f"{report.first:%Y-%m-%d %H:%M} to {report.last:%Y-%m-%d %H:%M} UTC"
@@ -278,7 +288,9 @@ td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
 .kpi {{ display: inline-block; margin-right: 2rem; font-size: 1.2rem; }}
 </style></head><body>
 <h1>lineage-guard evidence report</h1>
-<p>Events from {html.escape(span)}.</p>
+{preface}
+<p>Events from {html.escape(span)}. Every verdict rests on the records' metadata (their
+provenance block), not on a watermark or forensic detection (basis: metadata).</p>
 <p><span class="kpi">records read: <b>{report.records}</b></span>
 <span class="kpi">delivered: <b>{report.outcomes.get("delivered", 0)}</b></span>
 <span class="kpi">quarantined: <b>{report.outcomes.get("quarantined", 0)}</b></span>

@@ -140,9 +140,16 @@ class LineageStore(AccountStore, Protocol):
 
     def checkpoints(self) -> list[Checkpoint]: ...
 
-    def verify(self, chain_id: str | None = None, *, public_key: Any = None) -> Verification:
+    def verify(
+        self,
+        chain_id: str | None = None,
+        *,
+        public_key: Any = None,
+        held: Checkpoint | None = None,
+    ) -> Verification:
         """Walk one chain (or every chain) from one snapshot; with an Ed25519 `public_key`,
-        also the checkpoints it signed."""
+        also the checkpoints it signed and their links; with `held` (a checkpoint kept outside
+        the store), that the store still extends it."""
         ...
 
     def verify_batches(self, chain_id: str, seqs: Collection[int]) -> dict[int, BrokenLink | None]:

@@ -194,12 +194,19 @@ class LineageRecorder:
             self.connection.call(lambda store: store.confirm(answered, at=at))
 
     def sign(self, key: Any) -> Checkpoint:
-        """Sign the heads of every chain in the store (`lineage.checkpoints`) and keep the
-        checkpoint there too."""
-        from lineage_guard.lineage.checkpoints import sign
+        """Sign the heads of every chain in the store (`lineage.checkpoints`), chained after
+        the key's latest checkpoint there, and keep the checkpoint there too."""
+        from lineage_guard.lineage.checkpoints import latest, sign
 
         def write(store: Any) -> Checkpoint:
-            checkpoint = sign(key, at=datetime.now(UTC), run_id=self.run_id, heads=store.heads())
+            previous = latest(store.checkpoints(), key.public_key())
+            checkpoint = sign(
+                key,
+                at=datetime.now(UTC),
+                run_id=self.run_id,
+                heads=store.heads(),
+                previous=previous,
+            )
             store.add_checkpoint(checkpoint)
             return checkpoint
 

@@ -16,6 +16,7 @@ recomputes hashes uses the same public hashing code an attacker could read.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from lineage_guard.lineage import queries
 from lineage_guard.lineage.bounds import ID_LIMIT, stored_id
 from lineage_guard.lineage.chain import BreakKind, Failure
-from lineage_guard.lineage.checkpoints import sign
+from lineage_guard.lineage.checkpoints import Checkpoint, key_id, latest, sign, signed_bytes
 from lineage_guard.lineage.events import Decision, Reason, Stage
 from lineage_guard.lineage.hops import Delivery, Hop, HopBatch, Outcome, merkle_root
 from lineage_guard.lineage.store import LineageStore, RunCount, open_store
@@ -38,8 +39,12 @@ RunSql = Callable[[str], list[tuple[Any, ...]]]
 __all__ = [
     "test_a_batch_is_one_transaction",
     "test_a_retried_batch_is_recorded_once",
+    "test_a_store_rewritten_after_a_blocked_hop_fails_against_the_held_checkpoint",
+    "test_a_store_rolled_back_by_a_run_fails_against_the_held_checkpoint",
     "test_append_then_trace_round_trips_every_field",
     "test_chains_continue_across_runs_and_reopening",
+    "test_checkpoints_are_chained_and_a_deleted_middle_one_is_seen",
+    "test_checkpoints_written_before_chaining_still_verify_and_start_the_chain",
     "test_concurrent_appends_never_fork_a_chain",
     "test_content_classes_gives_the_highest_recorded_class",
     "test_deleting_a_hop_row_is_detected",
@@ -127,8 +132,12 @@ def filled(store: LineageStore, *, batches: int = 3, size: int = 4) -> list[Any]
     return entries
 
 
-def signed(store: LineageStore, key: Ed25519PrivateKey = KEY) -> None:
-    store.add_checkpoint(sign(key, at=T0, run_id=RUN, heads=store.heads()))
+def signed(store: LineageStore, key: Ed25519PrivateKey = KEY, run_id: str = RUN) -> Checkpoint:
+    """What a run given `--signing-key` does at its end: sign the heads after its latest."""
+    previous = latest(store.checkpoints(), key.public_key())
+    checkpoint = sign(key, at=T0, run_id=run_id, heads=store.heads(), previous=previous)
+    store.add_checkpoint(checkpoint)
+    return checkpoint
 
 
 def entry_id(run_sql: RunSql, seq: int, chain: str = CHAIN) -> int:
@@ -637,6 +646,141 @@ def test_deleting_checkpoints_fails_a_verify_with_a_key(
 
 
 def _other_key_id() -> str:
-    from lineage_guard.lineage.checkpoints import key_id
-
     return key_id(OTHER_KEY.public_key())
+
+
+# -- checkpoints chained, and checked against the copy an auditor holds -----------------------
+
+RUN_2 = "9d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
+
+
+def two_runs(store: LineageStore, second: list[Hop]) -> tuple[Checkpoint, Checkpoint]:
+    """Run 1 writes CHAIN's batches 1-4 and signs; run 2 writes `second` (batches 5-6) and
+    signs. Returns both checkpoints: the second is the one the auditor holds (from the run's
+    OpenLineage event or `--checkpoint-out`)."""
+    filled(store, batches=2)
+    first = signed(store)
+    entry = store.append(batch(second, run_id=RUN_2, at=T0 + timedelta(seconds=5)))
+    store.confirm([(entry, len(second), [])], at=T0 + timedelta(seconds=6))
+    return first, signed(store, run_id=RUN_2)
+
+
+def verify_cli(store_url: str, held: Checkpoint, tmp_path: Any) -> Any:
+    """`lineage verify --public-key KEY --checkpoint FILE`, as an auditor runs it."""
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.cli import run_cli
+
+    public = tmp_path / "guard.pub"
+    public.write_bytes(
+        KEY.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    assert held.envelope is not None
+    copy = tmp_path / "checkpoint.dsse.json"
+    copy.write_text(held.envelope)
+    return run_cli(
+        "lineage", "verify", "--lineage-store", store_url, "--public-key", public,
+        "--checkpoint", copy,
+    )  # fmt: skip
+
+
+def test_a_store_rolled_back_by_a_run_fails_against_the_held_checkpoint(
+    store: LineageStore, store_url: str, run_sql: RunSql, tmp_path: Any
+) -> None:
+    _, held = two_runs(store, [hop("n1", 8), hop("n2", 9)])
+    assert verify_cli(store_url, held, tmp_path).returncode == 0
+    # the intruder deletes run 2's entries, hops and checkpoint, and rewinds the head
+    for seq in (6, 5):
+        doomed = entry_id(run_sql, seq)
+        run_sql(f"DELETE FROM lineage_hops WHERE entry_id = {doomed}")
+        run_sql(f"DELETE FROM lineage_entries WHERE id = {doomed}")
+    [(hash_,)] = run_sql(f"SELECT hash FROM lineage_entries WHERE chain_id = '{CHAIN}' AND seq = 4")
+    run_sql(f"UPDATE lineage_chains SET seq = 4, hash = '{hash_}' WHERE chain_id = '{CHAIN}'")
+    run_sql(f"DELETE FROM lineage_checkpoints WHERE run_id = '{RUN_2}'")
+    assert store.verify(public_key=KEY.public_key()).ok  # the store alone is consistent
+    result = store.verify(public_key=KEY.public_key(), held=held)
+    assert result.broken is not None
+    assert (result.broken.kind, result.broken.chain_id, result.broken.seq) == (
+        BreakKind.ROLLED_BACK, CHAIN, 6,
+    )  # fmt: skip
+    verified = verify_cli(store_url, held, tmp_path)
+    assert verified.returncode == 1
+    assert verified.stderr.splitlines() == [
+        f"lineage-guard: chain `{CHAIN}` batch 6, which the held checkpoint 2 of run `{RUN_2}`"
+        " (2026-11-27T12:00:00.123Z) signed, is no longer in the store (it ends at batch 4):"
+        " the store was rolled back"
+    ]
+
+
+def test_a_store_rewritten_after_a_blocked_hop_fails_against_the_held_checkpoint(
+    store: LineageStore, store_url: str, run_sql: RunSql, tmp_path: Any
+) -> None:
+    blocked = hop(
+        "t1", 8, origin_env="TEST", outcome=Outcome.BLOCKED, stopped_at=Stage.ENFORCE,
+        reasons=(Reason(rule="leak_test_origin", message="no"),),
+    )  # fmt: skip
+    _, held = two_runs(store, [blocked, hop("n2", 9)])
+    assert [b.event.record_id for b in queries.leaks(store).blocked] == ["t1"]
+    # the intruder turns the blocked hop into a delivered one, recomputes the chain and
+    # deletes only the newest checkpoint (the older one signed batches run 2 did not touch)
+    run_sql(
+        "UPDATE lineage_hops SET outcome = 'delivered', stopped_at = NULL, reasons = NULL"
+        " WHERE record_id = 't1'"
+    )
+    recompute(run_sql)
+    run_sql(f"DELETE FROM lineage_checkpoints WHERE run_id = '{RUN_2}'")
+    assert queries.leaks(store).blocked == ()
+    assert store.verify(public_key=KEY.public_key()).ok  # the store alone is consistent
+    result = store.verify(public_key=KEY.public_key(), held=held)
+    assert result.broken is not None
+    assert (result.broken.kind, result.broken.chain_id, result.broken.seq) == (
+        BreakKind.UNSIGNED, CHAIN, 6,
+    )  # fmt: skip
+    verified = verify_cli(store_url, held, tmp_path)
+    assert verified.returncode == 1
+    assert verified.stderr.splitlines() == [
+        f"lineage-guard: chain `{CHAIN}` batch 6 is not the batch the held checkpoint 2 of run"
+        f" `{RUN_2}` (2026-11-27T12:00:00.123Z) signed: the chain was rewritten and recomputed"
+    ]
+
+
+def test_checkpoints_are_chained_and_a_deleted_middle_one_is_seen(
+    store: LineageStore, run_sql: RunSql
+) -> None:
+    first, second = two_runs(store, [hop("n1", 8)])
+    third = signed(store, run_id="run-3")
+    assert (first.seq, second.seq, third.seq) == (1, 2, 3)
+    assert second.previous is not None and second.previous.sha256 == first.digest()
+    assert store.verify(public_key=KEY.public_key(), held=third).signed_checkpoints == 3
+    run_sql(f"DELETE FROM lineage_checkpoints WHERE run_id = '{RUN_2}'")
+    result = store.verify(public_key=KEY.public_key())
+    assert result.broken is not None and result.broken.kind is BreakKind.ROLLED_BACK
+    assert result.broken.description.startswith(
+        "checkpoint 3 of run `run-3` (2026-11-27T12:00:00.123Z) follows checkpoint 2 (sha256"
+    )
+
+
+def test_checkpoints_written_before_chaining_still_verify_and_start_the_chain(
+    store: LineageStore,
+) -> None:
+    """A store whose checkpoints were written by an earlier version (a bare signature over
+    canonical JSON) verifies, and the next checkpoint chains after them."""
+    filled(store, batches=1)
+    heads = tuple(store.heads())
+    bare = signed_bytes(at=T0, run_id="old-run", heads=heads)
+    import base64
+
+    store.add_checkpoint(
+        Checkpoint(
+            at=T0, run_id="old-run", heads=heads, key_id=key_id(KEY.public_key()),
+            signature=base64.b64encode(KEY.sign(bare)).decode(),
+        )
+    )  # fmt: skip
+    assert store.verify(public_key=KEY.public_key()).signed_checkpoints == 1
+    new = signed(store, run_id="new-run")
+    assert new.seq == 2 and new.previous is not None
+    assert new.previous.sha256 == hashlib.sha256(bare).hexdigest()
+    keyed = store.verify(public_key=KEY.public_key(), held=new)
+    assert (keyed.ok, keyed.signed_checkpoints) == (True, 2)

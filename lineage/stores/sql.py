@@ -42,12 +42,13 @@ from lineage_guard.lineage.chain import (
     UnreadableRow,
     Verification,
     check_entry,
+    check_held_heads,
     check_signed_heads,
     delivery_entry,
     hops_entry,
     verify_chain,
 )
-from lineage_guard.lineage.checkpoints import Checkpoint, is_signed_by, key_id
+from lineage_guard.lineage.checkpoints import Checkpoint, is_signed_by, key_id, read_envelope
 from lineage_guard.lineage.errors import (
     LineageGuardError,
     RowRefusedError,
@@ -364,7 +365,7 @@ class SqlStore(ABC):
                         checkpoint.run_id,
                         _json([head.to_dict() for head in checkpoint.heads]),
                         checkpoint.key_id,
-                        checkpoint.signature,
+                        checkpoint.envelope or checkpoint.signature,
                     ),
                 )
         except self._errors as exc:
@@ -572,10 +573,18 @@ class SqlStore(ABC):
 
     # -- verifying --------------------------------------------------------------------------
 
-    def verify(self, chain_id: str | None = None, *, public_key: Any = None) -> Verification:
+    def verify(
+        self,
+        chain_id: str | None = None,
+        *,
+        public_key: Any = None,
+        held: Checkpoint | None = None,
+    ) -> Verification:
         """Walk one chain (or every chain) from one snapshot and report the first broken link.
-        With `public_key` (Ed25519), also check every checkpoint it signed, and that at least
-        one exists."""
+        With `public_key` (Ed25519), also check every checkpoint it signed, that each one's
+        predecessor is still here, and that at least one exists; with `held` (a checkpoint
+        kept outside the store, `lineage.checkpoints.load_checkpoint`), that the store
+        still extends it."""
         with self._snapshot() as conn:
             where, params = ("", []) if chain_id is None else (" WHERE chain_id = ?", [chain_id])
             heads = {
@@ -615,7 +624,7 @@ class SqlStore(ABC):
                     return Verification(chains=chains, batches=batches, hops=hops, broken=found)
             signed = 0
             if public_key is not None:
-                broken, signed = self._check_checkpoints(conn, public_key, hashes, chain_id)
+                broken, signed = self._check_checkpoints(conn, public_key, hashes, chain_id, held)
                 if broken is not None:
                     return Verification(
                         chains=chains, batches=batches, hops=hops, broken=broken,
@@ -626,8 +635,29 @@ class SqlStore(ABC):
             )
 
     def _check_checkpoints(
-        self, conn: Any, public_key: Any, hashes: dict[str, dict[int, str]], chain_id: str | None
+        self,
+        conn: Any,
+        public_key: Any,
+        hashes: dict[str, dict[int, str]],
+        chain_id: str | None,
+        held: Checkpoint | None,
     ) -> tuple[BrokenLink | None, int]:
+        def only(checkpoint: Checkpoint) -> dict[str, ChainHead]:
+            return {
+                head.chain_id: head
+                for head in checkpoint.heads
+                if chain_id is None or head.chain_id == chain_id
+            }
+
+        if held is not None:
+            if held.key_id != key_id(public_key) or not is_signed_by(held, public_key):
+                text = (
+                    f"the held {held.describe()} does not verify with the public key: it was"
+                    " forged or edited, or signed by another key"
+                )
+                return _checkpoint_break(BreakKind.SIGNATURE, text), 0
+            if broken := check_held_heads(only(held), hashes, held.describe()):
+                return broken, 0
         rows = self._stream(
             conn,
             "SELECT at, run_id, heads, key_id, signature FROM lineage_checkpoints ORDER BY id",
@@ -635,6 +665,8 @@ class SqlStore(ABC):
         )
         ours = key_id(public_key)
         signed = 0
+        digests: dict[str, int] = {}  # digest -> seq of each checkpoint of this key
+        chained: list[Checkpoint] = []
         for row in rows:
             try:
                 checkpoint = _checkpoint(row)
@@ -650,13 +682,26 @@ class SqlStore(ABC):
                 )
                 return _checkpoint_break(BreakKind.SIGNATURE, text), signed
             signed += 1
-            heads = {
-                head.chain_id: head
-                for head in checkpoint.heads
-                if chain_id is None or head.chain_id == chain_id
-            }
-            if broken := check_signed_heads(heads, hashes):
+            digests[checkpoint.digest()] = checkpoint.seq if checkpoint.seq is not None else signed
+            if checkpoint.seq is not None:
+                chained.append(checkpoint)
+            if broken := check_signed_heads(only(checkpoint), hashes):
                 return broken, signed
+        for checkpoint in chained:  # each one's predecessor must still be here
+            previous = checkpoint.previous
+            if previous is not None and digests.get(previous.sha256) != previous.seq:
+                text = (
+                    f"{checkpoint.describe()} follows checkpoint {previous.seq}"
+                    f" (sha256 `{previous.sha256[:16]}…`), which the store no longer holds:"
+                    " checkpoints were deleted or replaced"
+                )
+                return _checkpoint_break(BreakKind.ROLLED_BACK, text), signed
+        if held is not None and held.digest() not in digests:
+            text = (
+                f"the store no longer holds the held {held.describe()}: its newest checkpoints"
+                " were deleted (rolled back)"
+            )
+            return _checkpoint_break(BreakKind.ROLLED_BACK, text), signed
         if signed == 0:
             text = (
                 "no checkpoint signed by this public key is in the store: checkpoints were"
@@ -1054,6 +1099,12 @@ _STAGES = {str(stage): stage for stage in Stage}
 
 def _checkpoint(row: Sequence[Any]) -> Checkpoint:
     at, run_id, heads, key, signature = row
+    if signature.startswith("{"):  # a chained checkpoint: its DSSE envelope
+        checkpoint = read_envelope(signature)
+        columns = (_time(at), run_id, [h.to_dict() for h in checkpoint.heads], key)
+        if columns != (checkpoint.at, checkpoint.run_id, json.loads(heads), checkpoint.key_id):
+            raise ValueError("its columns differ from the envelope it signed")
+        return checkpoint
     return Checkpoint(
         at=_time(at),
         run_id=run_id,

@@ -18,7 +18,7 @@ from lineage_guard import guard_chain
 from lineage_guard.arrow_batch import from_file_rows
 from lineage_guard.contract.records import describe, record_id_of
 from lineage_guard.contract.validate import SuiteValidator
-from lineage_guard.contract.verdicts import Violation
+from lineage_guard.contract.verdicts import BASIS, Violation
 from lineage_guard.io.decode import Decoder
 from lineage_guard.io.files import FileRecord, read_records
 from lineage_guard.lineage.cli import shown
@@ -38,6 +38,7 @@ class Rejection:
             "record_id": self.record_id,
             "index": self.index,
             "file": self.file,
+            "basis": BASIS,
             "violations": [v.to_dict() for v in self.violations],
         }
 
@@ -56,6 +57,7 @@ class CheckResult:
         return {
             "total": self.total,
             "passed": self.passed,
+            "basis": BASIS,  # every verdict rests on the records' provenance metadata
             "rejected": [r.to_dict() for r in self.rejected],
         }
 
@@ -156,6 +158,8 @@ def render_junit(result: CheckResult) -> str:
             tests=str(max(len(rejections), 1)),
             failures=str(len(rejections)),
         )
+        properties = ET.SubElement(suite, "properties")
+        ET.SubElement(properties, "property", name="basis", value=BASIS)
         if not rejections:
             ET.SubElement(
                 suite,

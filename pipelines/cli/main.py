@@ -211,6 +211,12 @@ def validate(paths: tuple[Path, ...], output_format: str, batch_size: int, engin
     type=click.Path(dir_okay=False, path_type=Path),
     help="Ed25519 private key (PEM): sign the lineage chain heads when the run ends.",
 )
+@click.option(
+    "--checkpoint-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the signed checkpoint (a DSSE envelope) to this file: keep it where the"
+    " store's writer cannot rewrite it, for `lineage verify --checkpoint`.",
+)
 @click.option("--pipeline-name", default="lineage-guard", show_default=True)
 @click.option(
     "--openlineage",
@@ -297,9 +303,11 @@ def demo(records: int, folder: Path) -> None:
 
 
 def _attach_lineage_commands() -> None:
+    from lineage_guard.cli.evidence import evidence
     from lineage_guard.lineage.cli import lineage
 
     cli.add_command(lineage)
+    cli.add_command(evidence)
 
 
 def _attach_web_commands() -> None:

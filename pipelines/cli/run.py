@@ -97,6 +97,8 @@ def run_guard(**o: Any) -> None:
             checkpoint = None
             if error is None:
                 checkpoint = sign_checkpoint(config)  # what was written is signed, even if stopped
+                if checkpoint is not None and checkpoint.envelope and o["checkpoint_out"]:
+                    Path(o["checkpoint_out"]).write_text(checkpoint.envelope + "\n")
             if emitter is not None:
                 # A bounded run stopped is unfinished: FAIL.
                 unfinished = signal_name is not None and bounded
@@ -197,6 +199,8 @@ def _config(o: dict[str, Any]) -> tuple[GuardConfig, bool]:
         if o["no_lineage"]:
             raise ConfigError("--signing-key signs the lineage store's chains: drop --no-lineage.")
         load_private_key(o["signing_key"])  # a bad key fails now, not after the run
+    elif o["checkpoint_out"]:
+        raise ConfigError("--checkpoint-out writes the signed checkpoint: give --signing-key.")
     for policy in o["policies"]:
         parse_policy(policy)  # fail now, with the policy's message, not inside a worker
     if "training" in o["policies"] and o["bootstrap_servers"] and not o["until_caught_up"]:

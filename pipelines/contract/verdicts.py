@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from lineage_guard.lineage.events import BASIS
+
+__all__ = ["BASIS", "Verdict", "Violation"]
+
 
 @dataclass(frozen=True, kw_only=True)
 class Violation:

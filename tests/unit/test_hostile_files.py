@@ -80,7 +80,12 @@ def test_validate_reads_a_fifo_and_stdin(tmp_path: Path) -> None:
         timeout=600,
     )
     assert from_stdin.returncode == 0, from_stdin.stderr
-    assert json.loads(from_stdin.stdout) == {"total": 200, "passed": 200, "rejected": []}
+    assert json.loads(from_stdin.stdout) == {
+        "total": 200,
+        "passed": 200,
+        "basis": "metadata",
+        "rejected": [],
+    }
 
 
 def test_a_line_past_the_cap_is_a_bad_record_and_reading_goes_on(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import json
 import shutil
 import subprocess
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lineage_guard.lineage.chain import (
     GENESIS_HASH,
@@ -21,7 +24,15 @@ from lineage_guard.lineage.chain import (
     hops_entry,
     verify_chain,
 )
-from lineage_guard.lineage.checkpoints import is_signed_by, load_private_key, sign
+from lineage_guard.lineage.checkpoints import (
+    Checkpoint,
+    Previous,
+    is_signed_by,
+    key_id,
+    load_private_key,
+    sign,
+    signed_bytes,
+)
 from lineage_guard.lineage.errors import ConfigError
 from lineage_guard.lineage.events import Reason, Stage
 from lineage_guard.lineage.hops import (
@@ -149,8 +160,9 @@ def test_entries_link_and_each_break_is_named() -> None:
 
 
 def test_checkpoints_verify_with_openssl(tmp_path: Path) -> None:
-    """Our signature is a plain Ed25519 signature over the documented bytes: OpenSSL, an
-    implementation we do not share code with, verifies it."""
+    """Our checkpoint is a DSSE envelope: a plain Ed25519 signature over the DSSE
+    pre-authentication encoding of an in-toto Statement, built here by hand from the DSSE
+    spec; OpenSSL, an implementation we do not share code with, verifies it."""
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.fail("openssl is needed for this reference check (Debian package openssl)")
@@ -164,10 +176,15 @@ def test_checkpoints_verify_with_openssl(tmp_path: Path) -> None:
     checkpoint = sign(
         key, at=T0, run_id="run-1", heads=[ChainHead(chain_id="p/t/0", seq=4, hash="cd" * 32)]
     )
-    (tmp_path / "signed.bin").write_bytes(checkpoint.signed_bytes())
-    import base64
-
-    (tmp_path / "sig.bin").write_bytes(base64.b64decode(checkpoint.signature))
+    assert checkpoint.envelope is not None
+    envelope = json.loads(checkpoint.envelope)
+    payload = base64.b64decode(envelope["payload"])
+    kind = envelope["payloadType"].encode()
+    pae = b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
+    (tmp_path / "signed.bin").write_bytes(pae)
+    [signature] = envelope["signatures"]
+    assert signature["keyid"] == checkpoint.key_id
+    (tmp_path / "sig.bin").write_bytes(base64.b64decode(signature["sig"]))
     verified = subprocess.run(
         [openssl, "pkeyutl", "-verify", "-pubin", "-inkey", str(tmp_path / "guard.pub"),
          "-rawin", "-in", str(tmp_path / "signed.bin"), "-sigfile", str(tmp_path / "sig.bin")],
@@ -175,14 +192,47 @@ def test_checkpoints_verify_with_openssl(tmp_path: Path) -> None:
     )  # fmt: skip
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "Signature Verified Successfully" in verified.stdout
-    assert checkpoint.signed_bytes() == (
+    assert json.loads(payload) == {
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": "lineage-chain:p/t/0", "digest": {"sha256": "cd" * 32}}],
+        "predicateType": "https://lineage-guard.dev/attestations/checkpoint/v1",
+        "predicate": {
+            "at": "2026-11-27T12:00:00.000Z",
+            "run_id": "run-1",
+            "seq": 1,
+            "previous": None,
+            "heads": [{"chain_id": "p/t/0", "seq": 4, "hash": "cd" * 32}],
+        },
+    }
+    assert checkpoint.digest() == hashlib.sha256(payload).hexdigest()
+    following = sign(key, at=T0, run_id="run-2", heads=[], previous=checkpoint)
+    assert (following.seq, following.previous) == (2, Previous(seq=1, sha256=checkpoint.digest()))
+    assert is_signed_by(checkpoint, key.public_key())
+    forged = envelope | {"payload": base64.b64encode(payload.replace(b"run-1", b"run-9")).decode()}
+    tampered = dataclasses.replace(checkpoint, envelope=json.dumps(forged))
+    assert not is_signed_by(tampered, key.public_key())
+
+
+def test_checkpoints_written_before_chaining_still_verify() -> None:
+    """A checkpoint of the earlier form: a bare Ed25519 signature over canonical JSON."""
+    key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    heads = (ChainHead(chain_id="p/t/0", seq=4, hash="cd" * 32),)
+    bare = signed_bytes(at=T0, run_id="run-1", heads=heads)
+    assert bare == (
         b'{"at":"2026-11-27T12:00:00.000Z","heads":[{"chain_id":"p/t/0","hash":"'
         + b"cd" * 32
         + b'","seq":4}],"run_id":"run-1"}'
     )
-    tampered = dataclasses.replace(checkpoint, run_id="run-2")
-    assert is_signed_by(checkpoint, key.public_key())
-    assert not is_signed_by(tampered, key.public_key())
+    old = Checkpoint(
+        at=T0,
+        run_id="run-1",
+        heads=heads,
+        key_id=key_id(key.public_key()),
+        signature=base64.b64encode(key.sign(bare)).decode(),
+    )
+    assert is_signed_by(old, key.public_key())
+    assert not is_signed_by(dataclasses.replace(old, run_id="run-2"), key.public_key())
+    assert old.digest() == hashlib.sha256(bare).hexdigest()
 
 
 def test_a_key_that_is_not_ed25519_is_a_config_error(tmp_path: Path) -> None:

@@ -56,6 +56,8 @@ def test_file_mode_events_are_valid_and_complete(tmp_path: Path) -> None:
         "1",
         "--signing-key",
         key,
+        "--checkpoint-out",
+        tmp_path / "held.dsse.json",
     )
     assert result.returncode == 0, result.stderr
     events = events_of(log)
@@ -114,6 +116,18 @@ def test_file_mode_events_are_valid_and_complete(tmp_path: Path) -> None:
     checkpoint = events[-1]["run"]["facets"]["lineageGuard_checkpoint"]
     assert checkpoint["_schemaURL"].startswith(CHECKPOINT_SCHEMA_ID + "#")
     assert checkpoint["runId"] == summary_id.group(1) and checkpoint["heads"]
+    assert checkpoint["seq"] == 1 and "previous" not in checkpoint  # null: left out
+    assert checkpoint["envelope"] == json.loads((tmp_path / "held.dsse.json").read_text())
+    # the auditor's copies (the COMPLETE event, the --checkpoint-out file) prove the store
+    complete = tmp_path / "complete.json"
+    complete.write_text(json.dumps(events[-1]))
+    for held in (complete, tmp_path / "held.dsse.json"):
+        verified = run_cli(
+            "lineage", "verify", "--lineage-store", f"sqlite:///{tmp_path}/lineage.db",
+            "--public-key", key, "--checkpoint", held,
+        )  # fmt: skip
+        assert verified.returncode == 0, verified.stderr
+        assert ", 1 signed checkpoints verified" in verified.stdout
 
 
 def test_a_failed_run_emits_fail_with_its_error_message(tmp_path: Path) -> None:

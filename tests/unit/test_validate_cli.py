@@ -109,7 +109,12 @@ def test_empty_files_pass_with_zero_records(tmp_path: Path) -> None:
     empty_jsonl.write_text("")
     result = run_cli("validate", empty_avro, empty_jsonl, "--format", "json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"total": 0, "passed": 0, "rejected": []}
+    assert json.loads(result.stdout) == {
+        "total": 0,
+        "passed": 0,
+        "basis": "metadata",
+        "rejected": [],
+    }
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage_block", "random_bytes", "not_json"])
@@ -159,6 +164,9 @@ def test_bad_json_line_inside_a_file_is_a_rejected_record(tmp_path: Path) -> Non
         (3, ["malformed_record"]),
         (4, ["malformed_record"]),
     ]
+    # every verdict says what it rests on: the records' metadata (Code of Practice, Commitment 2)
+    assert report["basis"] == "metadata"
+    assert [r["basis"] for r in report["rejected"]] == ["metadata", "metadata"]
 
 
 def test_junit_has_a_failing_case_per_rejected_record(mixed: tuple[Path, Path, set[int]]):
@@ -175,6 +183,10 @@ def test_junit_has_a_failing_case_per_rejected_record(mixed: tuple[Path, Path, s
     [passing] = suites[str(ok)].findall("testcase")
     assert passing.find("failure") is None
     assert root.get("tests") == str(len(bad) + 1) and root.get("failures") == str(len(bad))
+    for suite in suites.values():
+        assert [(p.get("name"), p.get("value")) for p in suite.iter("property")] == [
+            ("basis", "metadata")
+        ]
 
 
 def test_text_report_names_file_index_record_and_rule(tmp_path: Path) -> None:
