@@ -99,6 +99,17 @@ def signed_in() -> Any:
     return Depends(dependency)
 
 
+def public() -> Any:
+    """A FastAPI dependency marking a route anyone may use (the sign-in page and form)."""
+
+    async def dependency() -> None:
+        return None
+
+    dependency.permission = PUBLIC  # type: ignore[attr-defined]
+    return Depends(dependency)
+
+
+PUBLIC = "public"  # the marker of `public()` routes
 SIGNED_IN = "signed-in"  # the marker of `signed_in()` routes (no permission beyond that)
 
 
