@@ -12,7 +12,9 @@ prints when it runs with more rights than it needs.
   sees only those tenants' hops; a session without it sees all. The tables' owner is exempt.
 
 The roles are NOLOGIN groups: grant them to login roles (`GRANT lineage_guard_reader TO
-console_login`).
+console_login`). The guard's login role needs `BYPASSRLS` too (`ALTER ROLE guard_login
+BYPASSRLS`, as a superuser): it writes every tenant's hops with COPY, which PostgreSQL refuses
+on a table under row-level security; role attributes are not inherited from the group.
 """
 
 from __future__ import annotations
@@ -144,10 +146,14 @@ def privilege_warnings(url: str) -> list[str]:
     return found
 
 
-def warn_if_privileged(store: Any) -> None:
-    """Prints `privilege_warnings` for `store` on stderr (the CLI's entry points)."""
+def warn_if_privileged(url: str, who: str) -> None:
+    """Prints `privilege_warnings` for the store at `url` on stderr, as `who` (e.g. `the
+    guard`): the CLI's entry points call it. A store it cannot reach is left to them."""
     import sys
 
-    dsn = getattr(store, "_dsn", None) or store.url
-    for warning in privilege_warnings(dsn):
-        print(f"lineage-guard: warning: {warning}", file=sys.stderr)
+    try:
+        warnings = privilege_warnings(url)
+    except ServiceUnavailableError:
+        return
+    for warning in warnings:
+        print(f"lineage-guard: warning: {who} {warning}", file=sys.stderr)

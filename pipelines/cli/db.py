@@ -29,6 +29,8 @@ def roles(store_url: str, writer: str, reader: str) -> None:
     click.echo(
         f"Roles `{writer}` (INSERT, SELECT) and `{reader}` (SELECT) ready, with row-level"
         " security by tenant on `lineage_hops`. Grant them to login roles:"
-        f" GRANT {reader} TO <login>;",
+        f" `GRANT {reader} TO <console login>;` `GRANT {writer} TO <guard login>;` and"
+        " `ALTER ROLE <guard login> BYPASSRLS;` (the guard writes with COPY, which row-level"
+        " security refuses).",
         err=True,
     )

@@ -77,8 +77,8 @@ def serve(
         else None
     )
     key = load_public_key(public_key) if public_key is not None else None
+    warn_if_privileged(store_url, "the console")
     with open_store(store_url, create=False) as store:
-        warn_if_privileged(store)
         app = create_console(
             store, auth=AuthSettings(oidc=oidc, secure_cookies=cookie_secure), public_key=key
         )
