@@ -354,12 +354,15 @@ def _time_param(name: str, text: str | None) -> datetime | None:
         ) from None
 
 
+_DATE_TIME: dict[str, Any] = {"format": "date-time", "description": "ISO-8601 (RFC 3339)"}
+
+
 def quarantine_filter(
     rule: Annotated[str | None, Query(max_length=200)] = None,
     tenant: Annotated[str | None, Query(max_length=200)] = None,
     stage: Annotated[Stage | None, Query()] = None,
-    since: Annotated[str | None, Query(max_length=64, description="ISO-8601")] = None,
-    until: Annotated[str | None, Query(max_length=64, description="ISO-8601")] = None,
+    since: Annotated[str | None, Query(max_length=64, json_schema_extra=_DATE_TIME)] = None,
+    until: Annotated[str | None, Query(max_length=64, json_schema_extra=_DATE_TIME)] = None,
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     per_page: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = PAGE_SIZE,
 ) -> QuarantineFilter:
@@ -552,7 +555,11 @@ async def page_runs(request: Request, principal: Viewer) -> HTMLResponse:
     return render(request, "runs.html", runs=runs)
 
 
-@pages.get("/trace", summary="Trace page: search by record id")
+@pages.get(
+    "/trace",
+    summary="Trace page: search by record id",
+    responses={404: {"description": "Unknown record (or not visible to this principal)"}},
+)
 async def page_trace(
     request: Request,
     principal: Auditor,
@@ -619,7 +626,20 @@ async def page_signin(
     return render(request, "signin.html", next=_safe_next(next), message="")
 
 
-@pages.post("/signin", summary="Sign in (anonymous; rate-limited)")
+_HTML: dict[str, Any] = {"text/html": {"schema": {"type": "string"}}}
+_SEE_OTHER: dict[int | str, dict[str, Any]] = {
+    303: {"description": "Done: go to the page in `Location`"}
+}
+
+
+@pages.post(
+    "/signin",
+    summary="Sign in (anonymous; rate-limited)",
+    responses={
+        **_SEE_OTHER,
+        401: {"description": "The form again: wrong name or password", "content": _HTML},
+    },
+)
 async def signin(
     request: Request,
     _: Public,
@@ -651,7 +671,7 @@ async def signin(
     return response
 
 
-@pages.post("/signout", summary="Sign out")
+@pages.post("/signout", summary="Sign out", responses=_SEE_OTHER)
 async def signout(request: Request, _: Anyone) -> Response:
     auth: Authenticator = request.app.state.authenticator
     session = getattr(request.state, "session", None)
