@@ -49,6 +49,35 @@ class RunCount:
     count: int
 
 
+@dataclass(frozen=True, kw_only=True)
+class HopCount:
+    """How many hops share an hour, a pipeline and a decision (`LineageStore.hop_counts`)."""
+
+    hour: datetime
+    pipeline: str
+    outcome: str
+    stopped_at: str | None
+    content_class: str | None
+    tenant_id: str | None
+    count: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSummary:
+    """One run of one pipeline (`LineageStore.runs`)."""
+
+    pipeline: str
+    run_id: str
+    first: datetime
+    last: datetime
+    chains: int
+    batches: int
+    hops: int
+    delivered: int
+    quarantined: int
+    blocked: int
+
+
 class LineageStore(AccountStore, Protocol):
     """Where lineage is kept: hops in batches, chained by hash; and, for the web side, its
     users, API keys and access log (`lineage.accounts`). Implementations are thread-safe.
@@ -155,6 +184,28 @@ class LineageStore(AccountStore, Protocol):
     def verify_batches(self, chain_id: str, seqs: Collection[int]) -> dict[int, BrokenLink | None]:
         """Check only the given entries of a chain (rows, own hash, link to predecessor)."""
         ...
+
+    # the console's aggregates and pages; `tenants`: only those tenants' hops (None: all)
+    def hop_counts(self, *, tenants: Collection[str] | None = None) -> list[HopCount]: ...
+
+    def rule_counts(self, *, tenants: Collection[str] | None = None) -> dict[str, int]: ...
+
+    def runs(self, *, tenants: Collection[str] | None = None) -> list[RunSummary]: ...
+
+    def quarantined(
+        self,
+        *,
+        tenants: Collection[str] | None = None,
+        tenant: str | None = None,
+        rule: str | None = None,
+        stage: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[StoredHop]: ...
+
+    def mark(self) -> tuple[int, int]: ...
 
     def close(self) -> None: ...
 

@@ -89,3 +89,44 @@ def session_client(app: FastAPI, name: str, password: str) -> tuple[TestClient, 
     c = client(app)
     c.cookies.set(SESSION_COOKIE, session.token)
     return c, session.csrf
+
+
+# -- a store the console tests read -------------------------------------------------------------
+
+XSS_ID = "<script>alert(1)</script>"
+XSS_MESSAGE = "<img src=x onerror=alert(2)> stripped"
+
+
+def console_store(store: Any) -> None:
+    """Two tenants' records in two batches, a signed checkpoint between them:
+
+    batch 1 (acme, globex): a-ok, a-leak (TEST origin, delivered: a leak), a-q (quarantined at
+    validate: provenance_missing), g-ok, g-blocked (blocked at enforce: tenant_mismatch);
+    checkpoint 0 signs the heads; batch 2: a-child (parent a-ok) and the hostile record
+    XSS_ID (acme, quarantined with XSS_MESSAGE)."""
+    from datetime import timedelta
+
+    from lineage_guard.lineage.events import Reason, Stage
+    from lineage_guard.lineage.hops import Outcome
+    from tests.lineage_contract import T0, batch, hop, signed
+
+    first = [
+        hop("a-ok", 0),
+        hop("a-leak", 1, origin_env="TEST"),
+        hop("a-q", 2, outcome=Outcome.QUARANTINED, stopped_at=Stage.VALIDATE,
+            reasons=(Reason(rule="provenance_missing", message="Record `a-q`: no provenance."),)),
+        hop("g-ok", 3, tenant_id="globex"),
+        hop("g-blocked", 4, tenant_id="globex", outcome=Outcome.BLOCKED, stopped_at=Stage.ENFORCE,
+            reasons=(Reason(rule="tenant_mismatch", message="Record `g-blocked`: tenant."),)),
+    ]  # fmt: skip
+    entry = store.append(batch(first))
+    store.confirm([(entry, len(first), [])], at=T0)
+    signed(store)
+    second = [
+        hop("a-child", 5, parent_record_ids=("a-ok",)),
+        hop(XSS_ID, 6, outcome=Outcome.QUARANTINED, stopped_at=Stage.VALIDATE,
+            reasons=(Reason(rule="provenance_missing", message=XSS_MESSAGE),)),
+    ]  # fmt: skip
+    later = T0 + timedelta(hours=1)
+    entry = store.append(batch(second, at=later))
+    store.confirm([(entry, len(second), [])], at=later)

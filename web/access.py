@@ -73,12 +73,12 @@ def require(permission: Permission) -> Any:
     async def dependency(
         request: Request, principal: Annotated[Principal, Depends(authenticate)]
     ) -> Principal:
+        request.state.principal = principal  # error pages show who is signed in
         if not allows(principal, permission):
             raise HTTPException(
                 status_code=403,
                 detail=f"`{principal.name}` may not do `{permission}`: ask an admin for access.",
             )
-        request.state.principal = principal
         return principal
 
     dependency.permission = permission  # type: ignore[attr-defined]  # read by the route check
@@ -99,6 +99,17 @@ def signed_in() -> Any:
     return Depends(dependency)
 
 
+def public() -> Any:
+    """A FastAPI dependency marking a route anyone may use (the sign-in page and form)."""
+
+    async def dependency() -> None:
+        return None
+
+    dependency.permission = PUBLIC  # type: ignore[attr-defined]
+    return Depends(dependency)
+
+
+PUBLIC = "public"  # the marker of `public()` routes
 SIGNED_IN = "signed-in"  # the marker of `signed_in()` routes (no permission beyond that)
 
 

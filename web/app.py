@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse
@@ -31,6 +31,7 @@ from prometheus_client import (
     generate_latest,
 )
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lineage_guard.lineage.accounts import AccountStore
 from lineage_guard.lineage.errors import (
@@ -216,7 +217,7 @@ def _error(
 
 def _install_errors(app: FastAPI, error_page: ErrorPage | None, signin_path: str | None) -> None:
     async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
+        assert isinstance(exc, StarletteHTTPException)
         if (
             exc.status_code == 401
             and signin_path
@@ -240,8 +241,6 @@ def _install_errors(app: FastAPI, error_page: ErrorPage | None, signin_path: str
         if status >= 500:
             log.error("%s %s: %s", request.method, request.url.path, exc.message)
         return _error(request, status, exc.message, error_page, headers)
-
-    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, bad_request)

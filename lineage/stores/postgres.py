@@ -175,6 +175,8 @@ class PostgresStore(SqlStore):
                     for statement in _SCHEMA:
                         conn.execute(statement)
             except psycopg.Error as exc:
+                if _least_privilege(conn, exc):
+                    return  # a writer or reader role (`db roles`): the owner keeps the tables
                 self._drop_connection()
                 if self._error_class(exc) is ConfigError:
                     raise ConfigError(
@@ -325,3 +327,15 @@ class PostgresStore(SqlStore):
             f" {redact_text(first_line(exc), self._dsn)}."
             " Check `--lineage-store` and that PostgreSQL is running."
         )
+
+
+def _least_privilege(conn: psycopg.Connection[Any], exc: psycopg.Error) -> bool:
+    """Whether creating the tables was refused only for want of a right (SQLSTATE 42501) on a
+    store whose tables exist: a role made by `lineage-guard db roles` may not create them."""
+    if getattr(exc, "sqlstate", None) != "42501" or conn.broken or conn.closed:
+        return False
+    try:
+        row = conn.execute("SELECT to_regclass('lineage_hops')").fetchone()
+    except psycopg.Error:
+        return False
+    return row is not None and row[0] is not None

@@ -66,7 +66,7 @@ from lineage_guard.lineage.hops import (
     compact_json,
     stored_leaf,
 )
-from lineage_guard.lineage.store import RunCount, first_line, order_key
+from lineage_guard.lineage.store import HopCount, RunCount, RunSummary, first_line, order_key
 
 IN_CHUNK = 500  # record ids per `IN (…)` query
 FETCH_ROWS = 5000  # rows per fetch when streaming
@@ -760,6 +760,126 @@ class SqlStore(ABC):
                 )
         return result
 
+    # -- the console's aggregates and pages (`lineage_guard.web.console`) --------------------
+
+    def hop_counts(self, *, tenants: Collection[str] | None = None) -> list[HopCount]:
+        """Hops counted per (hour, pipeline, outcome, stopped_at, content class, tenant);
+        only `tenants`' hops when given."""
+        where, params = _tenant_clause(tenants)
+        rows = self._fetchall(
+            self._q(
+                "SELECT e.at / 3600000, e.pipeline, h.outcome, h.stopped_at, h.content_class,"
+                " h.tenant_id, count(*) FROM lineage_hops h"
+                f" JOIN lineage_entries e ON e.id = h.entry_id{where}"
+                " GROUP BY e.at / 3600000, e.pipeline, h.outcome, h.stopped_at, h.content_class,"
+                " h.tenant_id"
+            ),
+            params,
+        )
+        return [
+            HopCount(
+                hour=_time(int(r[0]) * 3_600_000),
+                pipeline=r[1],
+                outcome=r[2],
+                stopped_at=r[3],
+                content_class=r[4],
+                tenant_id=r[5],
+                count=int(r[6]),
+            )
+            for r in rows
+        ]
+
+    def rule_counts(self, *, tenants: Collection[str] | None = None) -> dict[str, int]:
+        """How many quarantined or blocked hops name each rule."""
+        where, params = _tenant_clause(tenants)
+        query = (
+            "SELECT h.reasons FROM lineage_hops h"
+            + (f"{where} AND" if where else " WHERE")
+            + " h.outcome <> 'delivered' AND h.reasons IS NOT NULL"
+        )
+        counts: dict[str, int] = {}
+        with self._snapshot() as conn:
+            for (text,) in self._stream(conn, self._q(query), params):
+                for rule in {str(reason[0]) for reason in json.loads(text)}:
+                    counts[rule] = counts.get(rule, 0) + 1
+        return counts
+
+    def runs(self, *, tenants: Collection[str] | None = None) -> list[RunSummary]:
+        """One summary per (pipeline, run), newest first."""
+        where, params = _tenant_clause(tenants)
+        rows = self._fetchall(
+            self._q(
+                "SELECT e.pipeline, e.run_id, min(e.at), max(e.at), count(DISTINCT e.chain_id),"
+                " count(DISTINCT e.id), count(*),"
+                " sum(CASE WHEN h.outcome = 'delivered' THEN 1 ELSE 0 END),"
+                " sum(CASE WHEN h.outcome = 'quarantined' THEN 1 ELSE 0 END),"
+                " sum(CASE WHEN h.outcome = 'blocked' THEN 1 ELSE 0 END)"
+                f" FROM lineage_hops h JOIN lineage_entries e ON e.id = h.entry_id{where}"
+                " GROUP BY e.pipeline, e.run_id ORDER BY min(e.at) DESC"
+            ),
+            params,
+        )
+        return [
+            RunSummary(
+                pipeline=r[0],
+                run_id=r[1],
+                first=_time(r[2]),
+                last=_time(r[3]),
+                chains=int(r[4]),
+                batches=int(r[5]),
+                hops=int(r[6]),
+                delivered=int(r[7]),
+                quarantined=int(r[8]),
+                blocked=int(r[9]),
+            )
+            for r in rows
+        ]
+
+    def quarantined(
+        self,
+        *,
+        tenants: Collection[str] | None = None,
+        tenant: str | None = None,
+        rule: str | None = None,
+        stage: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[StoredHop]:
+        """Quarantined and blocked hops, newest first, filtered, one page."""
+        where, params = _tenant_clause(tenants)
+        clauses = [where.removeprefix(" WHERE ")] if where else []
+        clauses.append("h.outcome <> 'delivered'")
+        for clause, value in (
+            ("h.tenant_id = ?", tenant),
+            ("h.stopped_at = ?", stage),
+            ("e.at >= ?", _millis(since) if since else None),
+            ("e.at < ?", _millis(until) if until else None),
+        ):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        if rule is not None:
+            clauses.append("h.reasons LIKE ? ESCAPE '!'")
+            escaped = rule.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+            params.append(f'%["{escaped}",%')  # reasons: [[rule, message], …]
+        query = (
+            f"{SELECT_HOPS} WHERE {' AND '.join(clauses)}"
+            " ORDER BY e.at DESC, e.id DESC, h.idx LIMIT ? OFFSET ?"
+        )
+        rows = self._fetchall(self._q(query), [*params, limit, offset])
+        return [stored_hop(row) for row in rows]
+
+    def mark(self) -> tuple[int, int]:
+        """What changes when anything is written: (last entry id, checkpoints)."""
+        rows = self._fetchall(
+            "SELECT (SELECT max(id) FROM lineage_entries), (SELECT count(*) FROM"
+            " lineage_checkpoints)",
+            [],
+        )
+        return (int(rows[0][0] or 0), int(rows[0][1] or 0))
+
     # -- users, API keys and the access log (`lineage.accounts`) ----------------------------
 
     _ACCOUNT_SCHEMA: Sequence[str] = ()  # the dialect's CREATE statements for those tables
@@ -1193,3 +1313,14 @@ def _api_key(row: Sequence[Any]) -> ApiKeyRecord:
         created_at=_time(row[5]),
         revoked_at=None if row[6] is None else _time(row[6]),
     )
+
+
+def _tenant_clause(tenants: Collection[str] | None) -> tuple[str, list[Any]]:
+    """` WHERE h.tenant_id IN (…)` for a tenant-bound reader (none: `h.tenant_id IS NULL`
+    never matches), or nothing."""
+    if tenants is None:
+        return "", []
+    if not tenants:
+        return " WHERE 1 = 0", []
+    ordered = sorted(tenants)
+    return f" WHERE h.tenant_id IN ({', '.join('?' for _ in ordered)})", list(ordered)

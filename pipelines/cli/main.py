@@ -311,12 +311,16 @@ def _attach_lineage_commands() -> None:
 
 
 def _attach_web_commands() -> None:
+    from lineage_guard.cli.db import db
     from lineage_guard.cli.gateway import gateway
+    from lineage_guard.cli.serve import serve
     from lineage_guard.cli.users import keys, users
 
     cli.add_command(users)
     cli.add_command(keys)
     cli.add_command(gateway)
+    cli.add_command(serve)
+    cli.add_command(db)
 
 
 _attach_lineage_commands()

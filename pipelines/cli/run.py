@@ -130,6 +130,10 @@ def check_store(url: str) -> None:
         open_store(url).close()
     except ServiceUnavailableError as exc:
         log.warning("%s The guard retries it before delivering anything.", exc.message)
+        return
+    from lineage_guard.web.privileges import warn_if_privileged
+
+    warn_if_privileged(url, "the guard")  # a superuser or the tables' owner could rewrite it
 
 
 def run_counts(config: GuardConfig, metrics: Summary) -> Summary:

@@ -1,0 +1,88 @@
+"""The console's response times on a large lineage store: overview and trace pages, API trace.
+
+    python bench/console.py sqlite:///bench/out/lineage-10m.db                 # 10,000,000 hops
+    python bench/console.py sqlite:///bench/out/console-1m.db --hops 1000000
+    python bench/console.py postgresql://postgres@127.0.0.1:15432/lineage_guard --hops 1000000
+
+Fills the store as `bench/lineage_trace.py` does (the same deterministic, resumable fill: one
+guard, PARTITIONS chains over RUNS runs, ~5% quarantined, ~5% blocked, ~10% derived records),
+adds an auditor, then calls the console in process (the ASGI app through Starlette's test
+client: routing, authentication, the store's queries, templates; no network) and prints
+p50 / p95 / max in milliseconds of:
+
+- `GET /` (overview page), first call (cold: the aggregates are computed) and then SAMPLES
+  calls (warm: unchanged store, the aggregates come from the console's cache);
+- `GET /trace?record_id=…` (trace page) and `GET /api/v1/records/{id}/trace` (API) for SAMPLES
+  random record ids, with batch verification and the access log's append.
+
+The issue's targets: overview and trace pages p95 < 300 ms, API trace p95 < 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from lineage_trace import fill, log, percentiles, record_id
+
+from lineage_guard.lineage.store import open_store
+from lineage_guard.web.auth import Role, new_user, utcnow
+from lineage_guard.web.console import create_console
+
+
+def timed(call: object, *args: object) -> float:
+    started = time.perf_counter()
+    response = call(*args)  # type: ignore[operator]
+    elapsed = (time.perf_counter() - started) * 1000
+    if response.status_code != 200:
+        sys.exit(f"{args[0]} answered {response.status_code}: {response.text[:200]}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("url", help="lineage store URL: sqlite:///path or postgresql://…")
+    parser.add_argument("--hops", type=int, default=10_000_000)
+    parser.add_argument("--batch", type=int, default=2000, help="hops per append")
+    parser.add_argument("--runs", type=int, default=4)
+    parser.add_argument("--partitions", type=int, default=12)
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+
+    from fastapi.testclient import TestClient
+
+    store = open_store(args.url)
+    fill(store, args)
+    if store.user("bench") is None:
+        store.add_user(new_user("bench", "bench", Role.AUDITOR, None, now=utcnow()))
+    app = create_console(store)
+    client = TestClient(app, base_url="https://testserver")
+    session = app.state.authenticator.sign_in("bench", "bench", client="bench")
+    client.cookies.set("lineage_guard_session", session.token)
+    records = args.hops // args.batch * args.batch
+    rng = random.Random(args.seed)
+
+    log("overview, cold")
+    cold = timed(client.get, "/")
+    warm = [timed(client.get, "/") for _ in range(args.samples)]
+    ids = [record_id(rng.randrange(records)) for _ in range(args.samples)]
+    log("trace pages")
+    pages = [timed(client.get, f"/trace?record_id={rid}") for rid in ids]
+    log("API traces")
+    api = [timed(client.get, f"/api/v1/records/{rid}/trace") for rid in ids]
+    print(f"store {store.url}: {records:,} hops")
+    print(f"overview page, cold (aggregates computed): {cold:,.0f} ms")
+    print(f"overview page, warm (cached)  {percentiles(warm)}")
+    print(f"trace page                    {percentiles(pages)}")
+    print(f"API trace                     {percentiles(api)}")
+    store.close()
+
+
+if __name__ == "__main__":
+    main()
