@@ -43,18 +43,21 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from securesystemslib.dsse import Envelope
-from securesystemslib.exceptions import FormatError, VerificationError
-from securesystemslib.signer import CryptoSigner, SSlibKey
 
 from lineage_guard.lineage.chain import ChainHead
 from lineage_guard.lineage.errors import ConfigError, UnusableInputError
 from lineage_guard.lineage.events import format_time, parse_time
+
+if TYPE_CHECKING:
+    from securesystemslib.signer import CryptoSigner, SSlibKey
+
+# securesystemslib is imported where an envelope is made or read, not with this module: it
+# imports boto3 (about half a second), which a guard run without a signing key never needs.
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -86,6 +89,8 @@ class Checkpoint:
 
     def signed_bytes(self) -> bytes:
         if self.envelope is not None:
+            from securesystemslib.dsse import Envelope
+
             return Envelope.from_dict(json.loads(self.envelope)).payload
         return signed_bytes(at=self.at, run_id=self.run_id, heads=self.heads)
 
@@ -167,6 +172,8 @@ def sign(
     payload = canonical(
         statement(at=at, run_id=run_id, seq=seq, previous=link, heads=ordered)
     ).encode()
+    from securesystemslib.dsse import Envelope
+
     envelope = Envelope(payload=payload, payload_type=PAYLOAD_TYPE, signatures={})
     envelope.sign(dsse_signer(key))
     return read_envelope(canonical(envelope.to_dict()))
@@ -174,16 +181,23 @@ def sign(
 
 def dsse_signer(key: Ed25519PrivateKey) -> CryptoSigner:
     """`key` as a securesystemslib signer whose key id is ours (`key_id`)."""
+    from securesystemslib.signer import CryptoSigner
+
     return CryptoSigner(key, dsse_key(key.public_key()))
 
 
 def dsse_key(key: Ed25519PublicKey) -> SSlibKey:
+    from securesystemslib.signer import SSlibKey
+
     return SSlibKey.from_crypto(key, keyid=key_id(key))
 
 
 def read_envelope(text: str) -> Checkpoint:
     """The checkpoint in DSSE envelope `text`, as written by `sign` (not yet verified);
     `ValueError` when it is no such envelope."""
+    from securesystemslib.dsse import Envelope
+    from securesystemslib.exceptions import FormatError
+
     try:
         document = json.loads(text)
         envelope = Envelope.from_dict(copy.deepcopy(document))
@@ -218,6 +232,9 @@ def read_envelope(text: str) -> Checkpoint:
 
 def is_signed_by(checkpoint: Checkpoint, key: Ed25519PublicKey) -> bool:
     if checkpoint.envelope is not None:
+        from securesystemslib.dsse import Envelope
+        from securesystemslib.exceptions import FormatError, VerificationError
+
         try:
             envelope = Envelope.from_dict(json.loads(checkpoint.envelope))
             envelope.verify([dsse_key(key)], 1)

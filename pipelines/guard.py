@@ -31,6 +31,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
+from lineage_guard import heap
 from lineage_guard.io.file_io import finalize_files
 from lineage_guard.io.kafka import PartitionRange
 from lineage_guard.lineage.errors import (
@@ -291,6 +292,7 @@ def run_once(config: GuardConfig) -> Summary:
     except ValueError as exc:  # an unknown runner name
         raise ConfigError(f"Cannot use `--runner {config.runner}`: {first_line(exc)}") from exc
     build(pipeline, config, ranges)
+    heap.settle()
     try:
         result = pipeline.run()
         result.wait_until_finish()

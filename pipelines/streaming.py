@@ -38,6 +38,7 @@ from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from confluent_kafka import KafkaException, TopicPartition
 
+from lineage_guard import heap
 from lineage_guard.arrow_batch import GuardBatch, concat
 from lineage_guard.guard import GuardConfig, KafkaIO
 from lineage_guard.io.kafka import KafkaSink, retrying
@@ -360,4 +361,5 @@ def run_streaming(config: GuardConfig, *, prism_location: str | None = None) -> 
         )
     pipeline = beam.Pipeline(options=options)
     build_streaming(pipeline, config)
+    heap.settle()
     return pipeline.run()

@@ -26,6 +26,9 @@ def main() -> None:
 
     from apache_beam.runners.worker import sdk_worker_main
 
+    from lineage_guard import heap
+
+    heap.settle()
     sdk_worker_main.main(sys.argv)
 
 

@@ -14,6 +14,7 @@ Three kinds of credentials, all checked here:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -61,8 +62,13 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # -- passwords --------------------------------------------------------------------------------
 
 _HASHER = PasswordHasher()
-# Checked when the name is unknown, so a sign-in takes as long whether the user exists or not.
-_DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def dummy_hash() -> str:
+    """Checked when the name is unknown, so a sign-in takes as long whether the user exists
+    or not (made once, at the first sign-in, not when the module is imported)."""
+    return _HASHER.hash(secrets.token_urlsafe(16))
 
 
 def hash_password(password: str) -> str:
@@ -302,7 +308,7 @@ class Authenticator:
         keys = (f"user:{name}", f"client:{client}")
         self.throttle.check(keys)
         user = self.store.user(name)
-        ok = check_password(user.password_hash if user else _DUMMY_HASH, password)
+        ok = check_password(user.password_hash if user else dummy_hash(), password)
         if user is None or not ok or _role(user.role) is None:
             self.throttle.failed(keys)
             raise _unauthenticated("Unknown user or wrong password.")

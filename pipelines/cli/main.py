@@ -6,6 +6,7 @@ message and an `ExitCode`; a traceback means a bug in lineage-guard.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -28,7 +29,22 @@ ENGINE_OPTION = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group, with the commands of `_LAZY_COMMANDS` imported when asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = _LAZY_COMMANDS.get(cmd_name)
+        if module is None:
+            return super().get_command(ctx, cmd_name)
+        command = getattr(importlib.import_module(module), cmd_name)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More diagnostics on stderr (-vv for debug).")
 def cli(verbose: int) -> None:
     """Guards CRM record streams: provenance checks, sink policies, per-record lineage."""
@@ -302,29 +318,18 @@ def demo(records: int, folder: Path) -> None:
     run_demo(records, folder)
 
 
-def _attach_lineage_commands() -> None:
-    from lineage_guard.cli.evidence import evidence
-    from lineage_guard.lineage.cli import lineage
-
-    cli.add_command(lineage)
-    cli.add_command(evidence)
-
-
-def _attach_web_commands() -> None:
-    from lineage_guard.cli.db import db
-    from lineage_guard.cli.gateway import gateway
-    from lineage_guard.cli.serve import serve
-    from lineage_guard.cli.users import keys, users
-
-    cli.add_command(users)
-    cli.add_command(keys)
-    cli.add_command(gateway)
-    cli.add_command(serve)
-    cli.add_command(db)
-
-
-_attach_lineage_commands()
-_attach_web_commands()
+# Commands kept in their own modules and imported only when one of them runs (or `--help`
+# lists them): the web side's (FastAPI, argon2) and the evidence pack's (securesystemslib, which
+# imports boto3) cost about two seconds of start-up that `run` and `validate` do not need.
+_LAZY_COMMANDS = {
+    "lineage": "lineage_guard.lineage.cli",
+    "evidence": "lineage_guard.cli.evidence",
+    "users": "lineage_guard.cli.users",
+    "keys": "lineage_guard.cli.users",
+    "gateway": "lineage_guard.cli.gateway",
+    "serve": "lineage_guard.cli.serve",
+    "db": "lineage_guard.cli.db",
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -36,6 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar, cast
 
 import numpy as np
@@ -745,6 +746,9 @@ class KafkaSink:
         offsets = batch.column("offset").to_pylist()
         headers = batch.headers if batch.headers is not None else (None,) * len(batch)
         topic = self.output_topic
+        # One callback per batch, and per row only a `partial` of it: a closure per row made
+        # about ten objects per record for the garbage collector to track.
+        answer = partial(self._answer_row, pending, topic, batch, offsets)
         for i, ok in enumerate(allowed):
             if not ok:
                 self._send(producer, batch.item(i), pending)
@@ -757,7 +761,7 @@ class KafkaSink:
                 values[i],
                 input_headers(own) if own else None,
                 stamps[i],
-                self._answer(pending, topic, offsets[i], lambda i=i: batch.item(i)),  # type: ignore[misc]
+                partial(answer, i),
             )
 
     def _send(self, producer: Producer, item: Item, pending: _Pending) -> None:
@@ -783,19 +787,46 @@ class KafkaSink:
             if err is None:
                 pending.remaining -= 1
                 return
-            failure = Failure(offset=offset, error=f"`{topic}` refused it: {err.str()}")
-            if err.code() in REFUSALS:
-                pending.refused.append(failure)
-            fallback = self._fallback(item(), err) if err.code() in REFUSALS else None
-            if fallback is not None and not self.settings.exactly_once:
-                pending.failures.append(failure)  # not where its lineage said it would go
-                self._reroutes.append((fallback, pending))  # answered once the fallback is
-                return
-            pending.remaining -= 1
-            pending.failures.append(failure)
-            pending.fatal = pending.fatal or failure
+            self._undelivered(pending, topic, offset, item, err)
 
         return delivered
+
+    def _answer_row(
+        self,
+        pending: _Pending,
+        topic: str,
+        batch: GuardBatch,
+        offsets: list[int],
+        i: int,
+        err: KafkaError | None,
+        _msg: Any,
+    ) -> None:
+        """The delivery callback of row `i` of `batch`, an allowed row produced from the columns
+        (`_send_batch`): its `Item` is built only if it was refused."""
+        if err is None:
+            pending.remaining -= 1
+            return
+        self._undelivered(pending, topic, offsets[i], lambda: batch.item(i), err)
+
+    def _undelivered(
+        self,
+        pending: _Pending,
+        topic: str,
+        offset: int,
+        item: Callable[[], Item],
+        err: KafkaError,
+    ) -> None:
+        failure = Failure(offset=offset, error=f"`{topic}` refused it: {err.str()}")
+        if err.code() in REFUSALS:
+            pending.refused.append(failure)
+        fallback = self._fallback(item(), err) if err.code() in REFUSALS else None
+        if fallback is not None and not self.settings.exactly_once:
+            pending.failures.append(failure)  # not where its lineage said it would go
+            self._reroutes.append((fallback, pending))  # answered once the fallback is
+            return
+        pending.remaining -= 1
+        pending.failures.append(failure)
+        pending.fatal = pending.fatal or failure
 
     def _fallback(self, item: Item, err: KafkaError) -> Item | None:
         """Where a record goes that its topic refused: from the output topic to quarantine,
