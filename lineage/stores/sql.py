@@ -499,10 +499,12 @@ class SqlStore(ABC):
         query = (
             "SELECT h.outcome, h.stopped_at, h.reasons, h.content_class, h.origin_env,"
             " d.seq IS NOT NULL AND d.failed IS NULL, count(*)"
-            " FROM lineage_hops h JOIN lineage_entries e ON e.id = h.entry_id"
+            # The run's entries first, then their hops by primary key (SQLite joins in the
+            # order of a CROSS JOIN): the other runs' hops are never read.
+            " FROM lineage_entries e CROSS JOIN lineage_hops h"
             " LEFT JOIN lineage_entries d"
             "  ON d.kind = 'delivery' AND d.chain_id = e.chain_id AND d.confirms = e.seq"
-            " WHERE e.kind = 'hops' AND e.pipeline = ? AND e.run_id = ?"
+            " WHERE h.entry_id = e.id AND e.kind = 'hops' AND e.pipeline = ? AND e.run_id = ?"
         )
         params: list[Any] = [pipeline, run_id]
         if since is not None:

@@ -25,6 +25,8 @@ from tests.lineage_contract import *  # noqa: E402, F403 (the contract suite run
 from tests.lineage_contract import (  # noqa: E402
     CHAIN,
     KEY,
+    PIPELINE,
+    RUN,
     T0,
     RunSql,
     batch,
@@ -119,6 +121,32 @@ def test_hops_are_found_through_the_key_levels_and_the_hops_primary_key(
     for level in KEY_LEVELS:
         assert f"SEARCH {level} USING PRIMARY KEY (record_key=?)" in plan, plan
     assert "SEARCH h USING PRIMARY KEY (entry_id=? AND idx=?)" in plan, plan
+
+
+def test_a_runs_counts_read_only_that_runs_hops(
+    store: LineageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The summary of a run (`run_counts`) finds the run's entries, then their hops by primary
+    key: a store holding millions of other runs' hops is not scanned at every run's end."""
+    assert isinstance(store, SqliteStore)
+    store.append(batch([hop("a", 0)]))
+    store.append(batch([hop("b", 1)], run_id="another-run"))
+    asked: list[tuple[str, Any]] = []
+    fetchall = store._fetchall
+    monkeypatch.setattr(
+        store,
+        "_fetchall",
+        lambda query, params: asked.append((query, params)) or fetchall(query, params),
+    )
+    assert sum(row.count for row in store.run_counts(PIPELINE, RUN)) == 1
+    [(query, params)] = asked
+    conn = sqlite3.connect(store.path)
+    try:
+        plan = [str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {query}", params)]
+    finally:
+        conn.close()
+    assert "SEARCH h USING PRIMARY KEY (entry_id=?)" in plan, plan
+    assert not [step for step in plan if step.startswith("SCAN h")], plan
 
 
 def test_keys_move_down_the_levels_and_every_hop_stays_found(
