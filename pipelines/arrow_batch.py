@@ -50,6 +50,12 @@ VERDICT_FIELDS = (
 )
 
 
+# The columns an `Item` is made of (`GuardBatch.items_at`).
+_ITEM_COLUMNS = (
+    "offset", "key", "value", "timestamp_ms", "schema", "error", "stopped_at", "blocked",
+)  # fmt: skip
+
+
 @dataclass(frozen=True, kw_only=True)
 class GuardBatch:
     """The messages of one partition (or file) and what the stages found out about them."""
@@ -164,24 +170,39 @@ class GuardBatch:
     def item(self, row: int) -> Item:
         """One row as an `Item`: for the rare paths that handle a record on its own (a record
         a destination refused, a quarantine entry)."""
-        headers = self.headers[row] if self.headers is not None else None
-        return Item(
-            source=Source(
-                topic=self.topic,
-                partition=self.partition,
-                offset=self.column("offset")[row].as_py(),
-                key=self.column("key")[row].as_py(),
-                value=self.column("value")[row].as_py(),
-                headers=headers,
-                timestamp_ms=self.column("timestamp_ms")[row].as_py(),
-            ),
-            record=self.records[row] if self.records is not None else None,
-            schema=self.column("schema")[row].as_py() if self.has("schema") else None,
-            error=self.column("error")[row].as_py(),
-            stopped_at=self.column("stopped_at")[row].as_py() if self.has("stopped_at") else None,
-            blocked=bool(self.column("blocked")[row].as_py()) if self.has("blocked") else False,
-            violations=self.violations.get(row, ()),
+        [item] = self.items_at([row])
+        return item
+
+    def items_at(self, rows: Sequence[int]) -> list[Item]:
+        """`rows` as `Item`s, in the order given: each column is read once for all of them
+        (a quarantined batch's rows, which the Kafka sink sizes and sends one by one)."""
+        if not rows:
+            return []
+        picked = self.columns.select([name for name in _ITEM_COLUMNS if self.has(name)]).take(
+            pa.array(rows, pa.int64())
         )
+        values = {name: picked.column(name).to_pylist() for name in picked.schema.names}
+        none = [None] * len(rows)
+        return [
+            Item(
+                source=Source(
+                    topic=self.topic,
+                    partition=self.partition,
+                    offset=values["offset"][k],
+                    key=values["key"][k],
+                    value=values["value"][k],
+                    headers=self.headers[row] if self.headers is not None else None,
+                    timestamp_ms=values["timestamp_ms"][k],
+                ),
+                record=self.records[row] if self.records is not None else None,
+                schema=values.get("schema", none)[k],
+                error=values["error"][k],
+                stopped_at=values.get("stopped_at", none)[k],
+                blocked=bool(values.get("blocked", none)[k]),
+                violations=self.violations.get(row, ()),
+            )
+            for k, row in enumerate(rows)
+        ]
 
     def allowed_mask(self) -> pa.BooleanArray:
         import pyarrow.compute as pc
@@ -199,38 +220,7 @@ class GuardBatch:
             from lineage_guard.guard_chain import with_records
 
             self = with_records(self)
-        offsets = self.column("offset").to_pylist()
-        keys = self.column("key").to_pylist()
-        values = self.column("value").to_pylist()
-        stamps = self.column("timestamp_ms").to_pylist()
-        errors = self.column("error").to_pylist()
-        n = len(offsets)
-        records = self.records if self.records is not None else (None,) * n
-        headers = self.headers if self.headers is not None else (None,) * n
-        schemas = self.column("schema").to_pylist() if self.has("schema") else [None] * n
-        stopped = self.column("stopped_at").to_pylist() if self.has("stopped_at") else [None] * n
-        blocked = self.column("blocked").to_pylist() if self.has("blocked") else [False] * n
-        found = self.violations
-        items = tuple(
-            Item(
-                source=Source(
-                    topic=self.topic,
-                    partition=self.partition,
-                    offset=offsets[i],
-                    key=keys[i],
-                    value=values[i],
-                    headers=headers[i],
-                    timestamp_ms=stamps[i],
-                ),
-                record=records[i],
-                schema=schemas[i],
-                error=errors[i],
-                stopped_at=stopped[i],
-                blocked=bool(blocked[i]),
-                violations=found.get(i, ()),
-            )
-            for i in range(n)
-        )
+        items = tuple(self.items_at(range(len(self))))
         return Batch(topic=self.topic, partition=self.partition, items=items)
 
 

@@ -115,11 +115,14 @@ class FileSink:
         batch = guard_chain.with_records(batch)
         lines: dict[str, list[str]] = {kind: [] for kind in KINDS}
         records = batch.records if batch.records is not None else (None,) * len(batch)
-        for i, stopped in enumerate(batch.stopped_at()):
-            if stopped is None:
+        stopped_at = batch.stopped_at()
+        stopped = [i for i, stage in enumerate(stopped_at) if stage is not None]
+        items = dict(zip(stopped, batch.items_at(stopped), strict=True))
+        for i, stage in enumerate(stopped_at):
+            if stage is None:
                 lines["allowed"].append(json_line(records[i]))
             else:
-                lines["quarantine"].append(json_line(quarantine_entry(batch.item(i))))
+                lines["quarantine"].append(json_line(quarantine_entry(items[i])))
         folder = join(self.out_dir, PARTS, self.names[batch.topic])
         first = batch.column("offset")[0].as_py()
         for kind, text in lines.items():

@@ -664,14 +664,11 @@ class KafkaSink:
             sizes += pc.fill_null(pc.binary_length(batch.column(name)), 0).to_numpy(
                 zero_copy_only=False
             )
-        if batch.headers is not None:
+        if batch.headers is not None and any(batch.headers):
+            keys, values = batch.column("key").to_pylist(), batch.column("value").to_pylist()
             for i, headers in enumerate(batch.headers):
                 if headers:
-                    sizes[i] = message_size(
-                        batch.column("key")[i].as_py(),
-                        batch.column("value")[i].as_py(),
-                        input_headers(headers),
-                    )
+                    sizes[i] = message_size(keys[i], values[i], input_headers(headers))
         allowed = np.asarray(batch.allowed_mask(), dtype=bool)
         limit = self.limits[self.output_topic]
         offsets = batch.column("offset")
@@ -690,8 +687,9 @@ class KafkaSink:
         )
         limit = self.limits[self.quarantine_topic]
         too_large = {}
-        for i in pc.indices_nonzero(pc.invert(batch.allowed_mask())).to_pylist():
-            size = self._quarantine_size(batch.item(i))
+        stopped = pc.indices_nonzero(pc.invert(batch.allowed_mask())).to_pylist()
+        for i, item in zip(stopped, batch.items_at(stopped), strict=True):
+            size = self._quarantine_size(item)
             if size > limit:
                 too_large[i] = Violation(
                     rule=QUARANTINE_REFUSED,
@@ -756,9 +754,11 @@ class KafkaSink:
         # One callback per batch, and per row only a `partial` of it: a closure per row made
         # about ten objects per record for the garbage collector to track.
         answer = partial(self._answer_row, pending, topic, batch, offsets)
+        stopped = [i for i, ok in enumerate(allowed) if not ok]
+        items = dict(zip(stopped, batch.items_at(stopped), strict=True))
         for i, ok in enumerate(allowed):
             if not ok:
-                self._send(producer, batch.item(i), pending)
+                self._send(producer, items[i], pending)
                 continue
             own = headers[i]
             self._produce(

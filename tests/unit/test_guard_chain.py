@@ -186,6 +186,9 @@ def test_the_items_view_round_trips(validator: SuiteValidator) -> None:
     gb = guard_chain.with_records(gb)  # the items view carries records
     again = arrow_batch.from_items(gb.items())
     assert again.items() == gb.items()
+    stopped = [i for i, stage in enumerate(gb.stopped_at()) if stage is not None]
+    rows = [*reversed(stopped[:5]), 0]  # any rows, in the order asked for
+    assert len(stopped) >= 5 and gb.items_at(rows) == [gb.items().items[i] for i in rows]
     assert guard_chain.hop_rows(again).leaves() == guard_chain.hop_rows(gb).leaves()
 
 
