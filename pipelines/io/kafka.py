@@ -118,11 +118,12 @@ PRODUCER_DEFAULTS = {
     "linger.ms": 20,
     "batch.size": 1_000_000,
     "compression.type": "lz4",
-    # At most 100,000 records (64 MiB) waiting for the broker: 50 batches in flight. With
-    # librdkafka's default (1 GiB) the queue grew with a long run's length while the broker
-    # lagged: 100 MiB more peak memory at 1M records than at 100k (bench/throughput.py).
-    "queue.buffering.max.messages": 100_000,
-    "queue.buffering.max.kbytes": 65_536,
+    # At most 20,000 records (16 MiB) waiting for the broker: ten batches in flight, each
+    # held until its records are acknowledged. With 1 GiB the queue (and the batches behind
+    # it) grew with a long run's length while the broker lagged: 100 MiB more peak memory at
+    # 1M records than at 100k (bench/throughput.py).
+    "queue.buffering.max.messages": 20_000,
+    "queue.buffering.max.kbytes": 16_384,
 }
 # What a consumer fetches ahead of the guard: 16 MiB (librdkafka's default, 64 MiB, is a run's
 # whole topic at 100k records, so a longer run held four times more).
@@ -170,16 +171,21 @@ class KafkaSettings:
         return _client(Consumer, config)
 
     def producer(self, **overrides: Any) -> Producer:
-        return _client(
-            Producer,
-            {
-                "bootstrap.servers": self.bootstrap_servers,
-                "logger": client_log,
-                **PRODUCER_DEFAULTS,
-                **self.client,
-                **overrides,
-            },
-        )
+        config = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "logger": client_log,
+            **PRODUCER_DEFAULTS,
+            **self.client,
+            **overrides,
+        }
+        largest = str(config.get("message.max.bytes", LIBRDKAFKA_MESSAGE_MAX_BYTES))
+        if "queue.buffering.max.kbytes" not in {**self.client, **overrides} and largest.isdigit():
+            # Room for two of the largest records the producer may send, or one would wait
+            # for space forever (a value that is no number is librdkafka's to refuse).
+            config["queue.buffering.max.kbytes"] = max(
+                int(config["queue.buffering.max.kbytes"]), 2 * (int(largest) // 1024 + 1)
+            )
+        return _client(Producer, config)
 
     def admin(self) -> AdminClient:
         # No `logger` (an AdminClient given one answers only while someone polls it), and
