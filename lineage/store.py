@@ -133,6 +133,22 @@ class LineageStore(AccountStore, Protocol):
         """Stream hops of batches written with `since <= at < until`, in time order."""
         ...
 
+    def suspect_deliveries(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        destinations: Collection[str] | None = None,
+    ) -> Iterator[StoredHop]:
+        """Delivered hops that may be leaks, in `scan`'s order (`queries.leaks` decides)."""
+        ...
+
+    def blocked_attempts(
+        self, *, since: datetime | None = None, until: datetime | None = None
+    ) -> Iterator[StoredHop]:
+        """Blocked hops that may be blocked leak attempts, in `scan`'s order."""
+        ...
+
     def events(
         self,
         *,

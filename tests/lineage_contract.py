@@ -33,6 +33,7 @@ from lineage_guard.lineage.events import Decision, Reason, Stage
 from lineage_guard.lineage.hops import Delivery, Hop, HopBatch, Outcome, merkle_root
 from lineage_guard.lineage.store import LineageStore, RunCount, open_store
 from lineage_guard.lineage.stores.sql import ENTRY_COLUMNS, HOP_COLUMNS, read_entry, read_hop
+from tests.reference_leaks import scanned_leaks
 
 RunSql = Callable[[str], list[tuple[Any, ...]]]
 
@@ -60,6 +61,7 @@ __all__ = [
     "test_forged_checkpoint_is_detected",
     "test_inserting_a_hop_row_is_detected",
     "test_leaks_count_only_acknowledged_deliveries_and_dedupe_redeliveries",
+    "test_leaks_found_in_sql_equal_the_scan_of_every_hop_on_a_hostile_store",
     "test_leaks_none_when_the_guard_blocked_the_attempts",
     "test_long_ids_are_kept_bounded_and_found_by_their_full_value",
     "test_recomputed_chain_is_detected_only_with_a_key",
@@ -503,6 +505,93 @@ def test_leaks_none_when_the_guard_blocked_the_attempts(store: LineageStore) -> 
     report = queries.leaks(store)
     assert report.leaks == () and report.unconfirmed == ()
     assert [b.event.record_id for b in report.blocked] == ["t1"]
+
+
+def test_leaks_found_in_sql_equal_the_scan_of_every_hop_on_a_hostile_store(
+    store: LineageStore,
+) -> None:
+    """`queries.leaks` (candidates found in SQL) gives what a Python scan of every hop gives
+    (`tests.reference_leaks`), over every window and destination filter, on a store of every
+    case the rules tell apart."""
+
+    def put(hops: list[Hop], *, second: int, confirm: bool = True, **kwargs: Any) -> None:
+        made = batch(hops, at=T0 + timedelta(seconds=second))
+        made = dataclasses.replace(made, **kwargs)
+        entry = store.append(made)
+        if confirm:
+            failed = [Failure(offset=h.source_offset, error="refused") for h in hops
+                      if h.record_id == "refused"]  # fmt: skip
+            store.confirm([(entry, len(hops), failed)], at=T0 + timedelta(seconds=second))
+
+    def quarantined(record_id: str, offset: int, **fields: Any) -> Hop:
+        values: dict[str, Any] = {
+            "outcome": Outcome.QUARANTINED,
+            "stopped_at": Stage.VALIDATE,
+            "reasons": (Reason(rule="generator_required", message="no"),),
+        }
+        return hop(record_id, offset, **{**values, **fields})
+
+    def blocked(record_id: str, offset: int, **fields: Any) -> Hop:
+        values: dict[str, Any] = {"outcome": Outcome.BLOCKED, "stopped_at": Stage.ENFORCE}
+        return hop(record_id, offset, **{**values, **fields})
+
+    same = "ab" * 32  # the bytes that failed validation, delivered again elsewhere
+    put([quarantined("stripped", 0, digest=same), quarantined("bare", 1, digest=same, reasons=()),
+         hop("blocked-at-validate", 2, digest=same, outcome=Outcome.BLOCKED,
+             stopped_at=Stage.VALIDATE)], second=0)  # fmt: skip
+    put([hop("stripped", 10, digest=same),  # failed validation in another guard, delivered
+         hop("stripped", 11, digest="cd" * 32),  # other bytes: fine
+         hop("bare", 12, digest=same, origin_env="TEST"),  # both rules
+         hop("blocked-at-validate", 13, digest=same),  # blocked is not quarantined: fine
+         hop("test", 14, origin_env="TEST"), hop("test", 14, origin_env="TEST"),  # duplicate
+         hop("no-origin", 15, origin_env=None), hop(None, 16, origin_env="STAGING"),
+         hop("unvalidated", 17), hop("refused", 18, origin_env="TEST")],
+        second=1, pipeline="production-sink")  # fmt: skip
+    put([hop("test", 14, origin_env="TEST")], second=2)  # a re-delivery after a crash
+    put([hop("sending", 20, origin_env="STAGING")], second=3, confirm=False)
+    put([hop("late", 21, origin_env="STAGING")], second=4, confirm=False)
+    put([hop("late", 21, origin_env="STAGING")], second=5)  # acknowledged the second time
+    put([hop("handed-on", 22, origin_env="TEST")], second=6, allowed_to="pipeline:next")
+    put([hop("elsewhere", 23, origin_env="TEST")], second=7, allowed_to="crm.contacts.dev")
+    put([hop("validated-later", 24, digest=same)], second=8)
+    put([quarantined("validated-later", 25, digest=same)], second=9)
+    put([blocked("leak-rule", 30, reasons=(Reason(rule="leak_test_origin", message="m"),)),
+         blocked("tenant-rule", 31, reasons=(Reason(rule="tenant_mismatch", message="m"),)),
+         blocked("never-stopped", 32, stopped_at=None, origin_env="TEST"),
+         blocked("at-decode", 33, stopped_at=Stage.DECODE, origin_env="TEST"),
+         blocked("no-origin-blocked", 34, origin_env=None),
+         blocked("staging-blocked", 35, origin_env="STAGING")], second=10)  # fmt: skip
+
+    report = queries.leaks(store)
+    ids = [(leak.stored.event.record_id, [r.rule for r in leak.why]) for leak in report.leaks]
+    assert ids == [
+        ("stripped", ["failed_validation"]),
+        ("bare", ["origin_not_production", "failed_validation"]),
+        ("test", ["origin_not_production"]),
+        ("no-origin", ["origin_not_production"]),
+        (None, ["origin_not_production"]),
+        ("late", ["origin_not_production"]),
+        ("elsewhere", ["origin_not_production"]),
+        ("validated-later", ["failed_validation"]),
+    ]
+    assert "(quarantined)" in report.leaks[1].why[1].message
+    assert [leak.stored.event.record_id for leak in report.unconfirmed] == ["sending"]
+    assert [b.event.record_id for b in report.blocked] == [
+        "leak-rule", "never-stopped", "no-origin-blocked", "staging-blocked",
+    ]  # fmt: skip
+    assert queries.leaks(store, blocked=False).blocked == ()
+    windows: list[dict[str, Any]] = [
+        {},
+        {"since": T0 + timedelta(seconds=1)},
+        {"until": T0 + timedelta(seconds=5)},
+        {"since": T0 + timedelta(seconds=2), "until": T0 + timedelta(seconds=9)},
+        {"production_destinations": {ALLOWED}},
+        {"production_destinations": {ALLOWED, "crm.contacts.dev", "pipeline:next"}},
+        {"production_destinations": set()},
+        {"since": T0 + timedelta(seconds=4), "production_destinations": {"crm.contacts.dev"}},
+    ]
+    for window in windows:
+        assert queries.leaks(store, **window).to_dict() == scanned_leaks(store, **window).to_dict()
 
 
 # -- tampering without and with a key -------------------------------------------------------

@@ -89,7 +89,7 @@ def overview(store: LineageStore, state: ConsoleState, principal: Principal) -> 
         by["content_class"][c.content_class or "(unknown)"] += c.count
         by["tenant"][c.tenant_id or "(unknown)"] += c.count
         timeline[(format_time(c.hour), c.outcome)] += c.count
-    report = queries.leaks(store)
+    report = queries.leaks(store, blocked=False)
     leak_count = sum(1 for leak in report.leaks if sees_tenant(principal, _tenant(leak.stored)))
     checkpoints = store.checkpoints()
     result = {

@@ -91,6 +91,38 @@ JOIN lineage_entries e ON e.id = h.entry_id
 LEFT JOIN lineage_entries d
   ON d.kind = 'delivery' AND d.chain_id = e.chain_id AND d.confirms = e.seq
 """
+# Leaks (`queries.leaks`): the SQL narrows, Python decides. A delivered hop is a suspect if its
+# origin is not PRODUCTION (`queries.PRODUCTION`) or if the same record with the same bytes was
+# quarantined at validate (`HopBatch.events`: a hop stopped at `validate` and not blocked).
+# Each half has a partial index of its own, of the few rows it selects (none while the guard
+# works, and the quarantined ones), so neither scans the delivered hops. The conditions are
+# written as the indexes' are: a database uses a partial index only for a query that repeats
+# its condition.
+UNPRODUCTIVE = "h.outcome = 'delivered' AND (h.origin_env IS NULL OR h.origin_env <> 'PRODUCTION')"
+FAILED_VALIDATION = "v.stopped_at = 'validate' AND v.outcome <> 'blocked'"
+SUSPECT_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS lineage_hops_unproductive ON lineage_hops (entry_id, idx)"
+    f" WHERE {UNPRODUCTIVE.replace('h.', '')}",
+    "CREATE INDEX IF NOT EXISTS lineage_hops_failed_validation ON lineage_hops"
+    f" (record_id, digest) WHERE {FAILED_VALIDATION.replace('v.', '')}",
+)
+SUSPECTS = (
+    f"SELECT h.entry_id, h.idx FROM lineage_hops h WHERE {UNPRODUCTIVE}"
+    " UNION SELECT h.entry_id, h.idx FROM lineage_hops v JOIN lineage_hops h"
+    " ON h.record_id = v.record_id AND h.digest = v.digest"
+    f" WHERE {FAILED_VALIDATION} AND h.outcome = 'delivered'"
+)
+SUSPECT_HOPS = "JOIN lineage_hops h ON h.entry_id = s.entry_id AND h.idx = s.idx"
+# A blocked hop is an attempt if it has an `enforce` event (stopped there, or later, or never:
+# `HopBatch.events`) and its origin is not PRODUCTION or a reason's rule starts with `leak_`
+# (reasons are `[[rule, message], …]`).
+ATTEMPT = (
+    "h.outcome = 'blocked'"
+    " AND (h.stopped_at IS NULL OR h.stopped_at NOT IN ('source', 'decode', 'validate'))"
+    " AND (h.origin_env IS NULL OR h.origin_env <> 'PRODUCTION'"
+    " OR h.reasons LIKE ? ESCAPE '!')"
+)
+ATTEMPT_RULES = '%["leak!_%'  # ATTEMPT's parameter: a rule that starts with `leak_`
 SELECT_ENTRIES = f"SELECT {', '.join(ENTRY_COLUMNS)} FROM lineage_entries"
 ROWS_OF_ENTRY = (
     f"SELECT {', '.join(HOP_COLUMNS[1:])} FROM lineage_hops h"
@@ -428,19 +460,54 @@ class SqlStore(ABC):
     ) -> Iterator[StoredHop]:
         """Stream the hops of batches written with `since <= at < until`, in time order,
         through a connection of their own (appends go on meanwhile)."""
-        where: list[str] = []
-        params: list[Any] = []
-        if since is not None:
-            where.append("e.at >= ?")
-            params.append(_millis(since))
-        if until is not None:
-            where.append("e.at < ?")
-            params.append(_millis(until))
+        where, params = _window(since, until)
         if outcome is not None:
             where.append("h.outcome = ?")
             params.append(str(outcome))
         query = SELECT_HOPS + (f" WHERE {' AND '.join(where)}" if where else "")
         query += " ORDER BY e.at, e.chain_id, e.seq, h.idx"
+        with self._snapshot() as conn:
+            for row in self._stream(conn, self._q(query), params):
+                yield stored_hop(row)
+
+    def suspect_deliveries(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        destinations: Collection[str] | None = None,
+    ) -> Iterator[StoredHop]:
+        """The delivered hops, in `scan`'s order, that may be leaks (`queries.leaks` decides):
+        from an origin other than PRODUCTION, or whose record was quarantined at validate
+        with the same bytes in any batch. Found by the database through two partial indexes
+        (`SUSPECT_INDEXES`): a full scan only for what they cannot answer."""
+        where, params = _window(since, until)
+        if destinations is not None:
+            if not destinations:
+                return iter(())
+            ordered = sorted(destinations)
+            where.append(f"e.allowed_to IN ({', '.join('?' for _ in ordered)})")
+            params += ordered
+        query = (
+            SELECT_HOPS.replace("FROM lineage_hops h", f"FROM ({SUSPECTS}) s {SUSPECT_HOPS}", 1)
+            + (f" WHERE {' AND '.join(where)}" if where else "")
+            + " ORDER BY e.at, e.chain_id, e.seq, h.idx"
+        )
+        return self._stream_hops(query, params)
+
+    def blocked_attempts(
+        self, *, since: datetime | None = None, until: datetime | None = None
+    ) -> Iterator[StoredHop]:
+        """The blocked hops, in `scan`'s order, that may be blocked leak attempts
+        (`queries.leaks` decides): they passed or stopped at `enforce`, with an origin other
+        than PRODUCTION or a `leak_…` reason."""
+        where, params = _window(since, until)
+        where.append(ATTEMPT)
+        params.append(ATTEMPT_RULES)
+        query = f"{SELECT_HOPS} WHERE {' AND '.join(where)} ORDER BY e.at, e.chain_id, e.seq, h.idx"
+        return self._stream_hops(query, params)
+
+    def _stream_hops(self, query: str, params: list[Any]) -> Iterator[StoredHop]:
         with self._snapshot() as conn:
             for row in self._stream(conn, self._q(query), params):
                 yield stored_hop(row)
@@ -1313,6 +1380,19 @@ def _api_key(row: Sequence[Any]) -> ApiKeyRecord:
         created_at=_time(row[5]),
         revoked_at=None if row[6] is None else _time(row[6]),
     )
+
+
+def _window(since: datetime | None, until: datetime | None) -> tuple[list[str], list[Any]]:
+    """The conditions (and their parameters) of batches written with `since <= at < until`."""
+    where: list[str] = []
+    params: list[Any] = []
+    if since is not None:
+        where.append("e.at >= ?")
+        params.append(_millis(since))
+    if until is not None:
+        where.append("e.at < ?")
+        params.append(_millis(until))
+    return where, params
 
 
 def _tenant_clause(tenants: Collection[str] | None) -> tuple[str, list[Any]]:
