@@ -37,6 +37,17 @@ class ChainStatus:
     seq: int
     verified: bool  # False: not checked (`trace(..., verify_chains=False)`)
     broken: BrokenLink | None
+    # Set when only the traced hops' rows were read (`lineage.proofs`): when the whole batch
+    # was read and found intact by this process. None: every row was read just now.
+    read_whole_at: datetime | None = None
+
+    @property
+    def checked(self) -> str:
+        """What was checked: `batch` (every row against the Merkle root, the link and hash),
+        `rows` (the link and hash, and the traced hops' rows by inclusion proof), or `none`."""
+        if not self.verified:
+            return "none"
+        return "batch" if self.read_whole_at is None or self.broken else "rows"
 
     @property
     def ok(self) -> bool:
@@ -53,15 +64,22 @@ class ChainStatus:
         where = f"chain `{self.chain_id}` batch {self.seq}"
         if not self.verified:
             return f"{where}: not verified"
-        if self.broken is None:
-            return f"{where}: verified ok (Merkle root and link)"
-        return f"{where}: BROKEN: {self.broken.description}"
+        if self.broken is not None:
+            return f"{where}: BROKEN: {self.broken.description}"
+        if self.read_whole_at is not None:
+            return (
+                f"{where}: verified ok (link and hash; the traced hops' rows by inclusion proof"
+                f" under its Merkle root; every row read at {format_time(self.read_whole_at)})"
+            )
+        return f"{where}: verified ok (Merkle root and link)"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "chain_id": self.chain_id,
             "seq": self.seq,
             "status": self.status,
+            "checked": self.checked,
+            "read_whole_at": format_time(self.read_whole_at) if self.read_whole_at else None,
             "broken": self.broken.to_dict() if self.broken is not None else None,
         }
 
@@ -165,16 +183,25 @@ def trace(store: LineageStore, record_id: str, *, verify_chains: bool = True) ->
                     depth_of[parent] = depth
                     frontier.append(parent)
 
-    batches: dict[str, set[int]] = defaultdict(set)
+    # The hops of each batch that the trace shows: a batch read whole before is proven by
+    # those rows only (`lineage.proofs`).
+    batches: dict[str, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
     for stored in found:
-        batches[stored.chain_id].add(stored.seq)
+        batches[stored.chain_id][stored.seq].add(stored.index)
     statuses: dict[tuple[str, int], ChainStatus] = {}
     for chain_id in sorted(batches):
-        seqs = batches[chain_id]
-        results = store.verify_batches(chain_id, seqs) if verify_chains else {}
-        for seq in sorted(seqs):
+        rows = batches[chain_id]
+        proven: dict[int, datetime] = {}
+        results = (
+            store.verify_batches(chain_id, rows, rows=rows, proven=proven) if verify_chains else {}
+        )
+        for seq in sorted(rows):
             statuses[(chain_id, seq)] = ChainStatus(
-                chain_id=chain_id, seq=seq, verified=verify_chains, broken=results.get(seq)
+                chain_id=chain_id,
+                seq=seq,
+                verified=verify_chains,
+                broken=results.get(seq),
+                read_whole_at=proven.get(seq),
             )
     passes: dict[tuple[Any, ...], tuple[str, int, int]] = {}
     traced = []

@@ -197,8 +197,17 @@ class LineageStore(AccountStore, Protocol):
         the store), that the store still extends it."""
         ...
 
-    def verify_batches(self, chain_id: str, seqs: Collection[int]) -> dict[int, BrokenLink | None]:
-        """Check only the given entries of a chain (rows, own hash, link to predecessor)."""
+    def verify_batches(
+        self,
+        chain_id: str,
+        seqs: Collection[int],
+        *,
+        rows: Mapping[int, Collection[int]] | None = None,
+        proven: dict[int, datetime] | None = None,
+    ) -> dict[int, BrokenLink | None]:
+        """Check only the given entries of a chain (rows, own hash, link to predecessor);
+        with `rows`, a batch read whole before by this object is checked by those rows'
+        inclusion proofs (`lineage.proofs`), and noted in `proven`."""
         ...
 
     # the console's aggregates and pages; `tenants`: only those tenants' hops (None: all)

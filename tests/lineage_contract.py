@@ -68,6 +68,7 @@ __all__ = [
     "test_run_counts_count_one_runs_hops_per_decision",
     "test_trace_follows_ancestors_through_a_cycle",
     "test_trace_of_an_unknown_record_is_empty",
+    "test_trace_proves_a_batch_read_before_by_its_hops_blocks_and_still_sees_their_edits",
     "test_trace_shows_hops_across_guards_in_order",
     "test_trace_shows_the_batch_status_of_each_hop",
     "test_unreadable_edit_is_detected",
@@ -452,6 +453,44 @@ def test_trace_shows_the_batch_status_of_each_hop(store: LineageStore, run_sql: 
     assert not edited.intact
     clean = queries.trace(store, "r5")  # another batch of the same chain
     assert [c.status for c in clean.chains] == ["ok"]
+
+
+def test_trace_proves_a_batch_read_before_by_its_hops_blocks_and_still_sees_their_edits(
+    store: LineageStore, store_url: str, run_sql: RunSql
+) -> None:
+    """A batch a trace read whole is then proven by the traced hops' blocks of 16 rows
+    (`lineage.proofs`): an edit of such a row, or of the entry, is still seen; an edit of
+    another block is seen by a full verification, and by a fresh store object's trace."""
+    entry = store.append(batch([hop(f"r{i}", i) for i in range(40)]))
+    store.confirm([(entry, 40, [])], at=T0)
+    first = queries.trace(store, "r1")
+    assert [(c.status, c.checked, c.read_whole_at) for c in first.chains] == [("ok", "batch", None)]
+    again = queries.trace(store, "r1")
+    assert [(c.status, c.checked) for c in again.chains] == [("ok", "rows")]
+    assert again.chains[0].read_whole_at is not None
+    assert "inclusion proof" in again.chains[0].describe()
+
+    run_sql("UPDATE lineage_hops SET tenant_id = 'globex' WHERE record_id = 'r35'")  # block 2
+    assert [c.checked for c in queries.trace(store, "r1").chains] == ["rows"]  # block 0: intact
+    assert [c.status for c in queries.trace(store, "r35").chains] == ["broken"]
+    assert store.verify_batches(CHAIN, [1])[1] is not None
+    with open_store(store_url) as fresh:
+        assert [c.status for c in queries.trace(fresh, "r1").chains] == ["broken"]
+    run_sql("UPDATE lineage_hops SET tenant_id = 'acme' WHERE record_id = 'r35'")  # undone
+
+    assert [c.checked for c in queries.trace(store, "r2").chains] == ["rows"]
+    run_sql("UPDATE lineage_hops SET origin_env = 'TEST' WHERE record_id = 'r2'")  # in block 0
+    edited = queries.trace(store, "r1")
+    assert [(c.status, c.checked) for c in edited.chains] == [("broken", "batch")]
+    assert edited.chains[0].broken is not None
+    assert edited.chains[0].broken.kind is BreakKind.EDITED
+    run_sql("UPDATE lineage_hops SET origin_env = 'PRODUCTION' WHERE record_id = 'r2'")
+    assert [(c.status, c.checked) for c in queries.trace(store, "r1").chains] == [("ok", "rows")]
+
+    run_sql("DELETE FROM lineage_hops WHERE record_id = 'r3'")  # r1's block loses a row
+    assert [c.status for c in queries.trace(store, "r1").chains] == ["broken"]
+    run_sql(f"UPDATE lineage_entries SET count = 39 WHERE chain_id = '{CHAIN}' AND seq = 1")
+    assert [c.status for c in queries.trace(store, "r1").chains] == ["broken"]
 
 
 def test_events_and_scan_filter_by_time_stage_and_decision(store: LineageStore) -> None:

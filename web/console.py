@@ -47,6 +47,7 @@ from lineage_guard.web.auth import (
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+MAX_SEQ = 2**63 - 1  # a batch position the stores can hold (a 64-bit integer)
 
 _templates = Environment(
     loader=FileSystemLoader(HERE / "templates"),
@@ -412,7 +413,7 @@ async def api_verify(
     request: Request,
     principal: Operator,
     chain_id: Annotated[str | None, Query(max_length=500)] = None,
-    seq: Annotated[int | None, Query(ge=1)] = None,
+    seq: Annotated[int | None, Query(ge=1, le=MAX_SEQ)] = None,
 ) -> dict[str, Any]:
     return await run_in_threadpool(verify, _store(request), _state(request), chain_id, seq)
 

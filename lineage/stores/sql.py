@@ -26,6 +26,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from types import TracebackType
 from typing import Any, Self
 
@@ -66,6 +67,7 @@ from lineage_guard.lineage.hops import (
     compact_json,
     stored_leaf,
 )
+from lineage_guard.lineage.proofs import BatchTrees
 from lineage_guard.lineage.store import HopCount, RunCount, RunSummary, first_line, order_key
 
 IN_CHUNK = 500  # record ids per `IN (…)` query
@@ -129,6 +131,7 @@ ROWS_OF_ENTRY = (
     " WHERE h.entry_id = (SELECT id FROM lineage_entries WHERE chain_id = ? AND seq = ?)"
     " ORDER BY h.idx"
 )
+ROWS_IN_RANGE = ROWS_OF_ENTRY.replace(" ORDER BY", " AND h.idx >= ? AND h.idx < ? ORDER BY")
 INSERT_HOP = (
     f"INSERT INTO lineage_hops ({', '.join(HOP_COLUMNS)})"
     f" VALUES ({', '.join('?' for _ in HOP_COLUMNS)})"
@@ -170,6 +173,7 @@ class SqlStore(ABC):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._answers_ready = False
+        self._trees = BatchTrees()
 
     def _error_class(self, exc: BaseException) -> type[LineageGuardError]:
         """The error a failed write raises: an outage to retry unless the store says
@@ -777,18 +781,32 @@ class SqlStore(ABC):
             return _checkpoint_break(BreakKind.UNSIGNED, text), signed
         return None, signed
 
-    def verify_batches(self, chain_id: str, seqs: Collection[int]) -> dict[int, BrokenLink | None]:
+    def verify_batches(
+        self,
+        chain_id: str,
+        seqs: Collection[int],
+        *,
+        rows: Mapping[int, Collection[int]] | None = None,
+        proven: dict[int, datetime] | None = None,
+    ) -> dict[int, BrokenLink | None]:
         """Check only entries `seqs` of `chain_id`: each against its rows, its own hash and
-        its predecessor's (what `trace` shows per hop; `verify` walks everything)."""
+        its predecessor's (what `trace` shows per hop; `verify` walks everything).
+
+        With `rows` (per seq, the indexes of the hops that matter: a trace's), a batch this
+        store object read whole before and found intact is not read whole again: its link and
+        hash are checked, and each of those hops by an inclusion proof, its block of
+        2^PROOF_HEIGHT rows read now and hashed into the node of the batch's Merkle tree kept
+        from that reading (the tree's root is the entry's). Any mismatch falls back to reading
+        the batch whole. Those batches go into `proven`, with the time of that reading."""
         result: dict[int, BrokenLink | None] = {}
         with self._snapshot() as conn:
             for seq in sorted(set(seqs)):
-                rows = self._fetch(
+                headers = self._fetch(
                     conn,
                     self._q(f"{SELECT_ENTRIES} WHERE chain_id = ? AND seq IN (?, ?)"),
                     [chain_id, seq - 1, seq],
                 )
-                found = {int(r[1]): read_entry(r) for r in rows if isinstance(r[1], int)}
+                found = {int(r[1]): read_entry(r) for r in headers if isinstance(r[1], int)}
                 entry = found.get(seq)
                 if entry is None:
                     text = f"chain `{chain_id}` batch {seq} is missing: deleted"
@@ -816,7 +834,18 @@ class SqlStore(ABC):
                     return [read_hop(row, e.chain_id, e.seq) for row in rows]
 
                 def leaves_of(e: Entry) -> list[bytes] | None:
-                    return leaves(self._fetch(conn, self._q(ROWS_OF_ENTRY), [e.chain_id, e.seq]))
+                    found = leaves(self._fetch(conn, self._q(ROWS_OF_ENTRY), [e.chain_id, e.seq]))
+                    if rows is not None and found is not None and len(found) == e.count:
+                        self._trees.keep(e, found)
+                    return found
+
+                def rows_proven(e: Entry) -> bool:
+                    if rows is None:
+                        return False
+                    at = self._trees.prove(e, rows.get(e.seq, ()), partial(self._block, conn, e))
+                    if at is not None and proven is not None:
+                        proven[e.seq] = at
+                    return at is not None
 
                 result[seq], _ = check_entry(
                     entry,
@@ -824,8 +853,16 @@ class SqlStore(ABC):
                     prev_hash=prev_hash,
                     rows_of=rows_of,
                     leaves_of=leaves_of,
+                    rows_proven=rows_proven,
                 )
         return result
+
+    def _block(
+        self, conn: Any, entry: Entry, first: int, end: int
+    ) -> tuple[list[int], list[bytes] | None]:
+        """The indexes and leaves of `entry`'s rows with `first <= idx < end`."""
+        rows = self._fetch(conn, self._q(ROWS_IN_RANGE), [entry.chain_id, entry.seq, first, end])
+        return [row[0] for row in rows], leaves(rows)
 
     # -- the console's aggregates and pages (`lineage_guard.web.console`) --------------------
 
