@@ -255,11 +255,13 @@ def check_entry(
     prev_hash: str,
     rows_of: RowsOf,
     leaves_of: LeavesOf | None = None,
+    rows_proven: Callable[[Entry], bool] | None = None,
 ) -> tuple[BrokenLink | None, int]:
     """Check one entry against its predecessor's hash and, for `hops`, its rows; return the
     first break and the number of rows read. With `leaves_of`, rows whose leaves already
     give the entry's Merkle root are not read into hops; any other outcome is decided, and
-    described, from `rows_of`."""
+    described, from `rows_of`. With `rows_proven`, an entry (its link and hash checked) whose
+    rows it vouches for is not read at all (`SqlStore.verify_batches`' inclusion proofs)."""
     if isinstance(entry, UnreadableRow):
         return _unreadable(entry), 0
     at = f"chain `{entry.chain_id}` batch {entry.seq}"
@@ -288,7 +290,7 @@ def check_entry(
     if entry.computed_hash() != entry.hash:
         text = f"{at} does not match its hash: the entry was edited after it was written"
         return broken(BreakKind.EDITED, text), 0
-    if entry.kind is not EntryKind.HOPS:
+    if entry.kind is not EntryKind.HOPS or (rows_proven is not None and rows_proven(entry)):
         return None, 0
     if leaves_of is not None:
         leaves = leaves_of(entry)

@@ -298,16 +298,35 @@ def merkle_root(leaves: list[bytes]) -> str:
     gives the same tree as RFC 6962's split at the largest power of two below n."""
     if not leaves:
         return hashlib.sha256(b"").hexdigest()
+    return merkle_root_of(merkle_nodes(leaves, 0))
+
+
+def merkle_nodes(leaves: list[bytes], height: int) -> list[bytes]:
+    """The nodes of `merkle_root`'s tree `height` levels above its leaves (0: the hashed
+    leaves): node i stands for leaves i·2^height to (i+1)·2^height - 1, so the nodes of any
+    aligned block of 2^height leaves (or the last, shorter one) are one node of the tree."""
     level = [hashlib.sha256(b"\x00" + leaf).digest() for leaf in leaves]
+    for _ in range(height):
+        level = _paired(level)
+    return level
+
+
+def merkle_root_of(nodes: list[bytes]) -> str:
+    """The root (hex) above one level of nodes of `merkle_root`'s tree."""
+    level = nodes
     while len(level) > 1:
-        paired = [
-            hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest()
-            for i in range(0, len(level) - 1, 2)
-        ]
-        if len(level) % 2:
-            paired.append(level[-1])
-        level = paired
+        level = _paired(level)
     return level[0].hex()
+
+
+def _paired(level: list[bytes]) -> list[bytes]:
+    paired = [
+        hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest()
+        for i in range(0, len(level) - 1, 2)
+    ]
+    if len(level) % 2:
+        paired.append(level[-1])
+    return paired
 
 
 @dataclass(frozen=True, kw_only=True)

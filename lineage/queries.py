@@ -22,12 +22,11 @@ from typing import Any
 from lineage_guard.lineage.bounds import lookup_ids
 from lineage_guard.lineage.chain import BrokenLink, Verification
 from lineage_guard.lineage.events import Decision, Reason, Stage, StoredEvent, format_time
-from lineage_guard.lineage.hops import Delivery, Outcome, is_handoff
+from lineage_guard.lineage.hops import Delivery, is_handoff
 from lineage_guard.lineage.store import LineageStore, order_key
 
 PRODUCTION = "PRODUCTION"  # the only `origin_env` that may reach a production destination
 LEAK_RULE_PREFIX = "leak_"  # enforce-stage reasons of the production sink policy
-CHECK_CHUNK = 1000  # delivered events whose validation is looked up per query
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +37,17 @@ class ChainStatus:
     seq: int
     verified: bool  # False: not checked (`trace(..., verify_chains=False)`)
     broken: BrokenLink | None
+    # Set when only the traced hops' rows were read (`lineage.proofs`): when the whole batch
+    # was read and found intact by this process. None: every row was read just now.
+    read_whole_at: datetime | None = None
+
+    @property
+    def checked(self) -> str:
+        """What was checked: `batch` (every row against the Merkle root, the link and hash),
+        `rows` (the link and hash, and the traced hops' rows by inclusion proof), or `none`."""
+        if not self.verified:
+            return "none"
+        return "batch" if self.read_whole_at is None or self.broken else "rows"
 
     @property
     def ok(self) -> bool:
@@ -54,15 +64,22 @@ class ChainStatus:
         where = f"chain `{self.chain_id}` batch {self.seq}"
         if not self.verified:
             return f"{where}: not verified"
-        if self.broken is None:
-            return f"{where}: verified ok (Merkle root and link)"
-        return f"{where}: BROKEN: {self.broken.description}"
+        if self.broken is not None:
+            return f"{where}: BROKEN: {self.broken.description}"
+        if self.read_whole_at is not None:
+            return (
+                f"{where}: verified ok (link and hash; the traced hops' rows by inclusion proof"
+                f" under its Merkle root; every row read at {format_time(self.read_whole_at)})"
+            )
+        return f"{where}: verified ok (Merkle root and link)"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "chain_id": self.chain_id,
             "seq": self.seq,
             "status": self.status,
+            "checked": self.checked,
+            "read_whole_at": format_time(self.read_whole_at) if self.read_whole_at else None,
             "broken": self.broken.to_dict() if self.broken is not None else None,
         }
 
@@ -166,16 +183,25 @@ def trace(store: LineageStore, record_id: str, *, verify_chains: bool = True) ->
                     depth_of[parent] = depth
                     frontier.append(parent)
 
-    batches: dict[str, set[int]] = defaultdict(set)
+    # The hops of each batch that the trace shows: a batch read whole before is proven by
+    # those rows only (`lineage.proofs`).
+    batches: dict[str, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
     for stored in found:
-        batches[stored.chain_id].add(stored.seq)
+        batches[stored.chain_id][stored.seq].add(stored.index)
     statuses: dict[tuple[str, int], ChainStatus] = {}
     for chain_id in sorted(batches):
-        seqs = batches[chain_id]
-        results = store.verify_batches(chain_id, seqs) if verify_chains else {}
-        for seq in sorted(seqs):
+        rows = batches[chain_id]
+        proven: dict[int, datetime] = {}
+        results = (
+            store.verify_batches(chain_id, rows, rows=rows, proven=proven) if verify_chains else {}
+        )
+        for seq in sorted(rows):
             statuses[(chain_id, seq)] = ChainStatus(
-                chain_id=chain_id, seq=seq, verified=verify_chains, broken=results.get(seq)
+                chain_id=chain_id,
+                seq=seq,
+                verified=verify_chains,
+                broken=results.get(seq),
+                read_whole_at=proven.get(seq),
             )
     passes: dict[tuple[Any, ...], tuple[str, int, int]] = {}
     traced = []
@@ -208,6 +234,7 @@ def leaks(
     since: datetime | None = None,
     until: datetime | None = None,
     production_destinations: Collection[str] | None = None,
+    blocked: bool = True,
 ) -> LeakReport:
     """Real leaks and blocked leak attempts in batches written with `since <= at < until`.
 
@@ -217,35 +244,34 @@ def leaks(
     bytes failed validation in any guard. Deliveries the destination acknowledged are `leaks`;
     sends never acknowledged are `unconfirmed`. The same record re-delivered after a crash is
     one leak, not two. A blocked attempt is a hop blocked at `enforce` with a `leak_…` reason
-    or a non-PRODUCTION origin.
+    or a non-PRODUCTION origin (left out when `blocked` is False: the console's overview
+    counts leaks only).
+
+    The store finds the candidates in SQL (`LineageStore.suspect_deliveries` and
+    `blocked_attempts`: a superset, through its indexes); these rules decide among them, so
+    the answer is the one a scan of every hop would give.
     """
     destinations = None if production_destinations is None else frozenset(production_destinations)
-    found: list[Leak] = []
-    pending: list[StoredEvent] = []
-    for hop in store.scan(since=since, until=until, outcome=Outcome.DELIVERED):
-        if destinations is not None and hop.destination not in destinations:
-            continue
-        if is_handoff(hop.destination):
-            continue  # handed to the next transform of a pipeline: not a delivery
-        if hop.delivery is Delivery.FAILED:
-            continue  # refused by the destination: it is not there
-        pending.append(hop.events()[-1])
-        if len(pending) >= CHECK_CHUNK:
-            found.extend(_leaks_among(store, pending))
-            pending = []
-    found.extend(_leaks_among(store, pending))
+    # The store narrows (`suspect_deliveries`, in SQL); the rules below decide, on its rows.
+    delivered = [
+        hop.events()[-1]
+        for hop in store.suspect_deliveries(since=since, until=until, destinations=destinations)
+        if (destinations is None or hop.destination in destinations)
+        and not is_handoff(hop.destination)  # handed to the next transform: not a delivery
+        and hop.delivery is not Delivery.FAILED  # refused by the destination: it is not there
+    ]
     confirmed: dict[tuple[Any, ...], Leak] = {}
     unconfirmed: dict[tuple[Any, ...], Leak] = {}
-    for leak in found:
+    for leak in _leaks_among(store, delivered):
         event = leak.stored.event
         key = (event.record_id, leak.stored.digest, event.destination)
         if leak.stored.event.decision is Decision.DELIVERED:
             confirmed.setdefault(key, leak)
         else:
             unconfirmed.setdefault(key, leak)
-    blocked = [
+    attempts = [
         stored
-        for hop in store.scan(since=since, until=until, outcome=Outcome.BLOCKED)
+        for hop in (store.blocked_attempts(since=since, until=until) if blocked else ())
         for stored in hop.events()
         if stored.event.stage == Stage.ENFORCE
         and (
@@ -259,7 +285,7 @@ def leaks(
         production_destinations=destinations,
         leaks=tuple(confirmed.values()),
         unconfirmed=tuple(leak for k, leak in unconfirmed.items() if k not in confirmed),
-        blocked=tuple(blocked),
+        blocked=tuple(attempts),
     )
 
 

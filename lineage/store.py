@@ -133,6 +133,22 @@ class LineageStore(AccountStore, Protocol):
         """Stream hops of batches written with `since <= at < until`, in time order."""
         ...
 
+    def suspect_deliveries(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        destinations: Collection[str] | None = None,
+    ) -> Iterator[StoredHop]:
+        """Delivered hops that may be leaks, in `scan`'s order (`queries.leaks` decides)."""
+        ...
+
+    def blocked_attempts(
+        self, *, since: datetime | None = None, until: datetime | None = None
+    ) -> Iterator[StoredHop]:
+        """Blocked hops that may be blocked leak attempts, in `scan`'s order."""
+        ...
+
     def events(
         self,
         *,
@@ -181,8 +197,17 @@ class LineageStore(AccountStore, Protocol):
         the store), that the store still extends it."""
         ...
 
-    def verify_batches(self, chain_id: str, seqs: Collection[int]) -> dict[int, BrokenLink | None]:
-        """Check only the given entries of a chain (rows, own hash, link to predecessor)."""
+    def verify_batches(
+        self,
+        chain_id: str,
+        seqs: Collection[int],
+        *,
+        rows: Mapping[int, Collection[int]] | None = None,
+        proven: dict[int, datetime] | None = None,
+    ) -> dict[int, BrokenLink | None]:
+        """Check only the given entries of a chain (rows, own hash, link to predecessor);
+        with `rows`, a batch read whole before by this object is checked by those rows'
+        inclusion proofs (`lineage.proofs`), and noted in `proven`."""
         ...
 
     # the console's aggregates and pages; `tenants`: only those tenants' hops (None: all)

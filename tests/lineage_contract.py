@@ -33,6 +33,7 @@ from lineage_guard.lineage.events import Decision, Reason, Stage
 from lineage_guard.lineage.hops import Delivery, Hop, HopBatch, Outcome, merkle_root
 from lineage_guard.lineage.store import LineageStore, RunCount, open_store
 from lineage_guard.lineage.stores.sql import ENTRY_COLUMNS, HOP_COLUMNS, read_entry, read_hop
+from tests.reference_leaks import scanned_leaks
 
 RunSql = Callable[[str], list[tuple[Any, ...]]]
 
@@ -60,12 +61,14 @@ __all__ = [
     "test_forged_checkpoint_is_detected",
     "test_inserting_a_hop_row_is_detected",
     "test_leaks_count_only_acknowledged_deliveries_and_dedupe_redeliveries",
+    "test_leaks_found_in_sql_equal_the_scan_of_every_hop_on_a_hostile_store",
     "test_leaks_none_when_the_guard_blocked_the_attempts",
     "test_long_ids_are_kept_bounded_and_found_by_their_full_value",
     "test_recomputed_chain_is_detected_only_with_a_key",
     "test_run_counts_count_one_runs_hops_per_decision",
     "test_trace_follows_ancestors_through_a_cycle",
     "test_trace_of_an_unknown_record_is_empty",
+    "test_trace_proves_a_batch_read_before_by_its_hops_blocks_and_still_sees_their_edits",
     "test_trace_shows_hops_across_guards_in_order",
     "test_trace_shows_the_batch_status_of_each_hop",
     "test_unreadable_edit_is_detected",
@@ -452,6 +455,44 @@ def test_trace_shows_the_batch_status_of_each_hop(store: LineageStore, run_sql: 
     assert [c.status for c in clean.chains] == ["ok"]
 
 
+def test_trace_proves_a_batch_read_before_by_its_hops_blocks_and_still_sees_their_edits(
+    store: LineageStore, store_url: str, run_sql: RunSql
+) -> None:
+    """A batch a trace read whole is then proven by the traced hops' blocks of 16 rows
+    (`lineage.proofs`): an edit of such a row, or of the entry, is still seen; an edit of
+    another block is seen by a full verification, and by a fresh store object's trace."""
+    entry = store.append(batch([hop(f"r{i}", i) for i in range(40)]))
+    store.confirm([(entry, 40, [])], at=T0)
+    first = queries.trace(store, "r1")
+    assert [(c.status, c.checked, c.read_whole_at) for c in first.chains] == [("ok", "batch", None)]
+    again = queries.trace(store, "r1")
+    assert [(c.status, c.checked) for c in again.chains] == [("ok", "rows")]
+    assert again.chains[0].read_whole_at is not None
+    assert "inclusion proof" in again.chains[0].describe()
+
+    run_sql("UPDATE lineage_hops SET tenant_id = 'globex' WHERE record_id = 'r35'")  # block 2
+    assert [c.checked for c in queries.trace(store, "r1").chains] == ["rows"]  # block 0: intact
+    assert [c.status for c in queries.trace(store, "r35").chains] == ["broken"]
+    assert store.verify_batches(CHAIN, [1])[1] is not None
+    with open_store(store_url) as fresh:
+        assert [c.status for c in queries.trace(fresh, "r1").chains] == ["broken"]
+    run_sql("UPDATE lineage_hops SET tenant_id = 'acme' WHERE record_id = 'r35'")  # undone
+
+    assert [c.checked for c in queries.trace(store, "r2").chains] == ["rows"]
+    run_sql("UPDATE lineage_hops SET origin_env = 'TEST' WHERE record_id = 'r2'")  # in block 0
+    edited = queries.trace(store, "r1")
+    assert [(c.status, c.checked) for c in edited.chains] == [("broken", "batch")]
+    assert edited.chains[0].broken is not None
+    assert edited.chains[0].broken.kind is BreakKind.EDITED
+    run_sql("UPDATE lineage_hops SET origin_env = 'PRODUCTION' WHERE record_id = 'r2'")
+    assert [(c.status, c.checked) for c in queries.trace(store, "r1").chains] == [("ok", "rows")]
+
+    run_sql("DELETE FROM lineage_hops WHERE record_id = 'r3'")  # r1's block loses a row
+    assert [c.status for c in queries.trace(store, "r1").chains] == ["broken"]
+    run_sql(f"UPDATE lineage_entries SET count = 39 WHERE chain_id = '{CHAIN}' AND seq = 1")
+    assert [c.status for c in queries.trace(store, "r1").chains] == ["broken"]
+
+
 def test_events_and_scan_filter_by_time_stage_and_decision(store: LineageStore) -> None:
     filled(store, batches=3, size=2)
     later = list(store.scan(since=T0 + timedelta(seconds=1)))
@@ -503,6 +544,93 @@ def test_leaks_none_when_the_guard_blocked_the_attempts(store: LineageStore) -> 
     report = queries.leaks(store)
     assert report.leaks == () and report.unconfirmed == ()
     assert [b.event.record_id for b in report.blocked] == ["t1"]
+
+
+def test_leaks_found_in_sql_equal_the_scan_of_every_hop_on_a_hostile_store(
+    store: LineageStore,
+) -> None:
+    """`queries.leaks` (candidates found in SQL) gives what a Python scan of every hop gives
+    (`tests.reference_leaks`), over every window and destination filter, on a store of every
+    case the rules tell apart."""
+
+    def put(hops: list[Hop], *, second: int, confirm: bool = True, **kwargs: Any) -> None:
+        made = batch(hops, at=T0 + timedelta(seconds=second))
+        made = dataclasses.replace(made, **kwargs)
+        entry = store.append(made)
+        if confirm:
+            failed = [Failure(offset=h.source_offset, error="refused") for h in hops
+                      if h.record_id == "refused"]  # fmt: skip
+            store.confirm([(entry, len(hops), failed)], at=T0 + timedelta(seconds=second))
+
+    def quarantined(record_id: str, offset: int, **fields: Any) -> Hop:
+        values: dict[str, Any] = {
+            "outcome": Outcome.QUARANTINED,
+            "stopped_at": Stage.VALIDATE,
+            "reasons": (Reason(rule="generator_required", message="no"),),
+        }
+        return hop(record_id, offset, **{**values, **fields})
+
+    def blocked(record_id: str, offset: int, **fields: Any) -> Hop:
+        values: dict[str, Any] = {"outcome": Outcome.BLOCKED, "stopped_at": Stage.ENFORCE}
+        return hop(record_id, offset, **{**values, **fields})
+
+    same = "ab" * 32  # the bytes that failed validation, delivered again elsewhere
+    put([quarantined("stripped", 0, digest=same), quarantined("bare", 1, digest=same, reasons=()),
+         hop("blocked-at-validate", 2, digest=same, outcome=Outcome.BLOCKED,
+             stopped_at=Stage.VALIDATE)], second=0)  # fmt: skip
+    put([hop("stripped", 10, digest=same),  # failed validation in another guard, delivered
+         hop("stripped", 11, digest="cd" * 32),  # other bytes: fine
+         hop("bare", 12, digest=same, origin_env="TEST"),  # both rules
+         hop("blocked-at-validate", 13, digest=same),  # blocked is not quarantined: fine
+         hop("test", 14, origin_env="TEST"), hop("test", 14, origin_env="TEST"),  # duplicate
+         hop("no-origin", 15, origin_env=None), hop(None, 16, origin_env="STAGING"),
+         hop("unvalidated", 17), hop("refused", 18, origin_env="TEST")],
+        second=1, pipeline="production-sink")  # fmt: skip
+    put([hop("test", 14, origin_env="TEST")], second=2)  # a re-delivery after a crash
+    put([hop("sending", 20, origin_env="STAGING")], second=3, confirm=False)
+    put([hop("late", 21, origin_env="STAGING")], second=4, confirm=False)
+    put([hop("late", 21, origin_env="STAGING")], second=5)  # acknowledged the second time
+    put([hop("handed-on", 22, origin_env="TEST")], second=6, allowed_to="pipeline:next")
+    put([hop("elsewhere", 23, origin_env="TEST")], second=7, allowed_to="crm.contacts.dev")
+    put([hop("validated-later", 24, digest=same)], second=8)
+    put([quarantined("validated-later", 25, digest=same)], second=9)
+    put([blocked("leak-rule", 30, reasons=(Reason(rule="leak_test_origin", message="m"),)),
+         blocked("tenant-rule", 31, reasons=(Reason(rule="tenant_mismatch", message="m"),)),
+         blocked("never-stopped", 32, stopped_at=None, origin_env="TEST"),
+         blocked("at-decode", 33, stopped_at=Stage.DECODE, origin_env="TEST"),
+         blocked("no-origin-blocked", 34, origin_env=None),
+         blocked("staging-blocked", 35, origin_env="STAGING")], second=10)  # fmt: skip
+
+    report = queries.leaks(store)
+    ids = [(leak.stored.event.record_id, [r.rule for r in leak.why]) for leak in report.leaks]
+    assert ids == [
+        ("stripped", ["failed_validation"]),
+        ("bare", ["origin_not_production", "failed_validation"]),
+        ("test", ["origin_not_production"]),
+        ("no-origin", ["origin_not_production"]),
+        (None, ["origin_not_production"]),
+        ("late", ["origin_not_production"]),
+        ("elsewhere", ["origin_not_production"]),
+        ("validated-later", ["failed_validation"]),
+    ]
+    assert "(quarantined)" in report.leaks[1].why[1].message
+    assert [leak.stored.event.record_id for leak in report.unconfirmed] == ["sending"]
+    assert [b.event.record_id for b in report.blocked] == [
+        "leak-rule", "never-stopped", "no-origin-blocked", "staging-blocked",
+    ]  # fmt: skip
+    assert queries.leaks(store, blocked=False).blocked == ()
+    windows: list[dict[str, Any]] = [
+        {},
+        {"since": T0 + timedelta(seconds=1)},
+        {"until": T0 + timedelta(seconds=5)},
+        {"since": T0 + timedelta(seconds=2), "until": T0 + timedelta(seconds=9)},
+        {"production_destinations": {ALLOWED}},
+        {"production_destinations": {ALLOWED, "crm.contacts.dev", "pipeline:next"}},
+        {"production_destinations": set()},
+        {"since": T0 + timedelta(seconds=4), "production_destinations": {"crm.contacts.dev"}},
+    ]
+    for window in windows:
+        assert queries.leaks(store, **window).to_dict() == scanned_leaks(store, **window).to_dict()
 
 
 # -- tampering without and with a key -------------------------------------------------------

@@ -47,6 +47,7 @@ from lineage_guard.web.auth import (
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+MAX_SEQ = 2**63 - 1  # a batch position the stores can hold (a 64-bit integer)
 
 _templates = Environment(
     loader=FileSystemLoader(HERE / "templates"),
@@ -89,7 +90,7 @@ def overview(store: LineageStore, state: ConsoleState, principal: Principal) -> 
         by["content_class"][c.content_class or "(unknown)"] += c.count
         by["tenant"][c.tenant_id or "(unknown)"] += c.count
         timeline[(format_time(c.hour), c.outcome)] += c.count
-    report = queries.leaks(store)
+    report = queries.leaks(store, blocked=False)
     leak_count = sum(1 for leak in report.leaks if sees_tenant(principal, _tenant(leak.stored)))
     checkpoints = store.checkpoints()
     result = {
@@ -412,7 +413,7 @@ async def api_verify(
     request: Request,
     principal: Operator,
     chain_id: Annotated[str | None, Query(max_length=500)] = None,
-    seq: Annotated[int | None, Query(ge=1)] = None,
+    seq: Annotated[int | None, Query(ge=1, le=MAX_SEQ)] = None,
 ) -> dict[str, Any]:
     return await run_in_threadpool(verify, _store(request), _state(request), chain_id, seq)
 

@@ -29,7 +29,7 @@ from lineage_guard.lineage.errors import (
     ServiceUnavailableError,
 )
 from lineage_guard.lineage.store import first_line, no_lineage_error, redact_text, redact_url
-from lineage_guard.lineage.stores.sql import FETCH_ROWS, HOP_COLUMNS, SqlStore
+from lineage_guard.lineage.stores.sql import FETCH_ROWS, HOP_COLUMNS, SUSPECT_INDEXES, SqlStore
 
 CONNECT_TIMEOUT_S = 10
 # libpq's answers that name a setting, not an outage (no SQLSTATE comes with them).
@@ -107,6 +107,7 @@ _SCHEMA = [
     """CREATE INDEX IF NOT EXISTS lineage_hops_record_id_hash
         ON lineage_hops USING hash (record_id)""",
     "DROP INDEX IF EXISTS lineage_hops_record_id",
+    *SUSPECT_INDEXES,  # the leak query's (`queries.leaks`)
     """CREATE TABLE IF NOT EXISTS lineage_checkpoints (
         id bigserial PRIMARY KEY,
         at bigint NOT NULL,

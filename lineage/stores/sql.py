@@ -26,6 +26,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from types import TracebackType
 from typing import Any, Self
 
@@ -66,6 +67,7 @@ from lineage_guard.lineage.hops import (
     compact_json,
     stored_leaf,
 )
+from lineage_guard.lineage.proofs import BatchTrees
 from lineage_guard.lineage.store import HopCount, RunCount, RunSummary, first_line, order_key
 
 IN_CHUNK = 500  # record ids per `IN (…)` query
@@ -91,12 +93,45 @@ JOIN lineage_entries e ON e.id = h.entry_id
 LEFT JOIN lineage_entries d
   ON d.kind = 'delivery' AND d.chain_id = e.chain_id AND d.confirms = e.seq
 """
+# Leaks (`queries.leaks`): the SQL narrows, Python decides. A delivered hop is a suspect if its
+# origin is not PRODUCTION (`queries.PRODUCTION`) or if the same record with the same bytes was
+# quarantined at validate (`HopBatch.events`: a hop stopped at `validate` and not blocked).
+# Each half has a partial index of its own, of the few rows it selects (none while the guard
+# works, and the quarantined ones), so neither scans the delivered hops. The conditions are
+# written as the indexes' are: a database uses a partial index only for a query that repeats
+# its condition.
+UNPRODUCTIVE = "h.outcome = 'delivered' AND (h.origin_env IS NULL OR h.origin_env <> 'PRODUCTION')"
+FAILED_VALIDATION = "v.stopped_at = 'validate' AND v.outcome <> 'blocked'"
+SUSPECT_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS lineage_hops_unproductive ON lineage_hops (entry_id, idx)"
+    f" WHERE {UNPRODUCTIVE.replace('h.', '')}",
+    "CREATE INDEX IF NOT EXISTS lineage_hops_failed_validation ON lineage_hops"
+    f" (record_id, digest) WHERE {FAILED_VALIDATION.replace('v.', '')}",
+)
+SUSPECTS = (
+    f"SELECT h.entry_id, h.idx FROM lineage_hops h WHERE {UNPRODUCTIVE}"
+    " UNION SELECT h.entry_id, h.idx FROM lineage_hops v JOIN lineage_hops h"
+    " ON h.record_id = v.record_id AND h.digest = v.digest"
+    f" WHERE {FAILED_VALIDATION} AND h.outcome = 'delivered'"
+)
+SUSPECT_HOPS = "JOIN lineage_hops h ON h.entry_id = s.entry_id AND h.idx = s.idx"
+# A blocked hop is an attempt if it has an `enforce` event (stopped there, or later, or never:
+# `HopBatch.events`) and its origin is not PRODUCTION or a reason's rule starts with `leak_`
+# (reasons are `[[rule, message], …]`).
+ATTEMPT = (
+    "h.outcome = 'blocked'"
+    " AND (h.stopped_at IS NULL OR h.stopped_at NOT IN ('source', 'decode', 'validate'))"
+    " AND (h.origin_env IS NULL OR h.origin_env <> 'PRODUCTION'"
+    " OR h.reasons LIKE ? ESCAPE '!')"
+)
+ATTEMPT_RULES = '%["leak!_%'  # ATTEMPT's parameter: a rule that starts with `leak_`
 SELECT_ENTRIES = f"SELECT {', '.join(ENTRY_COLUMNS)} FROM lineage_entries"
 ROWS_OF_ENTRY = (
     f"SELECT {', '.join(HOP_COLUMNS[1:])} FROM lineage_hops h"
     " WHERE h.entry_id = (SELECT id FROM lineage_entries WHERE chain_id = ? AND seq = ?)"
     " ORDER BY h.idx"
 )
+ROWS_IN_RANGE = ROWS_OF_ENTRY.replace(" ORDER BY", " AND h.idx >= ? AND h.idx < ? ORDER BY")
 INSERT_HOP = (
     f"INSERT INTO lineage_hops ({', '.join(HOP_COLUMNS)})"
     f" VALUES ({', '.join('?' for _ in HOP_COLUMNS)})"
@@ -138,6 +173,7 @@ class SqlStore(ABC):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._answers_ready = False
+        self._trees = BatchTrees()
 
     def _error_class(self, exc: BaseException) -> type[LineageGuardError]:
         """The error a failed write raises: an outage to retry unless the store says
@@ -428,19 +464,54 @@ class SqlStore(ABC):
     ) -> Iterator[StoredHop]:
         """Stream the hops of batches written with `since <= at < until`, in time order,
         through a connection of their own (appends go on meanwhile)."""
-        where: list[str] = []
-        params: list[Any] = []
-        if since is not None:
-            where.append("e.at >= ?")
-            params.append(_millis(since))
-        if until is not None:
-            where.append("e.at < ?")
-            params.append(_millis(until))
+        where, params = _window(since, until)
         if outcome is not None:
             where.append("h.outcome = ?")
             params.append(str(outcome))
         query = SELECT_HOPS + (f" WHERE {' AND '.join(where)}" if where else "")
         query += " ORDER BY e.at, e.chain_id, e.seq, h.idx"
+        with self._snapshot() as conn:
+            for row in self._stream(conn, self._q(query), params):
+                yield stored_hop(row)
+
+    def suspect_deliveries(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        destinations: Collection[str] | None = None,
+    ) -> Iterator[StoredHop]:
+        """The delivered hops, in `scan`'s order, that may be leaks (`queries.leaks` decides):
+        from an origin other than PRODUCTION, or whose record was quarantined at validate
+        with the same bytes in any batch. Found by the database through two partial indexes
+        (`SUSPECT_INDEXES`): a full scan only for what they cannot answer."""
+        where, params = _window(since, until)
+        if destinations is not None:
+            if not destinations:
+                return iter(())
+            ordered = sorted(destinations)
+            where.append(f"e.allowed_to IN ({', '.join('?' for _ in ordered)})")
+            params += ordered
+        query = (
+            SELECT_HOPS.replace("FROM lineage_hops h", f"FROM ({SUSPECTS}) s {SUSPECT_HOPS}", 1)
+            + (f" WHERE {' AND '.join(where)}" if where else "")
+            + " ORDER BY e.at, e.chain_id, e.seq, h.idx"
+        )
+        return self._stream_hops(query, params)
+
+    def blocked_attempts(
+        self, *, since: datetime | None = None, until: datetime | None = None
+    ) -> Iterator[StoredHop]:
+        """The blocked hops, in `scan`'s order, that may be blocked leak attempts
+        (`queries.leaks` decides): they passed or stopped at `enforce`, with an origin other
+        than PRODUCTION or a `leak_…` reason."""
+        where, params = _window(since, until)
+        where.append(ATTEMPT)
+        params.append(ATTEMPT_RULES)
+        query = f"{SELECT_HOPS} WHERE {' AND '.join(where)} ORDER BY e.at, e.chain_id, e.seq, h.idx"
+        return self._stream_hops(query, params)
+
+    def _stream_hops(self, query: str, params: list[Any]) -> Iterator[StoredHop]:
         with self._snapshot() as conn:
             for row in self._stream(conn, self._q(query), params):
                 yield stored_hop(row)
@@ -712,18 +783,32 @@ class SqlStore(ABC):
             return _checkpoint_break(BreakKind.UNSIGNED, text), signed
         return None, signed
 
-    def verify_batches(self, chain_id: str, seqs: Collection[int]) -> dict[int, BrokenLink | None]:
+    def verify_batches(
+        self,
+        chain_id: str,
+        seqs: Collection[int],
+        *,
+        rows: Mapping[int, Collection[int]] | None = None,
+        proven: dict[int, datetime] | None = None,
+    ) -> dict[int, BrokenLink | None]:
         """Check only entries `seqs` of `chain_id`: each against its rows, its own hash and
-        its predecessor's (what `trace` shows per hop; `verify` walks everything)."""
+        its predecessor's (what `trace` shows per hop; `verify` walks everything).
+
+        With `rows` (per seq, the indexes of the hops that matter: a trace's), a batch this
+        store object read whole before and found intact is not read whole again: its link and
+        hash are checked, and each of those hops by an inclusion proof, its block of
+        2^PROOF_HEIGHT rows read now and hashed into the node of the batch's Merkle tree kept
+        from that reading (the tree's root is the entry's). Any mismatch falls back to reading
+        the batch whole. Those batches go into `proven`, with the time of that reading."""
         result: dict[int, BrokenLink | None] = {}
         with self._snapshot() as conn:
             for seq in sorted(set(seqs)):
-                rows = self._fetch(
+                headers = self._fetch(
                     conn,
                     self._q(f"{SELECT_ENTRIES} WHERE chain_id = ? AND seq IN (?, ?)"),
                     [chain_id, seq - 1, seq],
                 )
-                found = {int(r[1]): read_entry(r) for r in rows if isinstance(r[1], int)}
+                found = {int(r[1]): read_entry(r) for r in headers if isinstance(r[1], int)}
                 entry = found.get(seq)
                 if entry is None:
                     text = f"chain `{chain_id}` batch {seq} is missing: deleted"
@@ -751,7 +836,18 @@ class SqlStore(ABC):
                     return [read_hop(row, e.chain_id, e.seq) for row in rows]
 
                 def leaves_of(e: Entry) -> list[bytes] | None:
-                    return leaves(self._fetch(conn, self._q(ROWS_OF_ENTRY), [e.chain_id, e.seq]))
+                    found = leaves(self._fetch(conn, self._q(ROWS_OF_ENTRY), [e.chain_id, e.seq]))
+                    if rows is not None and found is not None and len(found) == e.count:
+                        self._trees.keep(e, found)
+                    return found
+
+                def rows_proven(e: Entry) -> bool:
+                    if rows is None:
+                        return False
+                    at = self._trees.prove(e, rows.get(e.seq, ()), partial(self._block, conn, e))
+                    if at is not None and proven is not None:
+                        proven[e.seq] = at
+                    return at is not None
 
                 result[seq], _ = check_entry(
                     entry,
@@ -759,8 +855,16 @@ class SqlStore(ABC):
                     prev_hash=prev_hash,
                     rows_of=rows_of,
                     leaves_of=leaves_of,
+                    rows_proven=rows_proven,
                 )
         return result
+
+    def _block(
+        self, conn: Any, entry: Entry, first: int, end: int
+    ) -> tuple[list[int], list[bytes] | None]:
+        """The indexes and leaves of `entry`'s rows with `first <= idx < end`."""
+        rows = self._fetch(conn, self._q(ROWS_IN_RANGE), [entry.chain_id, entry.seq, first, end])
+        return [row[0] for row in rows], leaves(rows)
 
     # -- the console's aggregates and pages (`lineage_guard.web.console`) --------------------
 
@@ -1315,6 +1419,19 @@ def _api_key(row: Sequence[Any]) -> ApiKeyRecord:
         created_at=_time(row[5]),
         revoked_at=None if row[6] is None else _time(row[6]),
     )
+
+
+def _window(since: datetime | None, until: datetime | None) -> tuple[list[str], list[Any]]:
+    """The conditions (and their parameters) of batches written with `since <= at < until`."""
+    where: list[str] = []
+    params: list[Any] = []
+    if since is not None:
+        where.append("e.at >= ?")
+        params.append(_millis(since))
+    if until is not None:
+        where.append("e.at < ?")
+        params.append(_millis(until))
+    return where, params
 
 
 def _tenant_clause(tenants: Collection[str] | None) -> tuple[str, list[Any]]:

@@ -35,7 +35,7 @@ from lineage_guard.lineage.errors import (
 )
 from lineage_guard.lineage.private import create_private_file, private_dir
 from lineage_guard.lineage.store import first_line, no_lineage_error
-from lineage_guard.lineage.stores.sql import FETCH_ROWS, INSERT_HOP, SqlStore
+from lineage_guard.lineage.stores.sql import FETCH_ROWS, INSERT_HOP, SUSPECT_INDEXES, SqlStore
 
 SCHEMA_VERSION = 3  # 2: a `record_id` index (read as is; converted to write); 1: not readable
 KEY_LEVELS = ("lineage_hop_keys_0", "lineage_hop_keys_1", "lineage_hop_keys_2")
@@ -177,6 +177,8 @@ class SqliteStore(SqlStore):
                 )
             elif version < SCHEMA_VERSION and create:
                 self._convert()
+            if create:  # the leak query's indexes, made once in a store written before them
+                self._conn.executescript(";".join(SUSPECT_INDEXES))
             self._keyed = create or version == SCHEMA_VERSION
             # Keys in each level but the last, as this store object counts them (other writers'
             # keys are counted when it reopens: a level may then hold more before its merge).

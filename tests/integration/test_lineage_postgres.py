@@ -19,6 +19,7 @@ pytest.register_assert_rewrite("tests.lineage_contract")
 from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError  # noqa: E402
 from lineage_guard.lineage.store import LineageStore, open_store  # noqa: E402
 from lineage_guard.lineage.stores.postgres import PostgresStore  # noqa: E402
+from lineage_guard.lineage.stores.sql import SUSPECTS  # noqa: E402
 from tests.lineage_contract import *  # noqa: E402, F403 (the contract suite runs here)
 from tests.lineage_contract import CHAIN, RunSql, batch, filled, hop  # noqa: E402
 
@@ -83,9 +84,23 @@ def test_tables_and_indexes_are_created_in_the_urls_schema(
         ("lineage_entries_confirms",),
         ("lineage_entries_pkey",),
         ("lineage_entries_position",),
+        ("lineage_hops_failed_validation",),
         ("lineage_hops_pkey",),
         ("lineage_hops_record_id_hash",),
+        ("lineage_hops_unproductive",),
     ]
+
+
+def test_the_leak_query_reads_its_partial_indexes(
+    store: LineageStore, pg_dsn: str, schema: str
+) -> None:
+    store.append(batch([hop("a", 0)]))
+    with psycopg.connect(pg_dsn, autocommit=True, options=f"-c search_path={schema}") as conn:
+        conn.execute("ANALYZE lineage_hops")
+        conn.execute("SET enable_seqscan = off")  # a tiny table is best read whole
+        plan = "\n".join(row[0] for row in conn.execute(f"EXPLAIN {SUSPECTS}").fetchall())
+    assert "using lineage_hops_unproductive on lineage_hops h" in plan
+    assert "using lineage_hops_failed_validation on lineage_hops v" in plan
 
 
 def test_trace_uses_the_record_id_hash_index(store: LineageStore, pg_dsn: str, schema: str) -> None:
@@ -121,7 +136,12 @@ def test_an_earlier_stores_record_id_b_tree_becomes_the_hash_index(
         f"SELECT indexname FROM pg_indexes WHERE schemaname = '{schema}'"
         " AND tablename = 'lineage_hops' ORDER BY indexname"
     )
-    assert indexes == [("lineage_hops_pkey",), ("lineage_hops_record_id_hash",)]
+    assert indexes == [
+        ("lineage_hops_failed_validation",),
+        ("lineage_hops_pkey",),
+        ("lineage_hops_record_id_hash",),
+        ("lineage_hops_unproductive",),
+    ]
 
 
 def test_the_store_reconnects_after_its_connection_is_killed(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -183,6 +184,31 @@ def test_trace_with_ancestors_and_as_of_a_checkpoint(app: FastAPI) -> None:
     then = auditor.get("/api/v1/records/a-ok/trace?checkpoint=0").json()
     assert then["as_of_checkpoint"]["key_id"] and {e["seq"] for e in then["events"]} == {1}
     assert auditor.get("/api/v1/records/a-ok/trace?checkpoint=5").status_code == 404
+
+
+def test_trace_says_what_it_verified_and_sees_an_edit_after_its_proof(
+    app: FastAPI, tmp_path: Path
+) -> None:
+    """The first trace of a batch reads it whole; the next proves the record's rows under the
+    batch's Merkle root (`lineage.proofs`), and says so; an edited row is still seen."""
+    auditor, _ = signed_in(app, "auditor")
+    first = auditor.get("/api/v1/records/a-ok/trace").json()
+    assert [(c["status"], c["checked"], c["read_whole_at"]) for c in first["chains"]] == [
+        ("ok", "batch", None)
+    ]
+    page = auditor.get("/trace", params={"record_id": "a-ok"}).text
+    assert re.search(r"batch 1: <strong>ok</strong> —\s*its entry's link and hash now; this"
+                     r" record's rows by inclusion proof under its Merkle root", page)  # fmt: skip
+    again = auditor.get("/api/v1/records/a-ok/trace").json()
+    assert [(c["status"], c["checked"]) for c in again["chains"]] == [("ok", "rows")]
+    assert again["chains"][0]["read_whole_at"] is not None
+    with sqlite3.connect(tmp_path / "lineage.db") as conn:
+        conn.execute("UPDATE lineage_hops SET origin_env = 'TEST' WHERE record_id = 'a-ok'")
+    edited = auditor.get("/api/v1/records/a-ok/trace").json()
+    assert edited["intact"] is False
+    assert [(c["status"], c["checked"]) for c in edited["chains"]] == [("broken", "batch")]
+    page = auditor.get("/trace", params={"record_id": "a-ok"}).text
+    assert "CHAIN BROKEN" in page and "does not match its Merkle root" in page
 
 
 def test_hostile_record_fields_never_render_as_markup(app: FastAPI) -> None:

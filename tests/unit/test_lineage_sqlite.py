@@ -19,7 +19,7 @@ pytest.register_assert_rewrite("tests.lineage_contract")
 from lineage_guard.lineage.errors import ConfigError  # noqa: E402
 from lineage_guard.lineage.store import LineageStore, open_store  # noqa: E402
 from lineage_guard.lineage.stores import sqlite as sqlite_store  # noqa: E402
-from lineage_guard.lineage.stores.sql import SELECT_HOPS  # noqa: E402
+from lineage_guard.lineage.stores.sql import SELECT_HOPS, SUSPECTS  # noqa: E402
 from lineage_guard.lineage.stores.sqlite import KEY_LEVELS, SqliteStore, record_key  # noqa: E402
 from tests.lineage_contract import *  # noqa: E402, F403 (the contract suite runs here)
 from tests.lineage_contract import (  # noqa: E402
@@ -89,8 +89,25 @@ def test_opening_creates_the_file_and_its_folders_in_wal_mode(
         ("lineage_entries_chain_seq",),
         ("lineage_entries_confirms",),
         ("lineage_entries_position",),
+        ("lineage_hops_failed_validation",),
+        ("lineage_hops_unproductive",),
     ]
     assert run_sql("PRAGMA user_version") == [(3,)]
+
+
+def test_the_leak_query_reads_its_partial_indexes_made_in_older_stores_too(
+    store_url: str, run_sql: RunSql
+) -> None:
+    """`queries.leaks` finds its suspects through two partial indexes of the few rows they
+    select (no scan of the delivered hops for the origin); a store written before them gets
+    them when it is opened to write."""
+    open_store(store_url).close()
+    run_sql("DROP INDEX lineage_hops_unproductive")
+    run_sql("DROP INDEX lineage_hops_failed_validation")
+    open_store(store_url).close()
+    plan = " | ".join(row[3] for row in run_sql(f"EXPLAIN QUERY PLAN {SUSPECTS}"))
+    assert "SCAN h USING INDEX lineage_hops_unproductive" in plan
+    assert "SEARCH v USING INDEX lineage_hops_failed_validation (record_id=? AND digest=?)" in plan
 
 
 def test_a_relative_url_is_relative_to_the_working_directory(
