@@ -15,9 +15,14 @@ In one run, on this machine:
    `bench/throughput.py`'s `core-columnar` times it).
 
 wrk holds the rate by a per-connection delay (`delay()` in its Lua script): 10 connections,
-each waiting 45 ms after an answer (about 200 requests/s); the rate reached is printed beside
-the percentiles. wrk comes
-from Debian's packages: the script installs it with `apt-get` when it is missing.
+each waiting on average 45 ms after an answer (about 200 requests/s); the rate reached is
+printed beside the percentiles. The wait is drawn uniformly from 0 to 90 ms (`--delay random`,
+the default): with a fixed 45 ms (`--delay fixed`) the 10 connections start together and stay
+in step (requests answered by one group commit come back at once), so each arrives as a burst
+of 10 every ~50 ms rather than 200 requests spread over a second. Each case first runs
+`--warmup` seconds (default 3) that are not measured: the first requests of a fresh server pay
+its one-time costs (opening the store, the suites' first run), ~300 ms for the first 10.
+wrk comes from Debian's packages: the script installs it with `apt-get` when it is missing.
 """
 
 from __future__ import annotations
@@ -47,8 +52,21 @@ f:close()
 wrk.headers["Content-Type"] = os.getenv("CONTENT_TYPE")
 wrk.headers["Authorization"] = os.getenv("AUTHORIZATION")
 local pause = tonumber(os.getenv("DELAY_MS") or "0")
+local jitter = os.getenv("DELAY_SHAPE") == "random"
+local threads = 0
+function setup(thread)
+  thread:set("id", threads)
+  threads = threads + 1
+end
+function init(args)
+  math.randomseed(os.time() * 1000 + (id or 0))
+end
 if pause > 0 then
-  function delay() return pause end
+  if jitter then  -- uniform in [0, 2 x pause]: the same mean, connections out of step
+    function delay() return math.random(0, 2 * pause) end
+  else
+    function delay() return pause end
+  end
 end
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -133,20 +151,28 @@ def gateway_server(store: str, port: int) -> contextlib.AbstractContextManager[N
 
 def run_wrk(
     url: str, body: Path, content_type: str, auth: str, *, seconds: int, connections: int,
-    delay_ms: int, script: Path,
+    delay_ms: int, script: Path, shape: str = "fixed", warmup: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
-    command = [
-        wrk_path(), "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s",
-        "-s", str(script), url,
-    ]  # fmt: skip
+    """wrk's figures for `seconds` of load, after `warmup` seconds of the same load that are
+    not counted."""
     env = {
         **os.environ,
         "BODY_FILE": str(body),
         "CONTENT_TYPE": content_type,
         "AUTHORIZATION": auth,
         "DELAY_MS": str(delay_ms),
+        "DELAY_SHAPE": shape,
     }
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+
+    def command(length: int) -> list[str]:
+        return [
+            wrk_path(), "-t", "2", "-c", str(connections), "-d", f"{length}s", "--timeout",
+            "10s", "-s", str(script), url,
+        ]  # fmt: skip
+
+    if warmup > 0:
+        subprocess.run(command(warmup), capture_output=True, env=env, check=True)
+    done = subprocess.run(command(seconds), capture_output=True, text=True, env=env, check=True)
     line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
     result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
     result["rate"] = result["requests"] / result["seconds"]
@@ -210,9 +236,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=15, help="each wrk run's length")
     parser.add_argument("--pg-dsn", default=os.environ.get("LINEAGE_GUARD_PG_DSN"))
+    parser.add_argument(
+        "--delay",
+        choices=["random", "fixed"],
+        default="random",
+        help="each connection's wait between requests: uniform 0-90 ms, or 45 ms",
+    )
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of load not measured")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     wrk_path()
+    load_before = os.getloadavg()[0]
     rows: list[dict[str, Any]] = []
     with (
         tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp,
@@ -226,7 +260,10 @@ def main() -> None:
             from tests.integration.services import local_postgres
 
             args.pg_dsn = services.enter_context(local_postgres())
-        rate = {"seconds": args.seconds, "connections": 10, "delay_ms": 45, "script": script}
+        rate = {
+            "seconds": args.seconds, "connections": 10, "delay_ms": 45, "script": script,
+            "shape": args.delay, "warmup": args.warmup,
+        }  # fmt: skip
 
         port = free_port()
         with server([sys.executable, "-c", BARE, str(port)], port):
@@ -245,6 +282,7 @@ def main() -> None:
                     got = run_wrk(
                         url, batch, "application/vnd.apache.avro.single-object", auth,
                         seconds=args.seconds, connections=2, delay_ms=0, script=script,
+                        warmup=args.warmup,
                     )  # fmt: skip
                     rows.append({"case": "admit 1,000 records, lineage on SQLite", **got,
                                  "records_per_s": got["rate"] * 1000})  # fmt: skip
@@ -254,9 +292,14 @@ def main() -> None:
         )
     gateway_batch = next(r for r in rows if r["case"].startswith("admit 1,000"))
     ratio = gateway_batch["records_per_s"] / own
+    load = {"before": load_before, "after": os.getloadavg()[0]}
     if args.json:
-        print(json.dumps({"rows": rows, "batch_ratio": ratio}, indent=2))
+        print(json.dumps({"rows": rows, "batch_ratio": ratio, "load_average": load}, indent=2))
         return
+    print(
+        f"delay {args.delay}, warm-up {args.warmup} s, {args.seconds} s measured; load average"
+        f" {load['before']:.1f} before, {load['after']:.1f} after ({os.cpu_count()} cores)"
+    )
     print(f"{'case':<52} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'non-2xx':>7} {'records/s':>10}")
     for r in rows:
         if "p99_us" in r:

@@ -31,7 +31,9 @@ from prometheus_client import (
     generate_latest,
 )
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lineage_guard.lineage.accounts import AccountStore
 from lineage_guard.lineage.errors import (
@@ -146,24 +148,50 @@ def create_app(
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     _install_errors(app, error_page, signin_path)
 
-    @app.middleware("http")
-    async def measure_and_protect(request: Request, call_next: Any) -> Response:
-        started = time.perf_counter()
-        try:
-            response: Response = await call_next(request)
-        except Exception as exc:  # a bug: one line to the client, the traceback to the log
-            log.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=exc)
-            response = _error(request, 500, "Internal error: see the server's log.", error_page)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        metrics.requests.labels(request.method, route, str(response.status_code)).inc()
-        metrics.latency.labels(request.method, route).observe(time.perf_counter() - started)
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        if not request.url.path.startswith("/static/"):
-            response.headers.setdefault("Cache-Control", "no-store")
-        return response
-
+    app.add_middleware(_MeasureAndProtect, metrics=metrics, error_page=error_page)
     return app
+
+
+class _MeasureAndProtect:
+    """Every answer: counted and timed by route for `/metrics`, with the security headers and
+    `Cache-Control: no-store` (static files aside); a bug becomes one line to the client and
+    its traceback goes to the log. A plain ASGI middleware: Starlette's `BaseHTTPMiddleware`
+    costs a task group and memory streams per request."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, error_page: ErrorPage | None) -> None:
+        self.app, self.metrics, self.error_page = app, metrics, error_page
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        cache = not scope["path"].startswith("/static/")
+        status = 0
+
+        async def protected(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+                if cache:
+                    headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, protected)
+        except Exception as exc:  # a bug: one line to the client, the traceback to the log
+            log.error("%s %s failed: %s", scope["method"], scope["path"], exc, exc_info=exc)
+            if status:  # the answer had begun: nothing more can be said on it
+                raise
+            request = Request(scope, receive)
+            detail = "Internal error: see the server's log."
+            await _error(request, 500, detail, self.error_page)(scope, receive, protected)
+        route = getattr(scope.get("route"), "path", "unmatched")
+        self.metrics.requests.labels(scope["method"], route, str(status)).inc()
+        self.metrics.latency.labels(scope["method"], route).observe(time.perf_counter() - started)
 
 
 # -- errors -----------------------------------------------------------------------------------

@@ -21,7 +21,10 @@ does: the same verdicts, hop rows and Merkle leaves. An admit request:
 
 Without output topics, hops, delivery and answer are one write. The writes go through
 `SqlStore.admit` in groups (`_Committer`): the requests that arrive while one transaction
-commits share the next one (one commit, one fsync, for all of them).
+commits share the next one (one commit, one fsync, for all of them). A request's reads (its
+API key, its records' parents, a kept answer) go through a second connection to the store, so
+they never wait behind a commit; its body is parsed, judged and committed in one trip to a
+worker thread (the event loop only reads and answers).
 
 `Idempotency-Key`: the answer is kept in the store under the client and key, and a retry with
 the same key and body gets it back without admitting anything again. A retry after a 503 runs
@@ -38,7 +41,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import queue
 import re
 import threading
 import time
@@ -158,7 +160,7 @@ def hop_id(entry: Entry, index: int) -> str:
 
 class Gateway:
     """The gateway's work, without HTTP: one per process, shared by every request (the
-    validator, the store connection and the producer are thread-safe)."""
+    validator, the store's two connections and the producer are thread-safe)."""
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
@@ -172,7 +174,7 @@ class Gateway:
             raise ConfigError("`--output-topic` / `--quarantine-topic` need `--bootstrap-servers`.")
         self.validator = SuiteValidator(engine=settings.engine)
         self.decoder = Decoder()
-        self._store: LineageStore | None = None
+        self._stores: dict[str, LineageStore] = {}
         self._store_lock = threading.Lock()
         self._producer: _Producer | None = None
         # Runs (a client's `Idempotency-Key`) whose records the broker acknowledged but whose
@@ -185,28 +187,35 @@ class Gateway:
     # -- the store -----------------------------------------------------------------------
 
     def store(self) -> LineageStore:
-        """The lineage store, opened at first use (and again after an outage closed it)."""
+        """The lineage store the commits go to, opened at first use."""
+        return self._opened("writer")
+
+    def reader(self) -> LineageStore:
+        """The same store on a connection of its own, for each request's reads (its API key,
+        its parents' classes, a kept answer): they never wait behind a commit's fsync."""
+        return self._opened("reader")
+
+    def _opened(self, role: str) -> LineageStore:
         with self._store_lock:
-            if self._store is None:
-                self._store = open_store(self.settings.lineage_store)
-            return self._store
+            if role not in self._stores:
+                self._stores[role] = open_store(self.settings.lineage_store)
+            return self._stores[role]
 
     def close(self) -> None:
-        self._committer.close()
         if self._producer is not None:
             self._producer.close()
         with self._store_lock:
-            if self._store is not None:
-                self._store.close()
-                self._store = None
+            for store in self._stores.values():
+                store.close()
+            self._stores.clear()
 
     def accounts(self) -> Any:
         """The API keys' store (`lineage.accounts.AccountStore`): the lineage store."""
-        return self.store()
+        return self.reader()
 
     def store_ready(self) -> None:
         """Raises `ServiceUnavailableError` unless the lineage store answers."""
-        self.store().head("readyz")
+        self.reader().head("readyz")
 
     def ready(self) -> None:
         """Raises `ServiceUnavailableError` unless the store and the broker answer."""
@@ -222,7 +231,7 @@ class Gateway:
         if client.tenant is not None:
             policies.append(parse_policy(f"tenant:{client.tenant}"))
         batch = guard_chain.decode(batch, self.decoder)
-        batch = guard_chain.validate(batch, self.validator, lookup=self.store().content_classes)
+        batch = guard_chain.validate(batch, self.validator, lookup=self.reader().content_classes)
         return guard_chain.enforce(batch, policies)
 
     def check(self, batch: GuardBatch, client: Client) -> dict[str, Any]:
@@ -237,9 +246,8 @@ class Gateway:
         key: str | None,
         request_sha256: str,
     ) -> dict[str, Any]:
-        store = self.store()
         if key is not None:
-            earlier = store.answer_of(client.name, key)  # type: ignore[attr-defined]
+            earlier = self.reader().answer_of(client.name, key)  # type: ignore[attr-defined]
             if earlier is not None:
                 digest, text = earlier
                 if digest != request_sha256:
@@ -337,50 +345,46 @@ def _run_id(client: str, key: str | None) -> str:
 
 
 class _Committer:
-    """Writes the requests' admissions to the store in groups: while one transaction
-    commits, the requests that arrive wait and go together into the next (one commit, one
-    fsync, for all of them). A failed transaction fails each request of its group."""
+    """Writes the requests' admissions to the store in groups, on the requests' own threads:
+    the request that finds no transaction running commits its admission with every one
+    waiting (one commit, one fsync, for all of them); those that arrive meanwhile wait, and
+    the first of them to go on commits the next group. A failed transaction fails each
+    request of its group."""
 
     MAX_GROUP = 200
 
     def __init__(self, store: Callable[[], LineageStore]) -> None:
         self._store = store
-        self._queue: queue.Queue[tuple[Admission, Future[Entry]] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._serve, name="gateway-commits", daemon=True)
-        self._thread.start()
+        self._waiting: list[tuple[Admission, Future[Entry]]] = []
+        self._waiting_lock = threading.Lock()
+        self._committing = threading.Lock()
 
     def write(self, admission: Admission) -> Entry:
         done: Future[Entry] = Future()
-        self._queue.put((admission, done))
+        with self._waiting_lock:
+            self._waiting.append((admission, done))
+        while not done.done():
+            with self._committing:
+                if done.done():  # committed in the group of the request that went before
+                    break
+                with self._waiting_lock:
+                    group = self._waiting[: self.MAX_GROUP]
+                    del self._waiting[: self.MAX_GROUP]
+                self._commit(group)
         return done.result()
 
-    def _serve(self) -> None:
-        while (first := self._queue.get()) is not None:
-            group = [first]
-            while len(group) < self.MAX_GROUP:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)  # stop after this group
-                    break
-                group.append(item)
-            try:
-                store = self._store()
-                entries = store.admit(  # type: ignore[attr-defined]
-                    [admission for admission, _ in group], at=datetime.now(UTC)
-                )
-            except BaseException as exc:
-                for _, done in group:
-                    done.set_exception(exc)
-                continue
-            for (_, done), entry in zip(group, entries, strict=True):
-                done.set_result(entry)
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
+    def _commit(self, group: list[tuple[Admission, Future[Entry]]]) -> None:
+        try:
+            store = self._store()
+            entries = store.admit(  # type: ignore[attr-defined]
+                [admission for admission, _ in group], at=datetime.now(UTC)
+            )
+        except BaseException as exc:
+            for _, done in group:
+                done.set_exception(exc)
+            return
+        for (_, done), entry in zip(group, entries, strict=True):
+            done.set_result(entry)
 
 
 class _Producer:
@@ -569,12 +573,8 @@ def routes(gateway: Gateway) -> APIRouter:
             chunks.append(chunk)
         return b"".join(chunks), content_type
 
-    async def batch_of(request: Request, client: Client) -> tuple[GuardBatch, str]:
-        body, content_type = await read(request)
-        batch = await run_in_threadpool(
-            bodies.parse, body, content_type, source=SOURCE_PREFIX + client.name, limits=limits
-        )
-        return batch, request_digest(content_type, body)
+    def batch_of(body: bytes, content_type: str | None, client: Client) -> GuardBatch:
+        return bodies.parse(body, content_type, source=SOURCE_PREFIX + client.name, limits=limits)
 
     @router.post(
         "/v1/records:check",
@@ -587,8 +587,10 @@ def routes(gateway: Gateway) -> APIRouter:
         request: Request, principal: Annotated[Principal, require(Permission.RECORDS_CHECK)]
     ) -> Any:
         client = client_of(principal)
-        batch, _ = await batch_of(request, client)
-        answer = await run_in_threadpool(gateway.check, batch, client)
+        body, content_type = await read(request)
+        answer = await run_in_threadpool(
+            lambda: gateway.check(batch_of(body, content_type, client), client)
+        )
         _count(CHECK, answer)
         return AsciiJSONResponse(answer)
 
@@ -615,9 +617,15 @@ def routes(gateway: Gateway) -> APIRouter:
             raise UnusableInputError(
                 "The `Idempotency-Key` header must be 1 to 255 printable characters."
             )
-        batch, digest = await batch_of(request, client)
-        answer = await run_in_threadpool(
-            lambda: gateway.admit(batch, client, stage=stage, key=key, request_sha256=digest)
+        body, content_type = await read(request)
+        answer = await run_in_threadpool(  # one trip to a thread: parse, judge, commit
+            lambda: gateway.admit(
+                batch_of(body, content_type, client),
+                client,
+                stage=stage,
+                key=key,
+                request_sha256=request_digest(content_type, body),
+            )
         )
         _count(ADMIT, answer)
         return AsciiJSONResponse(answer)

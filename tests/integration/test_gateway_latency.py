@@ -1,0 +1,118 @@
+"""What the gateway's latency rests on, on real stores (SQLite, PostgreSQL): a request's reads
+never wait behind a commit, and the admits that arrive while one commits share the next."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from lineage_guard.generate import generate
+from lineage_guard.io.file_io import json_line
+from lineage_guard.lineage.hops import Delivery
+from lineage_guard.lineage.store import open_store
+from lineage_guard.web.gateway import GatewaySettings
+from tests.integration.test_gateway import gateway
+
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/gateway.db"
+    else:
+        yield request.getfixturevalue("pg_store_url")
+
+
+def _child() -> dict[str, Any]:
+    """A record with parents: judging it reads their classes from the store."""
+    return next(
+        g.record for g in generate(50, seed=5) if g.record["provenance"]["parent_record_ids"]
+    )
+
+
+def test_reads_do_not_wait_behind_a_commit(store_url: str) -> None:
+    """While the writer is inside a transaction (as during a commit's fsync), `check` (the API
+    key and the parents' classes read from the store) and `/readyz` answer; an admit sent
+    then waits for the writer, and is recorded once it goes on."""
+    record = _child()
+    body = json_line(record).encode()
+    with gateway(GatewaySettings(lineage_store=store_url)) as (served, headers):
+        held = served.gateway.store()._write()  # type: ignore[attr-defined]
+        held.__enter__()
+        admitted: list[requests.Response] = []
+        admit = threading.Thread(
+            target=lambda: admitted.append(
+                requests.post(
+                    f"{served.url}/v1/records:admit",
+                    data=body,
+                    headers={**headers, **JSON},
+                    timeout=30,
+                )
+            )
+        )
+        try:
+            checked = requests.post(
+                f"{served.url}/v1/records:check", data=body, headers={**headers, **JSON}, timeout=5
+            )
+            ready = requests.get(f"{served.url}/readyz", headers=headers, timeout=5)
+            assert (checked.status_code, ready.status_code) == (200, 200)
+            assert checked.json()["records"][0]["record_id"] == record["record_id"]
+            admit.start()
+            admit.join(1.0)
+            assert admitted == []  # lineage first: no answer while the writer is held
+        finally:
+            held.__exit__(None, None, None)
+        admit.join(30)
+        assert admitted[0].status_code == 200, admitted[0].text
+        [verdict] = admitted[0].json()["records"]
+    with open_store(store_url) as store:
+        [hop] = store.hops([record["record_id"]])  # type: ignore[attr-defined]
+    assert f"{hop.chain_id}#{hop.seq}/{hop.index}" == verdict["hop_id"]
+    assert hop.delivery is Delivery.CONFIRMED
+
+
+def test_admits_arriving_during_a_commit_share_the_next(tmp_path: Path) -> None:
+    """Ten admits sent while a commit runs: the one that got there first commits alone, the
+    nine that waited go together in one transaction (one fsync for nine requests)."""
+    body = json_line(_child()).encode()
+    with gateway(GatewaySettings(lineage_store=f"sqlite:///{tmp_path}/g.db")) as (served, headers):
+        writer = served.gateway.store()
+        groups: list[int] = []
+        admit = writer.admit  # type: ignore[attr-defined]
+
+        def counted(admissions: list[Any], *, at: Any) -> Any:
+            groups.append(len(admissions))
+            return admit(admissions, at=at)
+
+        writer.admit = counted  # type: ignore[attr-defined]  # the real store, counted
+        answers: list[int] = []
+
+        def client() -> None:
+            sent = requests.post(
+                f"{served.url}/v1/records:admit", data=body, headers={**headers, **JSON}, timeout=30
+            )
+            answers.append(sent.status_code)
+
+        held = writer._write()  # type: ignore[attr-defined]
+        held.__enter__()
+        clients = [threading.Thread(target=client) for _ in range(10)]
+        try:
+            for c in clients:
+                c.start()
+            deadline = time.monotonic() + 20
+            while len(served.gateway._committer._waiting) < 9 or groups != [1]:
+                assert time.monotonic() < deadline, (groups, served.gateway._committer._waiting)
+                time.sleep(0.01)
+        finally:
+            held.__exit__(None, None, None)
+        for c in clients:
+            c.join(30)
+    assert answers == [200] * 10
+    assert groups == [1, 9]
