@@ -1,24 +1,28 @@
 """The endless guard as one unbounded Beam pipeline, for streaming runners (Prism, Flink…).
 
-    ReadFromKafka ──► GroupIntoBatches per topic-partition ──► Reshuffle
-        ──► Decode ──► Validate ──► Enforce ──► DeliverAndCommit (keyed by topic-partition)
+    ReadFromKafka ──► Decode ──► Validate ──► Enforce ──► DeliverAndCommit (keyed by partition)
 
-The source emits `Chunk`s (records of one partition + the offset span they cover). Chunks are
-grouped into micro-batches per partition (at most `batch_size` records, buffered at most
-`max_buffering_s`), then reshuffled so that the validation of one hot partition can run on
-several workers at once, in any order.
+The source emits `Chunk`s (records of one partition + the offset span they cover): each read
+call hands on what arrived since the partition's last call, so a chunk is the micro-batch and
+its size follows the rate. The stages run fused with the read, in its bundle; the only shuffle
+is the write step's key. Every stage boundary costs a runner's scheduling round (on Prism, 50
+to several hundred ms each): the micro-batches used to be grouped (`GroupIntoBatches`) and
+reshuffled before validation, two more boundaries that held a record about 0.5 s.
 
 Offsets are committed by the write step from keyed state, never by relying on fusion: the
 write step is keyed by topic-partition, so the runner hands it one partition's batches one at a
-time. For each batch it records lineage, produces the records and waits until Kafka has
-acknowledged all of them; only then it adds the batch's spans to the partition's state and
-commits the end of the gap-free run of delivered spans that starts at the last commit. A batch
-that arrives early (its predecessor still being validated) is delivered but not committed past
-the gap; a crash loses nothing, it only replays what was not yet committed (at-least-once).
+time. For each batch it records lineage, produces the records and adds the batch's spans to
+the partition's state; once the bundle's records are all acknowledged by Kafka
+(`finish_bundle`: one wait and one offset commit per bundle, however many batches it holds)
+it commits the end of the gap-free run of delivered spans that starts at the last commit. If
+that fails the bundle fails, and the runner drops its state writes. A batch that arrives early
+(its predecessor not yet written) is delivered but not committed past the gap; a crash loses
+nothing, it only replays what was not yet committed (at-least-once).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -38,7 +42,7 @@ from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from confluent_kafka import KafkaException, TopicPartition
 
-from lineage_guard.arrow_batch import GuardBatch, concat
+from lineage_guard.arrow_batch import GuardBatch
 from lineage_guard.guard import GuardConfig, KafkaIO
 from lineage_guard.io.kafka import KafkaSink, retrying
 from lineage_guard.io.kafka_source import Chunk, ReadFromKafka, start_offset
@@ -87,13 +91,10 @@ def advance(frontier: int, delivered: Iterable[Span]) -> tuple[int, list[Span]]:
     return frontier, waiting
 
 
-def to_part(element: tuple[str, Iterable[Chunk]]) -> Part:
-    key, chunks = element
-    ordered = sorted(chunks, key=lambda c: c.start)
+def to_part(chunk: Chunk) -> Part:
+    batch = chunk.batch
     return Part(
-        key=key,
-        spans=tuple(merge_spans((c.start, c.stop) for c in ordered)),
-        batch=concat([c.batch for c in ordered]),
+        key=f"{batch.topic}/{batch.partition}", spans=((chunk.start, chunk.stop),), batch=batch
     )
 
 
@@ -131,8 +132,9 @@ def stages_of(config: GuardConfig) -> list[tuple[str, Any]]:
 class DeliverAndCommit(beam.DoFn):
     """Lineage, then the records, then the partition's offset: only behind delivered records.
 
-    Keyed by topic-partition; its state holds the last committed offset (`frontier`) and the
-    delivered spans that wait for an earlier batch (`waiting`)."""
+    Keyed by topic-partition; its state holds the partition's commit point (`frontier`,
+    committed when the bundle ends) and the delivered spans that wait for an earlier batch
+    (`waiting`)."""
 
     def __init__(self, config: GuardConfig) -> None:
         assert isinstance(config.io, KafkaIO)
@@ -168,6 +170,11 @@ class DeliverAndCommit(beam.DoFn):
         self.writer.close()
         self.committer.close()
 
+    def start_bundle(self) -> None:
+        self.delivering = contextlib.ExitStack()
+        self.written = 0  # batches this bundle wrote
+        self.to_commit: dict[tuple[str, int], int] = {}
+
     def process(
         self,
         element: tuple[str, Part],
@@ -175,32 +182,40 @@ class DeliverAndCommit(beam.DoFn):
         waiting_state: Any = WAITING_STATE,
     ) -> None:
         _key, part = element
-        with self.config.stop.writing() as go:
-            if go:  # once stopped, nothing more is delivered; the launcher counts after this
-                self._deliver(part, frontier_state, waiting_state)
-
-    def _deliver(self, part: Part, frontier_state: Any, waiting_state: Any) -> None:
+        if not self.written:  # the bundle's first batch: from now until it is acknowledged
+            self.delivering.enter_context(self.config.stop.writing())
+        if self.config.stop.requested():
+            return  # once stopped, nothing more is delivered; the launcher counts after this
         batch = part.batch
-        self.writer.write(batch, lambda: False)
-        self.writer.flush()  # raises unless Kafka acknowledged every record of the batch
-
+        self.writer.write(batch, lambda: False)  # lineage, then produced (acknowledged below)
+        self.written += 1
         frontier = frontier_state.read()
         if frontier is None:  # first batch of this partition in this run: where the source began
             frontier = start_offset(
                 self.committer, batch.topic, batch.partition, self.io.settings.timeout_s
             )
-        waiting = waiting_state.read() or []
-        moved, still_waiting = advance(frontier, [*waiting, *part.spans])
+        moved, still_waiting = advance(frontier, [*(waiting_state.read() or []), *part.spans])
         if moved > frontier:
-            self._commit(batch.topic, batch.partition, moved)
+            self.to_commit[(batch.topic, batch.partition)] = moved
         frontier_state.write(moved)
         waiting_state.write(still_waiting)
 
-    def _commit(self, topic: str, partition: int, offset: int) -> None:
-        offsets = [TopicPartition(topic, partition, offset)]
+    def finish_bundle(self) -> None:
+        """Waits until Kafka acknowledged every record the bundle wrote, then commits the
+        partitions' new frontiers: one wait and one commit per bundle, however many batches
+        it holds. The frontiers were written to state in `process`: if this fails, the bundle
+        fails and the runner drops them with it."""
+        with self.delivering:
+            if self.written:
+                self.writer.flush()  # raises unless Kafka acknowledged every record
+            if self.to_commit:
+                self._commit(self.to_commit)
+
+    def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        listed = [TopicPartition(t, p, offset) for (t, p), offset in offsets.items()]
         timeout_s = self.io.settings.timeout_s
         try:
-            retrying(lambda: self.committer.commit(offsets=offsets, asynchronous=False), timeout_s)
+            retrying(lambda: self.committer.commit(offsets=listed, asynchronous=False), timeout_s)
         except KafkaException as exc:
             raise ServiceUnavailableError(f"Committing offsets failed: {exc}") from exc
 
@@ -209,30 +224,22 @@ def build_streaming(
     pipeline: beam.Pipeline,
     config: GuardConfig,
     *,
-    max_chunk: int = 500,
-    max_buffering_s: float = 0.2,
     discovery_interval_s: float = 10.0,
 ) -> None:
     io = config.io
     if not isinstance(io, KafkaIO):
         raise ConfigError("The streaming guard reads Kafka: give --bootstrap-servers.")
-    max_chunk = max(1, min(max_chunk, config.batch_size))
-    chunks_per_batch = max(1, config.batch_size // max_chunk)
     parts = (
         pipeline
         | "ReadKafka"
         >> ReadFromKafka(
             io.settings,
             io.input_topics,
-            max_chunk=max_chunk,
+            max_chunk=config.batch_size,
             discovery_interval_s=discovery_interval_s,
             idle_poll_s=config.poll_interval_s,
         )
-        | "KeyByPartition" >> beam.Map(lambda c: (f"{c.batch.topic}/{c.batch.partition}", c))
-        | "MicroBatches"
-        >> beam.GroupIntoBatches(chunks_per_batch, max_buffering_duration_secs=max_buffering_s)
         | "ToPart" >> beam.Map(to_part)
-        | "Spread" >> beam.Reshuffle()
     )
     for name, stage in stages_of(config):
         parts = parts | name >> beam.ParDo(_Stage(stage))
