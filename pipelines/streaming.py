@@ -42,6 +42,7 @@ from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from confluent_kafka import KafkaException, TopicPartition
 
+from lineage_guard import flink_rest as flink_rest_api
 from lineage_guard.arrow_batch import GuardBatch
 from lineage_guard.guard import GuardConfig, KafkaIO
 from lineage_guard.io.kafka import KafkaSink, retrying
@@ -269,7 +270,7 @@ LIVE = (
 
 
 def cancel_orphaned_jobs(
-    endpoint: str, name: str, *, loopback: bool, timeout_s: float = 30.0
+    endpoint: str, name: str, *, loopback: bool, ended: bool = False, timeout_s: float = 30.0
 ) -> list[str]:
     """Cancels the jobs named `name` still live on the job server at `endpoint` and waits
     until they ended; returns their ids. Called before this guard starts its own job: the
@@ -277,11 +278,14 @@ def cancel_orphaned_jobs(
     runs, so such a job is one a killed guard left (it stays RUNNING on the job server when
     its launcher is gone).
 
-    Beam's Flink job server (2.62) accepts the cancel of such a job but never ends it (its
-    state stays RUNNING). With LOOPBACK workers (the guard's default) the job's workers died
-    with the killed guard, so it reads and delivers nothing more: this guard says so and
-    starts its own. With workers of their own (`--environment_type` EXTERNAL, DOCKER…) the
-    old job may still deliver: this guard refuses to start beside it (exit 4)."""
+    Beam's Flink job server (2.62) keeps such a job RUNNING in its list for good, whether or
+    not Flink still runs it (`lineage_guard.flink_rest`). `ended`: Flink's REST API showed
+    that no job of that name runs (`flink_rest.cancel_jobs` ended them): the entries are
+    reported and ignored. Otherwise they are cancelled: with LOOPBACK workers (the guard's
+    default) the job's workers died with the killed guard, so it reads and delivers nothing
+    more: this guard says so and starts its own. With workers of their own
+    (`--environment_type` EXTERNAL, DOCKER…) the old job may still deliver: this guard refuses
+    to start beside it (exit 4)."""
     channel = grpc.insecure_channel(endpoint)
     try:
         service = beam_job_api_pb2_grpc.JobServiceStub(channel)
@@ -292,6 +296,17 @@ def cancel_orphaned_jobs(
                 f"The job server `{endpoint}` did not answer: {exc.code().name}."
             ) from exc
         ours = [job.job_id for job in jobs if job.state in LIVE and _named(job, name)]
+        if ended:  # Flink's REST API showed that none of them runs: the job server's list lies
+            for job_id in ours:
+                log.warning(
+                    "the job server `%s` still lists job `%s` a stopped guard of this group "
+                    "left as live, but Flink runs no job named `%s` (Beam's job server loses "
+                    "the end of a job whose guard was killed): ignored",
+                    endpoint,
+                    job_id,
+                    name,
+                )
+            return ours
         deadline = time.monotonic() + timeout_s
         for job_id in ours:
             log.warning("cancelling job `%s` that a stopped guard of this group left", job_id)
@@ -354,16 +369,24 @@ def streaming_options(config: GuardConfig, prism_location: str | None) -> Pipeli
     return PipelineOptions([*args, *config.beam_args])
 
 
-def run_streaming(config: GuardConfig, *, prism_location: str | None = None) -> Any:
+def run_streaming(
+    config: GuardConfig, *, prism_location: str | None = None, flink_rest: str | None = None
+) -> Any:
     """Starts the endless guard as one streaming job and returns Beam's `PipelineResult`
-    (the caller waits for it, or cancels it)."""
+    (the caller waits for it, or cancels it). `flink_rest`: where Flink's REST API answers
+    for the job server's jobs (`flink_rest.endpoints`); the job a killed guard of the group
+    left is cancelled there first."""
     options = streaming_options(config, prism_location)
     endpoint = options.view_as(PortableOptions).job_endpoint
     if endpoint and config.runner != "PrismRunner":  # a job server that outlives its guards
+        name = options.view_as(GoogleCloudOptions).job_name
+        if flink_rest:
+            flink_rest_api.cancel_jobs(flink_rest, name)
         cancel_orphaned_jobs(
             endpoint,
-            options.view_as(GoogleCloudOptions).job_name,
+            name,
             loopback=options.view_as(PortableOptions).environment_type == "LOOPBACK",
+            ended=bool(flink_rest),
         )
     pipeline = beam.Pipeline(options=options)
     build_streaming(pipeline, config)

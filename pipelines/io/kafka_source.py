@@ -233,15 +233,14 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
             self.read.inc(len(data))
             chunk = Chunk(start=position, stop=batch.next_offset, batch=batch)
             yield TimestampedValue(chunk, self._advance(watermark, batch))
-        if stopped:
-            return  # the residual is already the runner's
-        if not data:
-            # Nothing new: an idle partition must not hold back the pipeline's watermark.
-            now = Timestamp.now() - Duration(seconds=1)
-            current = watermark.current_watermark()
-            if current is None or now > current:
-                watermark.set_watermark(now)
-        tracker.defer_remainder(Duration(seconds=0 if data else self.idle_resume_s))
+        if not stopped:  # (when stopped, the residual is already the runner's)
+            if not data:
+                # Nothing new: an idle partition must not hold back the pipeline's watermark.
+                now = Timestamp.now() - Duration(seconds=1)
+                current = watermark.current_watermark()
+                if current is None or now > current:
+                    watermark.set_watermark(now)
+            tracker.defer_remainder(Duration(seconds=0 if data else self.idle_resume_s))
 
     @staticmethod
     def _advance(watermark: Any, batch: GuardBatch) -> Timestamp:
