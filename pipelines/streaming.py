@@ -166,13 +166,18 @@ class DeliverAndCommit(beam.DoFn):
             io.destinations,
         )
         self.committer = io.settings.consumer()
+        self.delivering = contextlib.ExitStack()
 
     def teardown(self) -> None:
+        self.delivering.close()
         self.writer.close()
         self.committer.close()
 
     def start_bundle(self) -> None:
+        # `RunStop.writing`, from the bundle's first batch until its `finish_bundle` ended.
+        self.delivering.close()  # (a failed bundle's, whose `finish_bundle` never ran)
         self.delivering = contextlib.ExitStack()
+        self.marked = False
         self.written = 0  # batches this bundle wrote
         self.to_commit: dict[tuple[str, int], int] = {}
 
@@ -183,10 +188,18 @@ class DeliverAndCommit(beam.DoFn):
         waiting_state: Any = WAITING_STATE,
     ) -> None:
         _key, part = element
-        if not self.written:  # the bundle's first batch: from now until it is acknowledged
+        if not self.marked:  # the bundle's first batch: from now until it is acknowledged
             self.delivering.enter_context(self.config.stop.writing())
+            self.marked = True
         if self.config.stop.requested():
             return  # once stopped, nothing more is delivered; the launcher counts after this
+        try:
+            self._write(part, frontier_state, waiting_state)
+        except BaseException:
+            self.delivering.close()  # the bundle failed: nothing of it is being delivered
+            raise
+
+    def _write(self, part: Part, frontier_state: Any, waiting_state: Any) -> None:
         batch = part.batch
         self.writer.write(batch, lambda: False)  # lineage, then produced (acknowledged below)
         self.written += 1
