@@ -76,15 +76,22 @@ def cancel_jobs(spec: str, name: str, timeout_s: float = 60.0) -> list[str]:
 
 
 def _call(method: str, url: str, timeout_s: float) -> Any:
-    """The JSON answer, or None when nothing answers at that address."""
-    request = urllib.request.Request(url, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            body = response.read()
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return None  # the job (and its mini cluster) ended meanwhile
-        raise ServiceUnavailableError(f"Flink's REST API at `{url}` answered {exc.code}.") from exc
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return None
-    return json.loads(body) if body else {}
+    """The JSON answer, or None when nothing answers at that address. A mini cluster that is
+    starting or stopping answers 503 for a moment: asked again until `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        request = urllib.request.Request(url, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                body = response.read()
+            return json.loads(body) if body else {}
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None  # the job (and its mini cluster) ended meanwhile
+            if exc.code != 503 or time.monotonic() > deadline:
+                raise ServiceUnavailableError(
+                    f"Flink's REST API at `{url}` answered {exc.code}."
+                ) from exc
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return None
+        time.sleep(0.2)

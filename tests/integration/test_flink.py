@@ -5,7 +5,7 @@ group runs on Flink. The workers are an external pool here (`--environment_type=
 the killed guard's job keeps running and delivering after its guard died: LOOPBACK workers
 would die with the guard and take the job down with them. Beam's own job server is no witness
 (it lists a killed guard's job as RUNNING for good, and its cancel leaves a running job
-running): the jobs are counted on Flink.
+running): the jobs are counted on Flink. And a run's summary counts what reached the topics.
 Opt-in (`LINEAGE_GUARD_FLINK_TESTS=1`; `.ci/run` leaves it out: Flink on a 2-core machine
 takes minutes): `flink.sh start` fetches the job server's jars from Maven Central once, and
 starts it on `FLINK_JOB_PORT` / `FLINK_ARTIFACT_PORT` / `FLINK_REST_PORTS`."""
@@ -177,3 +177,58 @@ def test_a_restarted_guard_cancels_the_job_a_killed_one_left(
     said = " ".join(stderr.split())
     assert f"cancelling Flink job `{killed_job}`" in said, said
     assert restarted.returncode == 130, stderr
+
+
+def test_counts_equal_the_topics_after_a_run_on_flink(
+    kafka_bootstrap: str, flink: str, tmp_path: Path
+) -> None:
+    """The stopped run's summary counts what reached the topics (from the lineage store),
+    records produced while the job ran included."""
+    src, out, q = new_topics(kafka_bootstrap, "src", "out", "q", partitions=3)
+    values = _values(600, seed=71)  # every 10th undecodable: quarantined
+    _produce(kafka_bootstrap, src, values[:300])
+    guard = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from lineage_guard.cli.main import main; main()",
+            "run",
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--input-topic",
+            src,
+            "--output-topic",
+            out,
+            "--quarantine-topic",
+            q,
+            "--group-id",
+            f"g-{src}",
+            "--lineage-store",
+            f"sqlite:///{tmp_path / 'lineage.db'}",
+            "--runner",
+            "PortableRunner",
+            "--",
+            f"--job_endpoint={flink}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "guard.log").open("w"),
+        start_new_session=True,
+    )
+    try:
+        first = {v for _, v in values[:300]}
+        _wait(lambda: first <= _delivered(kafka_bootstrap, out, q), 300, "the first records")
+        _produce(kafka_bootstrap, src, values[300:])
+        every = {v for _, v in values}
+        _wait(lambda: every <= _delivered(kafka_bootstrap, out, q), 120, "the records after")
+        guard.send_signal(signal.SIGTERM)
+        guard.wait(timeout=120)
+    finally:
+        if guard.poll() is None:
+            os.killpg(guard.pid, signal.SIGKILL)
+            guard.wait(timeout=30)
+    stderr = (tmp_path / "guard.log").read_text()
+    assert guard.returncode == 130, stderr
+    allowed, quarantined = len(drain(kafka_bootstrap, out)), len(drain(kafka_bootstrap, q))
+    assert (allowed, quarantined) == (540, 60)
+    [summary] = [line for line in stderr.splitlines() if line.startswith("lineage-guard run `")]
+    assert ": read 600, allowed 540, quarantined 60, blocked 0 in " in summary, summary
