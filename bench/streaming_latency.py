@@ -18,9 +18,10 @@ Steady load: for each rate of `--rates` (records/s; default 50, 200, 1000, 2000)
 warm-up record, `--per-rate` valid records (default 2000) are produced at that rate, spread
 over the partitions; each record's latency runs from just before its `produce()` call to its
 arrival in the allowed topic (read by a consumer polling all the time). Printed per rate:
-p50 / p95 / p99 / max, the seconds the records were produced in and arrived in: a runner
-sustains a rate when they arrive in about the time they were produced in and the latency does
-not grow with the run. `--records N` then produces N records at once and
+p50 / p95 / p99 / max, the seconds the records were produced in and arrived in, and the
+machine's load average (1/5 minutes; the figures are absolute, so a busy machine inflates
+them): a runner sustains a rate when they arrive in about the time they were produced in and
+the latency does not grow with the run. `--records N` then produces N records at once and
 prints records/s from the first produce to the last arrival. Figures go to stdout.
 """
 
@@ -135,7 +136,8 @@ def main() -> None:
                 f"records p50 {_pct(seconds, 50):.3f} s, p95 {_pct(seconds, 95):.3f} s, "
                 f"p99 {_pct(seconds, 99):.3f} s, max {seconds[-1]:.3f} s; produced in "
                 f"{produced_s:.1f} s, arrived in {arrived_s:.1f} s "
-                f"({len(batch) / max(arrived_s, 1e-9):.0f} records/s)",
+                f"({len(batch) / max(arrived_s, 1e-9):.0f} records/s); load average "
+                f"{_load()}",
                 flush=True,
             )
 
@@ -185,6 +187,12 @@ def _steady(
                 producer.poll(0.01)
         producer.poll(0)
     producer.flush(60)
+
+
+def _load() -> str:
+    """The machine's 1- and 5-minute load averages: latency figures are absolute."""
+    one, five, _ = os.getloadavg()
+    return f"{one:.1f}/{five:.1f}"
 
 
 def _pct(sorted_seconds: list[float], p: float) -> float:

@@ -1,24 +1,28 @@
 """The endless guard as one unbounded Beam pipeline, for streaming runners (Prism, Flink…).
 
-    ReadFromKafka ──► GroupIntoBatches per topic-partition ──► Reshuffle
-        ──► Decode ──► Validate ──► Enforce ──► DeliverAndCommit (keyed by topic-partition)
+    ReadFromKafka ──► Decode ──► Validate ──► Enforce ──► DeliverAndCommit (keyed by partition)
 
-The source emits `Chunk`s (records of one partition + the offset span they cover). Chunks are
-grouped into micro-batches per partition (at most `batch_size` records, buffered at most
-`max_buffering_s`), then reshuffled so that the validation of one hot partition can run on
-several workers at once, in any order.
+The source emits `Chunk`s (records of one partition + the offset span they cover): each read
+call hands on what arrived since the partition's last call, so a chunk is the micro-batch and
+its size follows the rate. The stages run fused with the read, in its bundle; the only shuffle
+is the write step's key. Every stage boundary costs a runner's scheduling round (on Prism, 50
+to several hundred ms each): the micro-batches used to be grouped (`GroupIntoBatches`) and
+reshuffled before validation, two more boundaries that held a record about 0.5 s.
 
 Offsets are committed by the write step from keyed state, never by relying on fusion: the
 write step is keyed by topic-partition, so the runner hands it one partition's batches one at a
-time. For each batch it records lineage, produces the records and waits until Kafka has
-acknowledged all of them; only then it adds the batch's spans to the partition's state and
-commits the end of the gap-free run of delivered spans that starts at the last commit. A batch
-that arrives early (its predecessor still being validated) is delivered but not committed past
-the gap; a crash loses nothing, it only replays what was not yet committed (at-least-once).
+time. For each batch it records lineage, produces the records and adds the batch's spans to
+the partition's state; once the bundle's records are all acknowledged by Kafka
+(`finish_bundle`: one wait and one offset commit per bundle, however many batches it holds)
+it commits the end of the gap-free run of delivered spans that starts at the last commit. If
+that fails the bundle fails, and the runner drops its state writes. A batch that arrives early
+(its predecessor not yet written) is delivered but not committed past the gap; a crash loses
+nothing, it only replays what was not yet committed (at-least-once).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -38,8 +42,9 @@ from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from confluent_kafka import KafkaException, TopicPartition
 
+from lineage_guard import flink_rest as flink_rest_api
 from lineage_guard import heap
-from lineage_guard.arrow_batch import GuardBatch, concat
+from lineage_guard.arrow_batch import GuardBatch
 from lineage_guard.guard import GuardConfig, KafkaIO
 from lineage_guard.io.kafka import KafkaSink, retrying
 from lineage_guard.io.kafka_source import Chunk, ReadFromKafka, start_offset
@@ -88,13 +93,10 @@ def advance(frontier: int, delivered: Iterable[Span]) -> tuple[int, list[Span]]:
     return frontier, waiting
 
 
-def to_part(element: tuple[str, Iterable[Chunk]]) -> Part:
-    key, chunks = element
-    ordered = sorted(chunks, key=lambda c: c.start)
+def to_part(chunk: Chunk) -> Part:
+    batch = chunk.batch
     return Part(
-        key=key,
-        spans=tuple(merge_spans((c.start, c.stop) for c in ordered)),
-        batch=concat([c.batch for c in ordered]),
+        key=f"{batch.topic}/{batch.partition}", spans=((chunk.start, chunk.stop),), batch=batch
     )
 
 
@@ -132,8 +134,9 @@ def stages_of(config: GuardConfig) -> list[tuple[str, Any]]:
 class DeliverAndCommit(beam.DoFn):
     """Lineage, then the records, then the partition's offset: only behind delivered records.
 
-    Keyed by topic-partition; its state holds the last committed offset (`frontier`) and the
-    delivered spans that wait for an earlier batch (`waiting`)."""
+    Keyed by topic-partition; its state holds the partition's commit point (`frontier`,
+    committed when the bundle ends) and the delivered spans that wait for an earlier batch
+    (`waiting`)."""
 
     def __init__(self, config: GuardConfig) -> None:
         assert isinstance(config.io, KafkaIO)
@@ -164,10 +167,20 @@ class DeliverAndCommit(beam.DoFn):
             io.destinations,
         )
         self.committer = io.settings.consumer()
+        self.delivering = contextlib.ExitStack()
 
     def teardown(self) -> None:
+        self.delivering.close()
         self.writer.close()
         self.committer.close()
+
+    def start_bundle(self) -> None:
+        # `RunStop.writing`, from the bundle's first batch until its `finish_bundle` ended.
+        self.delivering.close()  # (a failed bundle's, whose `finish_bundle` never ran)
+        self.delivering = contextlib.ExitStack()
+        self.marked = False
+        self.written = 0  # batches this bundle wrote
+        self.to_commit: dict[tuple[str, int], int] = {}
 
     def process(
         self,
@@ -176,32 +189,48 @@ class DeliverAndCommit(beam.DoFn):
         waiting_state: Any = WAITING_STATE,
     ) -> None:
         _key, part = element
-        with self.config.stop.writing() as go:
-            if go:  # once stopped, nothing more is delivered; the launcher counts after this
-                self._deliver(part, frontier_state, waiting_state)
+        if not self.marked:  # the bundle's first batch: from now until it is acknowledged
+            self.delivering.enter_context(self.config.stop.writing())
+            self.marked = True
+        if self.config.stop.requested():
+            return  # once stopped, nothing more is delivered; the launcher counts after this
+        try:
+            self._write(part, frontier_state, waiting_state)
+        except BaseException:
+            self.delivering.close()  # the bundle failed: nothing of it is being delivered
+            raise
 
-    def _deliver(self, part: Part, frontier_state: Any, waiting_state: Any) -> None:
+    def _write(self, part: Part, frontier_state: Any, waiting_state: Any) -> None:
         batch = part.batch
-        self.writer.write(batch, lambda: False)
-        self.writer.flush()  # raises unless Kafka acknowledged every record of the batch
-
+        self.writer.write(batch, lambda: False)  # lineage, then produced (acknowledged below)
+        self.written += 1
         frontier = frontier_state.read()
         if frontier is None:  # first batch of this partition in this run: where the source began
             frontier = start_offset(
                 self.committer, batch.topic, batch.partition, self.io.settings.timeout_s
             )
-        waiting = waiting_state.read() or []
-        moved, still_waiting = advance(frontier, [*waiting, *part.spans])
+        moved, still_waiting = advance(frontier, [*(waiting_state.read() or []), *part.spans])
         if moved > frontier:
-            self._commit(batch.topic, batch.partition, moved)
+            self.to_commit[(batch.topic, batch.partition)] = moved
         frontier_state.write(moved)
         waiting_state.write(still_waiting)
 
-    def _commit(self, topic: str, partition: int, offset: int) -> None:
-        offsets = [TopicPartition(topic, partition, offset)]
+    def finish_bundle(self) -> None:
+        """Waits until Kafka acknowledged every record the bundle wrote, then commits the
+        partitions' new frontiers: one wait and one commit per bundle, however many batches
+        it holds. The frontiers were written to state in `process`: if this fails, the bundle
+        fails and the runner drops them with it."""
+        with self.delivering:
+            if self.written:
+                self.writer.flush()  # raises unless Kafka acknowledged every record
+            if self.to_commit:
+                self._commit(self.to_commit)
+
+    def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        listed = [TopicPartition(t, p, offset) for (t, p), offset in offsets.items()]
         timeout_s = self.io.settings.timeout_s
         try:
-            retrying(lambda: self.committer.commit(offsets=offsets, asynchronous=False), timeout_s)
+            retrying(lambda: self.committer.commit(offsets=listed, asynchronous=False), timeout_s)
         except KafkaException as exc:
             raise ServiceUnavailableError(f"Committing offsets failed: {exc}") from exc
 
@@ -210,30 +239,22 @@ def build_streaming(
     pipeline: beam.Pipeline,
     config: GuardConfig,
     *,
-    max_chunk: int = 500,
-    max_buffering_s: float = 0.2,
     discovery_interval_s: float = 10.0,
 ) -> None:
     io = config.io
     if not isinstance(io, KafkaIO):
         raise ConfigError("The streaming guard reads Kafka: give --bootstrap-servers.")
-    max_chunk = max(1, min(max_chunk, config.batch_size))
-    chunks_per_batch = max(1, config.batch_size // max_chunk)
     parts = (
         pipeline
         | "ReadKafka"
         >> ReadFromKafka(
             io.settings,
             io.input_topics,
-            max_chunk=max_chunk,
+            max_chunk=config.batch_size,
             discovery_interval_s=discovery_interval_s,
             idle_poll_s=config.poll_interval_s,
         )
-        | "KeyByPartition" >> beam.Map(lambda c: (f"{c.batch.topic}/{c.batch.partition}", c))
-        | "MicroBatches"
-        >> beam.GroupIntoBatches(chunks_per_batch, max_buffering_duration_secs=max_buffering_s)
         | "ToPart" >> beam.Map(to_part)
-        | "Spread" >> beam.Reshuffle()
     )
     for name, stage in stages_of(config):
         parts = parts | name >> beam.ParDo(_Stage(stage))
@@ -263,7 +284,7 @@ LIVE = (
 
 
 def cancel_orphaned_jobs(
-    endpoint: str, name: str, *, loopback: bool, timeout_s: float = 30.0
+    endpoint: str, name: str, *, loopback: bool, ended: bool = False, timeout_s: float = 30.0
 ) -> list[str]:
     """Cancels the jobs named `name` still live on the job server at `endpoint` and waits
     until they ended; returns their ids. Called before this guard starts its own job: the
@@ -271,11 +292,14 @@ def cancel_orphaned_jobs(
     runs, so such a job is one a killed guard left (it stays RUNNING on the job server when
     its launcher is gone).
 
-    Beam's Flink job server (2.62) accepts the cancel of such a job but never ends it (its
-    state stays RUNNING). With LOOPBACK workers (the guard's default) the job's workers died
-    with the killed guard, so it reads and delivers nothing more: this guard says so and
-    starts its own. With workers of their own (`--environment_type` EXTERNAL, DOCKER…) the
-    old job may still deliver: this guard refuses to start beside it (exit 4)."""
+    Beam's Flink job server (2.62) keeps such a job RUNNING in its list for good, whether or
+    not Flink still runs it (`lineage_guard.flink_rest`). `ended`: Flink's REST API showed
+    that no job of that name runs (`flink_rest.cancel_jobs` ended them): the entries are
+    reported and ignored. Otherwise they are cancelled: with LOOPBACK workers (the guard's
+    default) the job's workers died with the killed guard, so it reads and delivers nothing
+    more: this guard says so and starts its own. With workers of their own
+    (`--environment_type` EXTERNAL, DOCKER…) the old job may still deliver: this guard refuses
+    to start beside it (exit 4)."""
     channel = grpc.insecure_channel(endpoint)
     try:
         service = beam_job_api_pb2_grpc.JobServiceStub(channel)
@@ -286,6 +310,17 @@ def cancel_orphaned_jobs(
                 f"The job server `{endpoint}` did not answer: {exc.code().name}."
             ) from exc
         ours = [job.job_id for job in jobs if job.state in LIVE and _named(job, name)]
+        if ended:  # Flink's REST API showed that none of them runs: the job server's list lies
+            for job_id in ours:
+                log.warning(
+                    "the job server `%s` still lists job `%s` a stopped guard of this group "
+                    "left as live, but Flink runs no job named `%s` (Beam's job server loses "
+                    "the end of a job whose guard was killed): ignored",
+                    endpoint,
+                    job_id,
+                    name,
+                )
+            return ours
         deadline = time.monotonic() + timeout_s
         for job_id in ours:
             log.warning("cancelling job `%s` that a stopped guard of this group left", job_id)
@@ -348,16 +383,24 @@ def streaming_options(config: GuardConfig, prism_location: str | None) -> Pipeli
     return PipelineOptions([*args, *config.beam_args])
 
 
-def run_streaming(config: GuardConfig, *, prism_location: str | None = None) -> Any:
+def run_streaming(
+    config: GuardConfig, *, prism_location: str | None = None, flink_rest: str | None = None
+) -> Any:
     """Starts the endless guard as one streaming job and returns Beam's `PipelineResult`
-    (the caller waits for it, or cancels it)."""
+    (the caller waits for it, or cancels it). `flink_rest`: where Flink's REST API answers
+    for the job server's jobs (`flink_rest.endpoints`); the job a killed guard of the group
+    left is cancelled there first."""
     options = streaming_options(config, prism_location)
     endpoint = options.view_as(PortableOptions).job_endpoint
     if endpoint and config.runner != "PrismRunner":  # a job server that outlives its guards
+        name = options.view_as(GoogleCloudOptions).job_name
+        if flink_rest:
+            flink_rest_api.cancel_jobs(flink_rest, name)
         cancel_orphaned_jobs(
             endpoint,
-            options.view_as(GoogleCloudOptions).job_name,
+            name,
             loopback=options.view_as(PortableOptions).environment_type == "LOOPBACK",
+            ended=bool(flink_rest),
         )
     pipeline = beam.Pipeline(options=options)
     build_streaming(pipeline, config)

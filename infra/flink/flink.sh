@@ -9,8 +9,13 @@
 #
 # Use: lineage-guard run … --runner PortableRunner -- --job_endpoint=127.0.0.1:PORT
 #      (the guard adds --streaming and --environment_type=LOOPBACK for the endless mode)
+# Flink's REST API: each job runs in a Flink mini cluster of its own ('[local]'), whose REST
+# endpoint takes the first free port of FLINK_REST_PORTS (18100-18119) on 127.0.0.1 and closes
+# with the job; `lineage-guard run --flink-rest 127.0.0.1:18100-18119` cancels there the job a
+# killed guard of its group left (Beam's job server keeps such a job RUNNING in its own list).
 # Environment: BEAM_FLINK_VERSION (2.62.0, the newest runner on Maven Central), FLINK_JOB_PORT
-# (18099), FLINK_ARTIFACT_PORT (18098), LINEAGE_GUARD_CACHE (~/.cache/lineage-guard; the run
+# (18099), FLINK_ARTIFACT_PORT (18098), FLINK_REST_PORTS (18100-18119),
+# LINEAGE_GUARD_CACHE (~/.cache/lineage-guard; the run
 # folder is FLINK_RUN_DIR, default $LINEAGE_GUARD_CACHE/beam-flink-run-$FLINK_JOB_PORT, so job
 # servers on different ports do not share a pid file), FLINK_START_TIMEOUT (120 s).
 # Ports: fixed and configurable (above), never random; the expansion service (cross-language
@@ -25,6 +30,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 version="${BEAM_FLINK_VERSION:-2.62.0}"   # keep in step with pom.xml
 port="${FLINK_JOB_PORT:-18099}"
 artifact_port="${FLINK_ARTIFACT_PORT:-18098}"
+rest_ports="${FLINK_REST_PORTS:-18100-18119}"
 cache="${LINEAGE_GUARD_CACHE:-$HOME/.cache/lineage-guard}"
 libs="$cache/beam-flink-$version/libs"
 run_dir="${FLINK_RUN_DIR:-$cache/beam-flink-run-$port}"
@@ -50,11 +56,16 @@ running_pid() {
 
 start() {
     fetch
-    mkdir -p "$run_dir"
+    mkdir -p "$run_dir/conf"
+    cat >"$run_dir/conf/config.yaml" <<EOF
+rest.address: 127.0.0.1
+rest.bind-address: 127.0.0.1
+rest.bind-port: $rest_ports
+EOF
     if [[ -z "$(running_pid)" ]]; then
         (exec 3>&- ; nohup java -cp "$libs/*" org.apache.beam.runners.flink.FlinkJobServerDriver \
             --job-host=127.0.0.1 --job-port="$port" --artifact-port="$artifact_port" \
-            --expansion-port=-1 \
+            --expansion-port=-1 --flink-conf-dir="$run_dir/conf" \
             --flink-master='[local]' >"$run_dir/job-server.log" 2>&1 </dev/null &
          echo $! >"$pid_file")
     fi

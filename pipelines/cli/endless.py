@@ -54,14 +54,20 @@ METRICS_POLL_S = 2.0  # how often the job's counters are read while it runs
 WRITES_WAIT_S = 60.0  # a batch's delivery: Kafka's 30 s time-out, the lineage store's retries
 
 
-def run_endless(config: GuardConfig, prism_location: str | None, total: Summary) -> None:
+def run_endless(
+    config: GuardConfig,
+    prism_location: str | None,
+    total: Summary,
+    *,
+    flink_rest: str | None = None,
+) -> None:
     """Runs until stopped (Ctrl-C / SIGTERM cancel the job) or until the job fails. `total`
     follows the job's counters while it runs (OpenLineage RUNNING events report them) and
     ends with their last values."""
     from lineage_guard.streaming import run_streaming
 
     config, prism = streaming_config(config, prism_location)
-    result = run_streaming(config, prism_location=prism or None)
+    result = run_streaming(config, prism_location=prism or None, flink_rest=flink_rest)
     counts = _JobCounters(result, total)
     counts.start()
     try:

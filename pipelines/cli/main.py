@@ -279,6 +279,15 @@ def validate(paths: tuple[Path, ...], output_format: str, batch_size: int, engin
     default=None,
     help="Endless mode: the Prism binary (default: `prism` on PATH); see infra/prism/.",
 )
+@click.option(
+    "--flink-rest",
+    envvar="LINEAGE_GUARD_FLINK_REST",
+    default=None,
+    metavar="HOST:FIRST-LAST",
+    help="Endless mode on Flink: the REST ports of the job server's jobs (infra/flink/flink.sh: "
+    "127.0.0.1:18100-18119); before it starts its job the guard cancels there the job a killed "
+    "guard of its group left.",
+)
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
 def run(**options: Any) -> None:
     """Run the guard: Kafka topics in, allowed and quarantine topics out, lineage recorded.

@@ -84,7 +84,7 @@ def run_guard(**o: Any) -> None:
             if not bounded:  # one streaming job on a streaming runner, not a loop of rounds
                 from lineage_guard.cli.endless import run_endless
 
-                run_endless(config, o["prism_location"], total)
+                run_endless(config, o["prism_location"], total, flink_rest=o["flink_rest"])
             else:
                 total.add(_guarded(run_once, config))
         except KeyboardInterrupt:

@@ -6,11 +6,14 @@ Each element of `ReadPartitions` is one topic-partition; its restriction is the 
 `[committed, ∞)`, starting at the consumer group's committed offset (or the partition's first
 offset when the group has none). A `process()` call polls, claims each offset it emits, then
 defers the rest of the range (a checkpoint): the runner resumes it later, on any worker, from
-the first unclaimed offset. A call ends as soon as it has `max_chunk` records or its first
-record has waited `hand_on_s`: a runner hands a call's output on only when the call returns
-(Prism does), so a call that kept polling for its whole `process_s` would hold every record
-that long under a steady load. Only checkpoints split a partition's range: its records
-are read by one reader at a time, in offset order.
+the first unclaimed offset. A call never waits for records once it has one: it waits at most
+`poll_s` for a first record, then takes only what the consumer has already fetched (at most
+`max_chunk`) and returns them as one chunk. A runner hands a call's output on only when its
+bundle ends, and Prism puts every partition's call in one bundle, one after another: a call
+that waited for more would hold the other partitions' records too. The chunks' size follows
+the rate (what arrived since the partition's last call), and a caught-up partition is read
+again at once, an idle one after `idle_resume_s`. Only checkpoints split a partition's range:
+its records are read by one reader at a time, in offset order.
 
 The output is `Chunk`s: records of one partition plus the offset span they cover, including
 offsets the broker skipped (transaction markers, compacted records). The write step commits a
@@ -129,17 +132,15 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
         self,
         settings: KafkaSettings,
         *,
-        max_chunk: int = 500,
-        poll_s: float = 0.05,
+        max_chunk: int = 2000,
+        poll_s: float = 0.01,
         process_s: float = 1.0,
-        hand_on_s: float = 0.1,
         idle_resume_s: float = 0.1,
     ) -> None:
         self.settings = settings
         self.max_chunk = max_chunk
         self.poll_s = poll_s
         self.process_s = process_s
-        self.hand_on_s = hand_on_s
         self.idle_resume_s = idle_resume_s
 
     def setup(self) -> None:
@@ -198,13 +199,13 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
         position = tracker.current_restriction().start
         consumer, next_offset = self._consumer_at(topic, partition, position)
         deadline = time.monotonic() + self.process_s
-        idle = True
+        wait = self.poll_s  # only the call's first poll waits; the others take what is fetched
         stopped = False
-        emitted = 0
-        while time.monotonic() < deadline and emitted < self.max_chunk:
-            wanted = self.max_chunk - emitted
-            messages = consumer.consume(num_messages=wanted, timeout=self.poll_s)
-            data = []
+        data: list[Any] = []
+        while len(data) < self.max_chunk and time.monotonic() < deadline:
+            messages = consumer.consume(num_messages=self.max_chunk - len(data), timeout=wait)
+            wait = 0.0
+            claimed = len(data)
             for message in messages:
                 error = message.error()
                 if error is not None:
@@ -219,33 +220,27 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
                     # The runner checkpointed this element meanwhile: the rest is not ours.
                     # The consumer read past it, so the next call must seek.
                     stopped = True
-                    next_offset[0] = -1
                     break
                 data.append(message)
-            if data:
-                if idle:  # the call's first record: hand it on within `hand_on_s`
-                    deadline = min(deadline, time.monotonic() + self.hand_on_s)
-                idle = False
-                emitted += len(data)
-                batch = from_kafka(topic, partition, data)
-                stop = batch.next_offset
-                chunk = Chunk(start=position, stop=stop, batch=batch)
-                position = stop
-                if not stopped:
-                    next_offset[0] = stop
-                self.read.inc(len(data))
-                yield TimestampedValue(chunk, self._advance(watermark, batch))
-            if stopped:
-                return  # the residual is already the runner's
+            if stopped or len(data) == claimed:
+                break  # caught up (or checkpointed): hand on what this call read
+        if stopped:
+            next_offset[0] = -1  # the consumer read past the checkpoint: the next call seeks
+        if data:
+            batch = from_kafka(topic, partition, data)
+            if not stopped:
+                next_offset[0] = batch.next_offset
+            self.read.inc(len(data))
+            chunk = Chunk(start=position, stop=batch.next_offset, batch=batch)
+            yield TimestampedValue(chunk, self._advance(watermark, batch))
+        if not stopped:  # (when stopped, the residual is already the runner's)
             if not data:
-                break  # caught up: give the runner a checkpoint
-        if idle:
-            # Nothing new: an idle partition must not hold back the pipeline's watermark.
-            now = Timestamp.now() - Duration(seconds=1)
-            current = watermark.current_watermark()
-            if current is None or now > current:
-                watermark.set_watermark(now)
-        tracker.defer_remainder(Duration(seconds=self.idle_resume_s if idle else 0))
+                # Nothing new: an idle partition must not hold back the pipeline's watermark.
+                now = Timestamp.now() - Duration(seconds=1)
+                current = watermark.current_watermark()
+                if current is None or now > current:
+                    watermark.set_watermark(now)
+            tracker.defer_remainder(Duration(seconds=0 if data else self.idle_resume_s))
 
     @staticmethod
     def _advance(watermark: Any, batch: GuardBatch) -> Timestamp:
