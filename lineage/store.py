@@ -14,7 +14,7 @@ checkpoints, so tampering can be shown with plain SQL.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -106,6 +106,13 @@ class LineageStore(AccountStore, Protocol):
         ...
 
     def add_checkpoint(self, checkpoint: Checkpoint) -> None: ...
+
+    def add_next_checkpoint(
+        self, make: Callable[[list[Checkpoint], list[ChainHead]], Checkpoint]
+    ) -> Checkpoint:
+        """Adds `make(checkpoints, heads)`, both read in the same transaction, under a lock
+        every signer takes: concurrent signers chain one after the other."""
+        ...
 
     def hops(self, record_ids: Collection[str]) -> list[StoredHop]:
         """Every hop of `record_ids`, in time order, with batch and delivery status."""

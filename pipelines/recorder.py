@@ -198,19 +198,16 @@ class LineageRecorder:
         the key's latest checkpoint there, and keep the checkpoint there too."""
         from lineage_guard.lineage.checkpoints import latest, sign
 
-        def write(store: Any) -> Checkpoint:
-            previous = latest(store.checkpoints(), key.public_key())
-            checkpoint = sign(
+        def make(checkpoints: list[Checkpoint], heads: list[Any]) -> Checkpoint:
+            return sign(
                 key,
                 at=datetime.now(UTC),
                 run_id=self.run_id,
-                heads=store.heads(),
-                previous=previous,
+                heads=heads,
+                previous=latest(checkpoints, key.public_key()),
             )
-            store.add_checkpoint(checkpoint)
-            return checkpoint
 
-        checkpoint: Checkpoint = self.connection.call(write)
+        checkpoint: Checkpoint = self.connection.call(lambda store: store.add_next_checkpoint(make))
         return checkpoint
 
     def close(self) -> None:

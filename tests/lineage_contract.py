@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -71,6 +72,7 @@ __all__ = [
     "test_trace_proves_a_batch_read_before_by_its_hops_blocks_and_still_sees_their_edits",
     "test_trace_shows_hops_across_guards_in_order",
     "test_trace_shows_the_batch_status_of_each_hop",
+    "test_two_signers_at_once_chain_one_after_the_other",
     "test_unreadable_edit_is_detected",
     "test_verify_clean_store_with_and_without_a_key",
 ]
@@ -137,10 +139,11 @@ def filled(store: LineageStore, *, batches: int = 3, size: int = 4) -> list[Any]
 
 def signed(store: LineageStore, key: Ed25519PrivateKey = KEY, run_id: str = RUN) -> Checkpoint:
     """What a run given `--signing-key` does at its end: sign the heads after its latest."""
-    previous = latest(store.checkpoints(), key.public_key())
-    checkpoint = sign(key, at=T0, run_id=run_id, heads=store.heads(), previous=previous)
-    store.add_checkpoint(checkpoint)
-    return checkpoint
+    return store.add_next_checkpoint(
+        lambda checkpoints, heads: sign(
+            key, at=T0, run_id=run_id, heads=heads, previous=latest(checkpoints, key.public_key())
+        )
+    )
 
 
 def entry_id(run_sql: RunSql, seq: int, chain: str = CHAIN) -> int:
@@ -888,6 +891,37 @@ def test_checkpoints_are_chained_and_a_deleted_middle_one_is_seen(
     assert result.broken.description.startswith(
         "checkpoint 3 of run `run-3` (2026-11-27T12:00:00.123Z) follows checkpoint 2 (sha256"
     )
+
+
+def test_two_signers_at_once_chain_one_after_the_other(store: LineageStore, store_url: str) -> None:
+    """Two runs signing with the same key at the same moment: the second reads the checkpoints
+    only once the first has written its own, so they are checkpoints 1 and 2, not two 1s."""
+    filled(store, batches=1)
+    inside = threading.Event()
+    seen: dict[str, int] = {}
+    made: dict[str, Checkpoint] = {}
+
+    def signer(name: str, pause_s: float) -> Callable[[list[Checkpoint], list[Any]], Checkpoint]:
+        def make(checkpoints: list[Checkpoint], heads: list[Any]) -> Checkpoint:
+            seen[name] = len(checkpoints)
+            inside.set()
+            time.sleep(pause_s)  # the other signer asks meanwhile
+            previous = latest(checkpoints, KEY.public_key())
+            return sign(KEY, at=T0, run_id=name, heads=heads, previous=previous)
+
+        return make
+
+    first = threading.Thread(
+        target=lambda: made.__setitem__("a", store.add_next_checkpoint(signer("a", 0.5)))
+    )
+    first.start()
+    assert inside.wait(10)
+    with open_store(store_url) as other:
+        made["b"] = other.add_next_checkpoint(signer("b", 0))
+    first.join(10)
+    assert seen == {"a": 0, "b": 1}
+    assert (made["a"].seq, made["b"].seq) == (1, 2)
+    assert store.verify(public_key=KEY.public_key(), held=made["b"]).signed_checkpoints == 2
 
 
 def test_checkpoints_written_before_chaining_still_verify_and_start_the_chain(

@@ -148,6 +148,10 @@ _ACCOUNT_SCHEMA = (
 )
 
 
+# The advisory lock signers take (`_lock_checkpoints`): a fixed 64-bit key, "lgckpt01".
+CHECKPOINTS_LOCK = int.from_bytes(b"lgckpt01", "big") - 2**63
+
+
 class PostgresStore(SqlStore):
     """A `LineageStore` in the PostgreSQL database that `url` (a libpq URL) names."""
 
@@ -213,6 +217,11 @@ class PostgresStore(SqlStore):
             except psycopg.Error:
                 self._drop_broken()
                 raise
+
+    def _lock_checkpoints(self, cursor: Any) -> None:
+        # A transaction-level advisory lock: it needs no privilege on any table (the writer
+        # role may not UPDATE or LOCK them), and the commit releases it.
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (CHECKPOINTS_LOCK,))
 
     def _lock_head(self, cursor: Any, chain_id: str) -> ChainHead | None:
         cursor.execute(

@@ -165,6 +165,12 @@ ANSWERS_TABLE = """CREATE TABLE IF NOT EXISTS gateway_answers (
 )"""
 
 
+SELECT_HEADS = "SELECT chain_id, seq, hash FROM lineage_chains ORDER BY 1"
+SELECT_CHECKPOINTS = (
+    "SELECT at, run_id, heads, key_id, signature FROM lineage_checkpoints ORDER BY id"
+)
+
+
 class SqlStore(ABC):
     """The `LineageStore` logic over a DB-API connection; queries use `?` placeholders."""
 
@@ -196,6 +202,11 @@ class SqlStore(ABC):
 
     @abstractmethod
     def _insert_hops(self, cursor: Any, rows: Sequence[tuple[Any, ...]]) -> None: ...
+
+    @abstractmethod
+    def _lock_checkpoints(self, cursor: Any) -> None:
+        """Holds, until the transaction ends, the lock every signer takes before it reads the
+        checkpoints (`add_next_checkpoint`)."""
 
     @abstractmethod
     def _fetchall(self, query: str, params: Sequence[Any]) -> list[Any]: ...
@@ -391,23 +402,47 @@ class SqlStore(ABC):
     def add_checkpoint(self, checkpoint: Checkpoint) -> None:
         try:
             with self._write() as cursor:
-                cursor.execute(
-                    self._q(
-                        "INSERT INTO lineage_checkpoints (at, run_id, heads, key_id, signature)"
-                        " VALUES (?, ?, ?, ?, ?)"
-                    ),
-                    (
-                        _millis(checkpoint.at),
-                        checkpoint.run_id,
-                        _json([head.to_dict() for head in checkpoint.heads]),
-                        checkpoint.key_id,
-                        checkpoint.envelope or checkpoint.signature,
-                    ),
-                )
+                self._insert_checkpoint(cursor, checkpoint)
         except self._errors as exc:
             raise self._error_class(exc)(
                 f"Cannot write a checkpoint to `{self.url}`: {first_line(exc)}."
             ) from exc
+
+    def add_next_checkpoint(
+        self, make: Callable[[list[Checkpoint], list[ChainHead]], Checkpoint]
+    ) -> Checkpoint:
+        """Adds `make(checkpoints, heads)`, given the store's checkpoints and chain heads as
+        read in the same transaction, under a lock every signer takes: two runs signing at
+        once chain one after the other, never both after the same predecessor."""
+        try:
+            with self._write() as cursor:
+                self._lock_checkpoints(cursor)
+                cursor.execute(SELECT_CHECKPOINTS)
+                checkpoints = [_checkpoint(row) for row in cursor.fetchall()]
+                cursor.execute(SELECT_HEADS)
+                heads = [ChainHead(chain_id=r[0], seq=r[1], hash=r[2]) for r in cursor.fetchall()]
+                checkpoint = make(checkpoints, heads)
+                self._insert_checkpoint(cursor, checkpoint)
+        except self._errors as exc:
+            raise self._error_class(exc)(
+                f"Cannot write a checkpoint to `{self.url}`: {first_line(exc)}."
+            ) from exc
+        return checkpoint
+
+    def _insert_checkpoint(self, cursor: Any, checkpoint: Checkpoint) -> None:
+        cursor.execute(
+            self._q(
+                "INSERT INTO lineage_checkpoints (at, run_id, heads, key_id, signature)"
+                " VALUES (?, ?, ?, ?, ?)"
+            ),
+            (
+                _millis(checkpoint.at),
+                checkpoint.run_id,
+                _json([head.to_dict() for head in checkpoint.heads]),
+                checkpoint.key_id,
+                checkpoint.envelope or checkpoint.signature,
+            ),
+        )
 
     def _insert_entry(self, cursor: Any, entry: Entry) -> int:
         cursor.execute(self._q(INSERT_ENTRY), entry_row(entry))
@@ -635,13 +670,11 @@ class SqlStore(ABC):
         return ChainHead(chain_id=chain_id, seq=rows[0][0], hash=rows[0][1]) if rows else None
 
     def heads(self) -> list[ChainHead]:
-        rows = self._fetchall("SELECT chain_id, seq, hash FROM lineage_chains ORDER BY 1", [])
+        rows = self._fetchall(SELECT_HEADS, [])
         return [ChainHead(chain_id=r[0], seq=r[1], hash=r[2]) for r in rows]
 
     def checkpoints(self) -> list[Checkpoint]:
-        rows = self._fetchall(
-            "SELECT at, run_id, heads, key_id, signature FROM lineage_checkpoints ORDER BY id", []
-        )
+        rows = self._fetchall(SELECT_CHECKPOINTS, [])
         return [_checkpoint(row) for row in rows]
 
     # -- verifying --------------------------------------------------------------------------

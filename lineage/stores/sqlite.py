@@ -240,6 +240,9 @@ class SqliteStore(SqlStore):
                     conn.execute("ROLLBACK")
                 raise
 
+    def _lock_checkpoints(self, cursor: Any) -> None:
+        pass  # BEGIN IMMEDIATE already holds the database's write lock
+
     def _lock_head(self, cursor: Any, chain_id: str) -> ChainHead | None:
         # BEGIN IMMEDIATE already holds the database's write lock.
         row = cursor.execute(
