@@ -459,13 +459,13 @@ SOURCE_TYPE_CASES = [
 
 
 def _evolving_records(count: int, seed: int) -> list[tuple[str, dict[str, Any], set[str]]]:
-    """(writer schema name, record, the rules it must break): every fourth-or-so record as
+    """(writer schema name, record, the rules it must break): every fifth record as
     written before `digital_source_type` (`NAME@1`, the field absent), the rest today's, with
     digital source types that agree with their class, contradict it, or are no IPTC URI."""
     out = []
     for n, g in enumerate(generate(count, seed=seed)):
         provenance = g.record["provenance"]
-        if n % 4 == 0:
+        if n % 5 == 0:  # 5: odd and even positions, and every case below, get their share
             provenance.pop("digital_source_type")
             out.append((f"{g.schema}@1", g.record, set()))
             continue
