@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from datetime import UTC, datetime, timedelta, timezone
@@ -234,7 +235,12 @@ def dirty_batches(draw: st.DrawFn) -> list[Any]:
     batch: list[Any] = draw(st.lists(clean_records(clean_moments), min_size=1, max_size=40))
     for _ in range(draw(st.integers(min_value=1, max_value=3))):
         i = draw(st.integers(min_value=0, max_value=len(batch) - 1))
-        path, value = draw(st.sampled_from(WRONG_PATHS)), draw(st.sampled_from(WRONG))
+        # A copy: the shared `{"k": "v"}` must not become a provenance that later paths fill
+        # (with itself, at worst: a record that refers to itself, which no input can be).
+        path, value = (
+            draw(st.sampled_from(WRONG_PATHS)),
+            copy.deepcopy(draw(st.sampled_from(WRONG))),
+        )
         if draw(st.booleans()) and path == ("record_id",):
             batch[i] = draw(st.sampled_from([None, "record", ["record"], 7]))  # not an object
             continue
