@@ -145,6 +145,7 @@ def export_pack(
                 for c in checkpoints
             ],
         },
+        "digital_source_type": _digital_source_type(report),
         "sample": _sample(store, since=since, until=until),
         "digests": {
             "suites": _suite_digests(),
@@ -345,6 +346,44 @@ def _sample(
     return sample
 
 
+CONTRACT_SUITE = "provenance_contract.json"
+DIGITAL_SOURCE_TYPE = "provenance.digital_source_type"
+
+
+def _digital_source_type(report: Report) -> dict[str, Any]:
+    """The contract's reading of IPTC's digital source types, from the suite itself (its
+    expectations on `provenance.digital_source_type`), and the records each rule stopped."""
+    suite = resources.files("lineage_guard.expectations").joinpath(CONTRACT_SUITE)
+    stopped = Counter({rule: n for (s, rule), n in report.reasons.items() if s == "validate"})
+    rules = []
+    when_absent = None
+    for expectation in json.loads(suite.read_text(encoding="utf-8"))["expectations"]:
+        meta, kwargs = expectation.get("meta", {}), expectation.get("kwargs", {})
+        if meta.get("field") != DIGITAL_SOURCE_TYPE:
+            continue
+        condition = kwargs.get("row_condition") or {}
+        accepts = expectation["type"] == "expect_column_values_to_be_in_set"
+        if accepts:
+            when_absent = meta.get("when_absent")
+        rules.append(
+            {
+                "rule": meta["rule"],
+                "content_class": condition.get("parameter"),  # None: every class
+                "accepted" if accepts else "never": kwargs["value_set"],
+                "message": meta["message"],
+                "stopped": stopped.get(meta["rule"], 0),
+            }
+        )
+    return {
+        "query": "lineage_guard.lineage.report.build_report",
+        "suite": f"expectations/{CONTRACT_SUITE}",
+        "field": DIGITAL_SOURCE_TYPE,
+        "vocabulary": "http://cv.iptc.org/newscodes/digitalsourcetype/",
+        "when_absent": when_absent,
+        "rules": rules,
+    }
+
+
 def _suite_digests() -> dict[str, str]:
     folder = resources.files("lineage_guard.expectations")
     return {
@@ -376,6 +415,12 @@ def _control_rows(mapping: Mapping, observations: dict[str, Any]) -> tuple[Contr
         if "stripped_blocked" in kinds:
             named = sum(stopped.get(rule, 0) for rule in control.rules)
             facts.append(f"{named} violations of its rules at validate")
+        if "digital_source_type" in kinds:
+            found = observations["digital_source_type"]["rules"]
+            facts.append(
+                f"{sum(r['stopped'] for r in found)} stopped for their IPTC digital source type;"
+                " none inferred when absent"
+            )
         if "crossings_blocked" in kinds:
             facts.append(f"{sum(crossings.values())} crossings blocked at enforce")
         if "leaks" in kinds:

@@ -28,7 +28,7 @@ const OTHER: u8 = 2;
 const EARLIEST_MILLIS: i64 = -62_135_596_800_000;
 
 /// The string columns, in the order they are returned.
-const TEXT_COLUMNS: usize = 8;
+const TEXT_COLUMNS: usize = 9;
 const RECORD_ID: usize = 0;
 const TENANT_ID: usize = 1;
 const CONTENT_CLASS: usize = 2;
@@ -37,6 +37,7 @@ const SOURCE_SYSTEM: usize = 4;
 const GENERATOR_NAME: usize = 5;
 const PARAMETERS_SHA256: usize = 6;
 const DISCLOSURE: usize = 7;
+const DIGITAL_SOURCE_TYPE: usize = 8;
 
 /// Bodies come without a header (the Python side skips single-object framing): the reader
 /// resolves the schema's names once, then reads each body with no header to check.
@@ -164,6 +165,8 @@ fn row_of(record: &Value) -> Result<Row<'_>, ()> {
     row.texts[ORIGIN_ENV] = text(field(provenance, "origin_env"))?;
     row.texts[SOURCE_SYSTEM] = text(field(provenance, "source_system"))?;
     row.texts[DISCLOSURE] = text(field(provenance, "disclosure"))?;
+    // Absent from bodies written before the field existed (an earlier writer schema): null.
+    row.texts[DIGITAL_SOURCE_TYPE] = text(field(provenance, "digital_source_type"))?;
     match field(provenance, "generator") {
         None | Some(Value::Null) => {}
         Some(Value::Record(g)) => {
@@ -199,9 +202,9 @@ fn row_of(record: &Value) -> Result<Row<'_>, ()> {
 /// int32, an Arrow binary column's) with `schema_json`.
 ///
 /// Returns `(status, texts, provenance_present, generated_at, parents)`: `status` one byte per
-/// row (0 read, 1 does not decode, 2 read by the Python side); `texts` eight string columns
+/// row (0 read, 1 does not decode, 2 read by the Python side); `texts` nine string columns
 /// (record_id, tenant_id, content_class, origin_env, source_system, generator_name,
-/// parameters_sha256, disclosure) as `(offsets, data, validity bitmap, null count)`;
+/// parameters_sha256, disclosure, digital_source_type) as `(offsets, data, validity bitmap, null count)`;
 /// `provenance_present` one byte per row; `generated_at` as `(int64 values, validity bitmap,
 /// null count)`; `parents` as `(list offsets, validity bitmap, null count, child string column)`.
 /// Rows that are not read (status 1 or 2) are null in every column.

@@ -51,6 +51,7 @@ _NO_PROVENANCE = dict.fromkeys(
         "generated_at",
         "disclosure",
         "parent_record_ids",
+        "digital_source_type",
     )
 )
 _NO_GENERATOR = dict.fromkeys(["name", "parameters_sha256"])
@@ -106,6 +107,7 @@ class ArrowFlattener:
             "parameters_sha256": _strings(_field(gens, "parameters_sha256")),
             "generated_at": _epoch_millis(_field(provs, "generated_at")),
             "disclosure": _strings(_field(provs, "disclosure")),
+            "digital_source_type": _strings(_field(provs, "digital_source_type")),
         }
         parent_lists = _field(provs, "parent_record_ids")
         _check_parent_lists(parent_lists)

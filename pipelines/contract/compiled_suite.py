@@ -11,8 +11,8 @@ compiles each expectation into a function over the batch's Arrow columns
   where both engines mean the same (`\\S` and `\\s` become Python's Unicode whitespace class,
   `\\Z` becomes `\\z`); a pattern with anything whose meaning differs (`\\d`, `\\w`, `$`,
   look-arounds…) is run with Python's `re` over that column instead, never approximated;
-- `in_set` is `pc.is_in`, `between` two comparisons, the column pair a comparison with
-  GX's `ignore_row_if` rules.
+- `in_set` is `pc.is_in` (`not_in_set` its opposite), `between` two comparisons, the column
+  pair a comparison with GX's `ignore_row_if` rules.
 
 Only the expectation types and row conditions the contract uses are supported; a suite that
 uses anything else raises `ConfigError` and must run with `--engine gx`. The property-based
@@ -118,6 +118,17 @@ def _in_set(kwargs: dict[str, Any]) -> Check:
     return run
 
 
+def _not_in_set(kwargs: dict[str, Any]) -> Check:
+    column = _only(kwargs, "column", "value_set")
+    forbidden = list(kwargs["value_set"])
+
+    def run(columns: Columns, parameters: Mapping[str, Any]) -> pa.BooleanArray:
+        values = columns[column]
+        return _where_present(values, pc.is_in(values, _value_set(forbidden, values)))
+
+    return run
+
+
 def _between(kwargs: dict[str, Any]) -> Check:
     column = _only(kwargs, "column", "min_value", "max_value", "strict_min", "strict_max")
     below = pc.less_equal if kwargs.get("strict_min") else pc.less
@@ -163,6 +174,7 @@ _BUILDERS: dict[str, Callable[[dict[str, Any]], Check]] = {
     "expect_column_values_to_not_be_null": _not_null,
     "expect_column_values_to_match_regex": _match_regex,
     "expect_column_values_to_be_in_set": _in_set,
+    "expect_column_values_to_not_be_in_set": _not_in_set,
     "expect_column_values_to_be_between": _between,
     "expect_column_pair_values_a_to_be_greater_than_b": _a_greater_than_b,
 }

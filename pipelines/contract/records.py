@@ -16,6 +16,7 @@ generator_name           str or None (None when `generator` is null)
 parameters_sha256        str or None
 generated_at             epoch milliseconds (float) or None
 disclosure               str or None
+digital_source_type      str or None (None also for records written before the field)
 class_rank               0 HUMAN, 1 AI_ASSISTED, 2 SYNTHETIC, None otherwise
 max_parent_class_rank    highest rank among the known parents, or None
 =======================  =================================================
@@ -45,6 +46,7 @@ COLUMNS = (
     "parameters_sha256",
     "generated_at",
     "disclosure",
+    "digital_source_type",
     "class_rank",
     "max_parent_class_rank",
 )
@@ -60,6 +62,7 @@ FIELD_OF_COLUMN = {
     "parameters_sha256": "provenance.generator.parameters_sha256",
     "generated_at": "provenance.generated_at",
     "disclosure": "provenance.disclosure",
+    "digital_source_type": "provenance.digital_source_type",
     "class_rank": "provenance.content_class",
     "max_parent_class_rank": "provenance.parent_record_ids",
 }
@@ -197,6 +200,9 @@ class Flattener:
                 gen, "parameters_sha256", "provenance.generator.parameters_sha256"
             ),
             "disclosure": text(prov, "disclosure", "provenance.disclosure"),
+            "digital_source_type": text(
+                prov, "digital_source_type", "provenance.digital_source_type"
+            ),
         }
         raw_time = prov.get("generated_at") if prov is not None else None
         if raw_time is not None:
@@ -261,6 +267,17 @@ def _wrong_type(record_id: str | None, field: str, expected: str, value: Any) ->
         message=f"{describe(record_id)}: `{field}` must be {expected}, "
         f"got {type(value).__name__} `{shorten(value)}`.",
     )
+
+
+# IPTC's digital source type URIs, as messages show them: IPTC's own short form (QCode),
+# `digsrctype:trainedAlgorithmicMedia`, so the code is not cut off by `shorten`.
+IPTC_DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/"
+
+
+def as_qcode(value: str) -> str:
+    if value.startswith(IPTC_DIGITAL_SOURCE_TYPE):
+        return "digsrctype:" + value.removeprefix(IPTC_DIGITAL_SOURCE_TYPE)
+    return value
 
 
 def shorten(value: Any, limit: int = 40) -> str:

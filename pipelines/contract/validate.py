@@ -23,6 +23,7 @@ from lineage_guard.contract.records import (
     FIELD_OF_COLUMN,
     Flattener,
     ParentRanks,
+    as_qcode,
     describe,
     shorten,
 )
@@ -286,7 +287,7 @@ class SuiteValidator:
     def _violation(rule: _Rule, record_id: str | None, value: Any) -> Violation:
         message = f"{describe(record_id)}: {rule.message}"
         if isinstance(value, str):
-            message += f" (`{rule.field}` is {shorten(value)!r})"
+            message += f" (`{rule.field}` is {shorten(as_qcode(value))!r})"
         elif rule.field:
             message += f" (`{rule.field}`)"
         return Violation(rule=rule.rule, column=rule.field, message=message + ".")

@@ -35,6 +35,7 @@ TEXT_COLUMNS = (
     "generator_name",
     "parameters_sha256",
     "disclosure",
+    "digital_source_type",
 )
 FIELDS = (
     *(pa.field(name, pa.string()) for name in TEXT_COLUMNS),

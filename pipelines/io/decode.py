@@ -6,7 +6,9 @@ Three framings occur in real deployments:
   body. The id is resolved through a registry client (`--schema-registry URL`).
 - Avro single-object encoding: `0xC3 0x01`, the writer schema's CRC-64-AVRO fingerprint as
   8 bytes little-endian, then the body, exactly as the Avro specification and Java's
-  `BinaryMessageEncoder` write it. Fingerprints are resolved against `schemas/`.
+  `BinaryMessageEncoder` write it. Fingerprints are resolved against `schemas/`, today's
+  versions and the history (`contract.schemas.WRITER_SCHEMAS`): a body is read with the schema
+  it was written with, and a field added since is absent from its record (read as null).
 - Raw schemaless Avro: the body alone, decoded with the schema named by `--schema`.
 
 A message that cannot be decoded is not an exception: `decode` returns a `DecodeFailure` with
@@ -27,7 +29,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from lineage_guard.contract.schemas import ENTITY_FILES, Schema, load_schema
+from lineage_guard.contract.schemas import WRITER_SCHEMAS, Schema, load_schema, schema_key
 from lineage_guard.io.avro import lenient
 from lineage_guard.lineage.errors import LineageGuardError
 
@@ -38,7 +40,7 @@ SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 @dataclass(frozen=True, kw_only=True)
 class Decoded:
     record: dict[str, Any]
-    schema: str  # full name of the writer schema
+    schema: str  # full name of the writer schema (`NAME@N`: an earlier version, `contract.schemas`)
     framing: str  # "confluent", "single-object" or "raw"
 
 
@@ -65,8 +67,9 @@ def fingerprint64(schema: Schema | str) -> int:
 
 @cache
 def known_fingerprints() -> dict[bytes, str]:
-    """Single-object fingerprint → the name of the schema in `schemas/` it belongs to."""
-    return {rabin_fingerprint(load_schema(name)): name for name in ENTITY_FILES}
+    """Single-object fingerprint → the name of the schema in `schemas/` it belongs to (`NAME@N`
+    for an earlier version)."""
+    return {rabin_fingerprint(load_schema(name)): name for name in WRITER_SCHEMAS}
 
 
 @cache
@@ -111,7 +114,7 @@ class Decoder:
         registry_lookup: Callable[[int], Schema] | None = None,
     ) -> None:
         self._raw_schema = _lenient_schema(raw_schema) if raw_schema else None
-        self._raw_name = load_schema(raw_schema)["name"] if raw_schema else None
+        self._raw_name = schema_key(raw_schema) if raw_schema else None
         self.raw_schema_name: str | None = self._raw_name  # raw bodies' schema (`--schema`)
         self._registry_lookup = registry_lookup
         self._by_id: dict[int, tuple[Schema, str]] = {}  # id → (lenient schema, its name)

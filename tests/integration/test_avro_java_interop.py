@@ -25,7 +25,7 @@ from typing import Any
 import fastavro
 import pytest
 
-from lineage_guard.contract.schemas import ENTITY_FILES, load_schema
+from lineage_guard.contract.schemas import WRITER_SCHEMAS, load_schema
 from lineage_guard.generate import (
     CONTACT,
     EMAIL_ACTIVITY,
@@ -152,13 +152,15 @@ def test_fingerprints_and_headers_agree_with_java(java: Java) -> None:
         name: (int(value), header)
         for name, value, header in (line.split("\t") for line in done.stdout.splitlines())
     }
-    assert set(from_java) == set(ENTITY_FILES)
+    assert set(from_java) == set(WRITER_SCHEMAS)  # today's schemas and the history's
     for name, (value, header) in from_java.items():
         assert fingerprint64(load_schema(name)) == value
         assert "c301" + rabin_fingerprint(load_schema(name)).hex() == header
-        record = next(generate(1, seed=1, entities=(name,))).record
+        record = next(generate(1, seed=1, entities=(name.partition("@")[0],))).record
         assert encode_single_object(record, name)[:10].hex() == header
-    assert from_java[CONTACT][1] == "c30108ec9fae658a3871"  # as reported in issue 8
+    # Provenance version 1 keeps the header issue 8 reported; version 2 has its own.
+    assert from_java[f"{CONTACT}@1"][1] == "c30108ec9fae658a3871"
+    assert from_java[CONTACT][1] == "c30186f36ce3f322d08f"
 
 
 def test_java_decodes_what_encode_single_object_writes(java: Java) -> None:
@@ -433,3 +435,153 @@ def test_the_rust_reader_reads_java_bodies_as_fastavro_does(java: Java, tmp_path
         _assert_same(expected, hops, gb, rows, decoder)
         read += sum(gb.column("read").to_pylist())
     assert read > 1000, read  # most bodies are read by the Rust reader, not by the fallback
+
+
+# ---- schema evolution: provenance version 1 (before `digital_source_type`) and today's ------
+
+IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"
+# (content class, digital source type, the rule it breaks) for today's records
+SOURCE_TYPE_CASES = [
+    ("HUMAN", IPTC + "digitalCapture", None),
+    ("SYNTHETIC", IPTC + "trainedAlgorithmicMedia", None),
+    ("AI_ASSISTED", IPTC + "compositeWithTrainedAlgorithmicMedia", None),
+    ("SYNTHETIC", IPTC + "algorithmicMedia", None),
+    ("HUMAN", None, None),
+    ("HUMAN", IPTC + "trainedAlgorithmicMedia", "digital_source_type_generated_but_human"),
+    ("SYNTHETIC", IPTC + "digitalCapture", "digital_source_type_captured_but_synthetic"),
+    (
+        "AI_ASSISTED",
+        "https://cv.iptc.org/newscodes/digitalsourcetype/digitalCapture",
+        "digital_source_type_unknown",
+    ),
+    ("HUMAN", "trainedAlgorithmicMedia", "digital_source_type_unknown"),
+]
+
+
+def _evolving_records(count: int, seed: int) -> list[tuple[str, dict[str, Any], set[str]]]:
+    """(writer schema name, record, the rules it must break): every fifth record as
+    written before `digital_source_type` (`NAME@1`, the field absent), the rest today's, with
+    digital source types that agree with their class, contradict it, or are no IPTC URI."""
+    out = []
+    for n, g in enumerate(generate(count, seed=seed)):
+        provenance = g.record["provenance"]
+        if n % 5 == 0:  # 5: odd and even positions, and every case below, get their share
+            provenance.pop("digital_source_type")
+            out.append((f"{g.schema}@1", g.record, set()))
+            continue
+        content_class, source_type, rule = SOURCE_TYPE_CASES[n % len(SOURCE_TYPE_CASES)]
+        if provenance["content_class"] != content_class:
+            provenance["digital_source_type"] = None
+            out.append((g.schema, g.record, set()))
+            continue
+        provenance["digital_source_type"] = source_type
+        out.append((g.schema, g.record, {rule} if rule else set()))
+    return out
+
+
+def _as_java_reads(record: dict[str, Any]) -> Any:
+    """The record as Java reads it with today's schema: a field added since at its default."""
+    provenance = {"digital_source_type": None, **record["provenance"]}
+    return avro_values({**record, "provenance": provenance})
+
+
+def test_schema_evolution_through_kafka_java_and_the_guard(
+    java: Java, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Java and confluent-kafka each write messages with provenance version 1 and with
+    today's schema; the guard reads all four kinds to the same verdicts (the new rule on
+    today's records, nothing lost or misread on version 1's), and Java decodes everything
+    the guard delivered with today's schema, version 1's records with the field null."""
+    src, out, quarantine = new_topics(kafka_bootstrap, "src", "out", "q")
+    records = _evolving_records(480, seed=65)
+    by_java, by_python = records[0::2], records[1::2]
+    inputs = []
+    for name in sorted({schema for schema, _, _ in by_java}):
+        path = write_avro_json(
+            tmp_path / f"{name}.json",
+            load_schema(name),
+            [r for schema, r, _ in by_java if schema == name],
+        )
+        inputs.append(f"{name}={path}")
+    produced = java.run("produce", kafka_bootstrap, src, *inputs)
+    assert produced.returncode == 0, produced.stderr
+    assert f"produced {len(by_java)}" in produced.stderr
+    produce(
+        kafka_bootstrap,
+        src,
+        [
+            (r["record_id"].encode(), encode_single_object(r, schema), [])
+            for schema, r, _ in by_python
+        ],
+    )
+    result = guard_cli(
+        *guard_args(kafka_bootstrap, src, out, quarantine, "java-evolution"), "--no-lineage"
+    )
+    assert result.returncode == 0, result.stderr
+    expected = {r["record_id"]: rules for _, r, rules in records}
+    allowed = {rid for rid, rules in expected.items() if not rules}
+    assert f"read {len(records)}, allowed {len(allowed)}," in result.stderr
+    stopped = drain(kafka_bootstrap, quarantine)
+    assert {
+        m.key.decode(): {r["rule"] for r in json.loads(m.header("lineage-guard.reasons") or b"")}
+        for m in stopped
+        if m.key is not None
+    } == {rid: rules for rid, rules in expected.items() if rules}
+    assert set().union(*expected.values()) == {
+        "digital_source_type_generated_but_human",
+        "digital_source_type_captured_but_synthetic",
+        "digital_source_type_unknown",
+    }
+    for writers in (by_java, by_python):  # each writer wrote both versions that passed
+        assert {s.endswith("@1") for s, r, rules in writers if not rules} == {True, False}
+
+    decoded = java.run("decode-topic", kafka_bootstrap, out, str(len(allowed)))
+    assert decoded.returncode == 0, decoded.stdout[-2000:] + decoded.stderr
+    got = {r["record_id"]: (s, r) for s, r in java_decoded(decoded.stdout)}
+    assert set(got) == allowed
+    for schema, record, rules in records:
+        if not rules:
+            assert got[record["record_id"]] == (schema.partition("@")[0], _as_java_reads(record))
+
+
+def test_validate_reads_java_files_of_both_versions_and_java_reads_ours(
+    java: Java, tmp_path: Path
+) -> None:
+    """avro-tools writes container files with provenance version 1 and with today's schema;
+    `validate` gives each record its verdict. avro-tools reads the files we write with
+    today's schema, digital source types included."""
+    records = _evolving_records(240, seed=66)
+    for version in ("@1", ""):
+        for entity in (CONTACT, EMAIL_ACTIVITY, MEDIA_ASSET):
+            name = entity + version
+            chosen = [(r, rules) for s, r, rules in records if s == name]
+            schema_file = tmp_path / f"{name}.avsc"
+            schema_file.write_text(schema_json(load_schema(name)))
+            source = write_avro_json(
+                tmp_path / f"{name}.json", load_schema(name), [r for r, _ in chosen]
+            )
+            path = tmp_path / f"{name}.avro"
+            java.tools("fromjson", "--schema-file", schema_file, source, out=path)
+            result = run_cli("validate", path, "--format", "json")
+            report = json.loads(result.stdout)
+            want = {i: rules for i, (_, rules) in enumerate(chosen) if rules}
+            assert result.returncode == (1 if want else 0), result.stderr
+            assert report["total"] == len(chosen) > 0
+            assert {
+                r["index"]: {v["rule"] for v in r["violations"]} for r in report["rejected"]
+            } == want, name
+            assert bool(want) == (version == ""), name  # the rule applies to today's only
+
+    ours = [r for s, r, _ in records if s == MEDIA_ASSET]
+    path = tmp_path / "ours.avro"
+    write_avro(path, load_schema(MEDIA_ASSET), ours)
+    as_json = tmp_path / "ours.json"
+    java.tools("tojson", path, out=as_json)
+    lines = as_json.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == [
+        io_json(load_schema(MEDIA_ASSET), r) for r in ours
+    ]
+    assert {json.loads(line)["provenance"]["digital_source_type"] is None for line in lines} == {
+        True,
+        False,
+    }

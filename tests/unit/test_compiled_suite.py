@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from datetime import UTC, datetime, timedelta, timezone
@@ -18,6 +19,43 @@ from lineage_guard.contract.validate import SuiteValidator
 from lineage_guard.lineage.errors import ConfigError
 
 from .conftest import NOW, NOW_MS
+
+IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"
+
+
+def _iptc_uris() -> list[str]:
+    """The digital source types the contract names (`digital_source_type_unknown`)."""
+    from lineage_guard.contract.validate import load_suite_documents
+
+    for document in load_suite_documents():
+        for expectation in document["expectations"]:
+            if expectation["meta"]["rule"] == "digital_source_type_unknown":
+                return list(expectation["kwargs"]["value_set"])
+    raise AssertionError("the contract has no digital_source_type_unknown rule")
+
+
+# Every IPTC URI the contract knows, and bogus near misses: https, another case, a trailing
+# slash or space, the bare code, another vocabulary's path, blanks, random text.
+source_types = st.one_of(
+    st.none(),
+    st.sampled_from(_iptc_uris()),
+    st.sampled_from(_iptc_uris())
+    .map(
+        lambda uri: st.sampled_from(
+            [
+                uri.replace("http://", "https://"),
+                uri.upper(),
+                uri + "/",
+                uri + " ",
+                uri.removeprefix(IPTC),
+                uri.replace("digitalsourcetype", "mediatopic"),
+            ]
+        )
+    )
+    .flatmap(lambda s: s),
+    st.sampled_from(["", " ", IPTC, IPTC + "aiGenerated", "trainedAlgorithmicMedia"]),
+    st.text(max_size=8),
+)
 
 IDS = [f"00000000-0000-4000-8000-{n:012d}" for n in range(8)]
 BLANKS = ["", " ", "\t", "\n", "\u00a0", "\u2003", "\u3000", "\u2028", " \u200b "]
@@ -76,7 +114,9 @@ provenances = st.one_of(
             "generated_at": moments,
             "disclosure": texts,
             "parent_record_ids": st.lists(st.sampled_from(IDS), max_size=2),
-        }
+        },
+        # absent: a record written before the field existed
+        optional={"digital_source_type": st.one_of(source_types, st.integers())},
     ),
 )
 records = st.fixed_dictionaries(
@@ -142,6 +182,7 @@ def clean_provenances(moments: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]
                     st.none(), st.lists(st.sampled_from(IDS), max_size=3)
                 ),
             },
+            optional={"digital_source_type": source_types},  # absent: written before it
         ),
     )
 
@@ -185,6 +226,7 @@ WRONG_PATHS = [
     ("provenance", "generator"),
     ("provenance", "generated_at"),
     ("provenance", "parent_record_ids"),
+    ("provenance", "digital_source_type"),
 ]
 
 
@@ -193,7 +235,12 @@ def dirty_batches(draw: st.DrawFn) -> list[Any]:
     batch: list[Any] = draw(st.lists(clean_records(clean_moments), min_size=1, max_size=40))
     for _ in range(draw(st.integers(min_value=1, max_value=3))):
         i = draw(st.integers(min_value=0, max_value=len(batch) - 1))
-        path, value = draw(st.sampled_from(WRONG_PATHS)), draw(st.sampled_from(WRONG))
+        # A copy: the shared `{"k": "v"}` must not become a provenance that later paths fill
+        # (with itself, at worst: a record that refers to itself, which no input can be).
+        path, value = (
+            draw(st.sampled_from(WRONG_PATHS)),
+            copy.deepcopy(draw(st.sampled_from(WRONG))),
+        )
         if draw(st.booleans()) and path == ("record_id",):
             batch[i] = draw(st.sampled_from([None, "record", ["record"], 7]))  # not an object
             continue

@@ -55,8 +55,46 @@ def test_single_object_wire_bytes_match_the_spec_example() -> None:
 
 
 def test_encode_single_object_writes_the_contact_fingerprint_little_endian() -> None:
-    # Java's BinaryMessageEncoder writes this header for schemas/crm/contact.avsc.
-    assert encode_single_object(RECORD, CONTACT)[:10] == bytes.fromhex("c30108ec9fae658a3871")
+    # Java's BinaryMessageEncoder writes these headers for schemas/crm/contact.avsc, today's
+    # and at provenance version 1 (the header issue 8 reported; test_avro_java_interop).
+    assert encode_single_object(RECORD, CONTACT)[:10] == bytes.fromhex("c30186f36ce3f322d08f")
+    assert encode_single_object(RECORD, f"{CONTACT}@1")[:10] == bytes.fromhex(
+        "c30108ec9fae658a3871"
+    )
+
+
+def test_raw_bodies_of_an_earlier_version_decode_with_its_schema() -> None:
+    """`--schema contact@1`: raw bodies written before `digital_source_type`, read with the
+    schema they were written with, by fastavro and by the columnar chain (Rust reader)."""
+    from lineage_guard import arrow_batch, guard_chain
+
+    old = {**RECORD, "provenance": dict(RECORD["provenance"])}
+    old["provenance"].pop("digital_source_type", None)
+    body = encode_raw(old, "contact@1")
+    decoder = Decoder(raw_schema="contact@1")
+    outcome = decoder.decode(body)
+    assert isinstance(outcome, Decoded)
+    assert (outcome.schema, outcome.record) == (f"{CONTACT}@1", old)
+    gb = guard_chain.with_records(
+        guard_chain.decode(arrow_batch.from_messages("t", 0, [0], [body]), decoder)
+    )
+    [item] = gb.items().items
+    assert (item.stopped_at, item.record, item.schema) == (None, old, f"{CONTACT}@1")
+
+
+def test_messages_written_before_digital_source_type_still_decode() -> None:
+    """A message of provenance version 1 (its fingerprint is known from the history) is read
+    with the schema it was written with: no `digital_source_type`, nothing misread."""
+    old = {**RECORD, "provenance": dict(RECORD["provenance"])}
+    old["provenance"].pop("digital_source_type", None)
+    outcome = Decoder().decode(encode_single_object(old, f"{CONTACT}@1"))
+    assert isinstance(outcome, Decoded)
+    assert (outcome.schema, outcome.record) == (f"{CONTACT}@1", old)
+    uri = "http://cv.iptc.org/newscodes/digitalsourcetype/digitalCapture"
+    new = {**RECORD, "provenance": {**RECORD["provenance"], "digital_source_type": uri}}
+    outcome = Decoder().decode(encode_single_object(new, CONTACT))
+    assert isinstance(outcome, Decoded)
+    assert (outcome.schema, outcome.record) == (CONTACT, new)
 
 
 def test_single_object_encoding_resolves_against_schemas() -> None:

@@ -294,3 +294,54 @@ def test_a_forged_checkpoint_in_the_store_fails_the_pack(
     assert verified.stderr.splitlines() == [
         "lineage-guard: `checkpoints/0002-forged-run.dsse.json` does not verify with the public key"
     ]
+
+
+def test_the_digital_source_type_mapping_and_its_stops_are_in_the_pack(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    """`observations/digital_source_type.json`: the IPTC codes the contract accepts and never
+    accepts with HUMAN or SYNTHETIC, read from the suite, what it assumes when the field is
+    absent, and the records each rule stopped; the control table says so for Art. 50(2)."""
+    url = f"sqlite:///{tmp_path}/lineage.db"
+    with open_store(url) as store:
+        filled(store)
+        signed(store)
+        hops = [
+            hop(
+                "h1", 20, content_class="HUMAN", outcome=Outcome.QUARANTINED,
+                stopped_at=Stage.VALIDATE,
+                reasons=(Reason(rule="digital_source_type_generated_but_human", message="no"),),
+            ),
+            hop("ok", 21),
+        ]  # fmt: skip
+        entry = store.append(batch(hops, run_id=RUN_2, at=T0 + timedelta(seconds=10)))
+        store.confirm([(entry, len(hops), [])], at=T0 + timedelta(seconds=11))
+        signed(store, run_id=RUN_2)
+    out = tmp_path / "pack"
+    result = export(url, keys, out)
+    assert result.returncode == 0, result.stderr
+    document = json.loads((out / "observations/digital_source_type.json").read_text())
+    assert document["basis"] == "metadata"
+    data = document["data"]
+    assert data["when_absent"].startswith(
+        "When absent (null, or a record written before the field existed, provenance version 1)"
+        " no IPTC type is inferred: content_class alone is the record's mark"
+    )
+    iptc = "http://cv.iptc.org/newscodes/digitalsourcetype/"
+    by_rule = {r["rule"]: r for r in data["rules"]}
+    assert list(by_rule) == [
+        "digital_source_type_unknown",
+        "digital_source_type_generated_but_human",
+        "digital_source_type_captured_but_synthetic",
+    ]
+    assert len(by_rule["digital_source_type_unknown"]["accepted"]) == 20
+    human = by_rule["digital_source_type_generated_but_human"]
+    assert (human["content_class"], human["stopped"]) == ("HUMAN", 1)
+    assert iptc + "trainedAlgorithmicMedia" in human["never"]
+    synthetic = by_rule["digital_source_type_captured_but_synthetic"]
+    assert (synthetic["content_class"], synthetic["stopped"]) == ("SYNTHETIC", 0)
+    assert iptc + "digitalCapture" in synthetic["never"]
+    assert "1 stopped for their IPTC digital source type; none inferred when absent" in (
+        result.stdout
+    )
+    assert verify(out, keys).returncode == 0

@@ -19,9 +19,25 @@ from lineage_guard.items import Batch, Item, Source
 from lineage_guard.lineage.hops import merkle_root
 from lineage_guard.stages import index_keys
 from tests import reference_chain as stages
-from tests.unit.test_compiled_suite import NOW_MS, clean_batches, dirty_batches
+from tests.unit.test_compiled_suite import (
+    IPTC,
+    NOW_MS,
+    _iptc_uris,
+    clean_batches,
+    dirty_batches,
+)
 
 POLICIES = ("production", "tenant:acme")
+# Digital source types for the messages: every IPTC URI the contract knows (some agree with
+# the record's class, some contradict it), bogus ones, and none.
+SOURCE_TYPES = [
+    None,
+    *_iptc_uris(),
+    IPTC.replace("http:", "https:") + "digitalCapture",
+    IPTC + "aiGenerated",
+    "trainedAlgorithmicMedia",
+    "",
+]
 
 
 def _damage(rng: random.Random, value: bytes) -> bytes:
@@ -56,8 +72,15 @@ def _messages(count: int, seed: int) -> list[bytes | None]:
                 "generated_at": None,
                 "disclosure": None,
                 "parent_record_ids": [],
+                "digital_source_type": None,
             }
-        value = encode_single_object(generated.record, generated.schema)
+        provenance = generated.record["provenance"]
+        if rng.random() < 0.3:  # written before `digital_source_type` (provenance version 1)
+            provenance.pop("digital_source_type", None)
+            value = encode_single_object(generated.record, f"{generated.schema}@1")
+        else:
+            provenance["digital_source_type"] = rng.choice(SOURCE_TYPES)
+            value = encode_single_object(generated.record, generated.schema)
         if rng.random() < 0.08:
             value = _damage(rng, value)
         values.append(value)
@@ -132,6 +155,8 @@ def test_hostile_messages_get_the_same_verdicts_hops_and_roots(validator: SuiteV
         for o, v in zip(offsets, values, strict=True)
     )
     counted: dict[str, int] = {}
+    rules: set[str] = set()
+    old_schema = read_in_rust = 0  # messages of provenance version 1; rows the Rust reader read
     for start in range(0, len(items), 500):
         part = Batch(topic="t", partition=2, items=items[start : start + 500])
         expected, hops = _by_stages(part, validator, POLICIES, decoder)
@@ -140,12 +165,21 @@ def test_hostile_messages_get_the_same_verdicts_hops_and_roots(validator: SuiteV
         )
         gb, rows = _by_chain(gb, validator, POLICIES, decoder)
         _assert_same(expected, hops, gb, rows)
+        read_in_rust += sum(gb.column("read").to_pylist()) if gb.has("read") else 0
         for item in expected.items:
             key = str(item.stopped_at)
             counted[key] = counted.get(key, 0) + 1
+            rules.update(v.rule for v in item.violations)
+            old_schema += (item.schema or "").endswith("@1")
     # The batches hold every kind of outcome, or the comparison proves little.
     assert set(counted) == {"None", "decode", "validate", "enforce"}, counted
     assert min(counted.values()) >= 50, counted
+    assert {
+        "digital_source_type_unknown",
+        "digital_source_type_generated_but_human",
+        "digital_source_type_captured_but_synthetic",
+    } <= set(rules), rules
+    assert old_schema >= 500 and read_in_rust >= 2000, (old_schema, read_in_rust)
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow], deadline=None)

@@ -13,6 +13,30 @@ from lineage_guard.contract.validate import SuiteValidator
 from .conftest import NOW, NOW_MS, SHA, make_record, rules_of, with_id
 
 UUID_A = "3f2b8a1e-9c4d-4e5f-8a7b-1c2d3e4f5a6b"
+DST = "provenance.digital_source_type"
+IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"
+# The contract's reading of IPTC's vocabulary (README: the digital source type).
+NEVER_HUMAN = [
+    "trainedAlgorithmicMedia",
+    "compositeWithTrainedAlgorithmicMedia",
+    "compositeSynthetic",
+    "algorithmicMedia",
+]
+NEVER_SYNTHETIC = [
+    "digitalCapture",
+    "computationalCapture",
+    "negativeFilm",
+    "positiveFilm",
+    "print",
+    "minorHumanEdits",
+    "humanEdits",
+    "algorithmicallyEnhanced",
+    "digitalArt",
+    "digitalCreation",
+    "compositeCapture",
+]
+EITHER = ["dataDrivenMedia", "softwareImage", "screenCapture", "virtualRecording", "composite"]
+ALL_TYPES = NEVER_HUMAN + NEVER_SYNTHETIC + EITHER
 UUID_B = "11111111-2222-4333-8444-555555555555"
 
 
@@ -211,6 +235,41 @@ FAILURES = [
         "abc",
         {"wrong_type"},
     ),
+    *(
+        (
+            f"digital_source_type {value!r}",
+            "AI_ASSISTED",
+            DST,
+            value,
+            {"digital_source_type_unknown"},
+        )
+        for value in (
+            "https://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia",
+            IPTC + "TrainedAlgorithmicMedia",
+            IPTC + "trainedAlgorithmicMedia/",
+            "trainedAlgorithmicMedia",
+            "digsrctype:trainedAlgorithmicMedia",
+            IPTC,
+            "",
+        )
+    ),
+    ("digital_source_type a number", "HUMAN", DST, 7, {"wrong_type"}),
+    *(
+        (f"HUMAN {code}", "HUMAN", DST, IPTC + code, {"digital_source_type_generated_but_human"})
+        for code in NEVER_HUMAN
+    ),
+    *(
+        (
+            f"SYNTHETIC {code}",
+            "SYNTHETIC",
+            DST,
+            IPTC + code,
+            {"digital_source_type_captured_but_synthetic"},
+        )
+        for code in NEVER_SYNTHETIC
+    ),
+    # An unknown URI is reported once, as unknown, whatever the class.
+    ("HUMAN bogus type", "HUMAN", DST, IPTC + "aiGenerated", {"digital_source_type_unknown"}),
 ]
 
 
@@ -253,6 +312,13 @@ PASSES = [
     ("upper-case UUID", "HUMAN", "record_id", UUID_A.upper()),
     ("tenant with inner spaces", "HUMAN", "tenant_id", " acme eu "),
     ("parent_record_ids absent", "HUMAN", "provenance.parent_record_ids", _DELETE),
+    # Null, or absent (written before the field existed: `make_record` leaves it out, so
+    # `test_valid_records_of_every_class_pass` is that case): no type is inferred.
+    *((f"{c} digital_source_type null", c, DST, None) for c in ("HUMAN", "SYNTHETIC")),
+    # AI_ASSISTED agrees with every type; the rest agree with the classes they do not exclude.
+    *((f"AI_ASSISTED {code}", "AI_ASSISTED", DST, IPTC + code) for code in ALL_TYPES),
+    *((f"HUMAN {code}", "HUMAN", DST, IPTC + code) for code in NEVER_SYNTHETIC + EITHER),
+    *((f"SYNTHETIC {code}", "SYNTHETIC", DST, IPTC + code) for code in NEVER_HUMAN + EITHER),
 ]
 
 
@@ -328,3 +394,25 @@ def test_a_batch_reports_exactly_the_bad_records(validator: SuiteValidator) -> N
         150: {"tenant_id_blank"},
         299: {"disclosure_required"},
     }
+
+
+def test_the_iptc_vocabulary_is_partitioned_as_documented() -> None:
+    """Every URI of the contract's IPTC list is excluded for HUMAN, for SYNTHETIC, or for
+    neither (never both); the 20 concepts of IPTC's list as released 2024-10-23."""
+    from tests.unit.test_compiled_suite import _iptc_uris
+
+    assert sorted(_iptc_uris()) == sorted(IPTC + code for code in ALL_TYPES)
+    assert len(set(ALL_TYPES)) == 20
+
+
+def test_a_contradicting_digital_source_type_names_its_code(validator: SuiteValidator) -> None:
+    record = _set(make_record("HUMAN"), DST, IPTC + "trainedAlgorithmicMedia")
+    [verdict] = validator.validate([record])
+    assert [(v.rule, v.column, v.message) for v in verdict.violations] == [
+        (
+            "digital_source_type_generated_but_human",
+            DST,
+            f"Record `{UUID_A}`: is HUMAN but its IPTC digital source type says generative AI "
+            f"or algorithmic media (`{DST}` is 'digsrctype:trainedAlgorithmicMedia').",
+        )
+    ]

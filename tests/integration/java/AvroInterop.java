@@ -2,6 +2,8 @@
 // for tests/integration/test_avro_java_interop.py. Compiled by the test with javac against
 // the jars `infra/avro/avro.sh` fetches from Maven Central; not part of the product.
 //
+// FULL_NAME may be FULL_NAME@N: the entity as it was with SCHEMAS_DIR/history/provenance.N.avsc.
+//
 //   schema   SCHEMAS_DIR FULL_NAME
 //       prints the schema as Java parses it (Provenance inlined), for avro-tools --schema-file
 //   fingerprint SCHEMAS_DIR
@@ -11,7 +13,8 @@
 //       (single-object encoding) and sends it with a KafkaProducer, key = record_id
 //   decode-topic SCHEMAS_DIR BOOTSTRAP TOPIC COUNT
 //       reads COUNT messages from the start of TOPIC with a KafkaConsumer and decodes each with
-//       BinaryMessageDecoder; prints FULL_NAME <tab> the record as JSON, one line per message
+//       BinaryMessageDecoder (a message of an earlier version read with today's schema); prints
+//       FULL_NAME <tab> the record as JSON, one line per message
 //   decode-hex SCHEMAS_DIR
 //       the same for single-object messages given as hex lines on stdin
 //
@@ -51,28 +54,56 @@ import org.apache.kafka.common.serialization.ByteArraySerializer;
 public final class AvroInterop {
     private AvroInterop() {}
 
-    /** The contract's schemas, parsed as Avro's Java users parse them: Provenance first. */
+    /** The contract's schemas, parsed as Avro's Java users parse them: Provenance first.
+     *  Then the schema history: each entity as it was with history/provenance.N.avsc, keyed
+     *  FULL_NAME@N (the names lineage-guard gives them). */
     static Map<String, Schema> schemas(String dir) throws Exception {
-        Schema.Parser parser = new Schema.Parser();
-        parser.parse(new File(dir, "provenance.avsc"));
         Map<String, Schema> byName = new LinkedHashMap<>();
-        File[] entities = new File(dir, "crm").listFiles((d, name) -> name.endsWith(".avsc"));
-        java.util.Arrays.sort(entities);
-        for (File file : entities) {
-            Schema schema = parser.parse(file);
-            byName.put(schema.getFullName(), schema);
+        entities(dir, new File(dir, "provenance.avsc"), "", byName);
+        File[] history = new File(dir, "history").listFiles((d, name) -> name.matches("provenance\\.\\d+\\.avsc"));
+        if (history != null) {
+            java.util.Arrays.sort(history);
+            for (File file : history) {
+                String version = file.getName().replaceAll("\\D", "");
+                entities(dir, file, "@" + version, byName);
+            }
         }
         return byName;
     }
 
+    static void entities(String dir, File provenance, String suffix, Map<String, Schema> byName) throws Exception {
+        Schema.Parser parser = new Schema.Parser();
+        parser.parse(provenance);
+        File[] entities = new File(dir, "crm").listFiles((d, name) -> name.endsWith(".avsc"));
+        java.util.Arrays.sort(entities);
+        for (File file : entities) {
+            Schema schema = parser.parse(file);
+            byName.put(schema.getFullName() + suffix, schema);
+        }
+    }
+
+    static String fingerprint(Schema schema) throws Exception {
+        return HexFormat.of().formatHex(SchemaNormalization.parsingFingerprint("CRC-64-AVRO", schema));
+    }
+
     /** A BinaryMessageDecoder per schema, keyed by the fingerprint in its messages' header:
-     *  a decoder resolves every known writer schema to its one read schema, so a message is
-     *  read with the decoder of the schema it names (an unknown fingerprint: Java's error). */
+     *  a decoder resolves every known writer schema to its one read schema (today's; earlier
+     *  versions added with addSchema, so their records are read with the fields added since
+     *  at their defaults), so a message is read with the decoder of the schema it names (an
+     *  unknown fingerprint: Java's error). */
     static Map<String, BinaryMessageDecoder<GenericRecord>> decoders(Map<String, Schema> schemas) throws Exception {
         Map<String, BinaryMessageDecoder<GenericRecord>> decoders = new LinkedHashMap<>();
-        for (Schema schema : schemas.values()) {
-            String fingerprint = HexFormat.of().formatHex(SchemaNormalization.parsingFingerprint("CRC-64-AVRO", schema));
-            decoders.put(fingerprint, new BinaryMessageDecoder<>(GenericData.get(), schema));
+        Map<String, BinaryMessageDecoder<GenericRecord>> byName = new LinkedHashMap<>();
+        for (Map.Entry<String, Schema> entry : schemas.entrySet()) {
+            Schema schema = entry.getValue();
+            BinaryMessageDecoder<GenericRecord> decoder = byName.get(schema.getFullName());
+            if (decoder == null) {
+                decoder = new BinaryMessageDecoder<>(GenericData.get(), schema);
+                byName.put(schema.getFullName(), decoder);
+            } else {
+                decoder.addSchema(schema);
+            }
+            decoders.put(fingerprint(schema), decoder);
         }
         return decoders;
     }
@@ -98,11 +129,11 @@ public final class AvroInterop {
         switch (args[0]) {
             case "schema" -> System.out.println(schemas.get(args[2]).toString());
             case "fingerprint" -> {
-                for (Schema schema : schemas.values()) {
+                for (Map.Entry<String, Schema> entry : schemas.entrySet()) {
                     // The bytes BinaryMessageEncoder writes after c3 01 (its V1 header).
-                    byte[] wire = SchemaNormalization.parsingFingerprint("CRC-64-AVRO", schema);
-                    System.out.println(schema.getFullName() + "\t" + SchemaNormalization.parsingFingerprint64(schema)
-                            + "\tc301" + HexFormat.of().formatHex(wire));
+                    Schema schema = entry.getValue();
+                    System.out.println(entry.getKey() + "\t" + SchemaNormalization.parsingFingerprint64(schema)
+                            + "\tc301" + fingerprint(schema));
                 }
             }
             case "produce" -> ok = produce(schemas, args[2], args[3], List.of(args).subList(4, args.length));
