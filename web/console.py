@@ -149,20 +149,25 @@ def trace(store: LineageStore, principal: Principal, record_id: str, checkpoint:
     }
 
 
-def leaks(store: LineageStore, principal: Principal) -> dict[str, Any]:
+def leaks(
+    store: LineageStore, principal: Principal, page: int = 1, per_page: int = PAGE_SIZE
+) -> dict[str, Any]:
+    """The leaks and unacknowledged sends the principal may see, all of them, and one page of
+    the blocked attempts (a large store holds hundreds of thousands), with their total."""
     report = queries.leaks(store)
 
-    def mine(items: Iterable[Any]) -> list[dict[str, Any]]:
-        return [
-            item.to_dict()
-            for item in items
-            if sees_tenant(principal, _tenant(getattr(item, "stored", item)))
-        ]
+    def seen(items: Iterable[Any]) -> list[Any]:
+        return [i for i in items if sees_tenant(principal, _tenant(getattr(i, "stored", i)))]
 
+    blocked = seen(report.blocked)
+    start = (page - 1) * per_page
     return {
-        "leaks": mine(report.leaks),
-        "unconfirmed": mine(report.unconfirmed),
-        "blocked": mine(report.blocked),
+        "leaks": [item.to_dict() for item in seen(report.leaks)],
+        "unconfirmed": [item.to_dict() for item in seen(report.unconfirmed)],
+        "blocked": [item.to_dict() for item in blocked[start : start + per_page]],
+        "blocked_total": len(blocked),
+        "page": page,
+        "per_page": per_page,
     }
 
 
@@ -308,14 +313,23 @@ def _audited_trace(
     return found
 
 
-@api.get("/leaks", summary="Leaks, unacknowledged sends and blocked attempts")
-async def api_leaks(request: Request, principal: Auditor) -> dict[str, Any]:
-    return await run_in_threadpool(_audited_leaks, request, principal)
+Page = Annotated[int, Query(ge=1, le=1_000_000)]
+PerPage = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
 
 
-def _audited_leaks(request: Request, principal: Principal) -> dict[str, Any]:
-    found = leaks(_store(request), principal)
-    audit(_store(request), principal, "leaks", _records(found["leaks"] + found["blocked"]))
+@api.get("/leaks", summary="Leaks, unacknowledged sends, and one page of blocked attempts")
+async def api_leaks(
+    request: Request, principal: Auditor, page: Page = 1, per_page: PerPage = PAGE_SIZE
+) -> dict[str, Any]:
+    return await run_in_threadpool(_audited_leaks, request, principal, page, per_page)
+
+
+def _audited_leaks(
+    request: Request, principal: Principal, page: int = 1, per_page: int = PAGE_SIZE
+) -> dict[str, Any]:
+    found = leaks(_store(request), principal, page, per_page)
+    shown = found["leaks"] + found["unconfirmed"] + found["blocked"]
+    audit(_store(request), principal, f"leaks page={page} per_page={per_page}", _records(shown))
     return found
 
 
@@ -582,8 +596,10 @@ async def page_trace(
 
 
 @pages.get("/leaks", summary="Leaks page")
-async def page_leaks(request: Request, principal: Auditor) -> HTMLResponse:
-    found = await run_in_threadpool(_audited_leaks, request, principal)
+async def page_leaks(
+    request: Request, principal: Auditor, page: Page = 1, per_page: PerPage = PAGE_SIZE
+) -> HTMLResponse:
+    found = await run_in_threadpool(_audited_leaks, request, principal, page, per_page)
     return render(request, "leaks.html", found=found)
 
 

@@ -129,6 +129,33 @@ def test_authorization_matrix_covers_every_route(app: FastAPI, tenant: str | Non
     assert len(table) == len(EXPECTED)
 
 
+def test_blocked_attempts_come_one_page_at_a_time_with_their_total(
+    app: FastAPI, store: LineageStore
+) -> None:
+    """A large store holds hundreds of thousands of blocked attempts: the leaks page and API
+    show one page of them and their total; leaks and unacknowledged sends stay whole."""
+    from lineage_guard.lineage.events import Reason, Stage
+    from lineage_guard.lineage.hops import Outcome
+    from tests.lineage_contract import batch, hop
+
+    leak = (Reason(rule="leak_test_origin", message="a test record for production"),)
+    attempts = [
+        hop(f"b{i}", i, origin_env="TEST", outcome=Outcome.BLOCKED, stopped_at=Stage.ENFORCE,
+            reasons=leak)
+        for i in range(3)
+    ]  # fmt: skip
+    store.append(batch(attempts, pipeline="another-guard"))
+    auditor, _ = signed_in(app, "auditor")
+    pages = [auditor.get(f"/api/v1/leaks?page={n}&per_page=2").json() for n in (1, 2, 3)]
+    assert [[x["record_id"] for x in p["blocked"]] for p in pages] == [["b0", "b1"], ["b2"], []]
+    assert {(p["blocked_total"], p["per_page"]) for p in pages} == {(3, 2)}
+    assert all([x["record_id"] for x in p["leaks"]] == ["a-leak"] for p in pages)
+    assert auditor.get("/api/v1/leaks?per_page=100000").status_code == 400
+    html = auditor.get("/leaks?page=2&per_page=2", headers={"Accept": "text/html"}).text
+    assert "Blocked attempts: 3</h2>" in html and "page 2 of 2" in html
+    assert ">b2<" in html and ">b0<" not in html and 'id="prev"' in html
+
+
 def test_a_tenant_bound_auditor_sees_only_its_tenant(app: FastAPI) -> None:
     acme, _ = signed_in(app, "auditor-acme")
     everyone, _ = signed_in(app, "auditor")
