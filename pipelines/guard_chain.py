@@ -42,6 +42,7 @@ from lineage_guard.lineage.bounds import (
     stored_id,
 )
 from lineage_guard.lineage.events import Stage
+from lineage_guard.lineage.hashes import sha256_hex_each
 from lineage_guard.lineage.hops import HopBatch, HopRows, Outcome
 from lineage_guard.stages import ClassLookup, ParentIndex, clean, known_ranks, parent_ids
 from lineage_guard.stages import index_keys as stages_index_keys
@@ -539,16 +540,14 @@ def hop_batch(
 def digests(batch: GuardBatch) -> list[str]:
     """SHA-256 (hex) of each record's bytes as received: the message value; for a record
     read from a file (no bytes), its canonical JSON (sorted keys, compact, UTF-8)."""
-    values = batch.column("value").to_pylist()
-    records = batch.records if batch.records is not None else (None,) * len(values)
-    sha256 = hashlib.sha256
-    out = []
-    for value, record in zip(values, records, strict=True):
-        if value is not None or record is None:
-            out.append(sha256(value or b"").hexdigest())
-        else:
-            canonical = _canonical_record(record)
-            out.append(sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest())
+    values = batch.column("value")
+    out = sha256_hex_each(values)  # a null value: the SHA-256 of no bytes
+    if batch.records is not None and values.null_count:
+        for i in pc.indices_nonzero(pc.is_null(values)).to_pylist():
+            record = batch.records[i]
+            if record is not None:
+                canonical = _canonical_record(record)
+                out[i] = hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
     return out
 
 

@@ -19,7 +19,6 @@ stores (one `record_id` index) are read as they are, and converted when opened t
 from __future__ import annotations
 
 import errno
-import hashlib
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from lineage_guard.lineage.errors import (
     RowRefusedError,
     ServiceUnavailableError,
 )
+from lineage_guard.lineage.hashes import record_key, record_keys
 from lineage_guard.lineage.private import create_private_file, private_dir
 from lineage_guard.lineage.store import first_line, no_lineage_error
 from lineage_guard.lineage.stores.sql import FETCH_ROWS, INSERT_HOP, SUSPECT_INDEXES, SqlStore
@@ -252,7 +252,13 @@ class SqliteStore(SqlStore):
 
     def _insert_hops(self, cursor: Any, rows: Sequence[tuple[Any, ...]]) -> None:
         cursor.executemany(INSERT_HOP, rows)
-        keys = [(record_key(row[2]), row[0], row[1]) for row in rows if row[2] is not None]
+        keyed = [row for row in rows if row[2] is not None]
+        keys = zip(
+            record_keys([row[2] for row in keyed]),
+            (row[0] for row in keyed),
+            (row[1] for row in keyed),
+            strict=True,
+        )
         cursor.executemany(f"INSERT INTO {KEY_LEVELS[0]} VALUES (?, ?, ?)", keys)
         if self._level_rows is None:  # first append since the store was opened, or a failure
             self._level_rows = [
@@ -260,7 +266,7 @@ class SqliteStore(SqlStore):
                 for level in KEY_LEVELS[:-1]
             ]
         else:
-            self._level_rows[0] += len(keys)
+            self._level_rows[0] += len(keyed)
         for i, limit in enumerate(LEVEL_ROWS):
             if self._level_rows[i] >= limit:  # merged in key order: each page written once
                 into, level = KEY_LEVELS[i + 1], KEY_LEVELS[i]
@@ -278,7 +284,7 @@ class SqliteStore(SqlStore):
             f"SELECT entry_id, idx FROM {level} WHERE record_key IN ({marks})"
             for level in KEY_LEVELS
         )
-        keys = [record_key(record_id) for record_id in record_ids]
+        keys = record_keys(record_ids)
         return (
             f"({found}) k CROSS JOIN lineage_hops h ON h.entry_id = k.entry_id AND h.idx = k.idx",
             f"h.record_id IN ({marks})",
@@ -343,13 +349,6 @@ class SqliteStore(SqlStore):
 
 
 _READABLE = (2, SCHEMA_VERSION)
-
-
-def record_key(record_id: str) -> int:
-    """The key under which the levels keep the hops of `record_id`: the first 8 bytes of its
-    SHA-256 as a signed 64-bit integer (ids that share a key are told apart by their text)."""
-    digest = hashlib.sha256(record_id.encode("utf-8", "surrogatepass")).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 # SQLite's answers that no amount of waiting changes: a read-only or non-database file, a path

@@ -11,6 +11,8 @@
 //! Avro stores them, which is what the guard's lenient reading keeps for the contract's
 //! fields (`generated_at` as epoch milliseconds).
 
+mod hashes;
+
 use std::io::Read;
 
 use apache_avro::headers::HeaderBuilder;
@@ -81,7 +83,11 @@ impl Strings {
     fn new(rows: usize) -> Self {
         let mut offsets = Vec::with_capacity(rows + 1);
         offsets.push(0);
-        Strings { offsets, data: Vec::new(), valid: Vec::with_capacity(rows) }
+        Strings {
+            offsets,
+            data: Vec::new(),
+            valid: Vec::with_capacity(rows),
+        }
     }
 
     fn push(&mut self, value: Option<&str>) -> Result<(), ()> {
@@ -129,7 +135,10 @@ struct Row<'a> {
 }
 
 fn field<'a>(fields: &'a [(String, Value)], name: &str) -> Option<&'a Value> {
-    fields.iter().find(|(n, _)| n == name).map(|(_, v)| unwrap_union(v))
+    fields
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| unwrap_union(v))
 }
 
 fn unwrap_union(value: &Value) -> &Value {
@@ -151,7 +160,9 @@ fn text(value: Option<&Value>) -> Result<Option<&str>, ()> {
 }
 
 fn row_of(record: &Value) -> Result<Row<'_>, ()> {
-    let Value::Record(fields) = record else { return Err(()) };
+    let Value::Record(fields) = record else {
+        return Err(());
+    };
     let mut row = Row::default();
     row.texts[RECORD_ID] = text(field(fields, "record_id"))?;
     row.texts[TENANT_ID] = text(field(fields, "tenant_id"))?;
@@ -220,16 +231,12 @@ fn read_contract<'py>(
         .map_err(|e| PyValueError::new_err(format!("schema does not parse: {e}")))?;
     let reader = GenericSingleObjectReader::new_with_header_builder(schema, NoHeader)
         .map_err(|e| PyValueError::new_err(format!("schema does not resolve: {e}")))?;
-    if offsets.len() % 4 != 0 || offsets.len() < 4 {
-        return Err(PyValueError::new_err("offsets must be n + 1 little-endian int32"));
-    }
-    let bounds: Vec<usize> = offsets
-        .chunks_exact(4)
-        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize)
-        .collect();
+    let bounds = hashes::bounds_of(offsets, data.len())?;
     let rows = bounds.len() - 1;
     if bounds.windows(2).any(|w| w[0] > w[1]) || bounds[rows] > data.len() {
-        return Err(PyValueError::new_err("offsets out of order or past the data"));
+        return Err(PyValueError::new_err(
+            "offsets out of order or past the data",
+        ));
     }
 
     let mut status = vec![OK; rows];
@@ -246,7 +253,11 @@ fn read_contract<'py>(
     for i in 0..rows {
         let (start, end) = (bounds[i] + skip, bounds[i + 1]);
         let decoded = if start <= end {
-            let mut body = Body { data: &data[start..end], at: 0, short: false };
+            let mut body = Body {
+                data: &data[start..end],
+                at: 0,
+                short: false,
+            };
             match reader.read_value(&mut body) {
                 Ok(value) if !body.short && body.at == end - start => Some(value),
                 _ => None,
@@ -286,8 +297,10 @@ fn read_contract<'py>(
         list_offsets.push(count);
     }
 
-    let texts_py: Vec<Bound<'py, PyTuple>> =
-        texts.iter().map(|t| t.to_python(py)).collect::<PyResult<_>>()?;
+    let texts_py: Vec<Bound<'py, PyTuple>> = texts
+        .iter()
+        .map(|t| t.to_python(py))
+        .collect::<PyResult<_>>()?;
     let stamp_bytes: Vec<u8> = stamps.iter().flat_map(|v| v.to_le_bytes()).collect();
     let list_bytes: Vec<u8> = list_offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
     PyTuple::new(
@@ -301,7 +314,12 @@ fn read_contract<'py>(
                 [
                     PyBytes::new(py, &stamp_bytes).into_any(),
                     PyBytes::new(py, &bitmap(&stamped)).into_any(),
-                    stamped.iter().filter(|v| !**v).count().into_pyobject(py)?.into_any(),
+                    stamped
+                        .iter()
+                        .filter(|v| !**v)
+                        .count()
+                        .into_pyobject(py)?
+                        .into_any(),
                 ],
             )?
             .into_any(),
@@ -310,7 +328,12 @@ fn read_contract<'py>(
                 [
                     PyBytes::new(py, &list_bytes).into_any(),
                     PyBytes::new(py, &bitmap(&listed)).into_any(),
-                    listed.iter().filter(|v| !**v).count().into_pyobject(py)?.into_any(),
+                    listed
+                        .iter()
+                        .filter(|v| !**v)
+                        .count()
+                        .into_pyobject(py)?
+                        .into_any(),
                     parent_ids.to_python(py)?.into_any(),
                 ],
             )?
@@ -322,5 +345,6 @@ fn read_contract<'py>(
 #[pymodule]
 fn _avro(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_contract, m)?)?;
+    hashes::register(m)?;
     Ok(())
 }
