@@ -358,7 +358,13 @@ def test_run_counts_count_one_runs_hops_per_decision(store: LineageStore) -> Non
                 hop("a", 0),
                 hop("b", 1),
                 hop("c", 2, content_class=None, reasons=[Reason(rule="r", message="c")], **stopped),
-                hop("d", 3, content_class=None, reasons=[Reason(rule="r", message="d")], **stopped),
+                hop(
+                    "d",
+                    3,
+                    content_class=None,
+                    reasons=[Reason(rule="r", message="d")] * 2,
+                    **stopped,
+                ),
             ]
         )
     )

@@ -158,6 +158,10 @@ class PostgresStore(SqlStore):
     _errors = (psycopg.Error,)
     _ACCOUNT_SCHEMA = _ACCOUNT_SCHEMA
     _TABLE_EXISTS = "SELECT to_regclass(?)"
+    _RULES_OF_REASONS = (
+        "(SELECT jsonb_agg(DISTINCT r ->> 0 ORDER BY r ->> 0)::text"
+        " FROM jsonb_array_elements(h.reasons::jsonb) r)"
+    )
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         super().__init__()

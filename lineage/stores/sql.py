@@ -603,8 +603,8 @@ class SqlStore(ABC):
         `since`: only batches written at or after it; `past`: only hops at or after these
         source offsets, per (topic, partition) (other partitions are left out)."""
         query = (
-            "SELECT h.outcome, h.stopped_at, h.reasons, h.content_class, h.origin_env,"
-            " d.seq IS NOT NULL AND d.failed IS NULL, count(*)"
+            f"SELECT h.outcome, h.stopped_at, {self._RULES_OF_REASONS} AS rules, h.content_class,"
+            " h.origin_env, d.seq IS NOT NULL AND d.failed IS NULL AS confirmed"
             # The run's entries first, then their hops by primary key (SQLite joins in the
             # order of a CROSS JOIN): the other runs' hops are never read.
             " FROM lineage_entries e CROSS JOIN lineage_hops h"
@@ -629,15 +629,17 @@ class SqlStore(ABC):
             )
             for (topic, partition), offset in past.items():
                 params += [topic, partition, offset]
-        query += (
-            " GROUP BY h.outcome, h.stopped_at, h.reasons, h.content_class, h.origin_env,"
-            " d.seq IS NOT NULL AND d.failed IS NULL"
+        # Grouped by rule names, not by the reasons' texts (which name each record): a few
+        # groups, however many records were stopped.
+        query = (
+            "SELECT outcome, stopped_at, rules, content_class, origin_env, confirmed, count(*)"
+            f" FROM ({query}) hops GROUP BY 1, 2, 3, 4, 5, 6"
         )
         counts: dict[tuple[Any, ...], int] = {}
-        for outcome, stopped_at, reasons, content_class, origin_env, confirmed, n in self._fetchall(
+        for outcome, stopped_at, names, content_class, origin_env, confirmed, n in self._fetchall(
             self._q(query), params
         ):
-            rules = tuple(sorted({rule for rule, _ in json.loads(reasons)})) if reasons else ()
+            rules = tuple(sorted(set(json.loads(names)))) if names else ()
             key = (outcome, stopped_at, rules, content_class, origin_env, bool(confirmed))
             counts[key] = counts.get(key, 0) + int(n)
         return [
@@ -1023,6 +1025,8 @@ class SqlStore(ABC):
 
     _ACCOUNT_SCHEMA: Sequence[str] = ()  # the dialect's CREATE statements for those tables
     _TABLE_EXISTS = ""  # the dialect's query: one row with a non-null value if table `?` exists
+    # The dialect's expression for the rule names in a hop's `h.reasons`, as a JSON array text.
+    _RULES_OF_REASONS = ""
     _accounts_ready = False
 
     def _accounts(self) -> None:

@@ -143,6 +143,9 @@ class SqliteStore(SqlStore):
     _errors = (sqlite3.Error,)
     _ACCOUNT_SCHEMA = _ACCOUNT_SCHEMA
     _TABLE_EXISTS = "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?"
+    _RULES_OF_REASONS = (
+        "(SELECT json_group_array(DISTINCT json_extract(value, '$[0]')) FROM json_each(h.reasons))"
+    )
 
     def __init__(self, path: str | Path, *, create: bool = True) -> None:
         super().__init__()
