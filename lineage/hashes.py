@@ -62,5 +62,5 @@ def record_keys(record_ids: Sequence[str]) -> list[int]:
         except UnicodeEncodeError:
             pass
         else:
-            return np.frombuffer(keys, dtype=np.int64).tolist()  # type: ignore[no-any-return]
+            return np.frombuffer(keys, dtype=np.int64).tolist()
     return [record_key(record_id) for record_id in record_ids]

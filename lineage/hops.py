@@ -301,7 +301,7 @@ def merkle_root(leaves: list[bytes]) -> str:
     `merkle_root_of` here: the reference, byte for byte the same."""
     fast = native()
     if fast is not None:
-        return fast.merkle_root(leaves)  # type: ignore[no-any-return]
+        return fast.merkle_root(leaves)
     if not leaves:
         return hashlib.sha256(b"").hexdigest()
     return merkle_root_of(merkle_nodes(leaves, 0))

@@ -347,7 +347,7 @@ def _not_in_ipython() -> None:
     command's own process never runs inside IPython (a shell or kernel would have imported it
     first), so there the import is made to fail at once (`None` in `sys.modules`); nothing
     the command runs needs IPython."""
-    sys.modules.setdefault("IPython", None)  # type: ignore[assignment]
+    sys.modules.setdefault("IPython", None)  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> None:
