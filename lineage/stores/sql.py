@@ -203,8 +203,6 @@ UPSERT_SUMMARY = (
     f" VALUES ({', '.join('?' for _ in SUMMARY_COLUMNS)}) ON CONFLICT (hour, grouping)"
     " DO UPDATE SET hops = lineage_hop_summary.hops + excluded.hops"
 )
-# A hop row's (`HOP_COLUMNS`) outcome, stopped_at, reasons, content class and tenant.
-_SUMMARY_FIELDS = itemgetter(4, 5, 6, 7, 9)
 HOUR_MS = 3_600_000
 
 
@@ -335,21 +333,31 @@ class SqlStore(ABC):
             if isinstance(written, Entry):
                 return written
         entry_id = self._insert_entry(cursor, entry)
-        rows = table.store_rows(entry_id)
-        self._insert_hops(cursor, rows)
+        self._insert_hops(cursor, table.store_rows(entry_id))
         self._set_head(cursor, entry)
-        self._add_to_summary(cursor, _millis(entry.at) // HOUR_MS, entry.pipeline, rows)
+        self._add_to_summary(cursor, _millis(entry.at) // HOUR_MS, entry.pipeline, table)
         return entry
 
-    def _add_to_summary(
-        self, cursor: Any, hour: int, pipeline: str, rows: Sequence[tuple[Any, ...]]
-    ) -> None:
-        """Adds one batch's hop rows to `lineage_hop_summary`: a handful of upserts, in key
-        order (two writers upserting the same rows take their locks in the same order)."""
-        groups = Counter(map(_SUMMARY_FIELDS, rows))
-        cursor.executemany(
-            self._q(UPSERT_SUMMARY), summary_rows(hour, pipeline, groups.items(), {})
+    def _add_to_summary(self, cursor: Any, hour: int, pipeline: str, table: HopRows) -> None:
+        """Adds one batch's hops to `lineage_hop_summary`: counted per group from the batch's
+        columns, then a handful of upserts in key order (two writers upserting the same rows
+        take their locks in the same order)."""
+        columns = table.columns
+        rules = [
+            tuple(sorted({rule for rule, _ in reasons})) if reasons else ()
+            for reasons in columns["reasons"]
+        ]
+        groups = Counter(
+            zip(
+                columns["outcome"],
+                columns["stopped_at"],
+                columns["content_class"],
+                columns["tenant_id"],
+                rules,
+                strict=True,
+            )
         )
+        cursor.executemany(self._q(UPSERT_SUMMARY), summary_rows(hour, pipeline, groups.items()))
 
     def has_summary(self) -> bool:
         """Whether the store holds the console's summary tables (`SUMMARY_SCHEMA`): a store
@@ -395,12 +403,24 @@ class SqlStore(ABC):
             " GROUP BY 1, 2, 3, 4, 5, 6, 7"
         )
         per_hour: dict[tuple[int, str], Counter[tuple[Any, ...]]] = {}
-        for hour, pipeline, *fields, n in cursor.fetchall():
-            per_hour.setdefault((int(hour), pipeline), Counter())[tuple(fields)] += int(n)
-        rules: dict[str | None, str] = {}
+        rules: dict[str | None, tuple[str, ...]] = {}
+        for (
+            hour,
+            pipeline,
+            outcome,
+            stopped_at,
+            reasons,
+            content_class,
+            tenant_id,
+            n,
+        ) in cursor.fetchall():
+            if (named := rules.get(reasons)) is None:
+                named = rules[reasons] = _rules(reasons)
+            key = (outcome, stopped_at, content_class, tenant_id, named)
+            per_hour.setdefault((int(hour), pipeline), Counter())[key] += int(n)
         total = 0
         for (hour, pipeline), groups in per_hour.items():
-            rows = summary_rows(hour, pipeline, groups.items(), rules)
+            rows = summary_rows(hour, pipeline, groups.items())
             cursor.executemany(self._q(UPSERT_SUMMARY), rows)
             total += sum(r[-1] for r in rows)
         log.warning(
@@ -1368,36 +1388,29 @@ def entry_row(entry: Entry) -> tuple[Any, ...]:
 
 
 def summary_rows(
-    hour: int,
-    pipeline: str,
-    groups: Iterable[tuple[tuple[Any, ...], int]],
-    rules: dict[str | None, str],
+    hour: int, pipeline: str, groups: Iterable[tuple[tuple[Any, ...], int]]
 ) -> list[tuple[Any, ...]]:
     """`lineage_hop_summary` rows (`SUMMARY_COLUMNS`), in key order, of hops counted per
-    (outcome, stopped_at, reasons, content class, tenant); `rules` caches each reasons
-    text's rules."""
-    merged: Counter[tuple[Any, ...]] = Counter()
-    for (outcome, stopped_at, reasons, content_class, tenant_id), n in groups:
-        if (named := rules.get(reasons)) is None:
-            named = rules[reasons] = _rules(reasons)
-        merged[(outcome, stopped_at, content_class, tenant_id, named)] += n
+    (outcome, stopped_at, content class, tenant, sorted rules)."""
     rows = []
-    for (outcome, stopped_at, content_class, tenant_id, named), n in merged.items():
+    for (outcome, stopped_at, content_class, tenant_id, rules), n in groups:
+        named = list(rules)
         grouping = _json([pipeline, outcome, stopped_at, content_class, tenant_id, named])
         rows.append(
-            (hour, pipeline, outcome, stopped_at, content_class, tenant_id, named, grouping, n)
-        )
+            (hour, pipeline, outcome, stopped_at, content_class, tenant_id, _json(named),
+             grouping, n)
+        )  # fmt: skip
     return sorted(rows, key=itemgetter(7))
 
 
-def _rules(reasons: str | None) -> str:
-    """The rules a hop's reasons (`[[rule, message], …]`, or NULL) name, as a sorted JSON
-    list; a row edited into something else names none."""
+def _rules(reasons: str | None) -> tuple[str, ...]:
+    """The rules a stored hop's reasons (`[[rule, message], …]`, or NULL) name, sorted; a row
+    edited into something else names none."""
     try:
         found = {str(reason[0]) for reason in json.loads(reasons)} if reasons else set()
     except (ValueError, TypeError, IndexError, KeyError):
         found = set()
-    return _json(sorted(found))
+    return tuple(sorted(found))
 
 
 def hop_row(entry_id: int, index: int, hop: Hop) -> tuple[Any, ...]:

@@ -360,6 +360,8 @@ def test_serve_command_listens_on_loopback(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'lineage.db'}"
     with open_store(url) as s:
         console_store(s)
+    with sqlite3.connect(tmp_path / "lineage.db") as conn:  # as a store of an earlier version
+        conn.execute("DROP TABLE lineage_hop_summary")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -395,6 +397,14 @@ def test_serve_command_listens_on_loopback(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+    said = server.stderr.read().splitlines()  # type: ignore[union-attr]
+    assert said[0] == (
+        f"WARNING lineage_guard.lineage.stores.sql: Counting the hops of `{url}` into its summary"
+        " for the console, once (about a minute per 10 million hops; writers wait meanwhile)."
+    )
+    assert said[1].startswith(
+        f"WARNING lineage_guard.lineage.stores.sql: Counted 7 hops of `{url}` in "
+    )
 
 
 def test_the_overview_shows_the_kept_leak_count_with_its_time_and_counts_again_in_background(
