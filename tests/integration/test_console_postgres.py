@@ -189,3 +189,26 @@ def test_a_tenant_bound_session_sees_only_its_tenants_counts(roles: dict[str, st
         assert store.leak_check().leaks == 1  # type: ignore[union-attr]
         assert store.rule_counts() == {"provenance_missing": 2}
         assert sum(c.count for c in store.hop_counts()) == 5
+
+
+def test_a_writer_cannot_start_on_a_store_without_the_summary(
+    roles: dict[str, str], pg_store_url: str
+) -> None:
+    """A least-privilege writer cannot create the summary: it stops with what to do, rather
+    than appending hops the console would never count."""
+    from lineage_guard.lineage.errors import ConfigError
+
+    with psycopg.connect(pg_store_url) as conn:  # as a store of an earlier lineage-guard
+        conn.execute("DROP TABLE lineage_hop_summary")
+    with pytest.raises(ConfigError) as caught:
+        open_store(roles["writer"])
+    assert "has no console summary (`lineage_hop_summary`" in str(caught.value)
+    assert str(caught.value).endswith(
+        "e.g. `lineage-guard db roles`, which counts its hops into it."
+    )
+    tag = roles["writer"].split("lg_w_", 1)[1].split("@", 1)[0]  # the fixture's groups
+    done = lg("db", "roles", "--lineage-store", pg_store_url, "--writer", f"lg_writer_{tag}",
+              "--reader", f"lg_reader_{tag}")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with open_store(roles["writer"]) as store:
+        assert sum(c.count for c in store.hop_counts()) == 7
