@@ -404,19 +404,10 @@ class SqlStore(ABC):
         )
         per_hour: dict[tuple[int, str], Counter[tuple[Any, ...]]] = {}
         rules: dict[str | None, tuple[str, ...]] = {}
-        for (
-            hour,
-            pipeline,
-            outcome,
-            stopped_at,
-            reasons,
-            content_class,
-            tenant_id,
-            n,
-        ) in cursor.fetchall():
+        for hour, pipeline, outcome, stopped, reasons, cls, tenant, n in cursor.fetchall():
             if (named := rules.get(reasons)) is None:
                 named = rules[reasons] = _rules(reasons)
-            key = (outcome, stopped_at, content_class, tenant_id, named)
+            key = (outcome, stopped, cls, tenant, named)
             per_hour.setdefault((int(hour), pipeline), Counter())[key] += int(n)
         total = 0
         for (hour, pipeline), groups in per_hour.items():
