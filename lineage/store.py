@@ -63,6 +63,18 @@ class HopCount:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LeakCheck:
+    """A leak count the console kept (`LineageStore.record_leak_check`): started `at`, when
+    the store's newest entry was `up_to_entry`, taking `seconds`; `leaks` (of the tenants
+    asked for)."""
+
+    at: datetime
+    up_to_entry: int
+    seconds: float
+    leaks: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunSummary:
     """One run of one pipeline (`LineageStore.runs`)."""
 
@@ -221,6 +233,16 @@ class LineageStore(AccountStore, Protocol):
     def hop_counts(self, *, tenants: Collection[str] | None = None) -> list[HopCount]: ...
 
     def rule_counts(self, *, tenants: Collection[str] | None = None) -> dict[str, int]: ...
+
+    def has_summary(self) -> bool: ...
+
+    def fill_summary(self) -> int | None: ...
+
+    def record_leak_check(
+        self, *, at: datetime, up_to_entry: int, seconds: float, leaks: Mapping[str | None, int]
+    ) -> None: ...
+
+    def leak_check(self, *, tenants: Collection[str] | None = None) -> LeakCheck | None: ...
 
     def runs(self, *, tenants: Collection[str] | None = None) -> list[RunSummary]: ...
 

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,7 +33,7 @@ from lineage_guard.lineage.chain import BreakKind, Failure
 from lineage_guard.lineage.checkpoints import Checkpoint, key_id, latest, sign, signed_bytes
 from lineage_guard.lineage.events import Decision, Reason, Stage
 from lineage_guard.lineage.hops import Delivery, Hop, HopBatch, Outcome, merkle_root
-from lineage_guard.lineage.store import LineageStore, RunCount, open_store
+from lineage_guard.lineage.store import LeakCheck, LineageStore, RunCount, open_store
 from lineage_guard.lineage.stores.sql import ENTRY_COLUMNS, HOP_COLUMNS, read_entry, read_hop
 from tests.reference_leaks import scanned_leaks
 
@@ -43,6 +44,7 @@ __all__ = [
     "test_a_retried_batch_is_recorded_once",
     "test_a_store_rewritten_after_a_blocked_hop_fails_against_the_held_checkpoint",
     "test_a_store_rolled_back_by_a_run_fails_against_the_held_checkpoint",
+    "test_a_store_written_before_the_summary_gets_it_counted_from_its_hops_once",
     "test_append_then_trace_round_trips_every_field",
     "test_chains_continue_across_runs_and_reopening",
     "test_checkpoints_are_chained_and_a_deleted_middle_one_is_seen",
@@ -61,12 +63,14 @@ __all__ = [
     "test_events_and_scan_filter_by_time_stage_and_decision",
     "test_forged_checkpoint_is_detected",
     "test_inserting_a_hop_row_is_detected",
+    "test_leak_counts_are_kept_with_their_time_and_per_tenant",
     "test_leaks_count_only_acknowledged_deliveries_and_dedupe_redeliveries",
     "test_leaks_found_in_sql_equal_the_scan_of_every_hop_on_a_hostile_store",
     "test_leaks_none_when_the_guard_blocked_the_attempts",
     "test_long_ids_are_kept_bounded_and_found_by_their_full_value",
     "test_recomputed_chain_is_detected_only_with_a_key",
     "test_run_counts_count_one_runs_hops_per_decision",
+    "test_the_console_summary_equals_counts_from_the_hops_of_a_hostile_store",
     "test_trace_follows_ancestors_through_a_cycle",
     "test_trace_of_an_unknown_record_is_empty",
     "test_trace_proves_a_batch_read_before_by_its_hops_blocks_and_still_sees_their_edits",
@@ -952,3 +956,150 @@ def test_checkpoints_written_before_chaining_still_verify_and_start_the_chain(
     assert new.previous.sha256 == hashlib.sha256(bare).hexdigest()
     keyed = store.verify(public_key=KEY.public_key(), held=new)
     assert (keyed.ok, keyed.signed_checkpoints) == (True, 2)
+
+
+# -- the console's summary: counts every append keeps, equal to counts from the hops -----------
+
+SUMMARY_TENANTS = ("acme", "globex", None, "", "<script>t</script>", "a,b")
+SUMMARY_PIPELINES = (PIPELINE, 'enrich "x"')
+SUMMARY_REASONS = (
+    (),
+    (Reason(rule="provenance_missing", message="m1"),),
+    (Reason(rule="provenance_missing", message="m2"), Reason(rule="leak_test", message="m3"),
+     Reason(rule="provenance_missing", message="again")),  # a rule twice in one hop: counted once
+    (Reason(rule='["rule", "with JSON"]', message="m4"),),
+)  # fmt: skip
+SUMMARY_DECISIONS = (
+    (Outcome.DELIVERED, None),
+    (Outcome.QUARANTINED, Stage.VALIDATE),
+    (Outcome.QUARANTINED, Stage.DECODE),
+    (Outcome.BLOCKED, Stage.ENFORCE),
+)
+
+
+def hostile_batch(n: int, *, partition: int, size: int = 23) -> HopBatch:
+    """Batch `n` of a store that the summary must count exactly: six tenants (no tenant, an
+    empty one, markup, a comma), two pipelines, every decision, several rules per hop, four
+    hours; records come again in later batches (re-deliveries)."""
+    hops = []
+    for i in range(size):
+        k = n * size + i
+        outcome, stopped_at = SUMMARY_DECISIONS[k % len(SUMMARY_DECISIONS)]
+        hops.append(
+            hop(
+                f"rec-{k % 40}",  # a record id comes again in later batches
+                k,
+                outcome=outcome,
+                stopped_at=stopped_at,
+                reasons=SUMMARY_REASONS[k % 3 + 1] if outcome is not Outcome.DELIVERED
+                else SUMMARY_REASONS[k % 2],  # a delivered hop may carry reasons: not a rule count
+                tenant_id=SUMMARY_TENANTS[k % len(SUMMARY_TENANTS)],
+                content_class=(None, "HUMAN", "SYNTHETIC")[k % 3],
+            )
+        )  # fmt: skip
+    at = T0 + timedelta(minutes=25 * (n % 7), milliseconds=n)  # 12:00 to 14:30: three hours
+    if n % 5 == 4:
+        at += timedelta(days=3)
+    return batch(
+        hops, at=at, pipeline=SUMMARY_PIPELINES[n % 2], partition=partition, run_id=f"run-{n}"
+    )
+
+
+def counts_from_hops(
+    store: LineageStore, tenants: set[str] | None = None
+) -> tuple[Counter[tuple[Any, ...]], Counter[str]]:
+    """Hops per (hour, pipeline, outcome, stopped_at, content class, tenant) and quarantined
+    or blocked hops per rule, counted here from every hop the store holds."""
+    hops: Counter[tuple[Any, ...]] = Counter()
+    rules: Counter[str] = Counter()
+    for stored in store.scan():
+        h = stored.hop
+        if tenants is not None and h.tenant_id not in tenants:
+            continue
+        hour = stored.at.replace(minute=0, second=0, microsecond=0)
+        stopped = str(h.stopped_at) if h.stopped_at is not None else None
+        hops[(hour, stored.pipeline, str(h.outcome), stopped, h.content_class, h.tenant_id)] += 1
+        if h.outcome is not Outcome.DELIVERED:
+            rules.update({reason.rule for reason in h.reasons})
+    return hops, rules
+
+
+def summarized(
+    store: LineageStore, tenants: set[str] | None = None
+) -> tuple[Counter[tuple[Any, ...]], Counter[str]]:
+    hops: Counter[tuple[Any, ...]] = Counter()
+    for c in store.hop_counts(tenants=tenants):
+        hops[(c.hour, c.pipeline, c.outcome, c.stopped_at, c.content_class, c.tenant_id)] += c.count
+    return hops, Counter(store.rule_counts(tenants=tenants))
+
+
+def assert_summary_is_exact(store: LineageStore, hops: int) -> None:
+    expected = counts_from_hops(store)
+    assert sum(expected[0].values()) == hops
+    assert summarized(store) == expected
+    for tenants in ({"acme", "a,b"}, {"", "<script>t</script>"}, set()):
+        assert summarized(store, tenants) == counts_from_hops(store, tenants), tenants
+
+
+def test_the_console_summary_equals_counts_from_the_hops_of_a_hostile_store(
+    store: LineageStore, store_url: str, run_sql: RunSql
+) -> None:
+    errors: list[BaseException] = []
+
+    def writer(first: int, partition: int) -> None:
+        try:
+            with open_store(store_url) as own:  # two writers, each with its own connection
+                for n in range(first, 20, 2):
+                    own.append(hostile_batch(n, partition=partition))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(w, w)) for w in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    store.append(hostile_batch(3, partition=1))  # a retried bundle: written (and counted) once
+    assert_summary_is_exact(store, 20 * 23)
+    [(rows, counted)] = run_sql("SELECT count(*), sum(hops) FROM lineage_hop_summary")
+    assert int(counted) == 20 * 23 and int(rows) < 20 * 23 / 2  # a few rows per batch
+    rules = summarized(store)[1]
+    assert set(rules) == {"provenance_missing", "leak_test", '["rule", "with JSON"]'}
+    store.append(hostile_batch(20, partition=0))
+    assert_summary_is_exact(store, 21 * 23)
+
+
+def test_a_store_written_before_the_summary_gets_it_counted_from_its_hops_once(
+    store: LineageStore, store_url: str, run_sql: RunSql
+) -> None:
+    for n in range(8):
+        store.append(hostile_batch(n, partition=n % 2))
+    for table in ("lineage_hop_summary", "lineage_leak_checks", "lineage_leak_counts"):
+        run_sql(f"DROP TABLE {table}")  # as a store written by an earlier lineage-guard
+    with open_store(store_url, create=False) as audit:
+        assert not audit.has_summary()  # an audit does not write
+    with open_store(store_url) as guard:  # opened for writing: counted from the hops
+        assert guard.has_summary()
+        assert_summary_is_exact(guard, 8 * 23)
+        assert guard.fill_summary() is None  # once
+        guard.append(hostile_batch(8, partition=0))
+        assert_summary_is_exact(guard, 9 * 23)
+    run_sql("DROP TABLE lineage_hop_summary")
+    with open_store(store_url, create=False) as console:  # what `serve` does on such a store
+        assert console.fill_summary() == 9 * 23
+        assert_summary_is_exact(console, 9 * 23)
+
+
+def test_leak_counts_are_kept_with_their_time_and_per_tenant(store: LineageStore) -> None:
+    assert store.leak_check() is None
+    filled(store, batches=2)
+    first, second = T0, T0 + timedelta(minutes=5)
+    store.record_leak_check(at=first, up_to_entry=1, seconds=0.5, leaks={"acme": 1})
+    store.record_leak_check(
+        at=second, up_to_entry=4, seconds=2.25, leaks={"acme": 2, "globex": 3, None: 4, "b": 0}
+    )
+    assert store.leak_check() == LeakCheck(at=second, up_to_entry=4, seconds=2.25, leaks=9)
+    assert store.leak_check(tenants={"acme", "globex"}).leaks == 5  # type: ignore[union-attr]
+    assert store.leak_check(tenants={"b"}).leaks == 0  # type: ignore[union-attr]
+    assert store.leak_check(tenants=set()).leaks == 0  # type: ignore[union-attr]

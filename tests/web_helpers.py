@@ -91,6 +91,16 @@ def session_client(app: FastAPI, name: str, password: str) -> tuple[TestClient, 
     return c, session.csrf
 
 
+def leaks_counted(app: FastAPI) -> FastAPI:
+    """`app` (a console) once it counted the leaks and kept the count in its store (what its
+    first overview starts in the background)."""
+    state = app.state.console
+    state.start_leak_check(app.state.store)
+    state.wait_for_leak_check(timeout=60)
+    assert state.leak_check_error is None, state.leak_check_error
+    return app
+
+
 # -- a store the console tests read -------------------------------------------------------------
 
 XSS_ID = "<script>alert(1)</script>"

@@ -11,10 +11,11 @@ record-level data is appended to the store's access log.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -28,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from lineage_guard.lineage import queries
 from lineage_guard.lineage.accounts import AccessRecord
 from lineage_guard.lineage.checkpoints import key_id
-from lineage_guard.lineage.errors import UnusableInputError
+from lineage_guard.lineage.errors import LineageGuardError, UnusableInputError
 from lineage_guard.lineage.events import Stage, StoredEvent, format_time, parse_time
 from lineage_guard.lineage.hops import StoredHop
 from lineage_guard.lineage.store import LineageStore
@@ -56,28 +57,107 @@ _templates = Environment(
 _templates.filters["time"] = lambda at: format_time(at) if at is not None else "never"
 
 
+LEAK_CHECK_AGE = timedelta(minutes=5)  # the least time between two leak counts it starts itself
+
+
 @dataclass
 class ConsoleState:
     """What the console keeps between requests: the public key it verifies checkpoints with,
-    the last verification, and the overview per (tenants, store state)."""
+    the last verification, the overview's counts per (tenants, store state), and the leak
+    count running in the background, if any (`start_leak_check`)."""
 
     public_key: Any = None
     last_verification: dict[str, Any] | None = None
+    leak_check_age: timedelta = LEAK_CHECK_AGE
+    leak_check_error: str | None = None
+    _leak_check: threading.Thread | None = None
     _cache: dict[Any, dict[str, Any]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def leak_check_running(self) -> bool:
+        return self._leak_check is not None and self._leak_check.is_alive()
+
+    def start_leak_check(self, store: LineageStore) -> bool:
+        """Counts the leaks in the background and keeps the count in the store
+        (`record_leak_check`), unless a count is running already; True if it started one."""
+        with self._lock:
+            if self.leak_check_running():
+                return False
+            self._leak_check = threading.Thread(
+                target=self._count_leaks, args=(store,), name="leak-check", daemon=True
+            )
+            self._leak_check.start()
+        return True
+
+    def wait_for_leak_check(self, timeout: float | None = None) -> None:
+        if (running := self._leak_check) is not None:
+            running.join(timeout)
+
+    def _count_leaks(self, store: LineageStore) -> None:
+        at, started = utcnow(), time.perf_counter()
+        try:
+            up_to_entry = store.mark()[0]  # the count covers at least the entries up to it
+            report = queries.leaks(store, blocked=False)
+            store.record_leak_check(
+                at=at,
+                up_to_entry=up_to_entry,
+                seconds=time.perf_counter() - started,
+                leaks=Counter(_tenant(leak.stored) for leak in report.leaks),
+            )
+            self.leak_check_error = None
+        except LineageGuardError as exc:
+            self.leak_check_error = str(exc)
 
 
 # -- reading (blocking: run in the thread pool) ---------------------------------------------------
 
 
 def overview(store: LineageStore, state: ConsoleState, principal: Principal) -> dict[str, Any]:
-    """Counts by stage, outcome, rule, content class, tenant and hour; the leak count; the last
-    verification and signed checkpoint. Recomputed only when the store changed."""
+    """Counts by stage, outcome, rule, content class, tenant and hour (from the store's
+    summary, read again only when the store changed); the last leak count kept, with its time
+    (a fresh one started in the background when it is stale); the last verification and
+    signed checkpoint."""
     tenants = principal.tenants
-    key = (tenants, store.mark())
+    mark = store.mark()
+    key = (tenants, mark)
     with state._lock:
-        if (cached := state._cache.get(key)) is not None:
-            return {**cached, "last_verification": state.last_verification}
+        cached = state._cache.get(key)
+    result = cached if cached is not None else _counts(store, state, tenants, key)
+    return {
+        **result,
+        **_leak_count(store, state, tenants, mark[0]),
+        "last_verification": state.last_verification,
+    }
+
+
+def _leak_count(
+    store: LineageStore, state: ConsoleState, tenants: frozenset[str] | None, newest: int
+) -> dict[str, Any]:
+    """The last leak count kept, and whether a fresh one runs: one starts when there is none,
+    or when entries were written since and the last one is `state.leak_check_age` old."""
+    check = store.leak_check(tenants=tenants)
+    if check is None or (
+        newest > check.up_to_entry and utcnow() - check.at >= state.leak_check_age
+    ):
+        state.start_leak_check(store)
+    return {
+        "leaks": check.leaks if check is not None else None,
+        "leak_check": None
+        if check is None
+        else {
+            "at": format_time(check.at),
+            "seconds": round(check.seconds, 3),
+            "up_to_entry": check.up_to_entry,
+            "written_since": newest > check.up_to_entry,
+        },
+        "leak_check_running": state.leak_check_running(),
+        "leak_check_error": state.leak_check_error,
+    }
+
+
+def _counts(
+    store: LineageStore, state: ConsoleState, tenants: frozenset[str] | None, key: Any
+) -> dict[str, Any]:
     counts = store.hop_counts(tenants=tenants)
     by: dict[str, Counter[str]] = {
         name: Counter() for name in ("outcome", "pipeline", "stopped_at", "content_class", "tenant")
@@ -90,8 +170,6 @@ def overview(store: LineageStore, state: ConsoleState, principal: Principal) -> 
         by["content_class"][c.content_class or "(unknown)"] += c.count
         by["tenant"][c.tenant_id or "(unknown)"] += c.count
         timeline[(format_time(c.hour), c.outcome)] += c.count
-    report = queries.leaks(store, blocked=False)
-    leak_count = sum(1 for leak in report.leaks if sees_tenant(principal, _tenant(leak.stored)))
     checkpoints = store.checkpoints()
     result = {
         "hops": sum(c.count for c in counts),
@@ -105,12 +183,11 @@ def overview(store: LineageStore, state: ConsoleState, principal: Principal) -> 
             {"hour": hour, "outcome": outcome, "hops": n}
             for (hour, outcome), n in sorted(timeline.items())
         ],
-        "leaks": leak_count,
         "last_checkpoint": format_time(checkpoints[-1].at) if checkpoints else None,
     }
     with state._lock:
         state._cache = {key: result}  # one store state at a time: the newest
-    return {**result, "last_verification": state.last_verification}
+    return result
 
 
 def _tenant(stored: StoredEvent) -> str | None:
@@ -432,6 +509,12 @@ async def api_verify(
     return await run_in_threadpool(verify, _store(request), _state(request), chain_id, seq)
 
 
+@api.post("/leak-check", summary="Count the leaks again, in the background (operators)")
+async def api_leak_check(request: Request, principal: Operator) -> dict[str, Any]:
+    started = _state(request).start_leak_check(_store(request))
+    return {"started": started, "running": True}
+
+
 @api.get("/access-log", summary="Reads of record-level data (admins)")
 async def api_access_log(
     request: Request,
@@ -559,6 +642,7 @@ async def page_overview(request: Request, principal: Viewer) -> HTMLResponse:
         request,
         "overview.html",
         data=data,
+        can_count=allows(principal, Permission.VERIFY_RUN),
         charts=charts,
         timeline=timeline_chart(data["timeline"]),
     )
@@ -697,6 +781,14 @@ async def signout(request: Request, _: Anyone) -> Response:
     response = RedirectResponse("/signin", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
+
+
+@pages.post(
+    "/leak-check", summary="Count the leaks again, in the background (form)", responses=_SEE_OTHER
+)
+async def page_leak_check(request: Request, principal: Operator) -> RedirectResponse:
+    _state(request).start_leak_check(_store(request))
+    return RedirectResponse("/", status_code=303)
 
 
 def _safe_next(target: str) -> str:

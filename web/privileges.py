@@ -5,11 +5,15 @@ prints when it runs with more rights than it needs.
   the lineage tables; no UPDATE, DELETE or TRUNCATE, except UPDATE of a chain's head (`seq`,
   `hash` of `lineage_chains`), which every append moves: the heads are derived from the
   entries and signed checkpoints cover them, so a rewritten head shows up in `verify`.
+  The console's summary (`lineage_hop_summary`, counts every append adds to) takes INSERT and
+  UPDATE of its `hops` column: counts, not evidence (the overview says so; the hops are).
 - reader role (`lineage_guard_reader`, the console): SELECT only, plus INSERT into the access
-  log (every read of record-level data is appended to it).
-- row-level security on `lineage_hops`: a session that sets `lineage_guard.tenants` (a
-  comma-separated list, e.g. `ALTER ROLE acme_auditor SET lineage_guard.tenants = 'acme'`)
-  sees only those tenants' hops; a session without it sees all. The tables' owner is exempt.
+  log (every read of record-level data is appended to it) and into the leak counts it keeps
+  (`lineage_leak_checks`, `lineage_leak_counts`: a summary too; the leaks page recounts).
+- row-level security on `lineage_hops`, `lineage_hop_summary` and `lineage_leak_counts`: a
+  session that sets `lineage_guard.tenants` (a comma-separated list, e.g. `ALTER ROLE
+  acme_auditor SET lineage_guard.tenants = 'acme'`) sees only those tenants' rows; a session
+  without it sees all. The tables' owner is exempt.
 
 The roles are NOLOGIN groups: grant them to login roles (`GRANT lineage_guard_reader TO
 console_login`). The guard's login role needs `BYPASSRLS` too (`ALTER ROLE guard_login
@@ -31,6 +35,14 @@ READER = "lineage_guard_reader"
 TENANTS_SETTING = "lineage_guard.tenants"
 LINEAGE_TABLES = ("lineage_chains", "lineage_entries", "lineage_hops", "lineage_checkpoints")
 ACCOUNT_TABLES = ("lineage_users", "lineage_api_keys", "lineage_access_log")
+SUMMARY = "lineage_hop_summary"
+LEAK_TABLES = ("lineage_leak_checks", "lineage_leak_counts")
+# The tables under row-level security by tenant, and what each admits besides SELECT.
+TENANT_TABLES = {
+    "lineage_hops": ("INSERT",),
+    SUMMARY: ("INSERT", "UPDATE"),
+    "lineage_leak_counts": ("INSERT",),
+}
 SEQUENCES = ("lineage_entries_id_seq", "lineage_checkpoints_id_seq")
 
 _TENANT_POLICY = (
@@ -54,21 +66,31 @@ def role_statements(writer: str = WRITER, reader: str = READER) -> list[str]:
         f" THEN CREATE ROLE {ident(name)} NOLOGIN; END IF; END $$"
         for name in (writer, reader)
     ]
+    leaks = ", ".join(LEAK_TABLES)
     statements += [
         f"GRANT USAGE ON SCHEMA {_schema()} TO {w}, {r}",
-        f"REVOKE ALL ON {lineage}, {', '.join(ACCOUNT_TABLES)} FROM {w}, {r}",
-        f"GRANT SELECT, INSERT ON {lineage} TO {w}",
+        f"REVOKE ALL ON {lineage}, {', '.join(ACCOUNT_TABLES)}, {SUMMARY}, {leaks} FROM {w}, {r}",
+        f"GRANT SELECT, INSERT ON {lineage}, {SUMMARY} TO {w}",
         f"GRANT UPDATE (seq, hash) ON lineage_chains TO {w}",
+        f"GRANT UPDATE (hops) ON {SUMMARY} TO {w}",
         f"GRANT USAGE ON SEQUENCE {', '.join(SEQUENCES)} TO {w}",
-        f"GRANT SELECT ON {lineage}, lineage_users, lineage_api_keys TO {r}",
-        f"GRANT SELECT, INSERT ON lineage_access_log TO {r}",
+        f"GRANT SELECT ON {lineage}, {SUMMARY}, lineage_users, lineage_api_keys TO {r}",
+        f"GRANT SELECT, INSERT ON lineage_access_log, {leaks} TO {r}",
         f"GRANT USAGE ON SEQUENCE lineage_access_log_id_seq TO {r}",
-        "ALTER TABLE lineage_hops ENABLE ROW LEVEL SECURITY",
-        "DROP POLICY IF EXISTS lineage_hops_tenant ON lineage_hops",
-        f"CREATE POLICY lineage_hops_tenant ON lineage_hops FOR SELECT USING ({_TENANT_POLICY})",
-        "DROP POLICY IF EXISTS lineage_hops_insert ON lineage_hops",
-        "CREATE POLICY lineage_hops_insert ON lineage_hops FOR INSERT WITH CHECK (true)",
     ]
+    for table, commands in TENANT_TABLES.items():
+        statements += [
+            f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
+            f"DROP POLICY IF EXISTS {table}_tenant ON {table}",
+            f"CREATE POLICY {table}_tenant ON {table} FOR SELECT USING ({_TENANT_POLICY})",
+        ]
+        for command in commands:
+            check = "WITH CHECK (true)" if command == "INSERT" else "USING (true)"
+            name = f"{table}_{command.lower()}"
+            statements += [
+                f"DROP POLICY IF EXISTS {name} ON {table}",
+                f"CREATE POLICY {name} ON {table} FOR {command} {check}",
+            ]
     return statements
 
 

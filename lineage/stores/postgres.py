@@ -183,9 +183,20 @@ class PostgresStore(SqlStore):
                     conn.execute("SELECT pg_advisory_xact_lock(hashtext('lineage_guard.schema'))")
                     for statement in _SCHEMA:
                         conn.execute(statement)
+                    with conn.cursor() as cursor:  # counted from the hops once if missing
+                        self._summary_in(cursor)
             except psycopg.Error as exc:
                 if _least_privilege(conn, exc):
-                    return  # a writer or reader role (`db roles`): the owner keeps the tables
+                    # a writer or reader role (`db roles`): the owner keeps the tables
+                    if not self._has_summary(conn):
+                        self._drop_connection()
+                        raise ConfigError(
+                            f"The lineage store `{self._url}` has no console summary"
+                            " (`lineage_hop_summary`; it was written by an earlier"
+                            " lineage-guard): open it once as the tables' owner, e.g."
+                            " `lineage-guard db roles`, which counts its hops into it."
+                        ) from None
+                    return
                 self._drop_connection()
                 if self._error_class(exc) is ConfigError:
                     raise ConfigError(
@@ -238,6 +249,13 @@ class PostgresStore(SqlStore):
         )
         seq, digest = cursor.fetchone()
         return ChainHead(chain_id=chain_id, seq=seq, hash=digest) if seq else None
+
+    def _lock_hops(self, cursor: Any) -> None:
+        cursor.execute("LOCK TABLE lineage_hops IN SHARE MODE")  # appends wait; reads go on
+
+    def _has_summary(self, conn: psycopg.Connection[Any]) -> bool:
+        row = conn.execute("SELECT to_regclass('lineage_hop_summary')").fetchone()
+        return row is not None and row[0] is not None
 
     def _insert_hops(self, cursor: Any, rows: Sequence[tuple[Any, ...]]) -> None:
         with cursor.copy(_COPY) as copy:

@@ -7,7 +7,14 @@ JSON text, digests as raw bytes), so tampering can be shown with plain SQL on ei
   facts), with its link hash (`lineage.chain`);
 - `lineage_hops`: one row per record per pass through a guard, keyed by (entry, index);
 - `lineage_chains`: each chain's head;
-- `lineage_checkpoints`: signed checkpoints of the heads (`lineage.checkpoints`).
+- `lineage_checkpoints`: signed checkpoints of the heads (`lineage.checkpoints`);
+
+the console's summary (`SUMMARY_SCHEMA`: counts, not evidence; the hops are the evidence):
+
+- `lineage_hop_summary`: hops counted per (hour, pipeline, outcome, stopped_at, content
+  class, tenant, rules), added to by each append in the same transaction as its hops;
+- `lineage_leak_checks` and `lineage_leak_counts`: each leak count the console made (when,
+  up to which entry, how many per tenant);
 
 and, for the gateway (`web.gateway`), `gateway_answers`: each admit request's answer under its
 client's `Idempotency-Key`, created when first used.
@@ -20,13 +27,17 @@ chain's head, the bulk insert of hop rows, and how the hops of given record ids 
 from __future__ import annotations
 
 import json
+import logging
 import threading
+import time
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from operator import itemgetter
 from types import TracebackType
 from typing import Any, Self
 
@@ -68,7 +79,16 @@ from lineage_guard.lineage.hops import (
     stored_leaf,
 )
 from lineage_guard.lineage.proofs import BatchTrees
-from lineage_guard.lineage.store import HopCount, RunCount, RunSummary, first_line, order_key
+from lineage_guard.lineage.store import (
+    HopCount,
+    LeakCheck,
+    RunCount,
+    RunSummary,
+    first_line,
+    order_key,
+)
+
+log = logging.getLogger(__name__)
 
 IN_CHUNK = 500  # record ids per `IN (…)` query
 FETCH_ROWS = 5000  # rows per fetch when streaming
@@ -140,6 +160,50 @@ INSERT_ENTRY = (
     f"INSERT INTO lineage_entries ({', '.join(ENTRY_COLUMNS)})"
     f" VALUES ({', '.join('?' for _ in ENTRY_COLUMNS)}) RETURNING id"
 )
+
+
+# The console's counts (`hop_counts`, `rule_counts`): one row per hour, pipeline, outcome,
+# stopped_at, content class, tenant and set of rules (a sorted JSON list), added to by every
+# append in its transaction (`_add_to_summary`). `grouping` is the row's identity (its other
+# columns but the hour, as JSON: they may be NULL, which a primary key cannot hold).
+# Leak counts (`record_leak_check`): one row per check, and its leaks per tenant apart (so that
+# row-level security by tenant applies to them as to the hops).
+SUMMARY_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS lineage_hop_summary (
+        hour BIGINT NOT NULL,
+        pipeline TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        stopped_at TEXT,
+        content_class TEXT,
+        tenant_id TEXT,
+        rules TEXT NOT NULL,
+        grouping TEXT NOT NULL,
+        hops BIGINT NOT NULL,
+        PRIMARY KEY (hour, grouping)
+    )""",
+    """CREATE TABLE IF NOT EXISTS lineage_leak_checks (
+        at BIGINT NOT NULL,
+        up_to_entry BIGINT NOT NULL,
+        seconds DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS lineage_leak_checks_at ON lineage_leak_checks (at)",
+    """CREATE TABLE IF NOT EXISTS lineage_leak_counts (
+        at BIGINT NOT NULL,
+        tenant_id TEXT,
+        leaks BIGINT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS lineage_leak_counts_at ON lineage_leak_counts (at)",
+)
+SUMMARY_COLUMNS = (
+    "hour", "pipeline", "outcome", "stopped_at", "content_class", "tenant_id", "rules",
+    "grouping", "hops",
+)  # fmt: skip
+UPSERT_SUMMARY = (
+    f"INSERT INTO lineage_hop_summary ({', '.join(SUMMARY_COLUMNS)})"
+    f" VALUES ({', '.join('?' for _ in SUMMARY_COLUMNS)}) ON CONFLICT (hour, grouping)"
+    " DO UPDATE SET hops = lineage_hop_summary.hops + excluded.hops"
+)
+HOUR_MS = 3_600_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -271,7 +335,94 @@ class SqlStore(ABC):
         entry_id = self._insert_entry(cursor, entry)
         self._insert_hops(cursor, table.store_rows(entry_id))
         self._set_head(cursor, entry)
+        self._add_to_summary(cursor, _millis(entry.at) // HOUR_MS, entry.pipeline, table)
         return entry
+
+    def _add_to_summary(self, cursor: Any, hour: int, pipeline: str, table: HopRows) -> None:
+        """Adds one batch's hops to `lineage_hop_summary`: counted per group from the batch's
+        columns, then a handful of upserts in key order (two writers upserting the same rows
+        take their locks in the same order)."""
+        columns = table.columns
+        rules = [
+            tuple(sorted({rule for rule, _ in reasons})) if reasons else ()
+            for reasons in columns["reasons"]
+        ]
+        groups = Counter(
+            zip(
+                columns["outcome"],
+                columns["stopped_at"],
+                columns["content_class"],
+                columns["tenant_id"],
+                rules,
+                strict=True,
+            )
+        )
+        cursor.executemany(self._q(UPSERT_SUMMARY), summary_rows(hour, pipeline, groups.items()))
+
+    def has_summary(self) -> bool:
+        """Whether the store holds the console's summary tables (`SUMMARY_SCHEMA`): a store
+        written by an earlier lineage-guard has none until `fill_summary`."""
+        rows = self._fetchall(self._q(self._TABLE_EXISTS), ["lineage_hop_summary"])
+        return bool(rows) and rows[0][0] is not None
+
+    def fill_summary(self) -> int | None:
+        """Creates the summary tables if missing and, if the hop summary was missing, fills
+        it from every hop in the same transaction (appends wait meanwhile: about a minute
+        per 10 million hops). Returns how many hops it counted (None: it was there)."""
+        try:
+            with self._write() as cursor:
+                return self._summary_in(cursor)
+        except self._errors as exc:
+            raise self._error_class(exc)(
+                f"Cannot create the console's summary of `{self.url}`: {first_line(exc)}."
+                " Open the store once as the tables' owner (e.g. `lineage-guard db roles`)."
+            ) from exc
+
+    def _summary_in(self, cursor: Any) -> int | None:
+        cursor.execute(self._q(self._TABLE_EXISTS), ("lineage_hop_summary",))
+        row = cursor.fetchone()
+        missing = row is None or row[0] is None
+        for statement in SUMMARY_SCHEMA:
+            cursor.execute(statement)
+        if not missing:
+            return None
+        self._lock_hops(cursor)
+        cursor.execute("SELECT max(id) FROM lineage_entries")
+        if cursor.fetchone()[0] is None:
+            return 0
+        log.warning(
+            "Counting the hops of `%s` into its summary for the console, once (about a minute"
+            " per 10 million hops; writers wait meanwhile).",
+            self.url,
+        )
+        started = time.perf_counter()
+        cursor.execute(
+            f"SELECT e.at / {HOUR_MS}, e.pipeline, h.outcome, h.stopped_at, h.reasons,"
+            " h.content_class, h.tenant_id, count(*)"
+            " FROM lineage_hops h JOIN lineage_entries e ON e.id = h.entry_id"
+            " GROUP BY 1, 2, 3, 4, 5, 6, 7"
+        )
+        per_hour: dict[tuple[int, str], Counter[tuple[Any, ...]]] = {}
+        rules: dict[str | None, tuple[str, ...]] = {}
+        for hour, pipeline, outcome, stopped, reasons, cls, tenant, n in cursor.fetchall():
+            if (named := rules.get(reasons)) is None:
+                named = rules[reasons] = _rules(reasons)
+            key = (outcome, stopped, cls, tenant, named)
+            per_hour.setdefault((int(hour), pipeline), Counter())[key] += int(n)
+        total = 0
+        for (hour, pipeline), groups in per_hour.items():
+            rows = summary_rows(hour, pipeline, groups.items())
+            cursor.executemany(self._q(UPSERT_SUMMARY), rows)
+            total += sum(r[-1] for r in rows)
+        log.warning(
+            "Counted %s hops of `%s` in %.1f s.", f"{total:,}", self.url,
+            time.perf_counter() - started,
+        )  # fmt: skip
+        return total
+
+    @abstractmethod
+    def _lock_hops(self, cursor: Any) -> None:
+        """Keeps other writers from adding hops until the transaction ends."""
 
     def confirm(
         self, confirmations: Sequence[tuple[Entry, int, Sequence[Failure]]], *, at: datetime
@@ -905,21 +1056,21 @@ class SqlStore(ABC):
 
     def hop_counts(self, *, tenants: Collection[str] | None = None) -> list[HopCount]:
         """Hops counted per (hour, pipeline, outcome, stopped_at, content class, tenant);
-        only `tenants`' hops when given."""
+        only `tenants`' hops when given. From the summary the appends keep
+        (`lineage_hop_summary`), not from the hops."""
         where, params = _tenant_clause(tenants)
         rows = self._fetchall(
             self._q(
-                "SELECT e.at / 3600000, e.pipeline, h.outcome, h.stopped_at, h.content_class,"
-                " h.tenant_id, count(*) FROM lineage_hops h"
-                f" JOIN lineage_entries e ON e.id = h.entry_id{where}"
-                " GROUP BY e.at / 3600000, e.pipeline, h.outcome, h.stopped_at, h.content_class,"
+                "SELECT h.hour, h.pipeline, h.outcome, h.stopped_at, h.content_class,"
+                f" h.tenant_id, sum(h.hops) FROM lineage_hop_summary h{where}"
+                " GROUP BY h.hour, h.pipeline, h.outcome, h.stopped_at, h.content_class,"
                 " h.tenant_id"
             ),
             params,
         )
         return [
             HopCount(
-                hour=_time(int(r[0]) * 3_600_000),
+                hour=_time(int(r[0]) * HOUR_MS),
                 pipeline=r[1],
                 outcome=r[2],
                 stopped_at=r[3],
@@ -931,19 +1082,64 @@ class SqlStore(ABC):
         ]
 
     def rule_counts(self, *, tenants: Collection[str] | None = None) -> dict[str, int]:
-        """How many quarantined or blocked hops name each rule."""
+        """How many quarantined or blocked hops name each rule (from the summary)."""
         where, params = _tenant_clause(tenants)
         query = (
-            "SELECT h.reasons FROM lineage_hops h"
+            "SELECT h.rules, sum(h.hops) FROM lineage_hop_summary h"
             + (f"{where} AND" if where else " WHERE")
-            + " h.outcome <> 'delivered' AND h.reasons IS NOT NULL"
+            + " h.outcome <> 'delivered' GROUP BY h.rules"
         )
-        counts: dict[str, int] = {}
-        with self._snapshot() as conn:
-            for (text,) in self._stream(conn, self._q(query), params):
-                for rule in {str(reason[0]) for reason in json.loads(text)}:
-                    counts[rule] = counts.get(rule, 0) + 1
-        return counts
+        counts: Counter[str] = Counter()
+        for rules, n in self._fetchall(self._q(query), params):
+            for rule in json.loads(rules):
+                counts[rule] += int(n)
+        return dict(counts)
+
+    def record_leak_check(
+        self, *, at: datetime, up_to_entry: int, seconds: float, leaks: Mapping[str | None, int]
+    ) -> None:
+        """Keeps one leak count (`queries.leaks`) the console made: started `at`, when the
+        newest entry was `up_to_entry`, taking `seconds`; its leaks per tenant."""
+        millis = _millis(at)
+
+        def work(cursor: Any) -> None:
+            cursor.execute(
+                self._q(
+                    "INSERT INTO lineage_leak_checks (at, up_to_entry, seconds) VALUES (?, ?, ?)"
+                ),
+                (millis, up_to_entry, seconds),
+            )
+            cursor.executemany(
+                self._q("INSERT INTO lineage_leak_counts (at, tenant_id, leaks) VALUES (?, ?, ?)"),
+                [(millis, tenant, n) for tenant, n in leaks.items() if n],
+            )
+
+        self._account_write(work)
+
+    def leak_check(self, *, tenants: Collection[str] | None = None) -> LeakCheck | None:
+        """The newest leak count kept (`record_leak_check`), of `tenants`' leaks when given."""
+        rows = self._fetchall(
+            "SELECT at, up_to_entry, seconds FROM lineage_leak_checks ORDER BY at DESC LIMIT 1",
+            [],
+        )
+        if not rows:
+            return None
+        at, up_to_entry, seconds = rows[0]
+        where, params = _tenant_clause(tenants)
+        counted = self._fetchall(
+            self._q(
+                "SELECT sum(h.leaks) FROM lineage_leak_counts h"
+                + (f"{where} AND" if where else " WHERE")
+                + " h.at = ?"
+            ),
+            [*params, at],
+        )
+        return LeakCheck(
+            at=_time(at),
+            up_to_entry=int(up_to_entry),
+            seconds=float(seconds),
+            leaks=int(counted[0][0] or 0),
+        )
 
     def runs(self, *, tenants: Collection[str] | None = None) -> list[RunSummary]:
         """One summary per (pipeline, run), newest first."""
@@ -1184,6 +1380,32 @@ def entry_row(entry: Entry) -> tuple[Any, ...]:
         entry.confirms, _json([f.to_list() for f in entry.failed]) if entry.failed else None,
         entry.prev_hash, entry.hash,
     )  # fmt: skip
+
+
+def summary_rows(
+    hour: int, pipeline: str, groups: Iterable[tuple[tuple[Any, ...], int]]
+) -> list[tuple[Any, ...]]:
+    """`lineage_hop_summary` rows (`SUMMARY_COLUMNS`), in key order, of hops counted per
+    (outcome, stopped_at, content class, tenant, sorted rules)."""
+    rows = []
+    for (outcome, stopped_at, content_class, tenant_id, rules), n in groups:
+        named = list(rules)
+        grouping = _json([pipeline, outcome, stopped_at, content_class, tenant_id, named])
+        rows.append(
+            (hour, pipeline, outcome, stopped_at, content_class, tenant_id, _json(named),
+             grouping, n)
+        )  # fmt: skip
+    return sorted(rows, key=itemgetter(7))
+
+
+def _rules(reasons: str | None) -> tuple[str, ...]:
+    """The rules a stored hop's reasons (`[[rule, message], …]`, or NULL) name, sorted; a row
+    edited into something else names none."""
+    try:
+        found = {str(reason[0]) for reason in json.loads(reasons)} if reasons else set()
+    except (ValueError, TypeError, IndexError, KeyError):
+        found = set()
+    return tuple(sorted(found))
 
 
 def hop_row(entry_id: int, index: int, hop: Hop) -> tuple[Any, ...]:

@@ -189,6 +189,12 @@ class SqliteStore(SqlStore):
         except sqlite3.Error as exc:
             self._conn.close()
             raise self._unavailable("open", exc) from exc
+        if create:  # the console's summary, counted from the hops once in a store without it
+            try:
+                self.fill_summary()
+            except LineageGuardError:
+                self._conn.close()
+                raise
 
     def _convert(self) -> None:
         """Version 2 to 3, in one transaction: the keys of every hop into the last level,
@@ -244,6 +250,9 @@ class SqliteStore(SqlStore):
                 raise
 
     def _lock_checkpoints(self, cursor: Any) -> None:
+        pass  # BEGIN IMMEDIATE already holds the database's write lock
+
+    def _lock_hops(self, cursor: Any) -> None:
         pass  # BEGIN IMMEDIATE already holds the database's write lock
 
     def _lock_head(self, cursor: Any, chain_id: str) -> ChainHead | None:

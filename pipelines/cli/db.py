@@ -28,7 +28,7 @@ def roles(store_url: str, writer: str, reader: str) -> None:
     create_roles(store_url, writer=writer, reader=reader)
     click.echo(
         f"Roles `{writer}` (INSERT, SELECT) and `{reader}` (SELECT) ready, with row-level"
-        " security by tenant on `lineage_hops`. Grant them to login roles:"
+        " security by tenant on `lineage_hops` and the console's counts. Grant them to login roles:"
         f" `GRANT {reader} TO <console login>;` `GRANT {writer} TO <guard login>;` and"
         " `ALTER ROLE <guard login> BYPASSRLS;` (the guard writes with COPY, which row-level"
         " security refuses).",

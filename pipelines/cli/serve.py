@@ -79,6 +79,8 @@ def serve(
     key = load_public_key(public_key) if public_key is not None else None
     warn_if_privileged(store_url, "the console")
     with open_store(store_url, create=False) as store:
+        if not store.has_summary():  # no writer of this version opened the store yet
+            store.fill_summary()  # says so on stderr, and how long it took
         app = create_console(
             store, auth=AuthSettings(oidc=oidc, secure_cookies=cookie_secure), public_key=key
         )

@@ -21,7 +21,7 @@ from lineage_guard.lineage.store import open_store
 from lineage_guard.web.auth import Role
 from lineage_guard.web.console import create_console
 from tests.integration.test_report_browser import browser  # noqa: F401 (the fixture)
-from tests.web_helpers import XSS_ID, add_user, console_store
+from tests.web_helpers import XSS_ID, add_user, console_store, leaks_counted
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,9 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(create_console(store), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(
+            leaks_counted(create_console(store)), host="127.0.0.1", port=port, log_level="warning"
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -19,7 +19,7 @@ from lineage_guard.web.auth import Role, utcnow
 from lineage_guard.web.console import create_console
 from lineage_guard.web.privileges import TENANTS_SETTING, privilege_warnings
 from tests.lineage_contract import T0, batch, hop
-from tests.web_helpers import XSS_ID, add_user, console_store, session_client
+from tests.web_helpers import XSS_ID, add_user, console_store, leaks_counted, session_client
 
 MAIN = "from lineage_guard.cli.main import main; main()"
 
@@ -34,7 +34,7 @@ def test_console_reads_a_postgres_store(pg_store_url: str) -> None:
     with open_store(pg_store_url) as store:
         console_store(store)
         add_user(store, "ann", Role.AUDITOR, ["acme"])
-        app = create_console(store)
+        app = leaks_counted(create_console(store))
         ann, _ = session_client(app, "ann", "pw-ann")
         overview = ann.get("/api/v1/overview").json()
         assert (overview["hops"], overview["leaks"]) == (5, 1)
@@ -112,6 +112,9 @@ def test_the_writer_appends_but_cannot_change_or_delete(roles: dict[str, str]) -
         "UPDATE lineage_entries SET root = 'x'",
         "DELETE FROM lineage_checkpoints",
         "UPDATE lineage_chains SET chain_id = 'x'",
+        "UPDATE lineage_hop_summary SET tenant_id = 'x'",  # its counts only: `hops`
+        "DELETE FROM lineage_hop_summary",
+        "INSERT INTO lineage_leak_checks (at, up_to_entry, seconds) VALUES (0, 0, 0)",
     ):
         assert refused(roles["writer"], statement).startswith("permission denied for table")
     assert privilege_warnings(roles["writer"]) == []
@@ -129,6 +132,10 @@ def test_the_reader_only_reads_and_logs_its_reads(roles: dict[str, str]) -> None
         "DELETE FROM lineage_access_log",
         "INSERT INTO lineage_users (name, password_hash, role, created_at)"
         " VALUES ('evil', 'x', 'admin', 0)",
+        "UPDATE lineage_hop_summary SET hops = 0",
+        "INSERT INTO lineage_hop_summary VALUES (0, 'p', 'delivered', NULL, NULL, 'x', '[]', 'k',"
+        " 1)",
+        "DELETE FROM lineage_leak_checks",
     ):
         assert refused(roles["reader"], statement).startswith("permission denied for table")
 
@@ -164,3 +171,44 @@ def test_superuser_and_owner_are_warned_about(
     assert served.returncode == 3
     assert served.stderr.splitlines()[0] == f"lineage-guard: warning: the console {warning}"
     assert lg("users", "list", "--lineage-store", roles["reader"]).returncode == 0
+
+
+def test_a_tenant_bound_session_sees_only_its_tenants_counts(roles: dict[str, str]) -> None:
+    """The console's summary and its kept leak counts are under row-level security too."""
+    with open_store(roles["reader"], create=False) as store:  # the console keeps a leak count
+        store.record_leak_check(
+            at=utcnow(), up_to_entry=2, seconds=1.0, leaks={"acme": 1, "globex": 2, None: 4}
+        )
+        assert store.leak_check().leaks == 7  # type: ignore[union-attr]
+        assert store.rule_counts() == {"provenance_missing": 2, "tenant_mismatch": 1}
+    for table in ("lineage_hop_summary", "lineage_leak_counts"):
+        with psycopg.connect(roles["acme"]) as conn:
+            rows = conn.execute(f"SELECT DISTINCT tenant_id FROM {table} ORDER BY 1").fetchall()
+        assert rows == [("acme",)], table
+    with open_store(roles["acme"], create=False) as store:
+        assert store.leak_check().leaks == 1  # type: ignore[union-attr]
+        assert store.rule_counts() == {"provenance_missing": 2}
+        assert sum(c.count for c in store.hop_counts()) == 5
+
+
+def test_a_writer_cannot_start_on_a_store_without_the_summary(
+    roles: dict[str, str], pg_store_url: str
+) -> None:
+    """A least-privilege writer cannot create the summary: it stops with what to do, rather
+    than appending hops the console would never count."""
+    from lineage_guard.lineage.errors import ConfigError
+
+    with psycopg.connect(pg_store_url) as conn:  # as a store of an earlier lineage-guard
+        conn.execute("DROP TABLE lineage_hop_summary")
+    with pytest.raises(ConfigError) as caught:
+        open_store(roles["writer"])
+    assert "has no console summary (`lineage_hop_summary`" in str(caught.value)
+    assert str(caught.value).endswith(
+        "e.g. `lineage-guard db roles`, which counts its hops into it."
+    )
+    tag = roles["writer"].split("lg_w_", 1)[1].split("@", 1)[0]  # the fixture's groups
+    done = lg("db", "roles", "--lineage-store", pg_store_url, "--writer", f"lg_writer_{tag}",
+              "--reader", f"lg_reader_{tag}")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with open_store(roles["writer"]) as store:
+        assert sum(c.count for c in store.hop_counts()) == 7

@@ -72,7 +72,10 @@ def test_tables_and_indexes_are_created_in_the_urls_schema(
         ("lineage_chains",),
         ("lineage_checkpoints",),
         ("lineage_entries",),
+        ("lineage_hop_summary",),
         ("lineage_hops",),
+        ("lineage_leak_checks",),
+        ("lineage_leak_counts",),
     ]
     indexes = run_sql(
         f"SELECT indexname FROM pg_indexes WHERE schemaname = '{schema}'"

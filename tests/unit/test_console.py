@@ -31,6 +31,7 @@ from tests.web_helpers import (
     add_user,
     client,
     console_store,
+    leaks_counted,
     session_client,
 )
 
@@ -45,6 +46,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/leaks"): "auditor",
     ("GET", "/api/v1/quarantine"): "auditor",
     ("POST", "/api/v1/verify"): "operator",
+    ("POST", "/api/v1/leak-check"): "operator",
     ("GET", "/api/v1/access-log"): "admin",
     ("GET", "/api/v1/users"): "admin",
     ("GET", "/"): "viewer",
@@ -54,6 +56,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/quarantine"): "auditor",
     ("GET", "/verify"): "operator",
     ("POST", "/verify"): "operator",
+    ("POST", "/leak-check"): "operator",
     ("GET", "/access-log"): "admin",
     ("GET", "/signin"): PUBLIC,
     ("POST", "/signin"): PUBLIC,
@@ -77,7 +80,7 @@ def app(store: LineageStore) -> FastAPI:
     for role in ROLES:
         add_user(store, f"{role}", role)
         add_user(store, f"{role}-acme", role, ["acme"])
-    return create_console(store, public_key=KEY.public_key())
+    return leaks_counted(create_console(store, public_key=KEY.public_key()))
 
 
 def signed_in(app: FastAPI, name: str) -> tuple[TestClient, str]:
@@ -95,7 +98,7 @@ def call(c: TestClient, method: str, path: str, csrf: str, user: str | None) -> 
 
 
 def allowed_status(method: str, path: str) -> int:
-    return 303 if path in ("/signin", "/signout") and method == "POST" else 200
+    return 303 if path in ("/signin", "/signout", "/leak-check") and method == "POST" else 200
 
 
 @pytest.mark.parametrize("tenant", [None, "acme"], ids=["all-tenants", "tenant-acme"])
@@ -357,6 +360,8 @@ def test_serve_command_listens_on_loopback(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'lineage.db'}"
     with open_store(url) as s:
         console_store(s)
+    with sqlite3.connect(tmp_path / "lineage.db") as conn:  # as a store of an earlier version
+        conn.execute("DROP TABLE lineage_hop_summary")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -392,3 +397,70 @@ def test_serve_command_listens_on_loopback(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+    said = server.stderr.read().splitlines()  # type: ignore[union-attr]
+    assert said[0] == (
+        f"WARNING lineage_guard.lineage.stores.sql: Counting the hops of `{url}` into its summary"
+        " for the console, once (about a minute per 10 million hops; writers wait meanwhile)."
+    )
+    assert said[1].startswith(
+        f"WARNING lineage_guard.lineage.stores.sql: Counted 7 hops of `{url}` in "
+    )
+
+
+def test_the_overview_shows_the_kept_leak_count_with_its_time_and_counts_again_in_background(
+    store: LineageStore,
+) -> None:
+    """The overview never counts leaks itself: it shows the last count the store keeps, with
+    its time, and starts a fresh one in the background when there is none, or when lineage
+    was written since and the last one is old enough; operators may start one."""
+    from datetime import timedelta
+
+    from lineage_guard.lineage.hops import Outcome
+    from tests.lineage_contract import T0, batch, hop
+
+    add_user(store, "operator", Role.OPERATOR)
+    add_user(store, "viewer-acme", Role.VIEWER, ["acme"])
+    app = create_console(store)
+    state = app.state.console
+    operator, csrf = signed_in(app, "operator")
+    first = operator.get("/api/v1/overview").json()
+    assert (first["leaks"], first["leak_check"]) == (None, None)  # not counted before
+    state.wait_for_leak_check(timeout=60)
+    counted = operator.get("/api/v1/overview").json()
+    assert counted["leaks"] == 1 and counted["leak_check_running"] is False
+    assert counted["leak_check"]["written_since"] is False
+    page = operator.get("/").text
+    assert (
+        f"Counted at {counted['leak_check']['at']}" in page and "nothing was written since" in page
+    )
+    assert "the evidence is the hops themselves" in page and 'id="count-leaks"' in page
+
+    later = T0 + timedelta(hours=2)
+    store.append(batch([hop("a-leak-2", 7, origin_env="STAGING")], at=later, run_id="run-2"))
+    entry = store.append(batch([hop("g-leak", 8, origin_env="TEST", tenant_id="globex")], at=later,
+                               run_id="run-3"))  # fmt: skip
+    store.confirm([(entry, 1, [])], at=later)
+    stale = operator.get("/api/v1/overview").json()  # written since, but the count is young
+    assert (stale["leaks"], stale["leak_check_running"]) == (1, False)
+    assert stale["leak_check"]["written_since"] is True and stale["hops"] == 9
+    assert "lineage written since then is not in this count" in operator.get("/").text
+
+    state.leak_check_age = timedelta(0)  # old enough: the next overview starts a count
+    operator.get("/api/v1/overview")
+    state.wait_for_leak_check(timeout=60)
+    assert operator.get("/api/v1/overview").json()["leaks"] == 2  # g-leak; a-leak-2 unconfirmed
+    viewer, _ = signed_in(app, "viewer-acme")
+    assert viewer.get("/api/v1/overview").json()["leaks"] == 1  # its tenant's only
+
+    state.leak_check_age = timedelta(days=1)
+    store.append(batch([hop("a-leak-3", 9, outcome=Outcome.DELIVERED, origin_env="TEST")],
+                       at=later, run_id="run-4"))  # fmt: skip
+    started = operator.post("/api/v1/leak-check", headers={CSRF_HEADER: csrf}).json()
+    assert started["running"] is True
+    state.wait_for_leak_check(timeout=60)
+    assert (
+        operator.post("/leak-check", data={"csrf_token": csrf}, follow_redirects=False).status_code
+        == 303
+    )
+    state.wait_for_leak_check(timeout=60)
+    assert operator.get("/api/v1/overview").json()["leak_check"]["written_since"] is False

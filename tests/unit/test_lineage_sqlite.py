@@ -79,7 +79,10 @@ def test_opening_creates_the_file_and_its_folders_in_wal_mode(
         ("lineage_hop_keys_0",),
         ("lineage_hop_keys_1",),
         ("lineage_hop_keys_2",),
+        ("lineage_hop_summary",),
         ("lineage_hops",),
+        ("lineage_leak_checks",),
+        ("lineage_leak_counts",),
     ]
     indexes = run_sql(
         "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name"
@@ -91,6 +94,8 @@ def test_opening_creates_the_file_and_its_folders_in_wal_mode(
         ("lineage_entries_position",),
         ("lineage_hops_failed_validation",),
         ("lineage_hops_unproductive",),
+        ("lineage_leak_checks_at",),
+        ("lineage_leak_counts_at",),
     ]
     assert run_sql("PRAGMA user_version") == [(3,)]
 
