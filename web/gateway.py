@@ -49,7 +49,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
@@ -57,7 +57,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from lineage_guard import guard_chain
+from lineage_guard import arrow_batch, guard_chain
 from lineage_guard.arrow_batch import GuardBatch
 from lineage_guard.contract.policies import Policy, TrainingPolicy, parse_policy
 from lineage_guard.contract.records import record_id_of
@@ -73,6 +73,7 @@ from lineage_guard.lineage.errors import (
 )
 from lineage_guard.lineage.store import LineageStore, first_line, open_store
 from lineage_guard.lineage.stores.sql import Admission
+from lineage_guard.stages import parent_ids
 from lineage_guard.web import bodies
 from lineage_guard.web.access import Permission, require
 from lineage_guard.web.app import create_app
@@ -92,6 +93,7 @@ SOURCE_PREFIX = "api:"  # a hop's source topic: the client's identity
 DEFAULT_STAGE = "gateway"
 STAGE_NAME = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 STAGE_RULE = "1 to 200 letters, digits, `.`, `_`, `:` or `-`"
+JUDGED_TOGETHER = 10_000  # records: a group of waiting requests is judged in one pass up to this
 
 
 class IdempotencyKeyReusedError(UnusableInputError):
@@ -180,7 +182,10 @@ class Gateway:
         # Runs (a client's `Idempotency-Key`) whose records the broker acknowledged but whose
         # answer the store has not kept yet (it went down): their retry is not produced again.
         self._acknowledged: set[str] = set()
-        self._committer = _Committer(self.store)
+        self._committer: _Grouped[Admission, Entry] = _Grouped(self._commit, max_size=200)
+        self._judging: _Grouped[tuple[Client, GuardBatch], GuardBatch] = _Grouped(
+            self._judge_group, max_size=JUDGED_TOGETHER, size=lambda item: len(item[1])
+        )
         if settings.kafka is not None and (settings.output_topic or settings.quarantine_topic):
             self._producer = _Producer(settings.kafka, settings.ack_timeout_s)
 
@@ -226,13 +231,63 @@ class Gateway:
     # -- the chain -----------------------------------------------------------------------
 
     def judge(self, batch: GuardBatch, client: Client) -> GuardBatch:
-        """The one guard chain over the request's batch; parents' classes from the store."""
+        """The one guard chain over the request's batch; parents' classes from the store.
+        The batches of the requests waiting meanwhile are judged with it, in one pass of the
+        chain (`_judge_group`)."""
+        return self._judging.run((client, batch))
+
+    def _judge_group(
+        self, group: list[tuple[Client, GuardBatch]]
+    ) -> list[GuardBatch | BaseException]:
+        """Each request's batch judged as it would be alone: the batches of one client (one
+        source, one tenant binding) as one batch, cut back into theirs. A request whose
+        records name as a parent a record of another request of the batch (its class would
+        count, as the batch's own) is judged alone."""
+        results: dict[int, GuardBatch | BaseException] = {}
+        by_client: dict[Client, list[int]] = {}
+        for at, (client, _) in enumerate(group):
+            by_client.setdefault(client, []).append(at)
+        for client, ats in by_client.items():
+            batches = [group[at][1] for at in ats]
+            try:
+                judged = self._judged_together(batches, client)
+            except Exception as exc:
+                judged = [exc] * len(ats)
+            for at, one in zip(ats, judged, strict=True):
+                results[at] = one
+        return [results[at] for at in range(len(group))]
+
+    def _judged_together(
+        self, batches: list[GuardBatch], client: Client
+    ) -> list[GuardBatch | BaseException]:
+        if len(batches) > 1:
+            spans = _spans(batches)
+            batch = guard_chain.decode(arrow_batch.concat(batches), self.decoder)
+            if not _parents_across(batch, spans):
+                judged = self._validated(batch, client)
+                return [judged.take(range(start, end)) for start, end in spans]
+        out: list[GuardBatch | BaseException] = []
+        for one in batches:
+            try:
+                out.append(self._validated(guard_chain.decode(one, self.decoder), client))
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+    def _validated(self, batch: GuardBatch, client: Client) -> GuardBatch:
+        """validate → enforce over a decoded batch (the client's tenant binding as a tenant
+        policy)."""
         policies: list[Policy] = list(self.policies)
         if client.tenant is not None:
             policies.append(parse_policy(f"tenant:{client.tenant}"))
-        batch = guard_chain.decode(batch, self.decoder)
         batch = guard_chain.validate(batch, self.validator, lookup=self.reader().content_classes)
         return guard_chain.enforce(batch, policies)
+
+    def _commit(self, group: list[Admission]) -> list[Entry | BaseException]:
+        """One transaction for the admissions of a group of requests."""
+        store: Any = self.store()
+        entries: list[Entry] = store.admit(group, at=datetime.now(UTC))
+        return list(entries)
 
     def check(self, batch: GuardBatch, client: Client) -> dict[str, Any]:
         return answer_of(verdicts(self.judge(batch, client)))
@@ -275,14 +330,14 @@ class Gateway:
 
         answer = kept if key is not None else None
         if self._producer is None:  # hops, delivery and answer: one transaction
-            entry = self._committer.write(Admission(batch=hops, confirmed=True, answer=answer))
+            entry = self._committer.run(Admission(batch=hops, confirmed=True, answer=answer))
         else:  # hops first; delivered once the broker acknowledged every record
-            entry = self._committer.write(Admission(batch=hops))
+            entry = self._committer.run(Admission(batch=hops))
             if run_id not in self._acknowledged:
                 self._producer.send(self._messages(judged))
                 if key is not None:
                     self._acknowledged.add(run_id)
-            self._committer.write(Admission(entry=entry, confirmed=True, answer=answer))
+            self._committer.run(Admission(entry=entry, confirmed=True, answer=answer))
             self._acknowledged.discard(run_id)
         return answer_of(with_hops(the_verdicts, entry))
 
@@ -335,6 +390,41 @@ def record_ids(batch: GuardBatch) -> list[str | None]:
     return ids
 
 
+def _spans(batches: Sequence[GuardBatch]) -> list[tuple[int, int]]:
+    """Where each batch's rows are in the batches concatenated: (start, end)."""
+    spans, start = [], 0
+    for batch in batches:
+        spans.append((start, start + len(batch)))
+        start += len(batch)
+    return spans
+
+
+def _parents_across(batch: GuardBatch, spans: Sequence[tuple[int, int]]) -> bool:
+    """Whether a record of one span names as a parent the id of a record of another: the
+    chain takes a batch's own records' classes as its parents' (`stages.known_ranks`), so
+    those spans would not be judged as they are alone. `batch` is decoded."""
+    ids = record_ids(batch)
+    records = batch.records if batch.records is not None else (None,) * len(batch)
+    read = (
+        batch.column("parent_record_ids").to_pylist()
+        if batch.has("parent_record_ids")
+        else [None] * len(batch)
+    )
+    spans_of: dict[str, set[int]] = {}
+    for k, (start, end) in enumerate(spans):
+        for record_id in ids[start:end]:
+            if record_id is not None:
+                spans_of.setdefault(record_id, set()).add(k)
+    for k, (start, end) in enumerate(spans):
+        for i in range(start, end):
+            parents = set(read[i] or ())
+            if records[i] is not None:
+                parents |= parent_ids([records[i]])
+            if any(spans_of.get(parent, {k}) != {k} for parent in parents):
+                return True
+    return False
+
+
 def _run_id(client: str, key: str | None) -> str:
     """The lineage run of one admit request: derived from the client and its
     `Idempotency-Key`, so a retry's hops are the ones the store already holds."""
@@ -344,47 +434,60 @@ def _run_id(client: str, key: str | None) -> str:
     return f"gateway-{digest[:32]}"
 
 
-class _Committer:
-    """Writes the requests' admissions to the store in groups, on the requests' own threads:
-    the request that finds no transaction running commits its admission with every one
-    waiting (one commit, one fsync, for all of them); those that arrive meanwhile wait, and
-    the first of them to go on commits the next group. A failed transaction fails each
-    request of its group."""
+T = TypeVar("T")
+R = TypeVar("R")
 
-    MAX_GROUP = 200
 
-    def __init__(self, store: Callable[[], LineageStore]) -> None:
-        self._store = store
-        self._waiting: list[tuple[Admission, Future[Entry]]] = []
+class _Grouped(Generic[T, R]):
+    """Runs the requests' items in groups, on the requests' own threads: the request that
+    finds no group running runs its item with every one waiting (`run_group`, once for all
+    of them); those that arrive meanwhile wait, and the first of them to go on runs the
+    next group. `run_group` answers each item, in order, with its result or the exception
+    that item raises. A group takes items until their `size` reaches `max_size` (at least
+    one item)."""
+
+    def __init__(
+        self,
+        run_group: Callable[[list[T]], list[R | BaseException]],
+        *,
+        max_size: int,
+        size: Callable[[T], int] = lambda _: 1,
+    ) -> None:
+        self._run_group = run_group
+        self._max_size = max_size
+        self._size = size
+        self._waiting: list[tuple[T, Future[R]]] = []
         self._waiting_lock = threading.Lock()
-        self._committing = threading.Lock()
+        self._running = threading.Lock()
 
-    def write(self, admission: Admission) -> Entry:
-        done: Future[Entry] = Future()
+    def run(self, item: T) -> R:
+        done: Future[R] = Future()
         with self._waiting_lock:
-            self._waiting.append((admission, done))
+            self._waiting.append((item, done))
         while not done.done():
-            with self._committing:
-                if done.done():  # committed in the group of the request that went before
+            with self._running:
+                if done.done():  # run in the group of the request that went before
                     break
                 with self._waiting_lock:
-                    group = self._waiting[: self.MAX_GROUP]
-                    del self._waiting[: self.MAX_GROUP]
-                self._commit(group)
+                    taken, total = 0, 0
+                    while taken < len(self._waiting) and (taken == 0 or total < self._max_size):
+                        total += self._size(self._waiting[taken][0])
+                        taken += 1
+                    group = self._waiting[:taken]
+                    del self._waiting[:taken]
+                self._run(group)
         return done.result()
 
-    def _commit(self, group: list[tuple[Admission, Future[Entry]]]) -> None:
+    def _run(self, group: list[tuple[T, Future[R]]]) -> None:
         try:
-            store = self._store()
-            entries = store.admit(  # type: ignore[attr-defined]
-                [admission for admission, _ in group], at=datetime.now(UTC)
-            )
+            results = self._run_group([item for item, _ in group])
         except BaseException as exc:
-            for _, done in group:
-                done.set_exception(exc)
-            return
-        for (_, done), entry in zip(group, entries, strict=True):
-            done.set_result(entry)
+            results = [exc] * len(group)
+        for (_, done), result in zip(group, results, strict=True):
+            if isinstance(result, BaseException):
+                done.set_exception(result)
+            else:
+                done.set_result(result)
 
 
 class _Producer:
