@@ -37,7 +37,7 @@ once), while lineage still holds one hop per record.
 
 from __future__ import annotations
 
-import dataclasses
+import collections
 import hashlib
 import json
 import logging
@@ -125,39 +125,31 @@ class Client:
     tenant: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class RecordVerdict:
-    index: int
-    record_id: str | None
-    allowed: bool
-    violations: tuple[dict[str, Any], ...]
-    hop_id: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "index": self.index,
-            "record_id": self.record_id,
-            "allowed": self.allowed,
-            "violations": list(self.violations),
+def answer_of(batch: GuardBatch, entry: Entry | None = None) -> dict[str, Any]:
+    """The answer to a request: each record's verdict in input order (`index`, `record_id`,
+    `allowed`, `violations`) and, once its hops are written as `entry`, each one's `hop_id`:
+    its chain, its batch's place in it, its place there."""
+    stopped = batch.column("stopped_at").to_pylist()
+    found = batch.violations
+    hops = f"{entry.chain_id}#{entry.seq}/" if entry is not None else None
+    records = []
+    for i, record_id in enumerate(record_ids(batch)):
+        verdict = {
+            "index": i,
+            "record_id": record_id,
+            "allowed": stopped[i] is None,
+            "violations": [v.to_dict() for v in found.get(i, ())],
         }
-        if self.hop_id is not None:
-            out["hop_id"] = self.hop_id
-        return out
-
-
-def answer_of(verdicts: Sequence[RecordVerdict]) -> dict[str, Any]:
-    allowed = sum(v.allowed for v in verdicts)
+        if hops is not None:
+            verdict["hop_id"] = hops + str(i)
+        records.append(verdict)
+    allowed = stopped.count(None)
     return {
-        "total": len(verdicts),
+        "total": len(records),
         "allowed": allowed,
-        "rejected": len(verdicts) - allowed,
-        "records": [v.to_dict() for v in verdicts],
+        "rejected": len(records) - allowed,
+        "records": records,
     }
-
-
-def hop_id(entry: Entry, index: int) -> str:
-    """A hop's identity in the store: its chain, its batch's place in it, its place there."""
-    return f"{entry.chain_id}#{entry.seq}/{index}"
 
 
 class Gateway:
@@ -260,16 +252,17 @@ class Gateway:
     def _judged_together(
         self, batches: list[GuardBatch], client: Client
     ) -> list[GuardBatch | BaseException]:
-        if len(batches) > 1:
-            spans = _spans(batches)
-            batch = guard_chain.decode(arrow_batch.concat(batches), self.decoder)
-            if not _parents_across(batch, spans):
-                judged = self._validated(batch, client)
-                return [judged.take(range(start, end)) for start, end in spans]
+        if len(batches) == 1:
+            return [self._validated(guard_chain.decode(batches[0], self.decoder), client)]
+        spans = _spans(batches)
+        batch = guard_chain.decode(arrow_batch.concat(batches), self.decoder)  # row by row
+        if not _parents_across(batch, spans):
+            judged = self._validated(batch, client)
+            return [judged.take(range(start, end)) for start, end in spans]
         out: list[GuardBatch | BaseException] = []
-        for one in batches:
+        for start, end in spans:
             try:
-                out.append(self._validated(guard_chain.decode(one, self.decoder), client))
+                out.append(self._validated(batch.take(range(start, end)), client))
             except Exception as exc:
                 out.append(exc)
         return out
@@ -290,7 +283,7 @@ class Gateway:
         return list(entries)
 
     def check(self, batch: GuardBatch, client: Client) -> dict[str, Any]:
-        return answer_of(verdicts(self.judge(batch, client)))
+        return answer_of(self.judge(batch, client))
 
     def admit(
         self,
@@ -322,10 +315,9 @@ class Gateway:
             allowed_to=settings.output_topic or f"client:{client.name}",
             quarantined_to=settings.quarantine_topic or f"client:{client.name}",
         )
-        the_verdicts = verdicts(judged)
 
         def kept(entry: Entry) -> tuple[str, str, str, str]:
-            answered = json.dumps(answer_of(with_hops(the_verdicts, entry)))
+            answered = json.dumps(answer_of(judged, entry))
             return (client.name, key or "", request_sha256, answered)
 
         answer = kept if key is not None else None
@@ -339,7 +331,7 @@ class Gateway:
                     self._acknowledged.add(run_id)
             self._committer.run(Admission(entry=entry, confirmed=True, answer=answer))
             self._acknowledged.discard(run_id)
-        return answer_of(with_hops(the_verdicts, entry))
+        return answer_of(judged, entry)
 
     def _messages(self, batch: GuardBatch) -> list[tuple[str, bytes | None, bytes, Any]]:
         """(topic, key, value, headers) of each record to produce: allowed records to the
@@ -357,26 +349,6 @@ class Gateway:
             elif not item.allowed and self.settings.quarantine_topic:
                 out.append((self.settings.quarantine_topic, key, value, quarantine_headers(item)))
         return out
-
-
-def verdicts(batch: GuardBatch) -> list[RecordVerdict]:
-    """Each record's verdict, in input order."""
-    stopped = batch.column("stopped_at").to_pylist()
-    ids = record_ids(batch)
-    return [
-        RecordVerdict(
-            index=i,
-            record_id=ids[i],
-            allowed=stopped[i] is None,
-            violations=tuple(v.to_dict() for v in batch.violations.get(i, ())),
-        )
-        for i in range(len(batch))
-    ]
-
-
-def with_hops(found: Sequence[RecordVerdict], entry: Entry) -> list[RecordVerdict]:
-    """The verdicts with their hops' ids, once `entry` is written."""
-    return [dataclasses.replace(v, hop_id=hop_id(entry, v.index)) for v in found]
 
 
 def record_ids(batch: GuardBatch) -> list[str | None]:
@@ -691,11 +663,9 @@ def routes(gateway: Gateway) -> APIRouter:
     ) -> Any:
         client = client_of(principal)
         body, content_type = await read(request)
-        answer = await run_in_threadpool(
-            lambda: gateway.check(batch_of(body, content_type, client), client)
+        return await run_in_threadpool(
+            lambda: answered(CHECK, gateway.check(batch_of(body, content_type, client), client))
         )
-        _count(CHECK, answer)
-        return AsciiJSONResponse(answer)
 
     @router.post(
         "/v1/records:admit",
@@ -721,17 +691,18 @@ def routes(gateway: Gateway) -> APIRouter:
                 "The `Idempotency-Key` header must be 1 to 255 printable characters."
             )
         body, content_type = await read(request)
-        answer = await run_in_threadpool(  # one trip to a thread: parse, judge, commit
-            lambda: gateway.admit(
-                batch_of(body, content_type, client),
-                client,
-                stage=stage,
-                key=key,
-                request_sha256=request_digest(content_type, body),
+        return await run_in_threadpool(  # one trip to a thread: parse, judge, commit, render
+            lambda: answered(
+                ADMIT,
+                gateway.admit(
+                    batch_of(body, content_type, client),
+                    client,
+                    stage=stage,
+                    key=key,
+                    request_sha256=request_digest(content_type, body),
+                ),
             )
         )
-        _count(ADMIT, answer)
-        return AsciiJSONResponse(answer)
 
     @router.get(
         "/readyz",
@@ -764,9 +735,13 @@ def build_app(
     )
 
 
-def _count(route: str, answer: dict[str, Any]) -> None:
-    """Verdicts by rule (`allowed`: records that passed), for `/metrics`."""
+def answered(route: str, answer: dict[str, Any]) -> AsciiJSONResponse:
+    """The response to a request (rendered on the request's worker thread, not the event
+    loop), its verdicts counted by rule (`allowed`: records that passed) for `/metrics`."""
     VERDICTS.labels(route=route, rule="allowed").inc(answer["allowed"])
-    for record in answer["records"]:
-        for violation in record["violations"]:
-            VERDICTS.labels(route=route, rule=violation["rule"]).inc()
+    rules = collections.Counter(
+        v["rule"] for record in answer["records"] for v in record["violations"]
+    )
+    for rule, count in rules.items():
+        VERDICTS.labels(route=route, rule=rule).inc(count)
+    return AsciiJSONResponse(answer)
