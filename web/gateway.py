@@ -8,7 +8,11 @@
 
 A request's body (`web.bodies`) becomes one `GuardBatch` and goes through the one guard chain
 (`guard_chain`: decode → validate → enforce → hop rows), as a micro-batch of the Kafka guard
-does: the same verdicts, hop rows and Merkle leaves. An admit request:
+does: the same verdicts, hop rows and Merkle leaves. The requests that arrive while the chain
+runs are judged together in its next pass (`Gateway.judge`, `_Grouped`): the batches of one
+client concatenated, judged once, and cut back into each request's batch, so the chain's
+fixed cost (a hundred-odd Arrow calls) is paid once per pass rather than once per request.
+An admit request:
 
 1. writes its hops before any record is produced: a store that cannot be written answers 503
    and nothing is produced (the guard fails closed);
@@ -20,7 +24,7 @@ does: the same verdicts, hop rows and Merkle leaves. An admit request:
    and the hops stay unconfirmed (`sending`), never `delivered`.
 
 Without output topics, hops, delivery and answer are one write. The writes go through
-`SqlStore.admit` in groups (`_Committer`): the requests that arrive while one transaction
+`SqlStore.admit` in groups (`_Grouped` too): the requests that arrive while one transaction
 commits share the next one (one commit, one fsync, for all of them). A request's reads (its
 API key, its records' parents, a kept answer) go through a second connection to the store, so
 they never wait behind a commit; its body is parsed, judged and committed in one trip to a
