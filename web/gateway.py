@@ -8,7 +8,11 @@
 
 A request's body (`web.bodies`) becomes one `GuardBatch` and goes through the one guard chain
 (`guard_chain`: decode → validate → enforce → hop rows), as a micro-batch of the Kafka guard
-does: the same verdicts, hop rows and Merkle leaves. An admit request:
+does: the same verdicts, hop rows and Merkle leaves. The requests that arrive while the chain
+runs are judged together in its next pass (`Gateway.judge`, `_Grouped`): the batches of one
+client concatenated, judged once, and cut back into each request's batch, so the chain's
+fixed cost (a hundred-odd Arrow calls) is paid once per pass rather than once per request.
+An admit request:
 
 1. writes its hops before any record is produced: a store that cannot be written answers 503
    and nothing is produced (the guard fails closed);
@@ -20,7 +24,7 @@ does: the same verdicts, hop rows and Merkle leaves. An admit request:
    and the hops stay unconfirmed (`sending`), never `delivered`.
 
 Without output topics, hops, delivery and answer are one write. The writes go through
-`SqlStore.admit` in groups (`_Committer`): the requests that arrive while one transaction
+`SqlStore.admit` in groups (`_Grouped` too): the requests that arrive while one transaction
 commits share the next one (one commit, one fsync, for all of them). A request's reads (its
 API key, its records' parents, a kept answer) go through a second connection to the store, so
 they never wait behind a commit; its body is parsed, judged and committed in one trip to a
@@ -37,7 +41,7 @@ once), while lineage still holds one hop per record.
 
 from __future__ import annotations
 
-import dataclasses
+import collections
 import hashlib
 import json
 import logging
@@ -49,7 +53,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
@@ -57,7 +61,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from lineage_guard import guard_chain
+from lineage_guard import arrow_batch, guard_chain
 from lineage_guard.arrow_batch import GuardBatch
 from lineage_guard.contract.policies import Policy, TrainingPolicy, parse_policy
 from lineage_guard.contract.records import record_id_of
@@ -73,6 +77,7 @@ from lineage_guard.lineage.errors import (
 )
 from lineage_guard.lineage.store import LineageStore, first_line, open_store
 from lineage_guard.lineage.stores.sql import Admission
+from lineage_guard.stages import parent_ids
 from lineage_guard.web import bodies
 from lineage_guard.web.access import Permission, require
 from lineage_guard.web.app import create_app
@@ -92,6 +97,7 @@ SOURCE_PREFIX = "api:"  # a hop's source topic: the client's identity
 DEFAULT_STAGE = "gateway"
 STAGE_NAME = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 STAGE_RULE = "1 to 200 letters, digits, `.`, `_`, `:` or `-`"
+JUDGED_TOGETHER = 10_000  # records: a group of waiting requests is judged in one pass up to this
 
 
 class IdempotencyKeyReusedError(UnusableInputError):
@@ -123,39 +129,31 @@ class Client:
     tenant: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class RecordVerdict:
-    index: int
-    record_id: str | None
-    allowed: bool
-    violations: tuple[dict[str, Any], ...]
-    hop_id: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "index": self.index,
-            "record_id": self.record_id,
-            "allowed": self.allowed,
-            "violations": list(self.violations),
+def answer_of(batch: GuardBatch, entry: Entry | None = None) -> dict[str, Any]:
+    """The answer to a request: each record's verdict in input order (`index`, `record_id`,
+    `allowed`, `violations`) and, once its hops are written as `entry`, each one's `hop_id`:
+    its chain, its batch's place in it, its place there."""
+    stopped = batch.column("stopped_at").to_pylist()
+    found = batch.violations
+    hops = f"{entry.chain_id}#{entry.seq}/" if entry is not None else None
+    records = []
+    for i, record_id in enumerate(record_ids(batch)):
+        verdict = {
+            "index": i,
+            "record_id": record_id,
+            "allowed": stopped[i] is None,
+            "violations": [v.to_dict() for v in found.get(i, ())],
         }
-        if self.hop_id is not None:
-            out["hop_id"] = self.hop_id
-        return out
-
-
-def answer_of(verdicts: Sequence[RecordVerdict]) -> dict[str, Any]:
-    allowed = sum(v.allowed for v in verdicts)
+        if hops is not None:
+            verdict["hop_id"] = hops + str(i)
+        records.append(verdict)
+    allowed = stopped.count(None)
     return {
-        "total": len(verdicts),
+        "total": len(records),
         "allowed": allowed,
-        "rejected": len(verdicts) - allowed,
-        "records": [v.to_dict() for v in verdicts],
+        "rejected": len(records) - allowed,
+        "records": records,
     }
-
-
-def hop_id(entry: Entry, index: int) -> str:
-    """A hop's identity in the store: its chain, its batch's place in it, its place there."""
-    return f"{entry.chain_id}#{entry.seq}/{index}"
 
 
 class Gateway:
@@ -180,7 +178,10 @@ class Gateway:
         # Runs (a client's `Idempotency-Key`) whose records the broker acknowledged but whose
         # answer the store has not kept yet (it went down): their retry is not produced again.
         self._acknowledged: set[str] = set()
-        self._committer = _Committer(self.store)
+        self._committer: _Grouped[Admission, Entry] = _Grouped(self._commit, max_size=200)
+        self._judging: _Grouped[tuple[Client, GuardBatch], GuardBatch] = _Grouped(
+            self._judge_group, max_size=JUDGED_TOGETHER, size=lambda item: len(item[1])
+        )
         if settings.kafka is not None and (settings.output_topic or settings.quarantine_topic):
             self._producer = _Producer(settings.kafka, settings.ack_timeout_s)
 
@@ -226,16 +227,67 @@ class Gateway:
     # -- the chain -----------------------------------------------------------------------
 
     def judge(self, batch: GuardBatch, client: Client) -> GuardBatch:
-        """The one guard chain over the request's batch; parents' classes from the store."""
+        """The one guard chain over the request's batch; parents' classes from the store.
+        The batches of the requests waiting meanwhile are judged with it, in one pass of the
+        chain (`_judge_group`)."""
+        return self._judging.run((client, batch))
+
+    def _judge_group(
+        self, group: list[tuple[Client, GuardBatch]]
+    ) -> list[GuardBatch | BaseException]:
+        """Each request's batch judged as it would be alone: the batches of one client (one
+        source, one tenant binding) as one batch, cut back into theirs. A request whose
+        records name as a parent a record of another request of the batch (its class would
+        count, as the batch's own) is judged alone."""
+        results: dict[int, GuardBatch | BaseException] = {}
+        by_client: dict[Client, list[int]] = {}
+        for at, (client, _) in enumerate(group):
+            by_client.setdefault(client, []).append(at)
+        for client, ats in by_client.items():
+            batches = [group[at][1] for at in ats]
+            try:
+                judged = self._judged_together(batches, client)
+            except Exception as exc:
+                judged = [exc] * len(ats)
+            for at, one in zip(ats, judged, strict=True):
+                results[at] = one
+        return [results[at] for at in range(len(group))]
+
+    def _judged_together(
+        self, batches: list[GuardBatch], client: Client
+    ) -> list[GuardBatch | BaseException]:
+        if len(batches) == 1:
+            return [self._validated(guard_chain.decode(batches[0], self.decoder), client)]
+        spans = _spans(batches)
+        batch = guard_chain.decode(arrow_batch.concat(batches), self.decoder)  # row by row
+        if not _parents_across(batch, spans):
+            judged = self._validated(batch, client)
+            return [judged.take(range(start, end)) for start, end in spans]
+        out: list[GuardBatch | BaseException] = []
+        for start, end in spans:
+            try:
+                out.append(self._validated(batch.take(range(start, end)), client))
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+    def _validated(self, batch: GuardBatch, client: Client) -> GuardBatch:
+        """validate → enforce over a decoded batch (the client's tenant binding as a tenant
+        policy)."""
         policies: list[Policy] = list(self.policies)
         if client.tenant is not None:
             policies.append(parse_policy(f"tenant:{client.tenant}"))
-        batch = guard_chain.decode(batch, self.decoder)
         batch = guard_chain.validate(batch, self.validator, lookup=self.reader().content_classes)
         return guard_chain.enforce(batch, policies)
 
+    def _commit(self, group: list[Admission]) -> list[Entry | BaseException]:
+        """One transaction for the admissions of a group of requests."""
+        store: Any = self.store()
+        entries: list[Entry] = store.admit(group, at=datetime.now(UTC))
+        return list(entries)
+
     def check(self, batch: GuardBatch, client: Client) -> dict[str, Any]:
-        return answer_of(verdicts(self.judge(batch, client)))
+        return answer_of(self.judge(batch, client))
 
     def admit(
         self,
@@ -267,24 +319,23 @@ class Gateway:
             allowed_to=settings.output_topic or f"client:{client.name}",
             quarantined_to=settings.quarantine_topic or f"client:{client.name}",
         )
-        the_verdicts = verdicts(judged)
 
         def kept(entry: Entry) -> tuple[str, str, str, str]:
-            answered = json.dumps(answer_of(with_hops(the_verdicts, entry)))
+            answered = json.dumps(answer_of(judged, entry))
             return (client.name, key or "", request_sha256, answered)
 
         answer = kept if key is not None else None
         if self._producer is None:  # hops, delivery and answer: one transaction
-            entry = self._committer.write(Admission(batch=hops, confirmed=True, answer=answer))
+            entry = self._committer.run(Admission(batch=hops, confirmed=True, answer=answer))
         else:  # hops first; delivered once the broker acknowledged every record
-            entry = self._committer.write(Admission(batch=hops))
+            entry = self._committer.run(Admission(batch=hops))
             if run_id not in self._acknowledged:
                 self._producer.send(self._messages(judged))
                 if key is not None:
                     self._acknowledged.add(run_id)
-            self._committer.write(Admission(entry=entry, confirmed=True, answer=answer))
+            self._committer.run(Admission(entry=entry, confirmed=True, answer=answer))
             self._acknowledged.discard(run_id)
-        return answer_of(with_hops(the_verdicts, entry))
+        return answer_of(judged, entry)
 
     def _messages(self, batch: GuardBatch) -> list[tuple[str, bytes | None, bytes, Any]]:
         """(topic, key, value, headers) of each record to produce: allowed records to the
@@ -304,26 +355,6 @@ class Gateway:
         return out
 
 
-def verdicts(batch: GuardBatch) -> list[RecordVerdict]:
-    """Each record's verdict, in input order."""
-    stopped = batch.column("stopped_at").to_pylist()
-    ids = record_ids(batch)
-    return [
-        RecordVerdict(
-            index=i,
-            record_id=ids[i],
-            allowed=stopped[i] is None,
-            violations=tuple(v.to_dict() for v in batch.violations.get(i, ())),
-        )
-        for i in range(len(batch))
-    ]
-
-
-def with_hops(found: Sequence[RecordVerdict], entry: Entry) -> list[RecordVerdict]:
-    """The verdicts with their hops' ids, once `entry` is written."""
-    return [dataclasses.replace(v, hop_id=hop_id(entry, v.index)) for v in found]
-
-
 def record_ids(batch: GuardBatch) -> list[str | None]:
     """Each row's record id: from its record, or from the columns the Rust reader read."""
     records = batch.records if batch.records is not None else (None,) * len(batch)
@@ -335,6 +366,41 @@ def record_ids(batch: GuardBatch) -> list[str | None]:
     return ids
 
 
+def _spans(batches: Sequence[GuardBatch]) -> list[tuple[int, int]]:
+    """Where each batch's rows are in the batches concatenated: (start, end)."""
+    spans, start = [], 0
+    for batch in batches:
+        spans.append((start, start + len(batch)))
+        start += len(batch)
+    return spans
+
+
+def _parents_across(batch: GuardBatch, spans: Sequence[tuple[int, int]]) -> bool:
+    """Whether a record of one span names as a parent the id of a record of another: the
+    chain takes a batch's own records' classes as its parents' (`stages.known_ranks`), so
+    those spans would not be judged as they are alone. `batch` is decoded."""
+    ids = record_ids(batch)
+    records = batch.records if batch.records is not None else (None,) * len(batch)
+    read = (
+        batch.column("parent_record_ids").to_pylist()
+        if batch.has("parent_record_ids")
+        else [None] * len(batch)
+    )
+    spans_of: dict[str, set[int]] = {}
+    for k, (start, end) in enumerate(spans):
+        for record_id in ids[start:end]:
+            if record_id is not None:
+                spans_of.setdefault(record_id, set()).add(k)
+    for k, (start, end) in enumerate(spans):
+        for i in range(start, end):
+            parents = set(read[i] or ())
+            if records[i] is not None:
+                parents |= parent_ids([records[i]])
+            if any(spans_of.get(parent, {k}) != {k} for parent in parents):
+                return True
+    return False
+
+
 def _run_id(client: str, key: str | None) -> str:
     """The lineage run of one admit request: derived from the client and its
     `Idempotency-Key`, so a retry's hops are the ones the store already holds."""
@@ -344,47 +410,60 @@ def _run_id(client: str, key: str | None) -> str:
     return f"gateway-{digest[:32]}"
 
 
-class _Committer:
-    """Writes the requests' admissions to the store in groups, on the requests' own threads:
-    the request that finds no transaction running commits its admission with every one
-    waiting (one commit, one fsync, for all of them); those that arrive meanwhile wait, and
-    the first of them to go on commits the next group. A failed transaction fails each
-    request of its group."""
+T = TypeVar("T")
+R = TypeVar("R")
 
-    MAX_GROUP = 200
 
-    def __init__(self, store: Callable[[], LineageStore]) -> None:
-        self._store = store
-        self._waiting: list[tuple[Admission, Future[Entry]]] = []
+class _Grouped(Generic[T, R]):
+    """Runs the requests' items in groups, on the requests' own threads: the request that
+    finds no group running runs its item with every one waiting (`run_group`, once for all
+    of them); those that arrive meanwhile wait, and the first of them to go on runs the
+    next group. `run_group` answers each item, in order, with its result or the exception
+    that item raises. A group takes items until their `size` reaches `max_size` (at least
+    one item)."""
+
+    def __init__(
+        self,
+        run_group: Callable[[list[T]], list[R | BaseException]],
+        *,
+        max_size: int,
+        size: Callable[[T], int] = lambda _: 1,
+    ) -> None:
+        self._run_group = run_group
+        self._max_size = max_size
+        self._size = size
+        self._waiting: list[tuple[T, Future[R]]] = []
         self._waiting_lock = threading.Lock()
-        self._committing = threading.Lock()
+        self._running = threading.Lock()
 
-    def write(self, admission: Admission) -> Entry:
-        done: Future[Entry] = Future()
+    def run(self, item: T) -> R:
+        done: Future[R] = Future()
         with self._waiting_lock:
-            self._waiting.append((admission, done))
+            self._waiting.append((item, done))
         while not done.done():
-            with self._committing:
-                if done.done():  # committed in the group of the request that went before
+            with self._running:
+                if done.done():  # run in the group of the request that went before
                     break
                 with self._waiting_lock:
-                    group = self._waiting[: self.MAX_GROUP]
-                    del self._waiting[: self.MAX_GROUP]
-                self._commit(group)
+                    taken, total = 0, 0
+                    while taken < len(self._waiting) and (taken == 0 or total < self._max_size):
+                        total += self._size(self._waiting[taken][0])
+                        taken += 1
+                    group = self._waiting[:taken]
+                    del self._waiting[:taken]
+                self._run(group)
         return done.result()
 
-    def _commit(self, group: list[tuple[Admission, Future[Entry]]]) -> None:
+    def _run(self, group: list[tuple[T, Future[R]]]) -> None:
         try:
-            store = self._store()
-            entries = store.admit(  # type: ignore[attr-defined]
-                [admission for admission, _ in group], at=datetime.now(UTC)
-            )
+            results = self._run_group([item for item, _ in group])
         except BaseException as exc:
-            for _, done in group:
-                done.set_exception(exc)
-            return
-        for (_, done), entry in zip(group, entries, strict=True):
-            done.set_result(entry)
+            results = [exc] * len(group)
+        for (_, done), result in zip(group, results, strict=True):
+            if isinstance(result, BaseException):
+                done.set_exception(result)
+            else:
+                done.set_result(result)
 
 
 class _Producer:
@@ -588,11 +667,9 @@ def routes(gateway: Gateway) -> APIRouter:
     ) -> Any:
         client = client_of(principal)
         body, content_type = await read(request)
-        answer = await run_in_threadpool(
-            lambda: gateway.check(batch_of(body, content_type, client), client)
+        return await run_in_threadpool(
+            lambda: answered(CHECK, gateway.check(batch_of(body, content_type, client), client))
         )
-        _count(CHECK, answer)
-        return AsciiJSONResponse(answer)
 
     @router.post(
         "/v1/records:admit",
@@ -618,17 +695,18 @@ def routes(gateway: Gateway) -> APIRouter:
                 "The `Idempotency-Key` header must be 1 to 255 printable characters."
             )
         body, content_type = await read(request)
-        answer = await run_in_threadpool(  # one trip to a thread: parse, judge, commit
-            lambda: gateway.admit(
-                batch_of(body, content_type, client),
-                client,
-                stage=stage,
-                key=key,
-                request_sha256=request_digest(content_type, body),
+        return await run_in_threadpool(  # one trip to a thread: parse, judge, commit, render
+            lambda: answered(
+                ADMIT,
+                gateway.admit(
+                    batch_of(body, content_type, client),
+                    client,
+                    stage=stage,
+                    key=key,
+                    request_sha256=request_digest(content_type, body),
+                ),
             )
         )
-        _count(ADMIT, answer)
-        return AsciiJSONResponse(answer)
 
     @router.get(
         "/readyz",
@@ -661,9 +739,13 @@ def build_app(
     )
 
 
-def _count(route: str, answer: dict[str, Any]) -> None:
-    """Verdicts by rule (`allowed`: records that passed), for `/metrics`."""
+def answered(route: str, answer: dict[str, Any]) -> AsciiJSONResponse:
+    """The response to a request (rendered on the request's worker thread, not the event
+    loop), its verdicts counted by rule (`allowed`: records that passed) for `/metrics`."""
     VERDICTS.labels(route=route, rule="allowed").inc(answer["allowed"])
-    for record in answer["records"]:
-        for violation in record["violations"]:
-            VERDICTS.labels(route=route, rule=violation["rule"]).inc()
+    rules = collections.Counter(
+        v["rule"] for record in answer["records"] for v in record["violations"]
+    )
+    for rule, count in rules.items():
+        VERDICTS.labels(route=route, rule=rule).inc(count)
+    return AsciiJSONResponse(answer)
