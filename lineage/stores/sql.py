@@ -11,7 +11,7 @@ JSON text, digests as raw bytes), so tampering can be shown with plain SQL on ei
 
 the console's summary (`SUMMARY_SCHEMA`: counts, not evidence; the hops are the evidence):
 
-- `lineage_hop_summary`: hops counted per (hour, pipeline, outcome, stopped_at, content
+- `lineage_hop_summary`: hops counted per (hour, chain, outcome, stopped_at, content
   class, tenant, rules), added to by each append in the same transaction as its hops;
 - `lineage_leak_checks` and `lineage_leak_counts`: each leak count the console made (when,
   up to which entry, how many per tenant);
@@ -162,10 +162,11 @@ INSERT_ENTRY = (
 )
 
 
-# The console's counts (`hop_counts`, `rule_counts`): one row per hour, pipeline, outcome,
+# The console's counts (`hop_counts`, `rule_counts`): one row per hour, chain, outcome,
 # stopped_at, content class, tenant and set of rules (a sorted JSON list), added to by every
-# append in its transaction (`_add_to_summary`). `grouping` is the row's identity (its other
-# columns but the hour, as JSON: they may be NULL, which a primary key cannot hold).
+# append in its transaction (`_add_to_summary`). `grouping` is the row's identity (the chain
+# and the other columns but the hour, as JSON: they may be NULL, which a primary key cannot
+# hold); readers sum over the chains.
 # Leak counts (`record_leak_check`): one row per check, and its leaks per tenant apart (so that
 # row-level security by tenant applies to them as to the hops).
 SUMMARY_SCHEMA = (
@@ -335,10 +336,13 @@ class SqlStore(ABC):
         entry_id = self._insert_entry(cursor, entry)
         self._insert_hops(cursor, table.store_rows(entry_id))
         self._set_head(cursor, entry)
-        self._add_to_summary(cursor, _millis(entry.at) // HOUR_MS, entry.pipeline, table)
+        hour = _millis(entry.at) // HOUR_MS
+        self._add_to_summary(cursor, hour, entry.pipeline, entry.chain_id, table)
         return entry
 
-    def _add_to_summary(self, cursor: Any, hour: int, pipeline: str, table: HopRows) -> None:
+    def _add_to_summary(
+        self, cursor: Any, hour: int, pipeline: str, chain_id: str, table: HopRows
+    ) -> None:
         """Adds one batch's hops to `lineage_hop_summary`: counted per group from the batch's
         columns, then a handful of upserts in key order (two writers upserting the same rows
         take their locks in the same order)."""
@@ -357,7 +361,8 @@ class SqlStore(ABC):
                 strict=True,
             )
         )
-        cursor.executemany(self._q(UPSERT_SUMMARY), summary_rows(hour, pipeline, groups.items()))
+        rows = summary_rows(hour, pipeline, chain_id, groups.items())
+        cursor.executemany(self._q(UPSERT_SUMMARY), rows)
 
     def has_summary(self) -> bool:
         """Whether the store holds the console's summary tables (`SUMMARY_SCHEMA`): a store
@@ -397,21 +402,21 @@ class SqlStore(ABC):
         )
         started = time.perf_counter()
         cursor.execute(
-            f"SELECT e.at / {HOUR_MS}, e.pipeline, h.outcome, h.stopped_at, h.reasons,"
-            " h.content_class, h.tenant_id, count(*)"
+            f"SELECT e.at / {HOUR_MS}, e.pipeline, e.chain_id, h.outcome, h.stopped_at,"
+            " h.reasons, h.content_class, h.tenant_id, count(*)"
             " FROM lineage_hops h JOIN lineage_entries e ON e.id = h.entry_id"
-            " GROUP BY 1, 2, 3, 4, 5, 6, 7"
+            " GROUP BY 1, 2, 3, 4, 5, 6, 7, 8"
         )
-        per_hour: dict[tuple[int, str], Counter[tuple[Any, ...]]] = {}
+        per_hour: dict[tuple[int, str, str], Counter[tuple[Any, ...]]] = {}
         rules: dict[str | None, tuple[str, ...]] = {}
-        for hour, pipeline, outcome, stopped, reasons, cls, tenant, n in cursor.fetchall():
+        for hour, pipeline, chain, outcome, stopped, reasons, cls, tenant, n in cursor.fetchall():
             if (named := rules.get(reasons)) is None:
                 named = rules[reasons] = _rules(reasons)
             key = (outcome, stopped, cls, tenant, named)
-            per_hour.setdefault((int(hour), pipeline), Counter())[key] += int(n)
+            per_hour.setdefault((int(hour), pipeline, chain), Counter())[key] += int(n)
         total = 0
-        for (hour, pipeline), groups in per_hour.items():
-            rows = summary_rows(hour, pipeline, groups.items())
+        for (hour, pipeline, chain), groups in per_hour.items():
+            rows = summary_rows(hour, pipeline, chain, groups.items())
             cursor.executemany(self._q(UPSERT_SUMMARY), rows)
             total += sum(r[-1] for r in rows)
         log.warning(
@@ -1383,14 +1388,16 @@ def entry_row(entry: Entry) -> tuple[Any, ...]:
 
 
 def summary_rows(
-    hour: int, pipeline: str, groups: Iterable[tuple[tuple[Any, ...], int]]
+    hour: int, pipeline: str, chain_id: str, groups: Iterable[tuple[tuple[Any, ...], int]]
 ) -> list[tuple[Any, ...]]:
-    """`lineage_hop_summary` rows (`SUMMARY_COLUMNS`), in key order, of hops counted per
-    (outcome, stopped_at, content class, tenant, sorted rules)."""
+    """`lineage_hop_summary` rows (`SUMMARY_COLUMNS`), in key order, of one chain's hops
+    counted per (outcome, stopped_at, content class, tenant, sorted rules). The chain is in
+    the row's identity (`grouping`; readers sum over it): writers of different partitions
+    never upsert the same row, so none waits for another's commit."""
     rows = []
     for (outcome, stopped_at, content_class, tenant_id, rules), n in groups:
         named = list(rules)
-        grouping = _json([pipeline, outcome, stopped_at, content_class, tenant_id, named])
+        grouping = _json([chain_id, outcome, stopped_at, content_class, tenant_id, named])
         rows.append(
             (hour, pipeline, outcome, stopped_at, content_class, tenant_id, _json(named),
              grouping, n)
