@@ -297,20 +297,30 @@ def record_digest(data: bytes | None) -> str:
 def merkle_root(leaves: list[bytes]) -> str:
     """RFC 6962 Merkle tree hash of `leaves` (hex). An odd node is carried up unchanged, which
     gives the same tree as RFC 6962's split at the largest power of two below n. Computed by
-    the native extension when installed (`hashes.native`), else by `merkle_nodes` and
-    `merkle_root_of` here: the reference, byte for byte the same."""
+    the native extension when installed (`hashes.native`), else by `reference_merkle_nodes`
+    and `merkle_root_of` here: the reference, byte for byte the same."""
     fast = native()
     if fast is not None:
         return fast.merkle_root(leaves)
     if not leaves:
         return hashlib.sha256(b"").hexdigest()
-    return merkle_root_of(merkle_nodes(leaves, 0))
+    return merkle_root_of(reference_merkle_nodes(leaves, 0))
 
 
 def merkle_nodes(leaves: list[bytes], height: int) -> list[bytes]:
     """The nodes of `merkle_root`'s tree `height` levels above its leaves (0: the hashed
     leaves): node i stands for leaves i·2^height to (i+1)·2^height - 1, so the nodes of any
-    aligned block of 2^height leaves (or the last, shorter one) are one node of the tree."""
+    aligned block of 2^height leaves (or the last, shorter one) are one node of the tree.
+    Computed by the native extension when installed, else by `reference_merkle_nodes`."""
+    fast = native()
+    if fast is None:
+        return reference_merkle_nodes(leaves, height)
+    joined: bytes = fast.merkle_nodes(leaves, height)
+    return [joined[i : i + 32] for i in range(0, len(joined), 32)]
+
+
+def reference_merkle_nodes(leaves: list[bytes], height: int) -> list[bytes]:
+    """`merkle_nodes` in Python: the reference the native extension is held to."""
     level = [hashlib.sha256(b"\x00" + leaf).digest() for leaf in leaves]
     for _ in range(height):
         level = _paired(level)

@@ -71,6 +71,36 @@ fn record_keys<'py>(
     Ok(PyBytes::new(py, &out))
 }
 
+/// The hashed leaves of `leaves`: SHA-256(0x00 ‖ leaf) each.
+fn leaf_nodes(leaves: &[Bound<'_, PyBytes>]) -> Vec<[u8; 32]> {
+    leaves
+        .iter()
+        .map(|leaf| {
+            let mut h = Sha256::new();
+            h.update([0u8]);
+            h.update(leaf.as_bytes());
+            h.finalize().into()
+        })
+        .collect()
+}
+
+/// The level above `level`: SHA-256(0x01 ‖ left ‖ right) per pair, an odd node carried up.
+fn paired(level: &[[u8; 32]]) -> Vec<[u8; 32]> {
+    level
+        .chunks(2)
+        .map(|pair| match pair {
+            [left, right] => {
+                let mut h = Sha256::new();
+                h.update([1u8]);
+                h.update(left);
+                h.update(right);
+                h.finalize().into()
+            }
+            _ => pair[0],
+        })
+        .collect()
+}
+
 /// RFC 6962's Merkle tree hash (hex) of `leaves`: a leaf's node is SHA-256(0x00 ‖ leaf), a
 /// parent's SHA-256(0x01 ‖ left ‖ right), an odd node is carried up unchanged; no leaves:
 /// SHA-256 of nothing.
@@ -79,31 +109,26 @@ fn merkle_root(leaves: Vec<Bound<'_, PyBytes>>) -> String {
     if leaves.is_empty() {
         return hex(&Sha256::digest(b""));
     }
-    let mut level: Vec<[u8; 32]> = leaves
-        .iter()
-        .map(|leaf| {
-            let mut h = Sha256::new();
-            h.update([0u8]);
-            h.update(leaf.as_bytes());
-            h.finalize().into()
-        })
-        .collect();
+    let mut level = leaf_nodes(&leaves);
     while level.len() > 1 {
-        let mut next = Vec::with_capacity(level.len().div_ceil(2));
-        for pair in level.chunks(2) {
-            if let [left, right] = pair {
-                let mut h = Sha256::new();
-                h.update([1u8]);
-                h.update(left);
-                h.update(right);
-                next.push(h.finalize().into());
-            } else {
-                next.push(pair[0]);
-            }
-        }
-        level = next;
+        level = paired(&level);
     }
     hex(&level[0])
+}
+
+/// The nodes of `merkle_root`'s tree `height` levels above its leaves (0: the hashed
+/// leaves), 32 bytes each, one after the other.
+#[pyfunction]
+fn merkle_nodes<'py>(
+    py: Python<'py>,
+    leaves: Vec<Bound<'py, PyBytes>>,
+    height: usize,
+) -> Bound<'py, PyBytes> {
+    let mut level = leaf_nodes(&leaves);
+    for _ in 0..height {
+        level = paired(&level);
+    }
+    PyBytes::new(py, &level.concat())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -122,5 +147,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sha256_hex_each, m)?)?;
     m.add_function(wrap_pyfunction!(record_keys, m)?)?;
     m.add_function(wrap_pyfunction!(merkle_root, m)?)?;
+    m.add_function(wrap_pyfunction!(merkle_nodes, m)?)?;
     Ok(())
 }

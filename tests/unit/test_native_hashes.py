@@ -12,7 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lineage_guard.lineage import hashes
-from lineage_guard.lineage.hops import merkle_nodes, merkle_root, merkle_root_of
+from lineage_guard.lineage.hops import (
+    merkle_nodes,
+    merkle_root,
+    merkle_root_of,
+    reference_merkle_nodes,
+)
 
 native = hashes.native()
 needs_native = pytest.mark.skipif(native is None, reason="the native extension is not built")
@@ -25,7 +30,7 @@ blobs = st.binary(max_size=300)
 def reference_root(leaves: list[bytes]) -> str:
     if not leaves:
         return hashlib.sha256(b"").hexdigest()
-    return merkle_root_of(merkle_nodes(leaves, 0))
+    return merkle_root_of(reference_merkle_nodes(leaves, 0))
 
 
 @needs_native
@@ -33,6 +38,13 @@ def reference_root(leaves: list[bytes]) -> str:
 @given(st.lists(blobs, max_size=70))
 def test_merkle_roots_are_the_reference_roots(leaves: list[bytes]) -> None:
     assert merkle_root(leaves) == reference_root(leaves)
+
+
+@needs_native
+@settings(max_examples=200, deadline=None)
+@given(st.lists(blobs, max_size=70), st.integers(0, 7))
+def test_merkle_nodes_are_the_reference_nodes(leaves: list[bytes], height: int) -> None:
+    assert merkle_nodes(leaves, height) == reference_merkle_nodes(leaves, height)
 
 
 @needs_native
