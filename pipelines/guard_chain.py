@@ -3,8 +3,10 @@
 Each stage takes a `GuardBatch` (`arrow_batch`) and returns it with its verdict columns
 (`stopped_at`, `blocked`, `violations`) set for the rows it stopped; rows stopped before are
 never looked at again. Whole columns are judged at once (`pyarrow.compute`, the compiled
-suites); Python builds a `Violation` only for a row that fails. Decoding is per message
-(fastavro) until an Arrow-native Avro reader replaces it: the one per-record loop left.
+suites); Python builds a `Violation` only for a row that fails. Bodies are decoded into
+columns by the Rust reader (`io.arrow_decode`), each body on its own; fastavro reads only
+what it cannot (other framings, a body it refuses), and the hop rows' hashes come from the
+native extension too (`lineage.hashes`).
 
 The decisions are those of the per-record stages (`lineage_guard.stages`), verdict for
 verdict and message for message, and the hop rows, Merkle leaves and roots are byte-identical
