@@ -222,6 +222,19 @@ class PostgresStore(SqlStore):
     def _q(self, query: str) -> str:
         return query.replace("?", "%s")
 
+    def _hops_of(self, record_ids: Sequence[str]) -> tuple[str, str, list[Any]]:
+        # Each id probes the `record_id` index on its own (a LATERAL subquery that `OFFSET 0`
+        # keeps the planner from flattening). An `IN (…)` list is planned from the table's
+        # statistics, and a store filling in its first run has none until autovacuum analyzes
+        # it: the planner then reads every hop for each lookup (the guard's parent lookups on
+        # a 300,000-record run: 22 ms each, 17 % of the run's time; 2.5 ms this way).
+        return (
+            "unnest(?::text[]) AS wanted(id) CROSS JOIN LATERAL"
+            " (SELECT * FROM lineage_hops WHERE record_id = wanted.id OFFSET 0) h",
+            "TRUE",
+            [list(record_ids)],
+        )
+
     @contextmanager
     def _write(self) -> Iterator[Any]:
         with self._lock:

@@ -121,6 +121,31 @@ def test_trace_uses_the_record_id_hash_index(store: LineageStore, pg_dsn: str, s
     ), text
 
 
+def test_lookups_by_record_id_probe_the_index_on_a_store_never_analyzed(
+    store: PostgresStore, pg_dsn: str, schema: str
+) -> None:
+    """A store filling in its first run has no statistics until autovacuum analyzes it: the
+    store's own queries by record id (a trace, the guard's parent lookups) must still probe
+    the index, not read every hop for each lookup."""
+    with psycopg.connect(pg_dsn, autocommit=True, options=f"-c search_path={schema}") as conn:
+        conn.execute("ALTER TABLE lineage_hops SET (autovacuum_enabled = false)")
+    for b in range(4):
+        store.append(batch([hop(f"r{b}-{i}", b * 5000 + i) for i in range(5000)]))
+    wanted = [f"r{b}-{i}" for b in range(4) for i in range(0, 5000, 97)]
+    hops, where, params = store._hops_of(wanted)
+    query = f"SELECT DISTINCT h.record_id, h.content_class FROM {hops} WHERE {where}"
+    with psycopg.connect(pg_dsn, autocommit=True, options=f"-c search_path={schema}") as conn:
+        analyzed = conn.execute(
+            "SELECT reltuples FROM pg_class WHERE oid = 'lineage_hops'::regclass"
+        ).fetchone()
+        assert analyzed == (-1.0,)  # never analyzed, as the test means
+        plan = conn.execute(f"EXPLAIN {store._q(query)}", params).fetchall()
+    text = "\n".join(row[0] for row in plan)
+    assert "Seq Scan on lineage_hops" not in text, text
+    assert "lineage_hops_record_id_hash" in text, text
+    assert store.content_classes(wanted) == dict.fromkeys(wanted, "SYNTHETIC")
+
+
 def test_an_earlier_stores_record_id_b_tree_becomes_the_hash_index(
     store_url: str, run_sql: RunSql, schema: str
 ) -> None:
