@@ -29,6 +29,8 @@ def test_the_queues_are_bounded_by_default(configs: list[dict[str, Any]]) -> Non
     assert producer["queue.buffering.max.messages"] == 20_000
     assert producer["queue.buffering.max.kbytes"] == 16_384
     assert consumer["queued.max.messages.kbytes"] == 16_384
+    # and a full queue does not hold the next fetch back for librdkafka's default second
+    assert consumer["fetch.queue.backoff.ms"] == 10
 
 
 def test_the_producer_queue_holds_two_of_the_largest_records(
