@@ -59,6 +59,9 @@ def main() -> None:
     parser.add_argument("--poll-interval", type=float, default=2.0, help="inprocess rounds")
     parser.add_argument("--lineage-store", default=None, help="default: SQLite in a temp dir")
     parser.add_argument("--no-lineage", action="store_true")
+    parser.add_argument(
+        "--beam-arg", action="append", default=[], help="a pipeline option for the job (repeat)"
+    )
     args = parser.parse_args()
     if not args.bootstrap_servers:
         parser.error("give --bootstrap-servers or set KAFKA_BOOTSTRAP_SERVERS")
@@ -85,7 +88,10 @@ def main() -> None:
         lineage_store=store,
         batch_size=args.batch_size,
         runner={"prism": "PrismRunner", "flink": "PortableRunner"}.get(args.runner, "FnApiRunner"),
-        beam_args=(f"--job_endpoint={args.job_endpoint}",) if args.runner == "flink" else (),
+        beam_args=(
+            *((f"--job_endpoint={args.job_endpoint}",) if args.runner == "flink" else ()),
+            *args.beam_arg,
+        ),
     )
     total = 1 + args.per_rate * len(rates) + args.records
     records = [

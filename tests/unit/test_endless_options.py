@@ -12,7 +12,7 @@ from apache_beam.pipeline import PipelineVisitor
 from lineage_guard.cli.main import run as run_command
 from lineage_guard.cli.run import _config
 from lineage_guard.io.kafka_source import ReadPartitions
-from lineage_guard.streaming import build_streaming
+from lineage_guard.streaming import build_streaming, streaming_options
 from tests.cli import run_cli
 
 KAFKA = ["--bootstrap-servers", "127.0.0.1:1", "--input-topic", "in", "--output-topic", "out"]
@@ -58,3 +58,27 @@ def test_help_says_what_the_endless_mode_does_with_its_options() -> None:
         "endless streaming job commits offsets from its own state, outside Kafka transactions "
         "(not yet built)."
     ]
+
+
+def test_flink_bundles_end_after_100_ms_unless_the_user_says_otherwise() -> None:
+    """Flink hands a stage's output on when its bundle ends (after 1 s by default): the
+    endless guard asks for 100 ms on a Flink or portable job server, and only there."""
+
+    def bundle_option(runner: str, *beam_args: str) -> list[str]:
+        context = run_command.make_context("run", [*KAFKA, "--runner", runner, "--", *beam_args])
+        config, _ = _config(context.params)
+        options = streaming_options(config, prism_location=None).get_all_options(
+            retain_unknown_options=True
+        )
+        return [f"{k}={v}" for k, v in options.items() if k == "max_bundle_time_mills"]
+
+    assert bundle_option("PortableRunner", "--job_endpoint=127.0.0.1:1") == [
+        "max_bundle_time_mills=100"
+    ]
+    assert bundle_option("FlinkRunner", "--flink_job_server_jar=x.jar") == [
+        "max_bundle_time_mills=100"
+    ]
+    assert bundle_option("PortableRunner", "--max_bundle_time_mills=1000") == [
+        "max_bundle_time_mills=1000"
+    ]
+    assert bundle_option("PrismRunner") == []
