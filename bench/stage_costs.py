@@ -2,6 +2,7 @@
 
     python bench/stage_costs.py                  # 100,000 messages, µs per record per stage
     python bench/stage_costs.py --records 20000 --json
+    python bench/stage_costs.py --pg-store "postgresql://…?options=-csearch_path%3Dbench"
 
 The stages are the functions the pipeline's stages call (`lineage_guard.stages`), timed one
 after the other on each 2000-message batch in this one process, lineage in a fresh SQLite
@@ -125,9 +126,16 @@ def measure(path: Path, batch_size: int, workdir: Path) -> dict[str, float]:
     return per_record
 
 
-def measure_columnar(path: Path, batch_size: int, workdir: Path) -> dict[str, float]:
+def measure_columnar(
+    path: Path,
+    batch_size: int,
+    workdir: Path,
+    store_url: str | None = None,
+    label: str = "columnar",
+) -> dict[str, float]:
     """The same stages on the columnar chain (`guard_chain`, one Arrow batch per 2000
-    messages), lineage in another fresh SQLite store."""
+    messages), lineage in another fresh SQLite store, or in `store_url` (this process's CPU
+    only: a PostgreSQL server's work is not in it)."""
     from lineage_guard import arrow_batch, guard_chain
     from lineage_guard.contract.policies import parse_policy
     from lineage_guard.contract.validate import SuiteValidator
@@ -136,13 +144,13 @@ def measure_columnar(path: Path, batch_size: int, workdir: Path) -> dict[str, fl
 
     decoder, validator = Decoder(), SuiteValidator()
     policies = [parse_policy("production")]
-    store = open_store(f"sqlite:///{workdir / 'columnar.db'}")
+    store = open_store(store_url or f"sqlite:///{workdir / 'columnar.db'}")
     spent: Counter[str] = Counter()
     count = 0
 
     def lap(name: str, started: float) -> float:
         now = time.process_time()
-        spent[f"columnar: {name}"] += now - started
+        spent[f"{label}: {name}"] += now - started
         return now
 
     for messages in read_messages(path, batch_size):
@@ -170,7 +178,7 @@ def measure_columnar(path: Path, batch_size: int, workdir: Path) -> dict[str, fl
         count += len(gb)
     store.close()
     per_record = {name: seconds / count * 1e6 for name, seconds in spent.items()}
-    per_record["columnar: total"] = sum(spent.values()) / count * 1e6
+    per_record[f"{label}: total"] = sum(spent.values()) / count * 1e6
     return per_record
 
 
@@ -179,12 +187,23 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--batch-size", type=int, default=2000)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--pg-store",
+        help="also the columnar chain with lineage in this PostgreSQL store URL (an empty"
+        " schema of its own, e.g. `postgresql://…?options=-csearch_path%%3Dbench`)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lineage-guard-stages-") as folder:
         workdir = Path(folder)
         messages = workdir / "messages.bin"
         write_messages(messages, args.records)
         result = measure(messages, args.batch_size, workdir)
+        if args.pg_store:
+            result.update(
+                measure_columnar(
+                    messages, args.batch_size, workdir, args.pg_store, "columnar, PostgreSQL"
+                )
+            )
     if args.json:
         print(json.dumps({"records": args.records, "us_per_record": result}, indent=2))
         return
