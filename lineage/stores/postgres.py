@@ -244,8 +244,8 @@ class PostgresStore(SqlStore):
             try:
                 conn = self._connection()
                 with (
-                    conn.pipeline() if pipelined else nullcontext(),
                     conn.transaction(),
+                    conn.pipeline() if pipelined else nullcontext(),
                     conn.cursor() as cursor,
                 ):
                     yield cursor

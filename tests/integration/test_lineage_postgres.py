@@ -232,7 +232,7 @@ def test_a_group_of_admissions_waits_for_the_server_a_few_times(
 ) -> None:
     """The gateway's group commit (`admit`) of 10 requests of one client (one chain): its
     statements go pipelined and the chain's head is read and written once, so the writer waits
-    for the server at most 30 times (26 or 27 measured; libpq's trace: each Sync, Flush,
+    for the server at most 30 times (24 measured; libpq's trace: each Sync, Flush,
     Query or CopyDone it sent), where it waited 149 times (each statement, each request's
     head read twice, its hops copied): every wait a turn of the server process."""
     assert isinstance(store, PostgresStore)
