@@ -18,23 +18,29 @@ In one run, on this machine:
    1,000 records, so each store holds more hops of their ids as the run goes on, and the
    lookup costs more: the second ratio compares like with like, the first is the stricter.
 
-wrk holds the rate by a per-connection delay (`delay()` in its Lua script): 10 connections,
-each waiting on average 45 ms after an answer (about 200 requests/s); the rate reached is
-printed beside the percentiles. The wait is drawn uniformly from 0 to 90 ms (`--delay random`,
-the default): with a fixed 45 ms (`--delay fixed`) the 10 connections start together and stay
-in step (requests answered by one group commit come back at once), so each arrives as a burst
-of 10 every ~50 ms rather than 200 requests spread over a second. Each case first runs
-`--warmup` seconds (default 3) that are not measured: the first requests of a fresh server pay
-its one-time costs (opening the store, the suites' first run), ~300 ms for the first 10.
-wrk comes from Debian's packages: the script installs it with `apt-get` when it is missing.
+wrk offers 200 requests/s by a schedule (`delay()` in its Lua script): each of its 2 threads
+keeps a next start time, advanced by an interval drawn uniformly from 0 to 20 ms (mean 10 ms,
+`--delay random`, the default) or by exactly 10 ms (`--delay fixed`), and the connection that
+was just answered waits until that time. The rate offered is thus 200 requests/s whatever the
+answers' latency, as long as one of a thread's 10 connections is free when a request is due
+(a connection's wait comes to ~100 ms: up to 10 requests in flight per thread); a request due
+while all 10 are busy goes when one is answered, and that wait is not in its latency (wrk
+times a request from its sending: no correction for coordinated omission). The rate reached
+is printed beside the percentiles. (Before, 10 connections each waited 0-90 ms after their
+answer: a closed loop, which offered less as answers got slower: 172-190 requests/s reached.)
+The 20 connections start together: the measured run opens with a burst of 20 requests, under
+1 % of its ~3,000. Each case first runs `--warmup` seconds (default 3) that are not measured:
+the first requests of a fresh server pay its one-time costs (opening the store, the suites'
+first run), ~300 ms for the first 10. wrk comes from Debian's packages: the script installs
+it with `apt-get` when it is missing.
 
 The gateway judges the requests that wait while the chain runs in one pass of it, and commits
 the admissions that wait while a transaction commits in the next one (`web/gateway.py`,
-`_Grouped`). At ~180 requests/s most single-record requests still find no one waiting (the
-groups' sizes in one SQLite run at load 4.2: 1,984 passes of 1 request, 97 of 2, 45 of 3 to
-6): the chain's fixed cost (~1.2 ms of CPU for one record: about 120 `pyarrow.compute` calls
-in the compiled suites) is still paid about once per request. The README's Measuring section
-has the figures.
+`_Grouped`). At 200 requests/s most single-record requests still find no one waiting (the
+groups' sizes in one SQLite run at load 3.3: 3,212 passes of 1 request, 117 of 2, 42 of 3 to
+6): the chain's fixed cost (~1.2 ms of CPU for one record, parse to hop rows; its suites make
+80 calls into `pyarrow.compute`, 181 before the compiled suite skipped what cannot fail) is
+still paid about once per request. The README's Measuring section has the figures.
 """
 
 from __future__ import annotations
@@ -54,6 +60,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+RATE = 200  # requests/s offered in the single-record cases
+THREADS = 2  # wrk's threads, each offering RATE / THREADS requests/s
+CONNECTIONS = 20  # enough that a free one is there when a request is due
 sys.path.insert(0, str(ROOT))
 
 LUA = """
@@ -63,9 +72,23 @@ wrk.body = f:read("*all")
 f:close()
 wrk.headers["Content-Type"] = os.getenv("CONTENT_TYPE")
 wrk.headers["Authorization"] = os.getenv("AUTHORIZATION")
-local pause = tonumber(os.getenv("DELAY_MS") or "0")
+-- The rate is held by a schedule per wrk thread: each answer's connection takes the thread's
+-- next start time (the last one plus one interval) and waits until then, so the thread
+-- offers RATE / threads requests/s whatever the answers' latency (while a connection is free).
+local rate = tonumber(os.getenv("RATE") or "0")
 local jitter = os.getenv("DELAY_SHAPE") == "random"
-local threads = 0
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } lg_timespec;
+int clock_gettime(int clock, lg_timespec *now);
+]]
+local clock = ffi.new("lg_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, clock)  -- CLOCK_MONOTONIC
+  return tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6
+end
+local interval = 1000 * tonumber(os.getenv("THREADS") or "1") / math.max(rate, 1)  -- ms
+local threads, next_at = 0, nil
 function setup(thread)
   thread:set("id", threads)
   threads = threads + 1
@@ -73,11 +96,12 @@ end
 function init(args)
   math.randomseed(os.time() * 1000 + (id or 0))
 end
-if pause > 0 then
-  if jitter then  -- uniform in [0, 2 x pause]: the same mean, connections out of step
-    function delay() return math.random(0, 2 * pause) end
-  else
-    function delay() return pause end
+if rate > 0 then
+  function delay()
+    next_at = next_at or now_ms()
+    -- uniform in [0, 2 x interval]: the same mean, arrivals out of step
+    next_at = next_at + (jitter and 2 * interval * math.random() or interval)
+    return math.max(0, math.floor(next_at - now_ms() + 0.5))
   end
 end
 done = function(summary, latency, requests)
@@ -163,22 +187,24 @@ def gateway_server(store: str, port: int) -> contextlib.AbstractContextManager[N
 
 def run_wrk(
     url: str, body: Path, content_type: str, auth: str, *, seconds: int, connections: int,
-    delay_ms: int, script: Path, shape: str = "fixed", warmup: int = 0,
+    rate: float, script: Path, shape: str = "fixed", warmup: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
-    """wrk's figures for `seconds` of load, after `warmup` seconds of the same load that are
+    """wrk's figures for `seconds` of load offered at `rate` requests/s (0: each connection
+    sends again as soon as it is answered), after `warmup` seconds of the same load that are
     not counted."""
     env = {
         **os.environ,
         "BODY_FILE": str(body),
         "CONTENT_TYPE": content_type,
         "AUTHORIZATION": auth,
-        "DELAY_MS": str(delay_ms),
+        "RATE": str(rate),
+        "THREADS": str(THREADS),
         "DELAY_SHAPE": shape,
     }
 
     def command(length: int) -> list[str]:
         return [
-            wrk_path(), "-t", "2", "-c", str(connections), "-d", f"{length}s", "--timeout",
+            wrk_path(), "-t", str(THREADS), "-c", str(connections), "-d", f"{length}s", "--timeout",
             "10s", "-s", str(script), url,
         ]  # fmt: skip
 
@@ -258,7 +284,7 @@ def main() -> None:
         "--delay",
         choices=["random", "fixed"],
         default="random",
-        help="each connection's wait between requests: uniform 0-90 ms, or 45 ms",
+        help="the interval between two starts of a wrk thread: uniform 0-20 ms, or 10 ms",
     )
     parser.add_argument("--warmup", type=int, default=3, help="seconds of load not measured")
     parser.add_argument("--json", action="store_true")
@@ -279,7 +305,7 @@ def main() -> None:
 
             args.pg_dsn = services.enter_context(local_postgres())
         rate = {
-            "seconds": args.seconds, "connections": 10, "delay_ms": 45, "script": script,
+            "seconds": args.seconds, "connections": CONNECTIONS, "rate": RATE, "script": script,
             "shape": args.delay, "warmup": args.warmup,
         }  # fmt: skip
 
@@ -299,7 +325,7 @@ def main() -> None:
                 if name == "SQLite":
                     got = run_wrk(
                         url, batch, "application/vnd.apache.avro.single-object", auth,
-                        seconds=args.seconds, connections=2, delay_ms=0, script=script,
+                        seconds=args.seconds, connections=2, rate=0, script=script,
                         warmup=args.warmup,
                     )  # fmt: skip
                     rows.append({"case": "admit 1,000 records, lineage on SQLite", **got,

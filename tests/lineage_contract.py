@@ -34,7 +34,13 @@ from lineage_guard.lineage.checkpoints import Checkpoint, key_id, latest, sign, 
 from lineage_guard.lineage.events import Decision, Reason, Stage
 from lineage_guard.lineage.hops import Delivery, Hop, HopBatch, Outcome, merkle_root
 from lineage_guard.lineage.store import LeakCheck, LineageStore, RunCount, open_store
-from lineage_guard.lineage.stores.sql import ENTRY_COLUMNS, HOP_COLUMNS, read_entry, read_hop
+from lineage_guard.lineage.stores.sql import (
+    ENTRY_COLUMNS,
+    HOP_COLUMNS,
+    Admission,
+    read_entry,
+    read_hop,
+)
 from tests.reference_leaks import scanned_leaks
 
 RunSql = Callable[[str], list[tuple[Any, ...]]]
@@ -45,6 +51,7 @@ __all__ = [
     "test_a_store_rewritten_after_a_blocked_hop_fails_against_the_held_checkpoint",
     "test_a_store_rolled_back_by_a_run_fails_against_the_held_checkpoint",
     "test_a_store_written_before_the_summary_gets_it_counted_from_its_hops_once",
+    "test_admitted_requests_chain_as_if_appended_and_confirmed_one_by_one",
     "test_append_then_trace_round_trips_every_field",
     "test_chains_continue_across_runs_and_reopening",
     "test_checkpoints_are_chained_and_a_deleted_middle_one_is_seen",
@@ -283,6 +290,31 @@ def test_deliveries_show_sending_until_confirmed_and_failures_as_failed(
     assert refused.reasons == (Reason(rule="delivery_failed", message="MSG_SIZE_TOO_LARGE"),)
     assert store.verify().ok
     assert store.head(CHAIN) is not None and store.head(CHAIN).seq == 2  # type: ignore[union-attr]
+
+
+def test_admitted_requests_chain_as_if_appended_and_confirmed_one_by_one(
+    store: LineageStore,
+) -> None:
+    """The gateway's group commit (`admit`): requests of one chain in one transaction, one
+    whose hops were written before, one sent twice. Each gets its hops and delivery entries in
+    turn (the chain's head read and written once for the transaction), the second `b` none."""
+    a = store.append(batch([hop("a", 0)], run_id="run-a"))
+    b, c = batch([hop("b", 1)], run_id="run-b"), batch([hop("c", 2)], run_id="run-c")
+    admitted = store.admit(  # type: ignore[attr-defined]
+        [
+            Admission(entry=a, confirmed=True),
+            Admission(batch=b, confirmed=True),
+            Admission(batch=c, confirmed=True),
+            Admission(batch=b, confirmed=True),
+        ],
+        at=T0,
+    )
+    assert [e.seq for e in admitted] == [1, 3, 5, 3]
+    assert [store.trace(r)[-1].event.decision for r in "abc"] == [Decision.DELIVERED] * 3
+    head = store.head(CHAIN)
+    assert head is not None and head.seq == 6
+    result = store.verify()
+    assert (result.ok, result.batches, result.hops) == (True, 6, 3)
 
 
 def test_chains_continue_across_runs_and_reopening(store: LineageStore, store_url: str) -> None:

@@ -12,6 +12,7 @@ text/html` request to an app with an `error_page`) with a plain page.
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import time
@@ -355,4 +356,9 @@ def serve(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080) -> None:
     config = uvicorn.Config(
         app, log_level="warning", server_header=False, date_header=False, access_log=False
     )
+    # What start-up made (modules, the app, the compiled suites) lives as long as the process:
+    # frozen, it is out of the collector's reach, so a full collection walks only what was
+    # made since (it walked it all, ~100 ms with the GIL held, in the middle of requests).
+    gc.collect()
+    gc.freeze()
     uvicorn.Server(config).run(sockets=[sock])

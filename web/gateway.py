@@ -11,8 +11,8 @@ A request's body (`web.bodies`) becomes one `GuardBatch` and goes through the on
 does: the same verdicts, hop rows and Merkle leaves. The requests that arrive while the chain
 runs are judged together in its next pass (`Gateway.judge`, `_Grouped`): the batches of one
 client concatenated, judged once, and cut back into each request's batch, so the chain's
-fixed cost (a hundred-odd Arrow calls) is paid once per pass rather than once per request.
-An admit request:
+fixed cost (some eighty Arrow calls in the suites alone) is paid once per pass rather than
+once per request. An admit request:
 
 1. writes its hops before any record is produced: a store that cannot be written answers 503
    and nothing is produced (the guard fails closed);

@@ -92,6 +92,7 @@ log = logging.getLogger(__name__)
 
 IN_CHUNK = 500  # record ids per `IN (…)` query
 FETCH_ROWS = 5000  # rows per fetch when streaming
+Heads = dict[str, ChainHead | None]  # chain id → its head, locked by a write transaction
 
 ENTRY_COLUMNS = (
     "chain_id", "seq", "kind", "pipeline", "run_id", "at", "source_topic", "source_partition",
@@ -156,10 +157,11 @@ INSERT_HOP = (
     f"INSERT INTO lineage_hops ({', '.join(HOP_COLUMNS)})"
     f" VALUES ({', '.join('?' for _ in HOP_COLUMNS)})"
 )
-INSERT_ENTRY = (
+ADD_ENTRY = (
     f"INSERT INTO lineage_entries ({', '.join(ENTRY_COLUMNS)})"
-    f" VALUES ({', '.join('?' for _ in ENTRY_COLUMNS)}) RETURNING id"
+    f" VALUES ({', '.join('?' for _ in ENTRY_COLUMNS)})"
 )
+INSERT_ENTRY = ADD_ENTRY + " RETURNING id"
 
 
 # The console's counts (`hop_counts`, `rule_counts`): one row per hour, chain, outcome,
@@ -261,6 +263,12 @@ class SqlStore(ABC):
     def _write(self) -> AbstractContextManager[Any]:
         """A write transaction (under the store's lock): yields a cursor."""
 
+    def _write_pipelined(self) -> AbstractContextManager[Any]:
+        """A write transaction whose statements go without waiting for each one's answer
+        until a result is read (a dialect with round trips sends them together); here
+        `_write`."""
+        return self._write()
+
     @abstractmethod
     def _lock_head(self, cursor: Any, chain_id: str) -> ChainHead | None:
         """The chain's head, locked until the transaction ends (None: a new chain)."""
@@ -310,7 +318,7 @@ class SqlStore(ABC):
         returned."""
         try:
             with self._write() as cursor:
-                entry = self._append_in(cursor, batch)
+                entry, _ = self._append_in(cursor, batch)
         except self._errors as exc:
             raise self._error_class(exc)(
                 f"Cannot write {len(batch.table())} lineage hops to chain `{batch.chain_id}` in"
@@ -318,8 +326,12 @@ class SqlStore(ABC):
             ) from exc
         return entry
 
-    def _append_in(self, cursor: Any, batch: HopBatch) -> Entry:
-        head = self._lock_head(cursor, batch.chain_id)
+    def _append_in(
+        self, cursor: Any, batch: HopBatch, heads: Heads | None = None
+    ) -> tuple[Entry, bool]:
+        """The batch's entry, and whether it was written now (False: the same run wrote it
+        before); `heads`: as `_head_in`, `_moved`."""
+        head = self._head_in(cursor, batch.chain_id, heads)
         table = batch.table()
         entry = hops_entry(batch, head=head)
         cursor.execute(
@@ -332,13 +344,13 @@ class SqlStore(ABC):
         if (row := cursor.fetchone()) is not None:
             written = read_entry(row)
             if isinstance(written, Entry):
-                return written
+                return written, False
         entry_id = self._insert_entry(cursor, entry)
         self._insert_hops(cursor, table.store_rows(entry_id))
-        self._set_head(cursor, entry)
+        self._moved(cursor, entry, heads)
         hour = _millis(entry.at) // HOUR_MS
         self._add_to_summary(cursor, hour, entry.pipeline, entry.chain_id, table)
-        return entry
+        return entry, True
 
     def _add_to_summary(
         self, cursor: Any, hour: int, pipeline: str, chain_id: str, table: HopRows
@@ -451,23 +463,54 @@ class SqlStore(ABC):
         return written
 
     def _confirm_in(
-        self, cursor: Any, confirmed: Entry, count: int, failed: Sequence[Failure], at: datetime
+        self,
+        cursor: Any,
+        confirmed: Entry,
+        count: int,
+        failed: Sequence[Failure],
+        at: datetime,
+        *,
+        heads: Heads | None = None,
+        just_written: bool = False,
     ) -> Entry | None:
-        head = self._lock_head(cursor, confirmed.chain_id)
+        """The delivery entry of `confirmed`, unless written before (`just_written`: this
+        transaction wrote `confirmed`, so nothing confirms it yet); `heads`: as `_head_in`,
+        `_moved`."""
+        head = self._head_in(cursor, confirmed.chain_id, heads)
         assert head is not None, "a delivery entry follows its hops entry"
-        cursor.execute(
-            self._q(
-                "SELECT 1 FROM lineage_entries WHERE chain_id = ?"
-                " AND kind = 'delivery' AND confirms = ?"
-            ),
-            (confirmed.chain_id, confirmed.seq),
-        )
-        if cursor.fetchone() is not None:
-            return None  # a retried bundle's batch, already answered once
+        if not just_written:
+            cursor.execute(
+                self._q(
+                    "SELECT 1 FROM lineage_entries WHERE chain_id = ?"
+                    " AND kind = 'delivery' AND confirms = ?"
+                ),
+                (confirmed.chain_id, confirmed.seq),
+            )
+            if cursor.fetchone() is not None:
+                return None  # a retried bundle's batch, already answered once
         entry = delivery_entry(confirmed, count=count, failed=failed, at=at, head=head)
-        self._insert_entry(cursor, entry)
-        self._set_head(cursor, entry)
+        cursor.execute(self._q(ADD_ENTRY), entry_row(entry))  # no id to wait for
+        self._moved(cursor, entry, heads)
         return entry
+
+    def _head_in(self, cursor: Any, chain_id: str, heads: Heads | None) -> ChainHead | None:
+        """The chain's head, locked until the transaction ends; with `heads` (the heads this
+        transaction locked and moved), read once per transaction."""
+        if heads is None:
+            return self._lock_head(cursor, chain_id)
+        if chain_id not in heads:
+            heads[chain_id] = self._lock_head(cursor, chain_id)
+        return heads[chain_id]
+
+    def _moved(self, cursor: Any, entry: Entry, heads: Heads | None) -> None:
+        """`entry` is its chain's head now: written at once, or with `heads`, kept there and
+        written once for the transaction (`_set_head` of each, before its commit)."""
+        if heads is None:
+            self._set_head(cursor, entry)
+        else:
+            heads[entry.chain_id] = ChainHead(
+                chain_id=entry.chain_id, seq=entry.seq, hash=entry.hash
+            )
 
     def admit(self, admissions: Sequence[Admission], *, at: datetime) -> list[Entry]:
         """The gateway's writes for several requests in one transaction (one commit, one
@@ -479,15 +522,18 @@ class SqlStore(ABC):
         if any(a.answer is not None for a in admissions):
             self._answers_table()
         entries = []
+        heads: Heads = {}  # the requests of a client share a chain: its head read once
         try:
-            with self._write() as cursor:
+            with self._write_pipelined() as cursor:
                 for admission in admissions:
-                    entry = admission.entry
+                    entry, written = admission.entry, False
                     if entry is None:
                         assert admission.batch is not None, "an admission writes or names hops"
-                        entry = self._append_in(cursor, admission.batch)
+                        entry, written = self._append_in(cursor, admission.batch, heads)
                     if admission.confirmed:
-                        self._confirm_in(cursor, entry, entry.count, (), at)
+                        self._confirm_in(
+                            cursor, entry, entry.count, (), at, heads=heads, just_written=written
+                        )
                     if admission.answer is not None:
                         client, key, digest, answer = admission.answer(entry)
                         cursor.execute(
@@ -499,6 +545,9 @@ class SqlStore(ABC):
                             (client, key, digest, answer, _millis(at)),
                         )
                     entries.append(entry)
+                for head in heads.values():
+                    if head is not None:
+                        self._set_head(cursor, head)
         except self._errors as exc:
             raise self._error_class(exc)(
                 f"Cannot record {len(admissions)} gateway requests in `{self.url}`:"
@@ -604,7 +653,7 @@ class SqlStore(ABC):
         cursor.execute(self._q(INSERT_ENTRY), entry_row(entry))
         return int(cursor.fetchone()[0])
 
-    def _set_head(self, cursor: Any, entry: Entry) -> None:
+    def _set_head(self, cursor: Any, entry: Entry | ChainHead) -> None:
         cursor.execute(
             self._q(
                 "INSERT INTO lineage_chains (chain_id, seq, hash) VALUES (?, ?, ?)"

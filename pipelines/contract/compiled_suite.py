@@ -60,7 +60,10 @@ def compile_expectation(expectation: Mapping[str, Any]) -> Check:
         return failing
 
     def check(columns: Columns, parameters: Mapping[str, Any]) -> pa.BooleanArray:
-        return pc.and_(rows_of(columns), failing(columns, parameters))
+        rows = rows_of(columns)
+        if not rows.true_count:  # no row applies (as GX, which filters first): none fails
+            return rows
+        return pc.and_(rows, failing(columns, parameters))
 
     return check
 
@@ -78,8 +81,21 @@ def _present(values: pa.Array) -> pa.BooleanArray:
     return pc.invert(pc.is_null(values, nan_is_null=True))
 
 
+def _all_present(values: pa.Array) -> bool:
+    """Whether every row has a value (no null, and no NaN where there can be one): then the
+    masks of `_present` are all true and need not be computed (a pass over one record costs
+    a kernel call per mask, whatever its length)."""
+    return values.null_count == 0 and not pa.types.is_floating(values.type)
+
+
+def _filled(mask: pa.Array, value: bool) -> pa.BooleanArray:
+    return pc.fill_null(mask, value) if mask.null_count else mask
+
+
 def _where_present(values: pa.Array, fails: pa.Array) -> pa.BooleanArray:
     """`fails` on the rows that have a value (null results count as passing)."""
+    if _all_present(values):
+        return _filled(fails, False)
     return pc.fill_null(pc.and_(_present(values), fails), False)
 
 
@@ -109,22 +125,22 @@ def _match_regex(kwargs: dict[str, Any]) -> Check:
 
 def _in_set(kwargs: dict[str, Any]) -> Check:
     column = _only(kwargs, "column", "value_set")
-    allowed = list(kwargs["value_set"])
+    allowed = _value_sets(kwargs["value_set"])
 
     def run(columns: Columns, parameters: Mapping[str, Any]) -> pa.BooleanArray:
         values = columns[column]
-        return _where_present(values, pc.invert(pc.is_in(values, _value_set(allowed, values))))
+        return _where_present(values, pc.invert(pc.is_in(values, allowed(values))))
 
     return run
 
 
 def _not_in_set(kwargs: dict[str, Any]) -> Check:
     column = _only(kwargs, "column", "value_set")
-    forbidden = list(kwargs["value_set"])
+    forbidden = _value_sets(kwargs["value_set"])
 
     def run(columns: Columns, parameters: Mapping[str, Any]) -> pa.BooleanArray:
         values = columns[column]
-        return _where_present(values, pc.is_in(values, _value_set(forbidden, values)))
+        return _where_present(values, pc.is_in(values, forbidden(values)))
 
     return run
 
@@ -138,11 +154,13 @@ def _between(kwargs: dict[str, Any]) -> Check:
         low = _parameter(kwargs.get("min_value"), parameters)
         high = _parameter(kwargs.get("max_value"), parameters)
         values = columns[column]
-        outside = pa.repeat(False, len(values))
-        if low is not None:
-            outside = pc.or_(outside, below(values, low))
-        if high is not None:
-            outside = pc.or_(outside, above(values, high))
+        outside = None
+        for bound, beyond in ((low, below), (high, above)):
+            if bound is not None:
+                past = beyond(values, bound)
+                outside = past if outside is None else pc.or_(outside, past)
+        if outside is None:
+            outside = pa.repeat(False, len(values))
         return _where_present(values, outside)
 
     return run
@@ -158,9 +176,11 @@ def _a_greater_than_b(kwargs: dict[str, Any]) -> Check:
 
     def run(columns: Columns, parameters: Mapping[str, Any]) -> pa.BooleanArray:
         left, right = columns[a], columns[b]
-        has_a, has_b = _present(left), _present(right)
         # Rows with a missing value fail unless ignored; rows with both compare.
-        fails = pc.fill_null(pc.invert(holds(left, right)), True)
+        fails = _filled(pc.invert(holds(left, right)), True)
+        if ignore == "neither" or (_all_present(left) and _all_present(right)):
+            return fails
+        has_a, has_b = _present(left), _present(right)
         if ignore == "either_value_is_missing":
             return pc.and_(pc.and_(has_a, has_b), fails)
         if ignore == "both_values_are_missing":
@@ -187,6 +207,20 @@ def _only(kwargs: dict[str, Any], *allowed: str) -> Any:
             f"Expectation arguments {sorted(extra)} have no compiled form; run with `--engine gx`."
         )
     return kwargs.get(allowed[0])
+
+
+def _value_sets(values: Any) -> Callable[[pa.Array], pa.Array]:
+    """`_value_set` of `values` for a column, made once per column type (`values` is read
+    at the first call, where an error is raised as `_value_set` raises it)."""
+    made: dict[pa.DataType, pa.Array] = {}
+
+    def typed(column: pa.Array) -> pa.Array:
+        kind = column.type
+        if kind not in made:
+            made[kind] = _value_set(list(values), column)
+        return made[kind]
+
+    return typed
 
 
 def _value_set(values: list[Any], column: pa.Array) -> pa.Array:
@@ -239,6 +273,8 @@ def _row_filter(condition: Any) -> RowFilter:
         raise ConfigError(f"Row condition type `{kind}` has no compiled form.")
     operator, parameter = condition.get("operator"), condition.get("parameter")
     compare = _COMPARISONS.get(str(operator))
+    if operator in ("IN", "NOT_IN"):
+        compare = _membership(parameter, inside=operator == "IN")
     if compare is None:
         raise ConfigError(f"Row condition operator `{operator}` has no compiled form.")
     when_missing = operator in ("!=", "NOT_IN")  # a missing value is "not equal", "not in"
@@ -250,6 +286,8 @@ def _row_filter(condition: Any) -> RowFilter:
         except (pa.ArrowException, TypeError, ValueError, OverflowError):
             # Values and parameter of kinds that do not compare: no row is "<" or "==".
             result = pa.repeat(when_missing, len(values))
+        if _all_present(values):
+            return _filled(result, False)
         return pc.if_else(_present(values), pc.fill_null(result, False), when_missing)
 
     return comparison
@@ -258,13 +296,22 @@ def _row_filter(condition: Any) -> RowFilter:
 _COMPARISONS: dict[str, Callable[[pa.Array, Any], pa.Array]] = {
     "==": pc.equal,
     "!=": pc.not_equal,
-    "IN": lambda v, p: pc.is_in(v, _value_set(list(p), v)),
-    "NOT_IN": lambda v, p: pc.invert(pc.is_in(v, _value_set(list(p), v))),
     "<": pc.less,
     "<=": pc.less_equal,
     ">": pc.greater,
     ">=": pc.greater_equal,
 }
+
+
+def _membership(parameter: Any, *, inside: bool) -> Callable[[pa.Array, Any], pa.Array]:
+    """The `IN` (`inside`) or `NOT_IN` comparison with the set `parameter`."""
+    members = _value_sets(parameter)
+
+    def compare(values: pa.Array, _: Any) -> pa.Array:
+        found = pc.is_in(values, members(values))
+        return found if inside else pc.invert(found)
+
+    return compare
 
 
 # ---- Python regular expressions as RE2 (Arrow's engine), where both mean the same ----------

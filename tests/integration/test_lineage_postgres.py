@@ -5,23 +5,26 @@ Each test gets a schema of its own (`search_path` set through the URL's libpq `o
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 import psycopg
 import pytest
-from psycopg import sql
+from psycopg import pq, sql
 
 # The contract suite is a plain module: have pytest rewrite its asserts for clear failures.
 pytest.register_assert_rewrite("tests.lineage_contract")
 
 from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError  # noqa: E402
+from lineage_guard.lineage.events import Decision  # noqa: E402
 from lineage_guard.lineage.store import LineageStore, open_store  # noqa: E402
 from lineage_guard.lineage.stores.postgres import PostgresStore  # noqa: E402
-from lineage_guard.lineage.stores.sql import SUSPECTS  # noqa: E402
+from lineage_guard.lineage.stores.sql import SUSPECTS, Admission  # noqa: E402
 from tests.lineage_contract import *  # noqa: E402, F403 (the contract suite runs here)
-from tests.lineage_contract import CHAIN, RunSql, batch, filled, hop  # noqa: E402
+from tests.lineage_contract import CHAIN, T0, RunSql, batch, filled, hop  # noqa: E402
 
 
 @pytest.fixture
@@ -247,3 +250,33 @@ def unused_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def test_a_group_of_admissions_waits_for_the_server_a_few_times(
+    store: LineageStore, tmp_path: Path
+) -> None:
+    """The gateway's group commit (`admit`) of 10 requests of one client (one chain): its
+    statements go pipelined and the chain's head is read and written once, so the writer waits
+    for the server at most 30 times (24 measured; libpq's trace: each Sync, Flush,
+    Query or CopyDone it sent), where it waited 149 times (each statement, each request's
+    head read twice, its hops copied): every wait a turn of the server process."""
+    assert isinstance(store, PostgresStore)
+    admissions = [
+        Admission(batch=batch([hop(f"r{i}", i)], run_id=f"run-{i}"), confirmed=True)
+        for i in range(10)
+    ]
+    conn = store._connection()
+    trace = tmp_path / "libpq.trace"
+    with trace.open("w") as out:
+        conn.pgconn.trace(out.fileno())
+        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        store.admit(admissions, at=T0)
+        conn.pgconn.untrace()
+    sent = Counter(
+        fields[2].split(" ")[0].strip()
+        for fields in (line.split("\t") for line in trace.read_text().splitlines())
+        if fields[0] == "F" and len(fields) > 2
+    )
+    assert sent["Sync"] + sent["Flush"] + sent["Query"] + sent["CopyDone"] <= 30
+    assert [store.trace(f"r{i}")[-1].event.decision for i in range(10)] == [Decision.DELIVERED] * 10
+    assert store.verify().ok
