@@ -126,9 +126,12 @@ PRODUCER_DEFAULTS = {
     "queue.buffering.max.kbytes": 16_384,
 }
 CONSUMER_DEFAULTS = {
-    # What a consumer fetches ahead of the guard: 16 MiB (librdkafka's default, 64 MiB, is a
-    # run's whole topic at 100k records, so a longer run held four times more).
-    "queued.max.messages.kbytes": 16_384,
+    # What a consumer fetches ahead of the guard: 20,000 records (ten batches) or 4 MiB,
+    # whichever comes first. With 100,000 records or 16 MiB the queue, decompressed, was 40 MB
+    # of a 300,000-record run's high-water mark (memray); with these bounds the guard's own
+    # peak fell by about 50 MiB at 100k and at 1M records (bench/throughput.py), as fast.
+    "queued.min.messages": 20_000,
+    "queued.max.messages.kbytes": 4_096,
     # Once that much waits, librdkafka's next fetch waits `fetch.queue.backoff.ms` (1 s by
     # default), whatever the guard has taken meanwhile: reading 300,000 records with 20 ms of
     # work per 2,000 stalled 0.3-0.4 s every ~30 batches (1.9-2.8 s waiting in all; 1.4 s

@@ -28,7 +28,8 @@ def test_the_queues_are_bounded_by_default(configs: list[dict[str, Any]]) -> Non
     producer, consumer = configs
     assert producer["queue.buffering.max.messages"] == 20_000
     assert producer["queue.buffering.max.kbytes"] == 16_384
-    assert consumer["queued.max.messages.kbytes"] == 16_384
+    assert consumer["queued.max.messages.kbytes"] == 4_096
+    assert consumer["queued.min.messages"] == 20_000
     # and a full queue does not hold the next fetch back for librdkafka's default second
     assert consumer["fetch.queue.backoff.ms"] == 10
 
