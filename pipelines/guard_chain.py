@@ -171,7 +171,9 @@ def _read_columns(
         & (lengths >= 10)
         & ~confluent
     )
-    groups: list[tuple[np.ndarray, str, int]] = []
+    readers = np.full(n, arrow_decode.NOT_READ, dtype=np.uint8)
+    skips = np.zeros(n, dtype=np.uint8)
+    names: list[str] = []
     candidates = todo & soe
     if candidates.any():
         prints = pc.binary_slice(values, 2, 10)
@@ -179,37 +181,19 @@ def _read_columns(
             name = known_fingerprints().get(fingerprint)
             if name is not None:
                 rows = candidates & np.asarray(pc.fill_null(pc.equal(prints, fingerprint), False))
-                groups.append((np.flatnonzero(rows), name, 10))
+                readers[rows], skips[rows] = len(names), 10
+                names.append(name)
     raw_name = decoder.raw_schema_name
     if raw_name is not None:
         rows = todo & ~confluent & ~soe & (lengths > 0)
         if rows.any():
-            groups.append((np.flatnonzero(rows), raw_name, 0))
-    parts: dict[str, list[pa.Array]] = {f.name: [] for f in arrow_decode.FIELDS}
-    at = np.full(n, -1, dtype=np.int64)  # row → its position in the concatenated parts
-    read = np.zeros(n, dtype=bool)
-    base = 0
-    for rows, name, skip in groups:
-        got = arrow_decode.read_bodies(values.take(pa.array(rows)), name, skip)
-        ok = got.status == arrow_decode.READ
-        at[rows] = base + np.arange(len(rows))
-        read[rows[ok]] = True
-        schemas[rows[ok]] = name
-        for field in arrow_decode.FIELDS:
-            parts[field.name].append(got.columns[field.name])
-        base += len(rows)
-    if len(groups) == 1 and read.all() and (at == np.arange(n)).all():
-        # one group of every row, in order, all read (the common batch): the parts as they are
-        return {name: got.columns[name] for name in parts}, read
-    nulls = base  # one null row after the parts, for every row not read
-    at[at < 0] = nulls
-    at[~read] = nulls
-    indices = pa.array(at)
-    columns = {
-        field.name: pa.concat_arrays([*parts[field.name], pa.nulls(1, field.type)]).take(indices)
-        for field in arrow_decode.FIELDS
-    }
-    return columns, read
+            readers[rows] = len(names)
+            names.append(raw_name)
+    got = arrow_decode.read_bodies(values, names, readers, skips)
+    read = got.status == arrow_decode.READ
+    if read.any():
+        schemas[read] = np.array(names, dtype=object)[readers[read]]
+    return got.columns, read
 
 
 def validate(

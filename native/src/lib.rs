@@ -1,5 +1,5 @@
-//! lineage-guard's Avro body reader: a micro-batch of message bodies, all written with one
-//! schema, into the Arrow buffers of the contract's columns.
+//! lineage-guard's Avro body reader: a micro-batch of message bodies, each with its writer
+//! schema, into the Arrow buffers of the contract's columns, in the micro-batch's order.
 //!
 //! Each body is decoded on its own by Apache Avro's Rust implementation (`apache-avro`), so a
 //! bad body is isolated to its own row: it gets status `FAILED` and the Python side re-reads
@@ -25,6 +25,8 @@ use pyo3::types::{PyBytes, PyTuple};
 const OK: u8 = 0;
 const FAILED: u8 = 1;
 const OTHER: u8 = 2;
+/// A row's reader index when it is not to be read.
+const NOT_READ: u8 = 255;
 
 /// 0001-01-01T00:00:00Z in epoch milliseconds: no earlier instant is a timestamp here.
 const EARLIEST_MILLIS: i64 = -62_135_596_800_000;
@@ -209,8 +211,10 @@ fn row_of(record: &Value) -> Result<Row<'_>, ()> {
     Ok(row)
 }
 
-/// Reads `bodies[i] = data[offsets[i] + skip .. offsets[i + 1]]` (`offsets`: n + 1 little-endian
-/// int32, an Arrow binary column's) with `schema_json`.
+/// Reads `bodies[i] = data[offsets[i] + skips[i] .. offsets[i + 1]]` (`offsets`: n + 1
+/// little-endian int32, an Arrow binary column's) with `schemas[readers[i]]`, in one pass over
+/// the micro-batch: rows come out in the order they came in. A row whose `readers[i]` is
+/// `NOT_READ` (255) is not read: status 1, as a body that does not decode.
 ///
 /// Returns `(status, texts, provenance_present, generated_at, parents)`: `status` one byte per
 /// row (0 read, 1 does not decode, 2 read by the Python side); `texts` nine string columns
@@ -222,21 +226,38 @@ fn row_of(record: &Value) -> Result<Row<'_>, ()> {
 #[pyfunction]
 fn read_contract<'py>(
     py: Python<'py>,
-    schema_json: &str,
+    schemas: Vec<String>,
     data: &[u8],
     offsets: &[u8],
-    skip: usize,
+    readers: &[u8],
+    skips: &[u8],
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let schema = Schema::parse_str(schema_json)
-        .map_err(|e| PyValueError::new_err(format!("schema does not parse: {e}")))?;
-    let reader = GenericSingleObjectReader::new_with_header_builder(schema, NoHeader)
-        .map_err(|e| PyValueError::new_err(format!("schema does not resolve: {e}")))?;
+    if schemas.len() >= usize::from(NOT_READ) {
+        return Err(PyValueError::new_err(
+            "at most 254 writer schemas per micro-batch",
+        ));
+    }
+    let parsed = schemas
+        .iter()
+        .map(|json| {
+            let schema = Schema::parse_str(json)
+                .map_err(|e| PyValueError::new_err(format!("schema does not parse: {e}")))?;
+            GenericSingleObjectReader::new_with_header_builder(schema, NoHeader)
+                .map_err(|e| PyValueError::new_err(format!("schema does not resolve: {e}")))
+        })
+        .collect::<PyResult<Vec<_>>>()?;
     let bounds = hashes::bounds_of(offsets, data.len())?;
     let rows = bounds.len() - 1;
-    if bounds.windows(2).any(|w| w[0] > w[1]) || bounds[rows] > data.len() {
+    if readers.len() != rows || skips.len() != rows {
         return Err(PyValueError::new_err(
-            "offsets out of order or past the data",
+            "readers and skips must have one byte per body",
         ));
+    }
+    if readers
+        .iter()
+        .any(|&r| r != NOT_READ && usize::from(r) >= parsed.len())
+    {
+        return Err(PyValueError::new_err("a reader index names no schema"));
     }
 
     let mut status = vec![OK; rows];
@@ -251,8 +272,9 @@ fn read_contract<'py>(
 
     let overflow = || PyValueError::new_err("a micro-batch's text exceeds 2 GiB");
     for i in 0..rows {
-        let (start, end) = (bounds[i] + skip, bounds[i + 1]);
-        let decoded = if start <= end {
+        let (start, end) = (bounds[i] + usize::from(skips[i]), bounds[i + 1]);
+        let reader = parsed.get(usize::from(readers[i]));
+        let decoded = if let (Some(reader), true) = (reader, start <= end) {
             let mut body = Body {
                 data: &data[start..end],
                 at: 0,

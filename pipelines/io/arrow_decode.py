@@ -1,7 +1,7 @@
 """Decodes a micro-batch's Avro bodies straight into the contract's Arrow columns.
 
-The columnar chain's decode (`guard_chain.decode`) groups a batch's messages by writer schema
-(single-object fingerprint, or the `--schema` of raw bodies) and hands each group to the Rust
+The columnar chain's decode (`guard_chain.decode`) finds each message's writer schema
+(single-object fingerprint, or the `--schema` of raw bodies) and hands the batch to the Rust
 reader (`lineage_guard._avro`, Apache Avro's Rust implementation: `native/`), which decodes
 every body on its own and returns the columns the suites check, as Arrow buffers. No Python
 object is made per record. A body the reader cannot decode, or whose values the columns
@@ -17,6 +17,7 @@ message is read by fastavro: the same verdicts, slower.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -44,6 +45,7 @@ FIELDS = (
     pa.field("parent_record_ids", pa.list_(pa.string())),
 )
 READ, FAILED, OTHER = 0, 1, 2  # a row's status
+NOT_READ = 255  # a row's reader index: not to be read
 
 
 def available() -> bool:
@@ -67,8 +69,12 @@ class ContractColumns:
     columns: dict[str, pa.Array]
 
 
-def read_bodies(values: pa.BinaryArray, schema_name: str, skip: int) -> ContractColumns:
-    """Each of `values` minus its first `skip` bytes, read with the schema `schema_name`."""
+def read_bodies(
+    values: pa.BinaryArray, schema_names: Sequence[str], readers: np.ndarray, skips: np.ndarray
+) -> ContractColumns:
+    """Each of `values` minus its first `skips[i]` bytes, read with the schema
+    `schema_names[readers[i]]`; a row whose `readers[i]` is `NOT_READ` is not read (status
+    FAILED). Rows come out in the order of `values`."""
     read = _reader()
     assert read is not None, "the Rust reader is not installed: check `available()` first"
     if values.offset != 0 or values.type != pa.binary():
@@ -76,10 +82,11 @@ def read_bodies(values: pa.BinaryArray, schema_name: str, skip: int) -> Contract
     _, offsets, data = values.buffers()
     n = len(values)
     status, texts, present, stamps, parents = read(
-        _plain_schema(schema_name),
+        [_plain_schema(name) for name in schema_names],
         data.to_pybytes() if data is not None else b"",
         offsets.to_pybytes()[: 4 * (n + 1)],
-        skip,
+        np.ascontiguousarray(readers, np.uint8).tobytes(),
+        np.ascontiguousarray(skips, np.uint8).tobytes(),
     )
     columns: dict[str, pa.Array] = {
         name: _strings(*parts) for name, parts in zip(TEXT_COLUMNS, texts, strict=True)

@@ -295,6 +295,41 @@ def test_the_chain_reads_known_bodies_in_rust() -> None:
     assert sum(read) > 250
 
 
+def test_one_read_of_a_mixed_batch_equals_a_read_of_each_body() -> None:
+    """The Rust reader reads a micro-batch of several writer schemas (and rows it is told
+    not to read) in one call, in the batch's order: each row as a call for that body alone
+    reads it, column by column."""
+    import numpy as np
+    import pyarrow as pa
+
+    from lineage_guard.io import arrow_decode
+    from lineage_guard.io.decode import known_fingerprints
+
+    if not arrow_decode.available():
+        pytest.skip("the Rust reader is not built (a source install without cargo)")
+    values = [v for v in _messages(400, seed=11) if v is not None]
+    names = sorted(
+        {known_fingerprints()[v[2:10]] for v in values if v[2:10] in known_fingerprints()}
+    )
+    assert len(names) >= 4  # entity schemas, and an earlier provenance version among them
+    readers = np.array(
+        [names.index(known_fingerprints()[v[2:10]]) if v[2:10] in known_fingerprints()
+         else arrow_decode.NOT_READ for v in values], dtype=np.uint8,
+    )  # fmt: skip
+    readers[::7] = arrow_decode.NOT_READ  # told not to read: status FAILED, null columns
+    skips = np.full(len(values), 10, dtype=np.uint8)
+    whole = arrow_decode.read_bodies(pa.array(values, pa.binary()), names, readers, skips)
+    for i, value in enumerate(values):
+        alone = arrow_decode.read_bodies(
+            pa.array([value], pa.binary()), names, readers[i : i + 1], skips[i : i + 1]
+        )
+        assert whole.status[i] == alone.status[0], i
+        for name, column in whole.columns.items():
+            assert column[i].as_py() == alone.columns[name][0].as_py(), (i, name)
+    assert (whole.status[::7] == arrow_decode.FAILED).all()
+    assert (whole.status == arrow_decode.READ).sum() > 250
+
+
 def test_parent_index_keys_equal_the_per_record_ones() -> None:
     """The run's parent index built from the columns holds exactly the keys the per-record
     head read gives (`stages.class_index`), for every decodable message."""
