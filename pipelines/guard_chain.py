@@ -428,10 +428,13 @@ def hop_rows(batch: GuardBatch) -> HopRows:
             (bounded(clean(v.rule), TEXT_LIMIT), bounded(clean(v.message), MESSAGE_LIMIT))
             for v in row
         )
+    delivered, refused, quarantined = (
+        Outcome.DELIVERED.value,
+        Outcome.BLOCKED.value,
+        Outcome.QUARANTINED.value,
+    )
     outcomes = [
-        Outcome.DELIVERED.value
-        if s is None
-        else (Outcome.BLOCKED.value if b else Outcome.QUARANTINED.value)
+        delivered if s is None else (refused if b else quarantined)
         for s, b in zip(stopped, blocked, strict=True)
     ]
     columns: dict[str, list[Any]] = {
@@ -446,13 +449,16 @@ def hop_rows(batch: GuardBatch) -> HopRows:
             columns[name] = _bounded(
                 _cleaned(batch.column(column)), ID_LIMIT if name == "record_id" else TEXT_LIMIT
             )
-        parents = pc.list_flatten(batch.column("parent_record_ids"))
+        parents = _cleaned(pc.list_flatten(batch.column("parent_record_ids")))
         lists = pa.ListArray.from_arrays(
-            batch.column("parent_record_ids").offsets, _cleaned(parents)
+            batch.column("parent_record_ids").offsets, parents
         ).to_pylist()
-        columns["parent_record_ids"] = [
-            tuple(stored_id(p) for p in ids) if ids else () for ids in lists
-        ]
+        if len(parents) and pc.max(pc.utf8_length(parents)).as_py() > ID_LIMIT:
+            columns["parent_record_ids"] = [
+                tuple(stored_id(p) for p in ids) if ids else () for ids in lists
+            ]
+        else:  # no id to bound (`stored_id` is the identity on them)
+            columns["parent_record_ids"] = [tuple(ids) if ids else () for ids in lists]
         rows = [i for i, r in enumerate(batch.records or ()) if r is not None]
     else:
         columns.update((name, [None] * n) for name in _HOP_COLUMN_OF)
