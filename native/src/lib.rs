@@ -370,3 +370,6 @@ fn _avro(m: &Bound<'_, PyModule>) -> PyResult<()> {
     hashes::register(m)?;
     Ok(())
 }
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
