@@ -176,13 +176,14 @@ class HopRows:
     def leaves(self) -> list[bytes]:
         """`Hop.canonical()` of every row: the compact JSON array the Merkle leaves hash."""
         leaves = []
+        dumps = orjson.dumps  # tuples as JSON arrays, as lists
         for row in self.rows():
-            values = list(row)
-            values[4] = [list(reason) for reason in row[4]]
-            values[10] = list(row[10])
             try:
-                leaves.append(orjson.dumps(values))
+                leaves.append(dumps(row))
             except (orjson.JSONEncodeError, TypeError):
+                values = list(row)
+                values[4] = [list(reason) for reason in row[4]]
+                values[10] = list(row[10])
                 leaves.append(compact_json(values))  # as `compact_json` decides
         return leaves
 
