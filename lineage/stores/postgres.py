@@ -16,26 +16,29 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import psycopg
 from psycopg import pq
 
-from lineage_guard.lineage.chain import GENESIS_HASH, ChainHead
+from lineage_guard.lineage.chain import GENESIS_HASH, ChainHead, Entry
 from lineage_guard.lineage.errors import (
     ConfigError,
     LineageGuardError,
     RowRefusedError,
     ServiceUnavailableError,
 )
+from lineage_guard.lineage.hops import HopRows
 from lineage_guard.lineage.store import first_line, no_lineage_error, redact_text, redact_url
 from lineage_guard.lineage.stores.sql import (
+    ADD_ENTRY,
     FETCH_ROWS,
     HOP_COLUMNS,
     INSERT_HOP,
     SUSPECT_INDEXES,
     SqlStore,
+    entry_row,
 )
 
 CONNECT_TIMEOUT_S = 10
@@ -54,6 +57,11 @@ _SETTING_STATES = frozenset({"3F000", "42501", "25006"})
 _ROW_CLASSES = frozenset({"22", "54"})
 
 _COPY = f"COPY lineage_hops ({', '.join(HOP_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+# A hop row of the entry this session inserted last: its id taken from the entry's sequence
+# on the server (`currval`), so a pipelined writer need not wait for it.
+_INSERT_HOP_OF_ENTRY = INSERT_HOP.replace("?", "currval('lineage_entries_id_seq')", 1).replace(
+    "?", "%s"
+)
 _COPY_TYPES = [
     "int8", "int4", "text", "int8", "text", "text", "text", "text", "text", "text", "text",
     "text", "text", "bytea",
@@ -257,8 +265,7 @@ class PostgresStore(SqlStore):
             try:
                 conn = self._connection()
                 with (
-                    conn.transaction(),
-                    conn.pipeline() if pipelined else nullcontext(),
+                    _pipelined_transaction(conn) if pipelined else conn.transaction(),
                     conn.cursor() as cursor,
                 ):
                     yield cursor
@@ -290,10 +297,16 @@ class PostgresStore(SqlStore):
         row = conn.execute("SELECT to_regclass('lineage_hop_summary')").fetchone()
         return row is not None and row[0] is not None
 
-    def _insert_hops(self, cursor: Any, rows: Sequence[tuple[Any, ...]]) -> None:
-        if cursor.connection.pgconn.pipeline_status != pq.PipelineStatus.OFF:
-            cursor.executemany(self._q(INSERT_HOP), rows)  # COPY cannot be pipelined
+    def _insert_entry(self, cursor: Any, entry: Entry, table: HopRows) -> None:
+        if cursor.connection.pgconn.pipeline_status == pq.PipelineStatus.OFF:
+            super()._insert_entry(cursor, entry, table)
             return
+        # Pipelined: the entry's id is not waited for (its hops take it from the sequence) and
+        # the hops go as INSERTs (COPY cannot be pipelined).
+        cursor.execute(self._q(ADD_ENTRY), entry_row(entry))
+        cursor.executemany(_INSERT_HOP_OF_ENTRY, [row[1:] for row in table.store_rows(0)])
+
+    def _insert_hops(self, cursor: Any, rows: Sequence[tuple[Any, ...]]) -> None:
         with cursor.copy(_COPY) as copy:
             copy.set_types(_COPY_TYPES)
             for row in rows:
@@ -395,6 +408,24 @@ class PostgresStore(SqlStore):
             f" {redact_text(first_line(exc), self._dsn)}."
             " Check `--lineage-store` and that PostgreSQL is running."
         )
+
+
+@contextmanager
+def _pipelined_transaction(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """A transaction in pipeline mode whose BEGIN and COMMIT go with its statements: it waits
+    for the server only where a result is read and once at the end, for the COMMIT's answer
+    (psycopg's `transaction()` in a pipeline waits after BEGIN and before COMMIT as well). A
+    statement that failed, or an exception in the block, skips the COMMIT (the server skips
+    what follows a failed statement up to the pipeline's sync) and the transaction is rolled
+    back."""
+    try:
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            yield
+            conn.execute("COMMIT")
+    finally:
+        if not conn.broken and conn.info.transaction_status != pq.TransactionStatus.IDLE:
+            conn.execute("ROLLBACK")
 
 
 def _least_privilege(conn: psycopg.Connection[Any], exc: psycopg.Error) -> bool:

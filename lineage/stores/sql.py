@@ -219,6 +219,8 @@ class Admission:
     batch: HopBatch | None = None
     entry: Entry | None = None
     confirmed: bool = False
+    new_run: bool = False  # the batch's run id is new (no `Idempotency-Key`): none of its
+    # hops can be in the store, so `admit` does not look for them first
     answer: Callable[[Entry], tuple[str, str, str, str]] | None = None
 
 
@@ -327,26 +329,27 @@ class SqlStore(ABC):
         return entry
 
     def _append_in(
-        self, cursor: Any, batch: HopBatch, heads: Heads | None = None
+        self, cursor: Any, batch: HopBatch, heads: Heads | None = None, *, new_run: bool = False
     ) -> tuple[Entry, bool]:
         """The batch's entry, and whether it was written now (False: the same run wrote it
-        before); `heads`: as `_head_in`, `_moved`."""
+        before; `new_run`: a run id never used before, not looked for); `heads`: as
+        `_head_in`, `_moved`."""
         head = self._head_in(cursor, batch.chain_id, heads)
         table = batch.table()
         entry = hops_entry(batch, head=head)
-        cursor.execute(
-            self._q(
-                f"{SELECT_ENTRIES} WHERE chain_id = ? AND run_id = ? AND first_offset = ?"
-                " AND kind = 'hops' AND last_offset = ? AND root = ?"
-            ),
-            (entry.chain_id, entry.run_id, entry.first_offset, entry.last_offset, entry.root),
-        )
-        if (row := cursor.fetchone()) is not None:
-            written = read_entry(row)
-            if isinstance(written, Entry):
-                return written, False
-        entry_id = self._insert_entry(cursor, entry)
-        self._insert_hops(cursor, table.store_rows(entry_id))
+        if not new_run:
+            cursor.execute(
+                self._q(
+                    f"{SELECT_ENTRIES} WHERE chain_id = ? AND run_id = ? AND first_offset = ?"
+                    " AND kind = 'hops' AND last_offset = ? AND root = ?"
+                ),
+                (entry.chain_id, entry.run_id, entry.first_offset, entry.last_offset, entry.root),
+            )
+            if (row := cursor.fetchone()) is not None:
+                written = read_entry(row)
+                if isinstance(written, Entry):
+                    return written, False
+        self._insert_entry(cursor, entry, table)
         self._moved(cursor, entry, heads)
         hour = _millis(entry.at) // HOUR_MS
         self._add_to_summary(cursor, hour, entry.pipeline, entry.chain_id, table)
@@ -529,7 +532,9 @@ class SqlStore(ABC):
                     entry, written = admission.entry, False
                     if entry is None:
                         assert admission.batch is not None, "an admission writes or names hops"
-                        entry, written = self._append_in(cursor, admission.batch, heads)
+                        entry, written = self._append_in(
+                            cursor, admission.batch, heads, new_run=admission.new_run
+                        )
                     if admission.confirmed:
                         self._confirm_in(
                             cursor, entry, entry.count, (), at, heads=heads, just_written=written
@@ -649,9 +654,10 @@ class SqlStore(ABC):
             ),
         )
 
-    def _insert_entry(self, cursor: Any, entry: Entry) -> int:
+    def _insert_entry(self, cursor: Any, entry: Entry, table: HopRows) -> None:
+        """`entry` and its hop rows, which name it by its id."""
         cursor.execute(self._q(INSERT_ENTRY), entry_row(entry))
-        return int(cursor.fetchone()[0])
+        self._insert_hops(cursor, table.store_rows(int(cursor.fetchone()[0])))
 
     def _set_head(self, cursor: Any, entry: Entry | ChainHead) -> None:
         cursor.execute(

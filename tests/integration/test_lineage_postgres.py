@@ -5,7 +5,6 @@ Each test gets a schema of its own (`search_path` set through the URL's libpq `o
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from uuid import uuid4
 
 import psycopg
 import pytest
-from psycopg import pq, sql
+from psycopg import sql
 
 # The contract suite is a plain module: have pytest rewrite its asserts for clear failures.
 pytest.register_assert_rewrite("tests.lineage_contract")
@@ -23,6 +22,7 @@ from lineage_guard.lineage.events import Decision  # noqa: E402
 from lineage_guard.lineage.store import LineageStore, open_store  # noqa: E402
 from lineage_guard.lineage.stores.postgres import PostgresStore  # noqa: E402
 from lineage_guard.lineage.stores.sql import SUSPECTS, Admission  # noqa: E402
+from tests.integration.pg_waits import server_waits  # noqa: E402
 from tests.lineage_contract import *  # noqa: E402, F403 (the contract suite runs here)
 from tests.lineage_contract import CHAIN, T0, RunSql, batch, filled, hop  # noqa: E402
 
@@ -252,31 +252,49 @@ def unused_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _server_waits(store: PostgresStore, tmp_path: Path, admissions: list[Admission]) -> int:
+    """How many times `store.admit(admissions)` waited for the server."""
+    with server_waits(store._connection(), tmp_path / "libpq.trace") as waits:
+        store.admit(admissions, at=T0)
+    return waits[0]
+
+
 def test_a_group_of_admissions_waits_for_the_server_a_few_times(
     store: LineageStore, tmp_path: Path
 ) -> None:
-    """The gateway's group commit (`admit`) of 10 requests of one client (one chain): its
-    statements go pipelined and the chain's head is read and written once, so the writer waits
-    for the server at most 30 times (24 measured; libpq's trace: each Sync, Flush,
-    Query or CopyDone it sent), where it waited 149 times (each statement, each request's
-    head read twice, its hops copied): every wait a turn of the server process."""
+    """The gateway's group commit (`admit`) of 10 requests of one client (one chain), each
+    with its `Idempotency-Key` (a retry's run: its hops are looked for first): its statements
+    go pipelined, BEGIN and COMMIT with them, the chain's head is read and written once and
+    no entry's id is waited for, so the writer waits for the server 12 times (the head, each
+    request's lookup, the commit), where it waited 149 times (each statement, each request's
+    head read twice, its hops copied), then 24."""
     assert isinstance(store, PostgresStore)
     admissions = [
         Admission(batch=batch([hop(f"r{i}", i)], run_id=f"run-{i}"), confirmed=True)
         for i in range(10)
     ]
-    conn = store._connection()
-    trace = tmp_path / "libpq.trace"
-    with trace.open("w") as out:
-        conn.pgconn.trace(out.fileno())
-        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
-        store.admit(admissions, at=T0)
-        conn.pgconn.untrace()
-    sent = Counter(
-        fields[2].split(" ")[0].strip()
-        for fields in (line.split("\t") for line in trace.read_text().splitlines())
-        if fields[0] == "F" and len(fields) > 2
-    )
-    assert sent["Sync"] + sent["Flush"] + sent["Query"] + sent["CopyDone"] <= 30
+    assert _server_waits(store, tmp_path, admissions) == 12
     assert [store.trace(f"r{i}")[-1].event.decision for i in range(10)] == [Decision.DELIVERED] * 10
     assert store.verify().ok
+
+
+def test_a_group_of_new_runs_waits_for_the_server_twice(
+    store: LineageStore, tmp_path: Path
+) -> None:
+    """Requests without an `Idempotency-Key` (`new_run`: a run id never used, nothing to look
+    for): 10 of them in one group commit wait for the server twice, for the chain's head and
+    for the commit (24 times before: BEGIN, each lookup, each entry's id, the commit), and
+    their hops are kept under their entries as when written alone."""
+    assert isinstance(store, PostgresStore)
+    store.append(batch([hop("before", 0)], run_id="run-before"))  # the head moves on from it
+    admissions = [
+        Admission(batch=batch([hop(f"r{i}", i), hop(f"s{i}", i)], run_id=f"run-{i}"),
+                  confirmed=True, new_run=True)
+        for i in range(10)
+    ]  # fmt: skip
+    assert _server_waits(store, tmp_path, admissions) == 2
+    for i in range(10):
+        assert [h.seq for h in store.hops([f"r{i}", f"s{i}"])] == [2 + 2 * i] * 2
+        assert store.trace(f"s{i}")[-1].event.decision == Decision.DELIVERED
+    result = store.verify()
+    assert (result.ok, result.batches, result.hops) == (True, 21, 21)
