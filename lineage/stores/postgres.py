@@ -62,6 +62,13 @@ _COPY = f"COPY lineage_hops ({', '.join(HOP_COLUMNS)}) FROM STDIN (FORMAT BINARY
 _INSERT_HOP_OF_ENTRY = INSERT_HOP.replace("?", "currval('lineage_entries_id_seq')", 1).replace(
     "?", "%s"
 )
+# A chain's head as this store's last admissions left it, locked, or an error (division by
+# zero, `_head_moved`) that aborts the transaction if another writer moved it since: checked
+# without waiting for an answer.
+_CHECK_HEAD = (
+    "SELECT 1 / count(*) FROM (SELECT 1 FROM lineage_chains"
+    " WHERE chain_id = %s AND seq = %s AND hash = %s FOR UPDATE) AS head"
+)
 _COPY_TYPES = [
     "int8", "int4", "text", "int8", "text", "text", "text", "text", "text", "text", "text",
     "text", "text", "bytea",
@@ -184,6 +191,10 @@ class PostgresStore(SqlStore):
         self._url = redact_url(url)
         self._conn: psycopg.Connection[Any] | None = None
         self._cursors = 0
+        # The heads this connection's committed admissions left (`admit`: read only while
+        # `_CHECK_HEAD` finds them unmoved), and those its running admissions move.
+        self._heads: dict[str, ChainHead] = {}
+        self._moving: dict[str, ChainHead] = {}
         with self._lock:
             conn = self._connection()
             try:
@@ -262,6 +273,9 @@ class PostgresStore(SqlStore):
     @contextmanager
     def _transaction(self, *, pipelined: bool) -> Iterator[Any]:
         with self._lock:
+            self._moving = {}
+            if not pipelined:  # it may move heads itself: read them again next time
+                self._heads.clear()
             try:
                 conn = self._connection()
                 with (
@@ -269,9 +283,15 @@ class PostgresStore(SqlStore):
                     conn.cursor() as cursor,
                 ):
                     yield cursor
-            except psycopg.Error:
-                self._drop_broken()
+            except BaseException as exc:
+                self._heads.clear()
+                if isinstance(exc, psycopg.Error):
+                    self._drop_broken()
                 raise
+            self._heads.update(self._moving)  # committed
+
+    def _head_moved(self, exc: BaseException) -> bool:
+        return isinstance(exc, psycopg.errors.DivisionByZero)  # `_CHECK_HEAD`'s
 
     def _lock_checkpoints(self, cursor: Any) -> None:
         # A transaction-level advisory lock: it needs no privilege on any table (the writer
@@ -279,6 +299,10 @@ class PostgresStore(SqlStore):
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", (CHECKPOINTS_LOCK,))
 
     def _lock_head(self, cursor: Any, chain_id: str) -> ChainHead | None:
+        known = self._heads.get(chain_id) if _pipelined(cursor) else None
+        if known is not None:  # the head this connection left, if no one moved it since
+            cursor.execute(_CHECK_HEAD, (chain_id, known.seq, known.hash))
+            return known
         cursor.execute(
             "INSERT INTO lineage_chains (chain_id, seq, hash) VALUES (%s, 0, %s)"
             " ON CONFLICT (chain_id) DO NOTHING",
@@ -297,8 +321,15 @@ class PostgresStore(SqlStore):
         row = conn.execute("SELECT to_regclass('lineage_hop_summary')").fetchone()
         return row is not None and row[0] is not None
 
+    def _set_head(self, cursor: Any, entry: Entry | ChainHead) -> None:
+        super()._set_head(cursor, entry)
+        if _pipelined(cursor):
+            self._moving[entry.chain_id] = ChainHead(
+                chain_id=entry.chain_id, seq=entry.seq, hash=entry.hash
+            )
+
     def _insert_entry(self, cursor: Any, entry: Entry, table: HopRows) -> None:
-        if cursor.connection.pgconn.pipeline_status == pq.PipelineStatus.OFF:
+        if not _pipelined(cursor):
             super()._insert_entry(cursor, entry, table)
             return
         # Pipelined: the entry's id is not waited for (its hops take it from the sequence) and
@@ -408,6 +439,10 @@ class PostgresStore(SqlStore):
             f" {redact_text(first_line(exc), self._dsn)}."
             " Check `--lineage-store` and that PostgreSQL is running."
         )
+
+
+def _pipelined(cursor: Any) -> bool:
+    return bool(cursor.connection.pgconn.pipeline_status != pq.PipelineStatus.OFF)
 
 
 @contextmanager

@@ -524,41 +524,55 @@ class SqlStore(ABC):
             return []
         if any(a.answer is not None for a in admissions):
             self._answers_table()
-        entries = []
-        heads: Heads = {}  # the requests of a client share a chain: its head read once
         try:
-            with self._write_pipelined() as cursor:
-                for admission in admissions:
-                    entry, written = admission.entry, False
-                    if entry is None:
-                        assert admission.batch is not None, "an admission writes or names hops"
-                        entry, written = self._append_in(
-                            cursor, admission.batch, heads, new_run=admission.new_run
-                        )
-                    if admission.confirmed:
-                        self._confirm_in(
-                            cursor, entry, entry.count, (), at, heads=heads, just_written=written
-                        )
-                    if admission.answer is not None:
-                        client, key, digest, answer = admission.answer(entry)
-                        cursor.execute(
-                            self._q(
-                                "INSERT INTO gateway_answers"
-                                " (client, idempotency_key, request_sha256, answer, at)"
-                                " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
-                            ),
-                            (client, key, digest, answer, _millis(at)),
-                        )
-                    entries.append(entry)
-                for head in heads.values():
-                    if head is not None:
-                        self._set_head(cursor, head)
+            try:
+                return self._admit_in(admissions, at)
+            except self._errors as exc:
+                if not self._head_moved(exc):
+                    raise
+            return self._admit_in(admissions, at)  # once more, the heads read and locked
         except self._errors as exc:
             raise self._error_class(exc)(
                 f"Cannot record {len(admissions)} gateway requests in `{self.url}`:"
                 f" {first_line(exc)}. Nothing of them was recorded."
             ) from exc
+
+    def _admit_in(self, admissions: Sequence[Admission], at: datetime) -> list[Entry]:
+        entries = []
+        heads: Heads = {}  # the requests of a client share a chain: its head read once
+        with self._write_pipelined() as cursor:
+            for admission in admissions:
+                entry, written = admission.entry, False
+                if entry is None:
+                    assert admission.batch is not None, "an admission writes or names hops"
+                    entry, written = self._append_in(
+                        cursor, admission.batch, heads, new_run=admission.new_run
+                    )
+                if admission.confirmed:
+                    self._confirm_in(
+                        cursor, entry, entry.count, (), at, heads=heads, just_written=written
+                    )
+                if admission.answer is not None:
+                    client, key, digest, answer = admission.answer(entry)
+                    cursor.execute(
+                        self._q(
+                            "INSERT INTO gateway_answers"
+                            " (client, idempotency_key, request_sha256, answer, at)"
+                            " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+                        ),
+                        (client, key, digest, answer, _millis(at)),
+                    )
+                entries.append(entry)
+            for head in heads.values():
+                if head is not None:
+                    self._set_head(cursor, head)
         return entries
+
+    def _head_moved(self, exc: BaseException) -> bool:
+        """Whether a failed `admit` failed only because a chain's head that the store kept
+        from its last admissions had moved (another writer): nothing was written, and it runs
+        again with the heads read. Here never."""
+        return False
 
     def answer_of(self, client: str, key: str) -> tuple[str, str] | None:
         """The (request digest, answer) kept for `client`'s `Idempotency-Key` `key`, if any."""

@@ -5,6 +5,7 @@ Each test gets a schema of its own (`search_path` set through the URL's libpq `o
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -298,3 +299,73 @@ def test_a_group_of_new_runs_waits_for_the_server_twice(
         assert store.trace(f"s{i}")[-1].event.decision == Decision.DELIVERED
     result = store.verify()
     assert (result.ok, result.batches, result.hops) == (True, 21, 21)
+
+
+def _new_runs(prefix: str, count: int) -> list[Admission]:
+    return [
+        Admission(batch=batch([hop(f"{prefix}{i}", i)], run_id=f"{prefix}-run-{i}"),
+                  confirmed=True, new_run=True)
+        for i in range(count)
+    ]  # fmt: skip
+
+
+def test_the_next_group_of_a_chain_waits_for_the_server_once(
+    store: LineageStore, tmp_path: Path
+) -> None:
+    """The head a group of admissions committed is kept: the next group of the same chain
+    does not wait to read it (a statement locks it and fails the transaction if another
+    writer moved it), so it waits for the server once, for its commit."""
+    assert isinstance(store, PostgresStore)
+    waits = [_server_waits(store, tmp_path, _new_runs(g, 3)) for g in "abc"]
+    assert waits == [2, 1, 1]
+    assert [h.seq for h in store.hops(["a0", "b0", "c2"])] == [1, 7, 17]
+    result = store.verify()
+    assert (result.ok, result.batches, result.hops) == (True, 18, 9)
+
+
+def test_a_head_another_writer_moved_is_read_again_not_forked(
+    store: LineageStore, store_url: str, tmp_path: Path
+) -> None:
+    """Another store (another gateway, a guard) appends to the chain after this store's
+    admissions: the next group finds the head it kept moved, writes nothing, and runs again
+    with the head read (5 waits: its failed commit, the rollback, psycopg's `DEALLOCATE ALL`
+    after it, the head, the commit): its entries follow the other writer's, the chain
+    verifies, and the group after it waits once again."""
+    assert isinstance(store, PostgresStore)
+    store.admit(_new_runs("a", 2), at=T0)
+    with open_store(store_url) as other:
+        other.append(batch([hop("other", 9)], run_id="other-run"))
+    assert _server_waits(store, tmp_path, _new_runs("b", 2)) == 5
+    assert _server_waits(store, tmp_path, _new_runs("c", 2)) == 1
+    assert [h.seq for h in store.hops(["a1", "other", "b0", "b1", "c1"])] == [3, 5, 6, 8, 12]
+    result = store.verify()
+    assert (result.ok, result.batches, result.hops) == (True, 13, 7)
+
+
+def test_a_head_moved_while_the_group_waited_for_its_lock_is_not_forked(
+    store: LineageStore, store_url: str
+) -> None:
+    """Another writer holds the chain's head locked, moves it and commits while the next
+    group of this store waits for the lock: the group's check sees the moved head (not the
+    one it kept), runs again after it, and the chain verifies."""
+    assert isinstance(store, PostgresStore)
+    store.admit(_new_runs("a", 1), at=T0)
+    with open_store(store_url) as other:
+        assert isinstance(other, PostgresStore)
+        writing = other._write()
+        cursor = writing.__enter__()
+        try:
+            other._append_in(cursor, batch([hop("other", 9)], run_id="other-run"))
+            admitted: list[Any] = []
+            group = threading.Thread(
+                target=lambda: admitted.append(store.admit(_new_runs("b", 1), at=T0))
+            )
+            group.start()
+            group.join(1.0)
+            assert group.is_alive()  # waiting for the head's lock
+        finally:
+            writing.__exit__(None, None, None)  # commits
+        group.join(30)
+    assert [e.seq for e in admitted[0]] == [4]
+    assert [h.seq for h in store.hops(["a0", "other", "b0"])] == [1, 3, 4]
+    assert store.verify().ok
