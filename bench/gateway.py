@@ -2,6 +2,7 @@
 
     python bench/gateway.py                 # SQLite and PostgreSQL, prints the table
     python bench/gateway.py --json --seconds 10
+    python bench/gateway.py --stores postgresql   # the bare endpoint and PostgreSQL's case only
 
 In one run, on this machine:
 
