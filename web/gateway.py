@@ -325,10 +325,13 @@ class Gateway:
             return (client.name, key or "", request_sha256, answered)
 
         answer = kept if key is not None else None
+        new_run = key is None  # a fresh run id: no earlier attempt wrote its hops
         if self._producer is None:  # hops, delivery and answer: one transaction
-            entry = self._committer.run(Admission(batch=hops, confirmed=True, answer=answer))
+            entry = self._committer.run(
+                Admission(batch=hops, confirmed=True, answer=answer, new_run=new_run)
+            )
         else:  # hops first; delivered once the broker acknowledged every record
-            entry = self._committer.run(Admission(batch=hops))
+            entry = self._committer.run(Admission(batch=hops, new_run=new_run))
             if run_id not in self._acknowledged:
                 self._producer.send(self._messages(judged))
                 if key is not None:

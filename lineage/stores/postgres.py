@@ -16,26 +16,29 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import psycopg
 from psycopg import pq
 
-from lineage_guard.lineage.chain import GENESIS_HASH, ChainHead
+from lineage_guard.lineage.chain import GENESIS_HASH, ChainHead, Entry
 from lineage_guard.lineage.errors import (
     ConfigError,
     LineageGuardError,
     RowRefusedError,
     ServiceUnavailableError,
 )
+from lineage_guard.lineage.hops import HopRows
 from lineage_guard.lineage.store import first_line, no_lineage_error, redact_text, redact_url
 from lineage_guard.lineage.stores.sql import (
+    ADD_ENTRY,
     FETCH_ROWS,
     HOP_COLUMNS,
     INSERT_HOP,
     SUSPECT_INDEXES,
     SqlStore,
+    entry_row,
 )
 
 CONNECT_TIMEOUT_S = 10
@@ -54,6 +57,18 @@ _SETTING_STATES = frozenset({"3F000", "42501", "25006"})
 _ROW_CLASSES = frozenset({"22", "54"})
 
 _COPY = f"COPY lineage_hops ({', '.join(HOP_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+# A hop row of the entry this session inserted last: its id taken from the entry's sequence
+# on the server (`currval`), so a pipelined writer need not wait for it.
+_INSERT_HOP_OF_ENTRY = INSERT_HOP.replace("?", "currval('lineage_entries_id_seq')", 1).replace(
+    "?", "%s"
+)
+# A chain's head as this store's last admissions left it, locked, or an error (division by
+# zero, `_head_moved`) that aborts the transaction if another writer moved it since: checked
+# without waiting for an answer.
+_CHECK_HEAD = (
+    "SELECT 1 / count(*) FROM (SELECT 1 FROM lineage_chains"
+    " WHERE chain_id = %s AND seq = %s AND hash = %s FOR UPDATE) AS head"
+)
 _COPY_TYPES = [
     "int8", "int4", "text", "int8", "text", "text", "text", "text", "text", "text", "text",
     "text", "text", "bytea",
@@ -176,6 +191,10 @@ class PostgresStore(SqlStore):
         self._url = redact_url(url)
         self._conn: psycopg.Connection[Any] | None = None
         self._cursors = 0
+        # The heads this connection's committed admissions left (`admit`: read only while
+        # `_CHECK_HEAD` finds them unmoved), and those its running admissions move.
+        self._heads: dict[str, ChainHead] = {}
+        self._moving: dict[str, ChainHead] = {}
         with self._lock:
             conn = self._connection()
             try:
@@ -254,17 +273,25 @@ class PostgresStore(SqlStore):
     @contextmanager
     def _transaction(self, *, pipelined: bool) -> Iterator[Any]:
         with self._lock:
+            self._moving = {}
+            if not pipelined:  # it may move heads itself: read them again next time
+                self._heads.clear()
             try:
                 conn = self._connection()
                 with (
-                    conn.transaction(),
-                    conn.pipeline() if pipelined else nullcontext(),
+                    _pipelined_transaction(conn) if pipelined else conn.transaction(),
                     conn.cursor() as cursor,
                 ):
                     yield cursor
-            except psycopg.Error:
-                self._drop_broken()
+            except BaseException as exc:
+                self._heads.clear()
+                if isinstance(exc, psycopg.Error):
+                    self._drop_broken()
                 raise
+            self._heads.update(self._moving)  # committed
+
+    def _head_moved(self, exc: BaseException) -> bool:
+        return isinstance(exc, psycopg.errors.DivisionByZero)  # `_CHECK_HEAD`'s
 
     def _lock_checkpoints(self, cursor: Any) -> None:
         # A transaction-level advisory lock: it needs no privilege on any table (the writer
@@ -272,6 +299,10 @@ class PostgresStore(SqlStore):
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", (CHECKPOINTS_LOCK,))
 
     def _lock_head(self, cursor: Any, chain_id: str) -> ChainHead | None:
+        known = self._heads.get(chain_id) if _pipelined(cursor) else None
+        if known is not None:  # the head this connection left, if no one moved it since
+            cursor.execute(_CHECK_HEAD, (chain_id, known.seq, known.hash))
+            return known
         cursor.execute(
             "INSERT INTO lineage_chains (chain_id, seq, hash) VALUES (%s, 0, %s)"
             " ON CONFLICT (chain_id) DO NOTHING",
@@ -290,10 +321,23 @@ class PostgresStore(SqlStore):
         row = conn.execute("SELECT to_regclass('lineage_hop_summary')").fetchone()
         return row is not None and row[0] is not None
 
-    def _insert_hops(self, cursor: Any, rows: Sequence[tuple[Any, ...]]) -> None:
-        if cursor.connection.pgconn.pipeline_status != pq.PipelineStatus.OFF:
-            cursor.executemany(self._q(INSERT_HOP), rows)  # COPY cannot be pipelined
+    def _set_head(self, cursor: Any, entry: Entry | ChainHead) -> None:
+        super()._set_head(cursor, entry)
+        if _pipelined(cursor):
+            self._moving[entry.chain_id] = ChainHead(
+                chain_id=entry.chain_id, seq=entry.seq, hash=entry.hash
+            )
+
+    def _insert_entry(self, cursor: Any, entry: Entry, table: HopRows) -> None:
+        if not _pipelined(cursor):
+            super()._insert_entry(cursor, entry, table)
             return
+        # Pipelined: the entry's id is not waited for (its hops take it from the sequence) and
+        # the hops go as INSERTs (COPY cannot be pipelined).
+        cursor.execute(self._q(ADD_ENTRY), entry_row(entry))
+        cursor.executemany(_INSERT_HOP_OF_ENTRY, [row[1:] for row in table.store_rows(0)])
+
+    def _insert_hops(self, cursor: Any, rows: Sequence[tuple[Any, ...]]) -> None:
         with cursor.copy(_COPY) as copy:
             copy.set_types(_COPY_TYPES)
             for row in rows:
@@ -395,6 +439,28 @@ class PostgresStore(SqlStore):
             f" {redact_text(first_line(exc), self._dsn)}."
             " Check `--lineage-store` and that PostgreSQL is running."
         )
+
+
+def _pipelined(cursor: Any) -> bool:
+    return bool(cursor.connection.pgconn.pipeline_status != pq.PipelineStatus.OFF)
+
+
+@contextmanager
+def _pipelined_transaction(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """A transaction in pipeline mode whose BEGIN and COMMIT go with its statements: it waits
+    for the server only where a result is read and once at the end, for the COMMIT's answer
+    (psycopg's `transaction()` in a pipeline waits after BEGIN and before COMMIT as well). A
+    statement that failed, or an exception in the block, skips the COMMIT (the server skips
+    what follows a failed statement up to the pipeline's sync) and the transaction is rolled
+    back."""
+    try:
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            yield
+            conn.execute("COMMIT")
+    finally:
+        if not conn.broken and conn.info.transaction_status != pq.TransactionStatus.IDLE:
+            conn.execute("ROLLBACK")
 
 
 def _least_privilege(conn: psycopg.Connection[Any], exc: psycopg.Error) -> bool:

@@ -219,6 +219,8 @@ class Admission:
     batch: HopBatch | None = None
     entry: Entry | None = None
     confirmed: bool = False
+    new_run: bool = False  # the batch's run id is new (no `Idempotency-Key`): none of its
+    # hops can be in the store, so `admit` does not look for them first
     answer: Callable[[Entry], tuple[str, str, str, str]] | None = None
 
 
@@ -327,26 +329,27 @@ class SqlStore(ABC):
         return entry
 
     def _append_in(
-        self, cursor: Any, batch: HopBatch, heads: Heads | None = None
+        self, cursor: Any, batch: HopBatch, heads: Heads | None = None, *, new_run: bool = False
     ) -> tuple[Entry, bool]:
         """The batch's entry, and whether it was written now (False: the same run wrote it
-        before); `heads`: as `_head_in`, `_moved`."""
+        before; `new_run`: a run id never used before, not looked for); `heads`: as
+        `_head_in`, `_moved`."""
         head = self._head_in(cursor, batch.chain_id, heads)
         table = batch.table()
         entry = hops_entry(batch, head=head)
-        cursor.execute(
-            self._q(
-                f"{SELECT_ENTRIES} WHERE chain_id = ? AND run_id = ? AND first_offset = ?"
-                " AND kind = 'hops' AND last_offset = ? AND root = ?"
-            ),
-            (entry.chain_id, entry.run_id, entry.first_offset, entry.last_offset, entry.root),
-        )
-        if (row := cursor.fetchone()) is not None:
-            written = read_entry(row)
-            if isinstance(written, Entry):
-                return written, False
-        entry_id = self._insert_entry(cursor, entry)
-        self._insert_hops(cursor, table.store_rows(entry_id))
+        if not new_run:
+            cursor.execute(
+                self._q(
+                    f"{SELECT_ENTRIES} WHERE chain_id = ? AND run_id = ? AND first_offset = ?"
+                    " AND kind = 'hops' AND last_offset = ? AND root = ?"
+                ),
+                (entry.chain_id, entry.run_id, entry.first_offset, entry.last_offset, entry.root),
+            )
+            if (row := cursor.fetchone()) is not None:
+                written = read_entry(row)
+                if isinstance(written, Entry):
+                    return written, False
+        self._insert_entry(cursor, entry, table)
         self._moved(cursor, entry, heads)
         hour = _millis(entry.at) // HOUR_MS
         self._add_to_summary(cursor, hour, entry.pipeline, entry.chain_id, table)
@@ -521,39 +524,55 @@ class SqlStore(ABC):
             return []
         if any(a.answer is not None for a in admissions):
             self._answers_table()
-        entries = []
-        heads: Heads = {}  # the requests of a client share a chain: its head read once
         try:
-            with self._write_pipelined() as cursor:
-                for admission in admissions:
-                    entry, written = admission.entry, False
-                    if entry is None:
-                        assert admission.batch is not None, "an admission writes or names hops"
-                        entry, written = self._append_in(cursor, admission.batch, heads)
-                    if admission.confirmed:
-                        self._confirm_in(
-                            cursor, entry, entry.count, (), at, heads=heads, just_written=written
-                        )
-                    if admission.answer is not None:
-                        client, key, digest, answer = admission.answer(entry)
-                        cursor.execute(
-                            self._q(
-                                "INSERT INTO gateway_answers"
-                                " (client, idempotency_key, request_sha256, answer, at)"
-                                " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
-                            ),
-                            (client, key, digest, answer, _millis(at)),
-                        )
-                    entries.append(entry)
-                for head in heads.values():
-                    if head is not None:
-                        self._set_head(cursor, head)
+            try:
+                return self._admit_in(admissions, at)
+            except self._errors as exc:
+                if not self._head_moved(exc):
+                    raise
+            return self._admit_in(admissions, at)  # once more, the heads read and locked
         except self._errors as exc:
             raise self._error_class(exc)(
                 f"Cannot record {len(admissions)} gateway requests in `{self.url}`:"
                 f" {first_line(exc)}. Nothing of them was recorded."
             ) from exc
+
+    def _admit_in(self, admissions: Sequence[Admission], at: datetime) -> list[Entry]:
+        entries = []
+        heads: Heads = {}  # the requests of a client share a chain: its head read once
+        with self._write_pipelined() as cursor:
+            for admission in admissions:
+                entry, written = admission.entry, False
+                if entry is None:
+                    assert admission.batch is not None, "an admission writes or names hops"
+                    entry, written = self._append_in(
+                        cursor, admission.batch, heads, new_run=admission.new_run
+                    )
+                if admission.confirmed:
+                    self._confirm_in(
+                        cursor, entry, entry.count, (), at, heads=heads, just_written=written
+                    )
+                if admission.answer is not None:
+                    client, key, digest, answer = admission.answer(entry)
+                    cursor.execute(
+                        self._q(
+                            "INSERT INTO gateway_answers"
+                            " (client, idempotency_key, request_sha256, answer, at)"
+                            " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+                        ),
+                        (client, key, digest, answer, _millis(at)),
+                    )
+                entries.append(entry)
+            for head in heads.values():
+                if head is not None:
+                    self._set_head(cursor, head)
         return entries
+
+    def _head_moved(self, exc: BaseException) -> bool:
+        """Whether a failed `admit` failed only because a chain's head that the store kept
+        from its last admissions had moved (another writer): nothing was written, and it runs
+        again with the heads read. Here never."""
+        return False
 
     def answer_of(self, client: str, key: str) -> tuple[str, str] | None:
         """The (request digest, answer) kept for `client`'s `Idempotency-Key` `key`, if any."""
@@ -649,9 +668,10 @@ class SqlStore(ABC):
             ),
         )
 
-    def _insert_entry(self, cursor: Any, entry: Entry) -> int:
+    def _insert_entry(self, cursor: Any, entry: Entry, table: HopRows) -> None:
+        """`entry` and its hop rows, which name it by its id."""
         cursor.execute(self._q(INSERT_ENTRY), entry_row(entry))
-        return int(cursor.fetchone()[0])
+        self._insert_hops(cursor, table.store_rows(int(cursor.fetchone()[0])))
 
     def _set_head(self, cursor: Any, entry: Entry | ChainHead) -> None:
         cursor.execute(

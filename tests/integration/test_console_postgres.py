@@ -14,7 +14,9 @@ import psycopg
 import pytest
 
 from lineage_guard.lineage.accounts import AccessRecord
+from lineage_guard.lineage.hops import Delivery
 from lineage_guard.lineage.store import open_store
+from lineage_guard.lineage.stores.sql import Admission
 from lineage_guard.web.auth import Role, utcnow
 from lineage_guard.web.console import create_console
 from lineage_guard.web.privileges import TENANTS_SETTING, privilege_warnings
@@ -118,6 +120,21 @@ def test_the_writer_appends_but_cannot_change_or_delete(roles: dict[str, str]) -
     ):
         assert refused(roles["writer"], statement).startswith("permission denied for table")
     assert privilege_warnings(roles["writer"]) == []
+
+
+def test_the_writer_admits_gateway_requests(roles: dict[str, str]) -> None:
+    """The gateway's pipelined admissions need no more than the writer's rights: hop rows
+    take their entry's id from its sequence (`currval`), and the second group locks and
+    checks the head the first one left (`SELECT … FOR UPDATE`)."""
+    with open_store(roles["writer"]) as store:
+        for name in ("gw-a", "gw-b"):
+            admission = Admission(
+                batch=batch([hop(name, 0)], run_id=f"run-{name}"), confirmed=True, new_run=True
+            )
+            store.admit([admission], at=T0)  # type: ignore[attr-defined]
+        a, b = store.hops(["gw-a", "gw-b"])  # type: ignore[attr-defined]
+        assert (b.seq - a.seq, a.delivery, b.delivery) == (2, *[Delivery.CONFIRMED] * 2)
+        assert store.verify().ok
 
 
 def test_the_reader_only_reads_and_logs_its_reads(roles: dict[str, str]) -> None:

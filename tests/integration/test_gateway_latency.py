@@ -17,6 +17,7 @@ from lineage_guard.io.file_io import json_line
 from lineage_guard.lineage.hops import Delivery
 from lineage_guard.lineage.store import open_store
 from lineage_guard.web.gateway import GatewaySettings
+from tests.integration.pg_waits import server_waits
 from tests.integration.test_gateway import gateway
 
 JSON = {"Content-Type": "application/json"}
@@ -116,3 +117,34 @@ def test_admits_arriving_during_a_commit_share_the_next(tmp_path: Path) -> None:
             c.join(30)
     assert answers == [200] * 10
     assert groups == [1, 9]
+
+
+def test_an_admit_without_idempotency_key_waits_for_postgresql_once(
+    pg_store_url: str, tmp_path: Path
+) -> None:
+    """A single-record admit's transaction on PostgreSQL waits for the server once, for its
+    commit: the chain's head is the one the gateway's last commit left (checked, not read),
+    and a request without an `Idempotency-Key` has a run id never used before, so its hops
+    are not looked for first. With a key (a retry may find its hops), the lookup is a second
+    wait. Before: 6 waits either way (BEGIN, head, lookup, the entry's id, the pipeline's end,
+    COMMIT)."""
+    body = json_line(_child()).encode()
+    with gateway(GatewaySettings(lineage_store=pg_store_url)) as (served, headers):
+        url = f"{served.url}/v1/records:admit"
+        first = requests.post(
+            url, data=body, headers={**headers, **JSON, "Idempotency-Key": "key-0"}, timeout=30
+        )
+        assert first.status_code == 200, first.text  # the first (the answers' table): not counted
+        conn = served.gateway.store()._connection()  # type: ignore[attr-defined]
+        counted = []
+        for n, key in enumerate([None, "key-1"]):
+            sent = {**headers, **JSON, **({"Idempotency-Key": key} if key else {})}
+            with server_waits(conn, tmp_path / f"libpq-{n}.trace") as waits:
+                answer = requests.post(url, data=body, headers=sent, timeout=30)
+            assert answer.status_code == 200, answer.text
+            counted.append(waits[0])
+    assert counted == [1, 2]
+    with open_store(pg_store_url) as store:
+        hops = store.hops([_child()["record_id"]])  # type: ignore[attr-defined]
+    assert [h.delivery for h in hops] == [Delivery.CONFIRMED] * 3
+    assert store.verify().ok  # type: ignore[attr-defined]

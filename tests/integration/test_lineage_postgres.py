@@ -5,7 +5,7 @@ Each test gets a schema of its own (`search_path` set through the URL's libpq `o
 
 from __future__ import annotations
 
-from collections import Counter
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ from uuid import uuid4
 
 import psycopg
 import pytest
-from psycopg import pq, sql
+from psycopg import sql
 
 # The contract suite is a plain module: have pytest rewrite its asserts for clear failures.
 pytest.register_assert_rewrite("tests.lineage_contract")
@@ -23,6 +23,7 @@ from lineage_guard.lineage.events import Decision  # noqa: E402
 from lineage_guard.lineage.store import LineageStore, open_store  # noqa: E402
 from lineage_guard.lineage.stores.postgres import PostgresStore  # noqa: E402
 from lineage_guard.lineage.stores.sql import SUSPECTS, Admission  # noqa: E402
+from tests.integration.pg_waits import server_waits  # noqa: E402
 from tests.lineage_contract import *  # noqa: E402, F403 (the contract suite runs here)
 from tests.lineage_contract import CHAIN, T0, RunSql, batch, filled, hop  # noqa: E402
 
@@ -252,31 +253,119 @@ def unused_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _server_waits(store: PostgresStore, tmp_path: Path, admissions: list[Admission]) -> int:
+    """How many times `store.admit(admissions)` waited for the server."""
+    with server_waits(store._connection(), tmp_path / "libpq.trace") as waits:
+        store.admit(admissions, at=T0)
+    return waits[0]
+
+
 def test_a_group_of_admissions_waits_for_the_server_a_few_times(
     store: LineageStore, tmp_path: Path
 ) -> None:
-    """The gateway's group commit (`admit`) of 10 requests of one client (one chain): its
-    statements go pipelined and the chain's head is read and written once, so the writer waits
-    for the server at most 30 times (24 measured; libpq's trace: each Sync, Flush,
-    Query or CopyDone it sent), where it waited 149 times (each statement, each request's
-    head read twice, its hops copied): every wait a turn of the server process."""
+    """The gateway's group commit (`admit`) of 10 requests of one client (one chain), each
+    with its `Idempotency-Key` (a retry's run: its hops are looked for first): its statements
+    go pipelined, BEGIN and COMMIT with them, the chain's head is read and written once and
+    no entry's id is waited for, so the writer waits for the server 12 times (the head, each
+    request's lookup, the commit), where it waited 149 times (each statement, each request's
+    head read twice, its hops copied), then 24."""
     assert isinstance(store, PostgresStore)
     admissions = [
         Admission(batch=batch([hop(f"r{i}", i)], run_id=f"run-{i}"), confirmed=True)
         for i in range(10)
     ]
-    conn = store._connection()
-    trace = tmp_path / "libpq.trace"
-    with trace.open("w") as out:
-        conn.pgconn.trace(out.fileno())
-        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
-        store.admit(admissions, at=T0)
-        conn.pgconn.untrace()
-    sent = Counter(
-        fields[2].split(" ")[0].strip()
-        for fields in (line.split("\t") for line in trace.read_text().splitlines())
-        if fields[0] == "F" and len(fields) > 2
-    )
-    assert sent["Sync"] + sent["Flush"] + sent["Query"] + sent["CopyDone"] <= 30
+    assert _server_waits(store, tmp_path, admissions) == 12
     assert [store.trace(f"r{i}")[-1].event.decision for i in range(10)] == [Decision.DELIVERED] * 10
+    assert store.verify().ok
+
+
+def test_a_group_of_new_runs_waits_for_the_server_twice(
+    store: LineageStore, tmp_path: Path
+) -> None:
+    """Requests without an `Idempotency-Key` (`new_run`: a run id never used, nothing to look
+    for): 10 of them in one group commit wait for the server twice, for the chain's head and
+    for the commit (24 times before: BEGIN, each lookup, each entry's id, the commit), and
+    their hops are kept under their entries as when written alone."""
+    assert isinstance(store, PostgresStore)
+    store.append(batch([hop("before", 0)], run_id="run-before"))  # the head moves on from it
+    admissions = [
+        Admission(batch=batch([hop(f"r{i}", i), hop(f"s{i}", i)], run_id=f"run-{i}"),
+                  confirmed=True, new_run=True)
+        for i in range(10)
+    ]  # fmt: skip
+    assert _server_waits(store, tmp_path, admissions) == 2
+    for i in range(10):
+        assert [h.seq for h in store.hops([f"r{i}", f"s{i}"])] == [2 + 2 * i] * 2
+        assert store.trace(f"s{i}")[-1].event.decision == Decision.DELIVERED
+    result = store.verify()
+    assert (result.ok, result.batches, result.hops) == (True, 21, 21)
+
+
+def _new_runs(prefix: str, count: int) -> list[Admission]:
+    return [
+        Admission(batch=batch([hop(f"{prefix}{i}", i)], run_id=f"{prefix}-run-{i}"),
+                  confirmed=True, new_run=True)
+        for i in range(count)
+    ]  # fmt: skip
+
+
+def test_the_next_group_of_a_chain_waits_for_the_server_once(
+    store: LineageStore, tmp_path: Path
+) -> None:
+    """The head a group of admissions committed is kept: the next group of the same chain
+    does not wait to read it (a statement locks it and fails the transaction if another
+    writer moved it), so it waits for the server once, for its commit."""
+    assert isinstance(store, PostgresStore)
+    waits = [_server_waits(store, tmp_path, _new_runs(g, 3)) for g in "abc"]
+    assert waits == [2, 1, 1]
+    assert [h.seq for h in store.hops(["a0", "b0", "c2"])] == [1, 7, 17]
+    result = store.verify()
+    assert (result.ok, result.batches, result.hops) == (True, 18, 9)
+
+
+def test_a_head_another_writer_moved_is_read_again_not_forked(
+    store: LineageStore, store_url: str, tmp_path: Path
+) -> None:
+    """Another store (another gateway, a guard) appends to the chain after this store's
+    admissions: the next group finds the head it kept moved, writes nothing, and runs again
+    with the head read (5 waits: its failed commit, the rollback, psycopg's `DEALLOCATE ALL`
+    after it, the head, the commit): its entries follow the other writer's, the chain
+    verifies, and the group after it waits once again."""
+    assert isinstance(store, PostgresStore)
+    store.admit(_new_runs("a", 2), at=T0)
+    with open_store(store_url) as other:
+        other.append(batch([hop("other", 9)], run_id="other-run"))
+    assert _server_waits(store, tmp_path, _new_runs("b", 2)) == 5
+    assert _server_waits(store, tmp_path, _new_runs("c", 2)) == 1
+    assert [h.seq for h in store.hops(["a1", "other", "b0", "b1", "c1"])] == [3, 5, 6, 8, 12]
+    result = store.verify()
+    assert (result.ok, result.batches, result.hops) == (True, 13, 7)
+
+
+def test_a_head_moved_while_the_group_waited_for_its_lock_is_not_forked(
+    store: LineageStore, store_url: str
+) -> None:
+    """Another writer holds the chain's head locked, moves it and commits while the next
+    group of this store waits for the lock: the group's check sees the moved head (not the
+    one it kept), runs again after it, and the chain verifies."""
+    assert isinstance(store, PostgresStore)
+    store.admit(_new_runs("a", 1), at=T0)
+    with open_store(store_url) as other:
+        assert isinstance(other, PostgresStore)
+        writing = other._write()
+        cursor = writing.__enter__()
+        try:
+            other._append_in(cursor, batch([hop("other", 9)], run_id="other-run"))
+            admitted: list[Any] = []
+            group = threading.Thread(
+                target=lambda: admitted.append(store.admit(_new_runs("b", 1), at=T0))
+            )
+            group.start()
+            group.join(1.0)
+            assert group.is_alive()  # waiting for the head's lock
+        finally:
+            writing.__exit__(None, None, None)  # commits
+        group.join(30)
+    assert [e.seq for e in admitted[0]] == [4]
+    assert [h.seq for h in store.hops(["a0", "other", "b0"])] == [1, 3, 4]
     assert store.verify().ok
