@@ -39,7 +39,8 @@ from apache_beam.options.pipeline_options import (
     PortableOptions,
 )
 from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from confluent_kafka import KafkaException, TopicPartition
 
 from lineage_guard import flink_rest as flink_rest_api
@@ -59,6 +60,12 @@ FRONTIER = ReadModifyWriteStateSpec("frontier", VarIntCoder())  # the last commi
 WAITING = ReadModifyWriteStateSpec("waiting", PickleCoder())  # delivered spans after a gap
 FRONTIER_STATE = beam.DoFn.StateParam(FRONTIER)
 WAITING_STATE = beam.DoFn.StateParam(WAITING)
+# Never set. Prism (2.77) waits for a bundle's end on its output and timer streams; for a stage
+# that has neither, as the write step had, it waits in a busy loop (`stage.Execute` selects on
+# a closed channel): one core spun for as long as each write bundle ran, beside the worker.
+# A declared timer family is a stream Prism waits on without spinning.
+BUNDLE_END = TimerSpec("bundle_end", TimeDomain.WATERMARK)
+BUNDLE_END_TIMER = beam.DoFn.TimerParam(BUNDLE_END)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -214,6 +221,10 @@ class DeliverAndCommit(beam.DoFn):
             self.to_commit[(batch.topic, batch.partition)] = moved
         frontier_state.write(moved)
         waiting_state.write(still_waiting)
+
+    @on_timer(BUNDLE_END)
+    def _bundle_end(self, _timer: Any = BUNDLE_END_TIMER) -> None:
+        """Never called (`BUNDLE_END` is never set)."""
 
     def finish_bundle(self) -> None:
         """Waits until Kafka acknowledged every record the bundle wrote, then commits the

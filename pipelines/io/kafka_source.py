@@ -15,6 +15,13 @@ the rate (what arrived since the partition's last call), and a caught-up partiti
 again at once, an idle one after `idle_resume_s`. Only checkpoints split a partition's range:
 its records are read by one reader at a time, in offset order.
 
+A partition is read at most `max_ahead` records past the group's committed offset: the
+runner holds what the write step has not taken yet, and Prism (2.77) hands a stage everything
+that waits for it as one bundle. Without the bound, a write step behind a backlog got ever
+larger bundles (234 chunks, 468,000 records, about 220 MB in one bundle while 1,000,000 records
+drained) and waited 15 s for its first element. Once that far ahead, a call reads nothing and
+looks again after `idle_resume_s`; the write step's commits let it on.
+
 The output is `Chunk`s: records of one partition plus the offset span they cover, including
 offsets the broker skipped (transaction markers, compacted records). The write step commits a
 partition's offset only up to the end of a gap-free run of delivered spans (`Frontier`).
@@ -50,6 +57,7 @@ from lineage_guard.lineage.errors import ConfigError, ServiceUnavailableError
 log = logging.getLogger(__name__)
 
 UNBOUNDED = 2**63 - 1  # the end of a partition's range: Kafka offsets are signed 64-bit
+MAX_AHEAD = 30_000  # records of a partition read but not yet committed, at most (see above)
 NAMESPACE = "lineage_guard"
 
 TopicPartitionKey = tuple[str, int]
@@ -136,15 +144,20 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
         poll_s: float = 0.01,
         process_s: float = 1.0,
         idle_resume_s: float = 0.1,
+        max_ahead: int = MAX_AHEAD,
     ) -> None:
         self.settings = settings
         self.max_chunk = max_chunk
         self.poll_s = poll_s
         self.process_s = process_s
         self.idle_resume_s = idle_resume_s
+        self.max_ahead = max_ahead
 
     def setup(self) -> None:
         self.consumers: dict[TopicPartitionKey, tuple[Consumer, list[int]]] = {}
+        # The group's committed offset per partition, as last looked up (or, before the group
+        # committed any, where this worker first read it).
+        self.committed: dict[TopicPartitionKey, int] = {}
         self.read = Metrics.counter(NAMESPACE, "read")
 
     def teardown(self) -> None:
@@ -198,6 +211,9 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
         topic, partition = element
         position = tracker.current_restriction().start
         consumer, next_offset = self._consumer_at(topic, partition, position)
+        if self._ahead(consumer, topic, partition, position) >= self.max_ahead:
+            tracker.defer_remainder(Duration(seconds=self.idle_resume_s))
+            return  # far enough ahead of the write step: read on once it committed
         deadline = time.monotonic() + self.process_s
         wait = self.poll_s  # only the call's first poll waits; the others take what is fetched
         stopped = False
@@ -241,6 +257,23 @@ class ReadPartitions(beam.DoFn, RestrictionProvider):
                 if current is None or now > current:
                     watermark.set_watermark(now)
             tracker.defer_remainder(Duration(seconds=0 if data else self.idle_resume_s))
+
+    def _ahead(self, consumer: Consumer, topic: str, partition: int, position: int) -> int:
+        """How many records before `position` the group has not committed yet. Kafka is asked
+        only when the last answer puts this partition `max_ahead` records ahead; an answer
+        that does not come in time leaves the last one standing."""
+        key = (topic, partition)
+        committed = self.committed.setdefault(key, position)
+        if position - committed >= self.max_ahead:
+            tp = TopicPartition(topic, partition)
+            try:
+                [answer] = consumer.committed([tp], timeout=self.settings.timeout_s)
+            except KafkaException as exc:
+                log.info("the committed offset of `%s`[%d] did not come: %s", topic, partition, exc)
+                return position - committed
+            if answer.error is None and answer.offset >= 0:
+                committed = self.committed[key] = max(committed, int(answer.offset))
+        return position - committed
 
     @staticmethod
     def _advance(watermark: Any, batch: GuardBatch) -> Timestamp:
@@ -298,6 +331,7 @@ class ReadFromKafka(beam.PTransform):
         max_chunk: int = 500,
         discovery_interval_s: float = 10.0,
         idle_poll_s: float = 0.1,
+        max_ahead: int = MAX_AHEAD,
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -305,6 +339,7 @@ class ReadFromKafka(beam.PTransform):
         self.max_chunk = max_chunk
         self.discovery_interval_s = discovery_interval_s
         self.idle_poll_s = idle_poll_s
+        self.max_ahead = max_ahead
 
     def expand(self, pbegin: Any) -> Any:
         return (
@@ -315,7 +350,10 @@ class ReadFromKafka(beam.PTransform):
             | "Read"
             >> beam.ParDo(
                 ReadPartitions(
-                    self.settings, max_chunk=self.max_chunk, idle_resume_s=self.idle_poll_s
+                    self.settings,
+                    max_chunk=self.max_chunk,
+                    idle_resume_s=self.idle_poll_s,
+                    max_ahead=self.max_ahead,
                 )
             )
         )
