@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from itertools import repeat
 from typing import Any
 
 import orjson
@@ -193,20 +194,18 @@ class HopRows:
     def store_rows(self, entry_id: int) -> list[tuple[Any, ...]]:
         """The rows as the SQL stores keep them (`stores.sql.HOP_COLUMNS`): reasons and
         parents as compact JSON text or NULL, the digest as raw bytes."""
-        out = []
-        for index, row in enumerate(self.rows()):
-            (record_id, offset, outcome, stopped, reasons, content_class, origin_env,
-             tenant_id, source_system, generator, parents, digest) = row  # fmt: skip
-            out.append(
-                (
-                    entry_id, index, record_id, offset, outcome, stopped,
-                    _text([list(r) for r in reasons]) if reasons else None,
-                    content_class, origin_env, tenant_id, source_system, generator,
-                    _text(list(parents)) if parents else None,
-                    bytes.fromhex(digest),
-                )
-            )  # fmt: skip
-        return out
+        c = self.columns
+        n = len(self)
+        reasons = [_text([list(r) for r in rs]) if rs else None for rs in c["reasons"]]
+        parents = [_text(list(ps)) if ps else None for ps in c["parent_record_ids"]]
+        return list(
+            zip(
+                repeat(entry_id, n), range(n), c["record_id"], c["source_offset"], c["outcome"],
+                c["stopped_at"], reasons, c["content_class"], c["origin_env"], c["tenant_id"],
+                c["source_system"], c["generator"], parents, map(bytes.fromhex, c["digest"]),
+                strict=True,
+            )
+        )  # fmt: skip
 
     def hops(self) -> tuple[Hop, ...]:
         """The same rows as `Hop` values."""
