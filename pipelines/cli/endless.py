@@ -67,6 +67,7 @@ def run_endless(
     from lineage_guard.streaming import run_streaming
 
     config, prism = streaming_config(config, prism_location)
+    _quiet_worker_threads_on_stop(config)
     result = run_streaming(config, prism_location=prism or None, flink_rest=flink_rest)
     counts = _JobCounters(result, total)
     counts.start()
@@ -94,6 +95,34 @@ def run_endless(
     finally:
         counts.stop()
     counts.finish()
+
+
+# Beam's loggers in this process's workers (LOOPBACK) that report their gRPC streams breaking.
+_WORKER_LOGGERS = ("apache_beam.runners.worker.data_plane", "apache_beam.runners.worker.sdk_worker")
+
+
+def _quiet_worker_threads_on_stop(config: GuardConfig) -> None:
+    """After a stop signal, Beam's threads in this process (the LOOPBACK workers, the job's
+    state and message streams) end with gRPC errors: the runner went down with the signal (Ctrl-C
+    and `kill -TERM -PGID` reach Prism too) or is cancelled. They print a traceback each, though
+    nothing failed: the stop message says what happened. From the signal on, such a thread's
+    gRPC error is one debug line, and those loggers keep their records; before it, they print
+    as they always did (a job that fails is reported by `wait_until_finish`)."""
+    import grpc
+
+    stopping = config.stop.requested
+    previous = threading.excepthook
+
+    def thread_ended(args: Any) -> None:
+        if stopping() and isinstance(args.exc_value, grpc.RpcError):
+            log.debug("%s ended with the stop: %s", getattr(args.thread, "name", "a thread"),
+                      type(args.exc_value).__name__)  # fmt: skip
+            return
+        previous(args)
+
+    threading.excepthook = thread_ended
+    for name in _WORKER_LOGGERS:
+        logging.getLogger(name).addFilter(lambda _record: not stopping())
 
 
 class _JobCounters:
