@@ -51,7 +51,7 @@ def served(
 
 class Gate:
     """Counts the chain's passes (`guard_chain.validate`, each batch's rows) and holds the
-    first one until `expected` requests reached `Gateway.judge`: the others arrive while
+    first one until `expected` requests reached `Gateway.prepare`: the others arrive while
     it runs."""
 
     def __init__(self, gateway: Gateway, expected: int) -> None:
@@ -60,12 +60,12 @@ class Gate:
         self.judged = 0
         self.first_started = threading.Event()
         self._lock = threading.Lock()
-        judge, validate = gateway.judge, guard_chain.validate
+        prepare, validate = gateway.prepare, guard_chain.validate
 
-        def counted_judge(*args: Any, **kwargs: Any) -> Any:
+        def counted_prepare(*args: Any, **kwargs: Any) -> Any:
             with self._lock:
                 self.judged += 1
-            return judge(*args, **kwargs)
+            return prepare(*args, **kwargs)
 
         def counted_validate(batch: Any, *args: Any, **kwargs: Any) -> Any:
             with self._lock:
@@ -76,10 +76,10 @@ class Gate:
                 deadline = time.monotonic() + 30
                 while self.judged < self.expected and time.monotonic() < deadline:
                     time.sleep(0.01)
-                time.sleep(0.3)  # from `judge` to waiting in line: microseconds
+                time.sleep(0.3)  # from `prepare` to waiting in line: microseconds
             return validate(batch, *args, **kwargs)
 
-        gateway.judge = counted_judge  # type: ignore[method-assign]
+        gateway.prepare = counted_prepare  # type: ignore[method-assign]
         self.validate = counted_validate
 
 
