@@ -364,9 +364,61 @@ fn read_contract<'py>(
     )
 }
 
+/// Where each Avro single-object message of `body` ends (a gateway request's body: messages
+/// back to back, `C3 01`, an 8-byte fingerprint, then a body as long as its schema reads).
+/// `fingerprints[k]` names `schemas[k]`. Returns the ends (u64 little-endian each) of the
+/// messages split, and the byte offset where splitting stopped: `body.len()` when every
+/// message was split, else the start of the first message this reader could not read to its
+/// end (no magic, an unknown fingerprint, a body that does not decode or ends short). The
+/// Python side goes on from there with fastavro, for its reason or its reading.
+#[pyfunction]
+fn single_object_ends<'py>(
+    py: Python<'py>,
+    schemas: Vec<String>,
+    fingerprints: Vec<Vec<u8>>,
+    body: &[u8],
+) -> PyResult<(Bound<'py, PyBytes>, usize)> {
+    if schemas.len() != fingerprints.len() {
+        return Err(PyValueError::new_err("one fingerprint per schema"));
+    }
+    let readers = schemas
+        .iter()
+        .map(|json| {
+            let schema = Schema::parse_str(json)
+                .map_err(|e| PyValueError::new_err(format!("schema does not parse: {e}")))?;
+            GenericSingleObjectReader::new_with_header_builder(schema, NoHeader)
+                .map_err(|e| PyValueError::new_err(format!("schema does not resolve: {e}")))
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let mut ends: Vec<u8> = Vec::new();
+    let mut at = 0;
+    while at < body.len() {
+        let head = &body[at..body.len().min(at + 10)];
+        if head.len() < 10 || head[..2] != [0xC3, 0x01] {
+            break;
+        }
+        let Some(k) = fingerprints.iter().position(|f| f.as_slice() == &head[2..10]) else {
+            break;
+        };
+        let mut rest = Body {
+            data: &body[at + 10..],
+            at: 0,
+            short: false,
+        };
+        match readers[k].read_value(&mut rest) {
+            Ok(_) if !rest.short => {}
+            _ => break,
+        }
+        at += 10 + rest.at;
+        ends.extend_from_slice(&(at as u64).to_le_bytes());
+    }
+    Ok((PyBytes::new(py, &ends), at))
+}
+
 #[pymodule]
 fn _avro(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_contract, m)?)?;
+    m.add_function(wrap_pyfunction!(single_object_ends, m)?)?;
     hashes::register(m)?;
     Ok(())
 }

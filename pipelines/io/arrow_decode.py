@@ -53,12 +53,33 @@ def available() -> bool:
 
 
 @cache
-def _reader() -> Any:
+def _native() -> Any:
     try:
         from lineage_guard import _avro
     except ImportError:
         return None
-    return _avro.read_contract
+    return _avro
+
+
+def _reader() -> Any:
+    native = _native()
+    return native.read_contract if native is not None else None
+
+
+def single_object_ends(body: bytes, schemas: dict[bytes, str]) -> tuple[list[int], int] | None:
+    """Where each single-object message of `body` ends, read by the Rust reader with the
+    schemas of the fingerprints in `schemas` (fingerprint → schema name): the ends of the
+    messages it split, and the offset where it stopped (`len(body)` when it split them all,
+    else the start of the first message it could not read to its end). None without the
+    Rust reader."""
+    native = _native()
+    if native is None:
+        return None
+    names = list(schemas.values())
+    ends, stopped = native.single_object_ends(
+        [_plain_schema(name) for name in names], list(schemas), body
+    )
+    return np.frombuffer(ends, "<u8").tolist(), stopped
 
 
 @dataclass(frozen=True, kw_only=True)

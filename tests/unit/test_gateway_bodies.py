@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import io
+import itertools
+import random
 
 import fastavro
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lineage_guard import guard_chain
 from lineage_guard.contract.records import record_id_of
 from lineage_guard.contract.schemas import load_schema
 from lineage_guard.generate import CONTACT, generate
-from lineage_guard.io.decode import Decoder, encode_single_object
+from lineage_guard.io import arrow_decode
+from lineage_guard.io.decode import Decoder, encode_single_object, known_fingerprints
 from lineage_guard.io.file_io import json_line
 from lineage_guard.web import bodies
 
@@ -64,3 +69,81 @@ def test_limits() -> None:
         )
     with pytest.raises(bodies.UnsupportedMediaTypeError, match="`application/xml`"):
         bodies.parse(b"<a/>", "application/xml", source="s", limits=bodies.Limits())
+
+
+# -- the Rust reader's split of single-object bodies against fastavro's ---------------------
+
+MIXED = [
+    encode_single_object(g.record, g.schema) for g in generate(40, seed=12)
+]  # three entities, two provenance versions
+
+
+def _split(body: bytes) -> list[bytes] | str:
+    try:
+        return bodies.split_single_objects(body)
+    except bodies.MalformedBodyError as exc:
+        return f"refused: {exc}"
+
+
+def _split_by_fastavro(body: bytes) -> list[bytes] | str:
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(arrow_decode, "single_object_ends", lambda body, schemas: None)
+        return _split(body)
+
+
+def _mutated(seed: int) -> bytes:
+    """Messages back to back, some of them flipped, cut, grown or given another fingerprint
+    (or no magic), the body cut at the end at times."""
+    rng = random.Random(seed)
+    parts = []
+    for message in rng.sample(MIXED, rng.randint(1, 12)):
+        data = bytearray(message)
+        kind = rng.random()
+        if kind < 0.15:  # a byte flipped, in the body or the framing
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        elif kind < 0.25:  # a byte that decodes as another value or a longer varint
+            data[rng.randrange(10, len(data))] = rng.choice([0x00, 0x01, 0x02, 0x7F, 0x80, 0xFF])
+        elif kind < 0.3:
+            data = data[: rng.randrange(len(data))]
+        elif kind < 0.35:
+            at = rng.randrange(len(data))
+            data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 4)))
+        elif kind < 0.4:
+            data[2:10] = bytes(rng.randrange(256) for _ in range(8))
+        parts.append(bytes(data))
+    body = b"".join(parts)
+    if rng.random() < 0.1:
+        body = body[: rng.randrange(len(body) + 1)]
+    return body
+
+
+@pytest.mark.skipif(not arrow_decode.available(), reason="the Rust reader is not built")
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(seed=st.integers(min_value=0, max_value=2**32 - 1))
+def test_the_rust_split_gives_fastavros_messages_and_reasons(seed: int) -> None:
+    """On mutated bodies the split (Rust where it can read, fastavro from where it cannot)
+    gives fastavro's messages, or its refusal word for word."""
+    body = _mutated(seed)
+    assert _split(body) == _split_by_fastavro(body)
+
+
+@pytest.mark.skipif(not arrow_decode.available(), reason="the Rust reader is not built")
+def test_the_rust_reader_splits_whole_bodies_alone() -> None:
+    ends, stopped = arrow_decode.single_object_ends(b"".join(MIXED), known_fingerprints()) or (
+        [],
+        -1,
+    )
+    assert stopped == sum(map(len, MIXED))
+    assert ends == list(itertools.accumulate(map(len, MIXED)))
+
+
+@pytest.mark.parametrize("split_by_rust", [0, 1, 17, 39])
+def test_fastavro_goes_on_where_the_rust_split_stopped(split_by_rust: int) -> None:
+    """A message the Rust reader cannot read (apache-avro refuses some bodies fastavro reads)
+    is read by fastavro, and so is every message after it."""
+    body = b"".join(MIXED)
+    ends = list(itertools.accumulate(map(len, MIXED)))[:split_by_rust]
+    stopped = ends[-1] if ends else 0
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(arrow_decode, "single_object_ends", lambda body, schemas: (ends, stopped))
+        assert bodies.split_single_objects(body) == MIXED
