@@ -35,13 +35,14 @@ the first requests of a fresh server pay its one-time costs (opening the store, 
 first run), ~300 ms for the first 10. wrk comes from Debian's packages: the script installs
 it with `apt-get` when it is missing.
 
-The gateway judges the requests that wait while the chain runs in one pass of it, and commits
-the admissions that wait while a transaction commits in the next one (`web/gateway.py`,
-`_Grouped`). At 200 requests/s most single-record requests still find no one waiting (the
-groups' sizes in one SQLite run at load 3.3: 3,212 passes of 1 request, 117 of 2, 42 of 3 to
-6): the chain's fixed cost (~1.2 ms of CPU for one record, parse to hop rows; its suites make
-80 calls into `pyarrow.compute`, 181 before the compiled suite skipped what cannot fail) is
-still paid about once per request. The README's Measuring section has the figures.
+The gateway judges the requests that wait while the chain runs in one pass of it, on its
+chain's thread, and commits the admissions that wait while a transaction commits in the next
+one, on its commits' thread (`web/gateway.py`, `_Grouped`). At 200 requests/s most
+single-record requests still find no one waiting: the chain's fixed cost (~0.9 ms of CPU for
+one record, parse to hop rows, measured alone; its suites make 63 calls into
+`pyarrow.compute`, 181 before the compiled suite skipped what cannot fail and ran a few rows'
+regexes in Python) is still paid about once per request. The README's Measuring section has
+the figures.
 """
 
 from __future__ import annotations

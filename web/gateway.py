@@ -9,9 +9,9 @@
 A request's body (`web.bodies`) becomes one `GuardBatch` and goes through the one guard chain
 (`guard_chain`: decode → validate → enforce → hop rows), as a micro-batch of the Kafka guard
 does: the same verdicts, hop rows and Merkle leaves. The requests that arrive while the chain
-runs are judged together in its next pass (`Gateway.judge`, `_Grouped`): the batches of one
-client concatenated, judged once, and cut back into each request's batch, so the chain's
-fixed cost (some eighty Arrow calls in the suites alone) is paid once per pass rather than
+runs are judged together in its next pass (`Gateway.prepare`, `_Grouped`): the batches of
+one client concatenated, judged once, and cut back into each request's batch, so the chain's
+fixed cost (some sixty Arrow calls in the suites alone) is paid once per pass rather than
 once per request. An admit request:
 
 1. writes its hops before any record is produced: a store that cannot be written answers 503
@@ -100,7 +100,8 @@ SOURCE_PREFIX = "api:"  # a hop's source topic: the client's identity
 DEFAULT_STAGE = "gateway"
 STAGE_NAME = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 STAGE_RULE = "1 to 200 letters, digits, `.`, `_`, `:` or `-`"
-JUDGED_TOGETHER = 4 * 1024 * 1024  # bytes of bodies: waiting requests judged in one pass
+JUDGED_TOGETHER = 4 * 1024 * 1024  # bytes of bodies: the waiting requests the chain takes
+JUDGED_RECORDS = 10_000  # records: those requests' batches judged in passes of up to this
 
 
 class IdempotencyKeyReusedError(UnusableInputError):
@@ -283,7 +284,9 @@ class Gateway:
                 results[at] = exc
                 continue
             parsed.append((at, batch))
-        judged = self._judge_group([(requests[at].client, batch) for at, batch in parsed])
+        judged: list[GuardBatch | BaseException] = []
+        for start, end in _passes([len(batch) for _, batch in parsed], JUDGED_RECORDS):
+            judged += self._judge_group([(requests[at].client, b) for at, b in parsed[start:end]])
         for (at, _), one in zip(parsed, judged, strict=True):
             try:
                 results[at] = (
@@ -443,6 +446,20 @@ def record_ids(batch: GuardBatch) -> list[str | None]:
     return ids
 
 
+def _passes(sizes: Sequence[int], most: int) -> list[tuple[int, int]]:
+    """Consecutive (start, end) runs of `sizes` whose sum stays within `most` (a run holds at
+    least one)."""
+    runs, start, total = [], 0, 0
+    for at, size in enumerate(sizes):
+        if at > start and total + size > most:
+            runs.append((start, at))
+            start, total = at, 0
+        total += size
+    if start < len(sizes):
+        runs.append((start, len(sizes)))
+    return runs
+
+
 def _spans(batches: Sequence[GuardBatch]) -> list[tuple[int, int]]:
     """Where each batch's rows are in the batches concatenated: (start, end)."""
     spans, start = [], 0
@@ -527,9 +544,16 @@ class _Grouped(Generic[T, R]):
             if self._closed:
                 raise ServiceUnavailableError("The gateway is stopping: send the request again.")
             self._waiting.append((item, done))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
-                self._thread.start()
+            if self._thread is None or not self._thread.is_alive():
+                thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError:  # no thread to be had: this request fails, not the next
+                    self._waiting.remove((item, done))
+                    raise ServiceUnavailableError(
+                        "The gateway cannot start a worker thread: send the request again."
+                    ) from None
+                self._thread = thread
             self._arrived.notify()
         return done.result()
 
@@ -558,9 +582,13 @@ class _Grouped(Generic[T, R]):
             self._run(group)
 
     def _run(self, group: list[tuple[T, Future[R]]]) -> None:
+        """Answers every item of `group`, whatever happens: a request never waits for an
+        answer that will not come."""
         try:
             results = self._run_group([item for item, _ in group])
-        except BaseException as exc:
+            if len(results) != len(group):
+                raise RuntimeError(f"{len(results)} answers to {len(group)} items")
+        except BaseException as exc:  # each item gets it: the thread serves the next group
             results = [exc] * len(group)
         for (_, done), result in zip(group, results, strict=True):
             if isinstance(result, BaseException):
@@ -795,7 +823,7 @@ def routes(gateway: Gateway) -> APIRouter:
                 "The `Idempotency-Key` header must be 1 to 255 printable characters."
             )
         body, content_type = await read(request)
-        return await run_in_threadpool(  # one trip to a thread: it waits for the chain, commits
+        return await run_in_threadpool(  # a thread that waits for the chain's and commits'
             lambda: answered(
                 ADMIT,
                 gateway.admit(

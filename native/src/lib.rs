@@ -13,7 +13,9 @@
 
 mod hashes;
 
+use std::collections::HashMap;
 use std::io::Read;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use apache_avro::headers::HeaderBuilder;
 use apache_avro::types::Value;
@@ -42,6 +44,36 @@ const GENERATOR_NAME: usize = 5;
 const PARAMETERS_SHA256: usize = 6;
 const DISCLOSURE: usize = 7;
 const DIGITAL_SOURCE_TYPE: usize = 8;
+
+/// The most bytes a string or bytes value, and the most items an array block, may declare
+/// (`apache_avro::util::max_allocation_bytes`, set when the module loads). apache-avro
+/// allocates what a length declares before it reads a byte of it (an array's count times
+/// the size of a value), so a 30-byte body declaring a 500 MB string or half a billion
+/// items made the process allocate that, or abort. Past this bound the body does not
+/// decode here, and fastavro (which reads what is there) reads it instead: a value this
+/// large only costs speed, never a verdict.
+const MAX_DECLARED: usize = 1 << 16;
+
+/// The readers of the schemas seen so far, by their JSON: parsing and resolving one costs
+/// ~50 µs, once per process instead of once per call.
+fn reader_of(json: &str) -> PyResult<Arc<GenericSingleObjectReader>> {
+    static READERS: OnceLock<Mutex<HashMap<String, Arc<GenericSingleObjectReader>>>> =
+        OnceLock::new();
+    let mut readers = READERS
+        .get_or_init(Default::default)
+        .lock()
+        .map_err(|_| PyValueError::new_err("the readers' cache is poisoned"))?;
+    if let Some(reader) = readers.get(json) {
+        return Ok(Arc::clone(reader));
+    }
+    let schema = Schema::parse_str(json)
+        .map_err(|e| PyValueError::new_err(format!("schema does not parse: {e}")))?;
+    let reader = GenericSingleObjectReader::new_with_header_builder(schema, NoHeader)
+        .map_err(|e| PyValueError::new_err(format!("schema does not resolve: {e}")))?;
+    let reader = Arc::new(reader);
+    readers.insert(json.to_owned(), Arc::clone(&reader));
+    Ok(reader)
+}
 
 /// Bodies come without a header (the Python side skips single-object framing): the reader
 /// resolves the schema's names once, then reads each body with no header to check.
@@ -239,12 +271,7 @@ fn read_contract<'py>(
     }
     let parsed = schemas
         .iter()
-        .map(|json| {
-            let schema = Schema::parse_str(json)
-                .map_err(|e| PyValueError::new_err(format!("schema does not parse: {e}")))?;
-            GenericSingleObjectReader::new_with_header_builder(schema, NoHeader)
-                .map_err(|e| PyValueError::new_err(format!("schema does not resolve: {e}")))
-        })
+        .map(|json| reader_of(json))
         .collect::<PyResult<Vec<_>>>()?;
     let bounds = hashes::bounds_of(offsets, data.len())?;
     let rows = bounds.len() - 1;
@@ -383,12 +410,7 @@ fn single_object_ends<'py>(
     }
     let readers = schemas
         .iter()
-        .map(|json| {
-            let schema = Schema::parse_str(json)
-                .map_err(|e| PyValueError::new_err(format!("schema does not parse: {e}")))?;
-            GenericSingleObjectReader::new_with_header_builder(schema, NoHeader)
-                .map_err(|e| PyValueError::new_err(format!("schema does not resolve: {e}")))
-        })
+        .map(|json| reader_of(json))
         .collect::<PyResult<Vec<_>>>()?;
     let mut ends: Vec<u8> = Vec::new();
     let mut at = 0;
@@ -417,6 +439,7 @@ fn single_object_ends<'py>(
 
 #[pymodule]
 fn _avro(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    apache_avro::util::max_allocation_bytes(MAX_DECLARED);
     m.add_function(wrap_pyfunction!(read_contract, m)?)?;
     m.add_function(wrap_pyfunction!(single_object_ends, m)?)?;
     hashes::register(m)?;

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lineage_guard.contract import compiled_suite
 from lineage_guard.contract.columns import ArrowFlattener, _Refused
 from lineage_guard.contract.compiled_suite import compile_expectation, to_re2
 from lineage_guard.contract.records import COLUMNS, Flattener, ParentRanks
@@ -273,6 +274,20 @@ def test_compiled_engine_agrees_with_gx(
     expected = [(v.record_id, v.violations) for v in gx.validate(batch)]
     actual = [(v.record_id, v.violations) for v in compiled.validate(batch)]
     assert actual == expected
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=st.one_of(st.lists(records, min_size=1, max_size=60), clean_batches, dirty_batches()))
+def test_compiled_engine_agrees_with_gx_with_regexes_in_re2(
+    engines: tuple[SuiteValidator, SuiteValidator], batch: list[dict[str, Any]]
+) -> None:
+    """The same with every batch's regexes run by Arrow (RE2), as a batch past `FEW_ROWS`
+    rows runs them: the batches drawn here are mostly shorter."""
+    gx, compiled = engines
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(compiled_suite, "FEW_ROWS", 0)
+        actual = [(v.record_id, v.violations) for v in compiled.validate(batch)]
+    assert actual == [(v.record_id, v.violations) for v in gx.validate(batch)]
 
 
 def _same(a: list[Any], b: list[Any]) -> bool:

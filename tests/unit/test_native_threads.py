@@ -1,11 +1,11 @@
 """The native extension's allocator (mimalloc, `native/Cargo.toml`) when the extension is
-loaded by a thread that then ends, as in the gateway, whose worker threads import it on its
-first request and come and go.
+loaded by a thread that then ends: a gateway server's thread when another server follows it
+in the same process (as in the tests), a Beam worker's bundle thread.
 
 With mimalloc 3.3 (the crate's default) the next thread's first allocation in the extension
-(`mi_thread_init`) segfaulted, every time: the gateway crashed on an admit after the server
-that had first decoded a body was gone. Each case runs in a child process, so a crash fails
-the test instead of ending the test run."""
+(`mi_thread_init`) segfaulted, every time: a gateway test pair crashed pytest on an admit
+after the server that had first decoded a body was gone. Each case runs in a child process,
+so a crash fails the test instead of ending the test run."""
 
 from __future__ import annotations
 
