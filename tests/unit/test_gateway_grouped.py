@@ -4,6 +4,8 @@ gets an answer, whatever its group's function does."""
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from lineage_guard.web.gateway import _Grouped, _passes
@@ -20,15 +22,20 @@ def test_items_waiting_while_a_group_runs_go_together_in_order() -> None:
     grouped: _Grouped[int, int] = _Grouped(run_group, name="t", max_size=100)
     with ThreadPoolExecutor(6) as pool:
         first = pool.submit(grouped.run, 0)
-        while not groups:
-            pass
+        _until(lambda: bool(groups))
         rest = [pool.submit(grouped.run, i) for i in range(1, 6)]
-        while len(grouped._waiting) < 5:
-            pass
+        _until(lambda: len(grouped._waiting) == 5)
         release.set()
         assert [f.result(10) for f in [first, *rest]] == [0, 10, 20, 30, 40, 50]
     assert groups == [[0], [1, 2, 3, 4, 5]]
     grouped.close()
+
+
+def _until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "not within 10 s"
+        time.sleep(0.001)
 
 
 def test_a_group_that_fails_or_answers_wrongly_fails_its_items_and_the_next_is_served() -> None:
