@@ -11,13 +11,12 @@ ending the test run."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
 from lineage_guard.io import arrow_decode
+from tests.child import run_scenario
 
 SCENARIO = textwrap.dedent(
     """
@@ -66,12 +65,7 @@ SCENARIO = textwrap.dedent(
 
 @pytest.mark.skipif(not arrow_decode.available(), reason="the Rust reader is not built")
 def test_declared_lengths_are_not_allocated() -> None:
-    done = subprocess.run(
-        [sys.executable, "-X", "faulthandler", "-c", SCENARIO],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_scenario(SCENARIO)
     assert done.returncode == 0, done.stderr[-3000:]
     words, grown = done.stdout.split()[0], int(done.stdout.split()[1])
     assert words == "refused," and grown < 100, done.stdout

@@ -9,13 +9,12 @@ so a crash fails the test instead of ending the test run."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
 from lineage_guard.lineage import hashes
+from tests.child import run_scenario
 
 needs_native = pytest.mark.skipif(
     hashes.native() is None, reason="the native extension is not built"
@@ -59,10 +58,5 @@ SCENARIO = textwrap.dedent(
 
 @needs_native
 def test_threads_after_the_loading_thread_ended_can_allocate() -> None:
-    done = subprocess.run(
-        [sys.executable, "-X", "faulthandler", "-c", SCENARIO],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_scenario(SCENARIO, timeout=120)
     assert (done.returncode, done.stdout.strip()) == (0, "hashed"), done.stderr[-3000:]
